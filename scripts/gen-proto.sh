@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Regenerates Sources/MartProto/*.pb.swift and *.grpc.swift from proto/.
+#
+#   scripts/gen-proto.sh           regenerate in place
+#   scripts/gen-proto.sh --check   regenerate into a temporary directory and fail
+#                                  (exit 1) if the committed code differs
+#
+# The protoc plugins (protoc-gen-swift, protoc-gen-grpc-swift-2) are built in
+# release mode from this package's own dependencies (so they always match the
+# SwiftProtobuf / GRPCProtobuf runtime versions), in the ignored scratch path
+# .build-tools. To use prebuilt plugins instead, set both PROTOC_GEN_SWIFT and
+# PROTOC_GEN_GRPC_SWIFT_2 to their paths.
+#
+# protoc is Debian's protobuf-compiler; it also provides the well-known types
+# (google/protobuf/*.proto) under /usr/include. No code is generated for the
+# well-known types: SwiftProtobuf already has them.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly PROTO_DIR=proto
+readonly OUT_DIR=Sources/MartProto
+readonly WKT_INCLUDE=/usr/include
+readonly TOOLS_SCRATCH=.build-tools
+readonly OPTS=Visibility=Public,FileNaming=PathToUnderscores
+
+usage() {
+  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+check=0
+case "${1:-}" in
+  "") ;;
+  --check) check=1 ;;
+  -h | --help) usage; exit 0 ;;
+  *) echo "gen-proto: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+esac
+
+log() { echo "gen-proto: $*" >&2; }
+
+# 1. protoc.
+if ! command -v protoc >/dev/null 2>&1; then
+  log "protoc not found; installing Debian's protobuf-compiler"
+  apt-get update
+  apt-get install -y protobuf-compiler
+fi
+if [[ ! -f "$WKT_INCLUDE/google/protobuf/timestamp.proto" ]]; then
+  log "well-known types not found under $WKT_INCLUDE (expected from protobuf-compiler / libprotobuf-dev)"
+  exit 1
+fi
+
+# 2. The plugins.
+if [[ -n "${PROTOC_GEN_SWIFT:-}" && -n "${PROTOC_GEN_GRPC_SWIFT_2:-}" ]]; then
+  gen_swift=$PROTOC_GEN_SWIFT
+  gen_grpc=$PROTOC_GEN_GRPC_SWIFT_2
+else
+  # One --product per invocation; build output goes to stderr so that it
+  # does not mix with anything a caller parses.
+  swift build -c release --scratch-path "$TOOLS_SCRATCH" --product protoc-gen-swift >&2
+  swift build -c release --scratch-path "$TOOLS_SCRATCH" --product protoc-gen-grpc-swift-2 >&2
+  bin=$(swift build -c release --scratch-path "$TOOLS_SCRATCH" --show-bin-path)
+  gen_swift=$bin/protoc-gen-swift
+  gen_grpc=$bin/protoc-gen-grpc-swift-2
+fi
+for plugin in "$gen_swift" "$gen_grpc"; do
+  if [[ ! -x "$plugin" ]]; then
+    log "plugin not found or not executable: $plugin"
+    exit 1
+  fi
+done
+
+# Every .proto under proto/ except vendored well-known types, as paths
+# relative to proto/, in a locale-independent order.
+protos=()
+while IFS= read -r file; do
+  protos+=("$file")
+done < <(cd "$PROTO_DIR" && find . -type f -name '*.proto' -not -path './google/protobuf/*' \
+  | sed 's|^\./||' | LC_ALL=C sort)
+if [[ ${#protos[@]} -eq 0 ]]; then
+  log "no .proto files under $PROTO_DIR"
+  exit 1
+fi
+
+# generate DIR: writes the generated Swift for every proto into DIR.
+generate() {
+  local dir=$1
+  protoc \
+    -I "$PROTO_DIR" -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-swift="$gen_swift" \
+    --plugin=protoc-gen-grpc-swift-2="$gen_grpc" \
+    --swift_out="$dir" --swift_opt="$OPTS" \
+    --grpc-swift-2_out="$dir" --grpc-swift-2_opt="$OPTS" \
+    "${protos[@]}"
+  # Drop gRPC outputs of files that declare no service, should the plugin
+  # emit them (an empty or import-only file).
+  local f
+  for f in "$dir"/*.grpc.swift; do
+    [[ -e "$f" ]] || continue
+    if ! grep -q 'GRPCCore.ServiceDescriptor' "$f"; then
+      rm -f "$f"
+    fi
+  done
+}
+
+# copy_generated SRC DST: copies only generated files (*.pb.swift,
+# *.grpc.swift) from SRC to DST.
+copy_generated() {
+  local src=$1 dst=$2 f
+  for f in "$src"/*.pb.swift "$src"/*.grpc.swift; do
+    [[ -e "$f" ]] || continue
+    cp "$f" "$dst/"
+  done
+}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/new" "$tmp/old"
+
+# 3./4. Generate into a temporary directory first, so that a protoc error
+# leaves the committed code untouched.
+generate "$tmp/new"
+
+if [[ $check -eq 1 ]]; then
+  mkdir -p "$OUT_DIR"
+  copy_generated "$OUT_DIR" "$tmp/old"
+  if ! diff -r "$tmp/old" "$tmp/new" >"$tmp/diff.txt"; then
+    head -n 200 "$tmp/diff.txt" >&2
+    echo "gen-proto: generated code differs from proto/: run make proto and commit" >&2
+    exit 1
+  fi
+  log "generated code is up to date (${#protos[@]} proto files)"
+  exit 0
+fi
+
+mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR"/*.pb.swift "$OUT_DIR"/*.grpc.swift
+copy_generated "$tmp/new" "$OUT_DIR"
+count=$(find "$OUT_DIR" -maxdepth 1 -type f \( -name '*.pb.swift' -o -name '*.grpc.swift' \) | wc -l)
+log "generated ${count// /} files in $OUT_DIR from ${#protos[@]} proto files"
