@@ -1,0 +1,127 @@
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// Keeps a service's health in step with its database.
+///
+/// Until the database is reachable and migrated the service reports NOT_SERVING; an unreachable
+/// database is retried with capped exponential backoff and logged, never a crash loop. Once
+/// SERVING, it re-checks every `checkInterval` and turns NOT_SERVING while the database is gone.
+/// A database at a newer schema version than this build stops the process.
+public struct DatabaseSupervisor: Service {
+  public let client: PostgresClient
+  public let migrations: MigrationRunner
+  public let autoMigrate: Bool
+  public let checkInterval: Duration
+  public let onHealthChange: @Sendable (Bool) -> Void
+  let logger: Logger
+  /// How long a health query may take before the database counts as unavailable.
+  var queryTimeout: Duration = .seconds(5)
+  var initialBackoff: Duration = .milliseconds(200)
+  var maximumBackoff: Duration = .seconds(10)
+
+  public init(
+    client: PostgresClient, migrations: MigrationRunner, autoMigrate: Bool, checkInterval: Duration,
+    logger: Logger, onHealthChange: @escaping @Sendable (Bool) -> Void
+  ) {
+    self.client = client
+    self.migrations = migrations
+    self.autoMigrate = autoMigrate
+    self.checkInterval = checkInterval
+    self.logger = logger
+    self.onHealthChange = onHealthChange
+  }
+
+  public func run() async throws {
+    // Graceful shutdown cancels the loop, which wakes it from its sleeps.
+    try await cancelWhenGracefulShutdown { try await supervise() }
+  }
+
+  private func supervise() async throws {
+    var healthy = false
+    var failures = 0
+    while !Task.isCancelled {
+      do {
+        if !healthy {
+          // (Re)connected: make sure the schema is the one this build expects before serving.
+          try await ensureSchema()
+        } else {
+          try await withTimeout(queryTimeout) {
+            _ = try await client.query("SELECT 1", logger: logger)
+          }
+        }
+        if !healthy {
+          logger.info("database ready", metadata: ["attempts": "\(failures + 1)"])
+          healthy = true
+          onHealthChange(true)
+        }
+        failures = 0
+        try? await Task.sleep(for: checkInterval)
+      } catch let error as MigrationError {
+        if healthy { onHealthChange(false) }
+        logger.critical("refusing to serve: \(error)")
+        throw error
+      } catch {
+        if healthy {
+          healthy = false
+          onHealthChange(false)
+        }
+        failures += 1
+        let delay = backoff(after: failures)
+        logger.warning(
+          "database unavailable; retrying",
+          metadata: [
+            "error": "\(MigrationRunner.describe(error))", "attempt": "\(failures)",
+            "retry_in": "\(delay)",
+          ])
+        try? await Task.sleep(for: delay)
+      }
+    }
+  }
+
+  private func ensureSchema() async throws {
+    if autoMigrate {
+      let report = try await withTimeout(.seconds(120)) { try await migrations.migrate(client) }
+      if !report.applied.isEmpty {
+        logger.info("migrated", metadata: ["applied": "\(report.applied)", "version": "\(report.currentVersion)"])
+      }
+    } else {
+      let pending = try await withTimeout(queryTimeout) { try await migrations.pending(client) }
+      if let first = pending.first {
+        throw SchemaNotReady(pendingVersion: first.version)
+      }
+    }
+  }
+
+  func backoff(after failures: Int) -> Duration {
+    let exponent = min(failures - 1, 16)
+    return min(initialBackoff * (1 << exponent), maximumBackoff)
+  }
+}
+
+/// The database lacks migrations and this process may not apply them (`MART_AUTO_MIGRATE=false`).
+struct SchemaNotReady: Error, CustomStringConvertible {
+  var pendingVersion: Int
+  var description: String { "migration \(pendingVersion) is pending: run `mart migrate`" }
+}
+
+struct TimeoutError: Error, CustomStringConvertible {
+  var limit: Duration
+  var description: String { "no answer within \(limit)" }
+}
+
+/// Runs `operation`, throwing ``TimeoutError`` if it has not finished within `limit`.
+func withTimeout<Result: Sendable>(
+  _ limit: Duration, _ operation: @escaping @Sendable () async throws -> Result
+) async throws -> Result {
+  try await withThrowingTaskGroup(of: Result.self) { group in
+    group.addTask { try await operation() }
+    group.addTask {
+      try await Task.sleep(for: limit)
+      throw TimeoutError(limit: limit)
+    }
+    defer { group.cancelAll() }
+    guard let result = try await group.next() else { throw TimeoutError(limit: limit) }
+    return result
+  }
+}

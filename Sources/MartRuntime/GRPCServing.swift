@@ -1,0 +1,65 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ServiceLifecycle
+
+/// Runs a `GRPCServer` as a ServiceLifecycle service: on SIGTERM/SIGINT it stops accepting calls
+/// and returns once the calls in flight have finished.
+/// (grpc-swift-extras has this adapter, but is not among our dependencies.)
+public struct GRPCServerService: Service {
+  public let server: GRPCServer<HTTP2ServerTransport.Posix>
+  private let onStop: @Sendable () -> Void
+
+  public init(server: GRPCServer<HTTP2ServerTransport.Posix>, onStop: @escaping @Sendable () -> Void = {}) {
+    self.server = server
+    self.onStop = onStop
+  }
+
+  public func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await server.serve()
+    } onGracefulShutdown: {
+      onStop()
+      server.beginGracefulShutdown()
+    }
+  }
+}
+
+extension GRPCServer<HTTP2ServerTransport.Posix> {
+  /// A plaintext HTTP/2 gRPC server on `host:port` (port 0 picks a free port; see `listeningAddress`).
+  public static func mart(
+    host: String, port: Int, services: [any RegistrableRPCService],
+    interceptors: [any ServerInterceptor] = [RequestContextInterceptor()]
+  ) -> GRPCServer<HTTP2ServerTransport.Posix> {
+    GRPCServer(
+      transport: .http2NIOPosix(
+        address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
+        transportSecurity: .plaintext),
+      services: services,
+      interceptors: interceptors)
+  }
+}
+
+/// Binds the caller's request id and trace id to the call, so that every log line carries them,
+/// and so that calls this service makes onwards pass them on.
+public struct RequestContextInterceptor: ServerInterceptor {
+  public init() {}
+
+  public func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingServerRequest<Input>,
+    context: ServerContext,
+    next: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    let requestID =
+      request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
+      .flatMap { $0.count <= 128 ? $0 : nil } ?? UUID().uuidString.lowercased()
+    let traceID = request.metadata[stringValues: "traceparent"].first(where: { _ in true })
+      .flatMap(RequestContext.traceID(fromTraceparent:))
+    return try await RequestContext.$requestID.withValue(requestID) {
+      try await RequestContext.$traceID.withValue(traceID) {
+        try await next(request, context)
+      }
+    }
+  }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Logging
+
+/// Per-call context that every log line written while handling the call carries.
+public enum RequestContext {
+  /// The caller's `x-request-id` (or one generated at the edge), passed from service to service.
+  @TaskLocal public static var requestID: String?
+  /// The W3C trace id from the caller's `traceparent`, when there is one.
+  @TaskLocal public static var traceID: String?
+
+  /// Adds `request_id` and `trace_id` to every log line written inside a call.
+  public static let metadataProvider = Logger.MetadataProvider {
+    var metadata: Logger.Metadata = [:]
+    if let requestID { metadata["request_id"] = .string(requestID) }
+    if let traceID { metadata["trace_id"] = .string(traceID) }
+    return metadata
+  }
+
+  /// The trace id (32 hex digits) of a W3C `traceparent` header, or nil when it is malformed.
+  public static func traceID(fromTraceparent header: String) -> String? {
+    let parts = header.split(separator: "-")
+    guard parts.count == 4, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit),
+      parts[1] != String(repeating: "0", count: 32)
+    else { return nil }
+    return String(parts[1])
+  }
+}
+
+/// Writes one JSON object per log event to standard error:
+/// `{"ts":"…","level":"info","service":"order","logger":"…","msg":"…", …metadata}`.
+public struct JSONLogHandler: LogHandler {
+  public var metadata: Logger.Metadata = [:]
+  public var logLevel: Logger.Level
+  public var metadataProvider: Logger.MetadataProvider?
+  let label: String
+  let service: String
+  let stream: TextOutputStreamSink
+
+  public init(
+    label: String, service: String, level: Logger.Level,
+    metadataProvider: Logger.MetadataProvider? = RequestContext.metadataProvider,
+    stream: TextOutputStreamSink = .standardError
+  ) {
+    self.label = label
+    self.service = service
+    self.logLevel = level
+    self.metadataProvider = metadataProvider
+    self.stream = stream
+  }
+
+  public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    get { metadata[key] }
+    set { metadata[key] = newValue }
+  }
+
+  public func log(event: LogEvent) {
+    var merged = metadata
+    if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
+    if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+
+    var line = "{\"ts\":\(Self.quote(Self.timestamp()))"
+    line += ",\"level\":\(Self.quote(event.level.rawValue))"
+    line += ",\"service\":\(Self.quote(service))"
+    line += ",\"logger\":\(Self.quote(label))"
+    line += ",\"msg\":\(Self.quote(event.message.description))"
+    for key in merged.keys.sorted() where !["ts", "level", "service", "logger", "msg"].contains(key) {
+      if let value = merged[key] { line += ",\(Self.quote(key)):\(Self.json(value))" }
+    }
+    if event.level >= .error { line += ",\"source\":\(Self.quote("\(event.file):\(event.line)"))" }
+    line += "}\n"
+    stream.write(line)
+  }
+
+  static func json(_ value: Logger.Metadata.Value) -> String {
+    switch value {
+    case .string(let string): quote(string)
+    case .stringConvertible(let convertible): quote(convertible.description)
+    case .array(let values): "[" + values.map(json).joined(separator: ",") + "]"
+    case .dictionary(let dictionary):
+      "{"
+        + dictionary.sorted { $0.key < $1.key }.map { "\(quote($0.key)):\(json($0.value))" }
+        .joined(separator: ",") + "}"
+    }
+  }
+
+  static func quote(_ string: String) -> String {
+    var out = "\""
+    for scalar in string.unicodeScalars {
+      switch scalar {
+      case "\"": out += "\\\""
+      case "\\": out += "\\\\"
+      case "\n": out += "\\n"
+      case "\r": out += "\\r"
+      case "\t": out += "\\t"
+      case let control where control.value < 0x20:
+        let hex = String(control.value, radix: 16)
+        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+      default: out.unicodeScalars.append(scalar)
+      }
+    }
+    return out + "\""
+  }
+
+  static func timestamp() -> String {
+    Date.now.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+  }
+}
+
+/// Where log lines go; a class so that tests can capture them.
+public final class TextOutputStreamSink: Sendable {
+  private let writeLine: @Sendable (String) -> Void
+
+  public init(_ writeLine: @escaping @Sendable (String) -> Void) {
+    self.writeLine = writeLine
+  }
+
+  public func write(_ line: String) { writeLine(line) }
+
+  public static let standardError = TextOutputStreamSink { line in
+    FileHandle.standardError.write(Data(line.utf8))
+  }
+}
+
+public enum MartLogging {
+  /// Installs the process-wide log handler once, before anything logs.
+  public static func bootstrap(process: String, configuration: ProcessConfiguration) {
+    LoggingSystem.bootstrap(
+      { label, provider in
+        switch configuration.logFormat {
+        case .json:
+          var handler = JSONLogHandler(label: label, service: process, level: configuration.logLevel)
+          handler.metadataProvider = provider
+          return handler
+        case .text:
+          var handler = StreamLogHandler.standardError(label: label, metadataProvider: provider)
+          handler.logLevel = configuration.logLevel
+          handler[metadataKey: "service"] = .string(process)
+          return handler
+        }
+      }, metadataProvider: RequestContext.metadataProvider)
+  }
+}
