@@ -1,0 +1,18 @@
+import GRPCCore
+import MartRuntime
+
+/// The notification service as the runtime runs it: its schema and its gRPC handlers.
+///
+/// Shape shared by every service: `NotificationService.swift` (this definition), the gRPC handlers,
+/// the SQL store, the event handlers, and `Migrations/NNNN_name.sql` (embedded in the binary).
+public enum NotificationServiceModule {
+  public static let definition = ServiceDefinition(
+    service: .notification,
+    migrations: [
+      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql)
+    ],
+    // The business RPCs of mart.notification.v1 are registered here as they are implemented; until then
+    // the server offers grpc.health.v1 only and answers UNIMPLEMENTED for everything else.
+    makeRPCServices: { _ in [] }
+  )
+}
