@@ -1,0 +1,162 @@
+import ArgumentParser
+import Foundation
+import Gateway
+import InventoryService
+import Logging
+import MartRuntime
+import NotificationService
+import OrderService
+import PaymentService
+import ProductService
+import ServiceLifecycle
+import UserService
+
+@main
+struct Mart: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "mart",
+    abstract: "Mart: an online-mart backend of six gRPC services behind a JSON gateway.",
+    discussion: """
+      Configuration comes from environment variables (see README.md), for example
+      MART_ORDER_PORT, MART_ORDER_DATABASE_URL, MART_GATEWAY_PORT, KAFKA_BROKERS, MART_LOG_LEVEL.
+      A malformed value stops start-up with exit code 2 and names the variable.
+      """,
+    subcommands: [Serve.self, Migrate.self, Dev.self])
+}
+
+/// The services of the mart plus the gateway, as a command-line argument.
+enum Component: String, ExpressibleByArgument, CaseIterable {
+  case user, product, inventory, order, payment, notification, gateway
+
+  var service: MartService? { MartService(rawValue: rawValue) }
+}
+
+/// A service or `all`, for `mart migrate`.
+enum MigrationTarget: String, ExpressibleByArgument, CaseIterable {
+  case user, product, inventory, order, payment, notification, all
+
+  var services: [MartService] {
+    MartService(rawValue: rawValue).map { [$0] } ?? MartService.allCases
+  }
+}
+
+extension MartService {
+  /// Each service library's description of itself.
+  var definition: ServiceDefinition {
+    switch self {
+    case .user: UserServiceModule.definition
+    case .product: ProductServiceModule.definition
+    case .inventory: InventoryServiceModule.definition
+    case .order: OrderServiceModule.definition
+    case .payment: PaymentServiceModule.definition
+    case .notification: NotificationServiceModule.definition
+    }
+  }
+}
+
+/// Reads the configuration, turning a bad value into exit code 2 with the variable's name.
+func loadConfiguration<T>(_ read: () throws -> T) throws -> T {
+  do {
+    return try read()
+  } catch let error as ConfigurationError {
+    FileHandle.standardError.write(Data("mart: \(error)\n".utf8))
+    throw ExitCode(2)
+  }
+}
+
+/// Sets up logging for this process from the environment.
+func bootstrapProcess(name: String, environment: EnvironmentReader) throws -> Logger {
+  let process = try loadConfiguration { try ProcessConfiguration(environment: environment) }
+  MartLogging.bootstrap(process: name, configuration: process)
+  return Logger(label: "mart")
+}
+
+struct Serve: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run one service (or the gateway) until SIGTERM or SIGINT.")
+
+  @Argument(help: "What to run: \(Component.allCases.map(\.rawValue).joined(separator: ", ")).")
+  var component: Component
+
+  func run() async throws {
+    let environment = EnvironmentReader()
+    let logger = try bootstrapProcess(name: component.rawValue, environment: environment)
+    let services: [any Service]
+    if let service = component.service {
+      let (configuration, directory) = try loadConfiguration {
+        (try ServiceConfiguration(service, environment: environment), try ServiceDirectory(environment: environment))
+      }
+      services = try ServiceHost(
+        definition: service.definition, configuration: configuration, directory: directory, logger: logger
+      ).lifecycleServices
+      logger.info("starting", metadata: ["port": "\(configuration.port)", "database": "\(configuration.database)"])
+    } else {
+      let configuration = try loadConfiguration { try GatewayConfiguration(environment: environment) }
+      services = try Gateway.makeServices(configuration: configuration, logger: logger)
+      logger.info("starting gateway", metadata: ["port": "\(configuration.port)"])
+    }
+    try await runUntilSignalled(services, logger: logger)
+  }
+}
+
+struct Migrate: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Apply pending database migrations and exit.",
+    discussion: "Safe to run twice, and while services are running; refuses a database newer than this build.")
+
+  @Argument(help: "Which database: \(MigrationTarget.allCases.map(\.rawValue).joined(separator: ", ")).")
+  var target: MigrationTarget
+
+  func run() async throws {
+    let environment = EnvironmentReader()
+    let logger = try bootstrapProcess(name: "migrate", environment: environment)
+    let configurations = try loadConfiguration {
+      try target.services.map { try ServiceConfiguration($0, environment: environment) }
+    }
+    for configuration in configurations {
+      let service = configuration.service
+      let client = try configuration.database.makeClient(logger: logger)
+      let runner = try MigrationRunner(migrations: service.definition.migrations, logger: logger)
+      try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await client.run() }
+        defer { group.cancelAll() }
+        do {
+          let report = try await runner.migrate(client)
+          print("\(service.rawValue): schema version \(report.currentVersion), applied \(report.applied)")
+        } catch {
+          FileHandle.standardError.write(Data("mart: \(service.rawValue): \(MigrationRunner.describe(error))\n".utf8))
+          throw ExitCode.failure
+        }
+      }
+    }
+  }
+}
+
+struct Dev: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run every service and the gateway in one process, for one machine.")
+
+  func run() async throws {
+    let environment = EnvironmentReader()
+    let logger = try bootstrapProcess(name: "dev", environment: environment)
+    let (configurations, directory, gateway) = try loadConfiguration {
+      (
+        try MartService.allCases.map { try ServiceConfiguration($0, environment: environment) },
+        try ServiceDirectory(environment: environment),
+        try GatewayConfiguration(environment: environment)
+      )
+    }
+    var services: [any Service] = []
+    for configuration in configurations {
+      var serviceLogger = logger
+      serviceLogger[metadataKey: "service"] = .string(configuration.service.rawValue)
+      services += try ServiceHost(
+        definition: configuration.service.definition, configuration: configuration, directory: directory,
+        logger: serviceLogger
+      ).lifecycleServices
+    }
+    services += try Gateway.makeServices(configuration: gateway, logger: logger)
+    logger.info("starting the whole mart", metadata: ["gateway_port": "\(gateway.port)"])
+    try await runUntilSignalled(services, logger: logger)
+  }
+}
