@@ -9,7 +9,8 @@ public enum OrderServiceModule {
   public static let definition = ServiceDefinition(
     service: .order,
     migrations: [
-      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql)
+      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
+      .eventTables(version: 2),
     ],
     // The business RPCs of mart.order.v1 are registered here as they are implemented; until then
     // the server offers grpc.health.v1 only and answers UNIMPLEMENTED for everything else.
