@@ -23,6 +23,18 @@ func serviceTarget(_ name: String) -> Target {
   )
 }
 
+/// What the test targets, the test-support executables and the benchmarks build on.
+let testDependencies: [Target.Dependency] = [
+  "MartRuntime",
+  "MartTestSupport",
+  "MartProto",
+  .product(name: "GRPCCore", package: "grpc-swift-2"),
+  .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+  .product(name: "PostgresNIO", package: "postgres-nio"),
+  .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+  .product(name: "Logging", package: "swift-log"),
+]
+
 let services = [
   "UserService", "ProductService", "InventoryService", "OrderService", "PaymentService",
   "NotificationService",
@@ -42,6 +54,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
@@ -58,11 +71,28 @@ let package = Package(
       ],
       swiftSettings: [.swiftLanguageMode(.v6)]
     ),
+    // librdkafka's C API (Debian librdkafka-dev; found with pkg-config).
+    .systemLibrary(
+      name: "CRdKafka",
+      pkgConfig: "rdkafka",
+      providers: [.apt(["librdkafka-dev"])]
+    ),
+    // A small Swift API over librdkafka: producer with delivery reports, consumer group as an
+    // AsyncSequence, topic administration. Knows nothing of Mart.
+    .target(
+      name: "Kafka",
+      dependencies: [
+        "CRdKafka",
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strictSwift
+    ),
     // Shared machinery: configuration, logging, lifecycle, PostgreSQL, migrations, gRPC, health.
     .target(
       name: "MartRuntime",
       dependencies: [
         "MartProto",
+        "Kafka",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -70,9 +100,11 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "PostgresNIO", package: "postgres-nio"),
       ],
+      resources: [.embedInCode("Events/event_tables.sql")],
       swiftSettings: strictSwift
     ),
     .target(
@@ -108,35 +140,29 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "PostgresNIO", package: "postgres-nio"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       path: "Tests/MartTestSupport",
       swiftSettings: strictSwift
     ),
+    .testTarget(name: "MartRuntimeTests", dependencies: testDependencies, swiftSettings: strictSwift),
+    // The event backbone over the real broker: round trip, broker down, crash, poison, rebalance.
+    .testTarget(name: "MartEventTests", dependencies: testDependencies, swiftSettings: strictSwift),
+    // The `mart` command as a process, and every service's schema.
     .testTarget(
-      name: "MartRuntimeTests",
-      dependencies: [
-        "MartRuntime",
-        "MartTestSupport",
-        "MartProto",
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
-        .product(name: "PostgresNIO", package: "postgres-nio"),
-        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        .product(name: "Logging", package: "swift-log"),
-      ],
+      name: "MartProcessTests", dependencies: testDependencies + services.map { .target(name: $0) },
+      swiftSettings: strictSwift),
+    // A consumer process for the test that kills one (SIGKILL) mid-batch.
+    .executableTarget(
+      name: "EventProbe", dependencies: testDependencies, path: "Tests/EventProbe", swiftSettings: strictSwift),
+    .testTarget(
+      name: "KafkaTests",
+      dependencies: ["Kafka", "MartTestSupport", .product(name: "Logging", package: "swift-log")],
       swiftSettings: strictSwift
     ),
-    .testTarget(
-      name: "MartProcessTests",
-      dependencies: [
-        "MartRuntime",
-        "MartTestSupport",
-        .product(name: "PostgresNIO", package: "postgres-nio"),
-        "MartProto",
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
-      ] + services.map { .target(name: $0) },
-      swiftSettings: strictSwift
-    ),
+    // `make bench`: events per second and latency through outbox → broker → consumer with inbox.
+    .executableTarget(
+      name: "EventBackboneBenchmark", dependencies: testDependencies + ["Kafka"], path: "Benchmarks/EventBackbone",
+      swiftSettings: strictSwift),
   ] + services.map(serviceTarget)
 )

@@ -430,6 +430,11 @@ write_env() {
             printf 'export MART_%s_DATABASE_URL=postgres://%s@127.0.0.1:%s/%s\n' "$upper" "$APP_ROLE" "$pgport" "$db"
         done
         [[ -z $kport ]] || printf 'export KAFKA_BROKERS=127.0.0.1:%s\n' "$kport"
+        # Tansu holds a first JoinGroup for about session.timeout.ms/2 and answers waiting
+        # fetches on a timer: short settings keep group joins (~3 s) and hops quick.
+        [[ -z $kport ]] || printf 'export MART_KAFKA_PROPERTIES=%s\n' \
+            'session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.wait.max.ms=20'
+        printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
         printf 'export MART_PG_BIN=%s\n' "$PG_BIN"
         printf 'export MART_PG_DATA=%s\n' "$PGDATA_DIR"
         printf 'export MART_PG_PORT=%s\n' "$pgport"

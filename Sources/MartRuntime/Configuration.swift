@@ -93,6 +93,28 @@ public struct EnvironmentReader: Sendable {
     return port
   }
 
+  /// `key=value,key=value`; an empty or unset variable is an empty dictionary.
+  public func keyValuePairs(_ name: String) throws -> [String: String] {
+    guard let raw = string(name) else { return [:] }
+    var pairs: [String: String] = [:]
+    for item in raw.split(separator: ",") {
+      let parts = item.split(separator: "=", maxSplits: 1)
+      guard parts.count == 2, !parts[0].trimmingWhitespace().isEmpty else {
+        throw ConfigurationError(variable: name, value: raw, reason: "expected key=value pairs separated by commas")
+      }
+      pairs[parts[0].trimmingWhitespace()] = parts[1].trimmingWhitespace()
+    }
+    return pairs
+  }
+
+  public func positiveInteger(_ name: String, default defaultValue: Int) throws -> Int {
+    guard let raw = string(name) else { return defaultValue }
+    guard let value = Int(raw), value > 0 else {
+      throw ConfigurationError(variable: name, value: raw, reason: "expected a positive whole number")
+    }
+    return value
+  }
+
   public func bool(_ name: String, default defaultValue: Bool) throws -> Bool {
     guard let raw = string(name) else { return defaultValue }
     switch raw.lowercased() {
@@ -233,6 +255,17 @@ public struct ProcessConfiguration: Sendable {
   public var logFormat: LogFormat
   /// Kafka bootstrap servers; nil means events are delivered in-process.
   public var kafkaBrokers: String?
+  /// Partitions of each topic the mart creates (`MART_KAFKA_PARTITIONS`, default 6).
+  public var kafkaPartitions: Int
+  /// Extra librdkafka properties for every Kafka client (`MART_KAFKA_PROPERTIES`, `key=value,…`),
+  /// e.g. `security.protocol=SASL_SSL,sasl.mechanism=PLAIN` or `session.timeout.ms=6000`.
+  public var kafkaProperties: [String: String]
+  /// Put before every topic and consumer-group name on the broker (`MART_KAFKA_TOPIC_PREFIX`,
+  /// default none), so that environments can share a cluster.
+  public var kafkaTopicPrefix: String
+  /// How a failing event handler is retried before its event is dead-lettered
+  /// (`MART_EVENT_MAX_ATTEMPTS`, default 5; `MART_EVENT_RETRY_BACKOFF`, default 200ms, doubling up to 10 s).
+  public var retryPolicy: RetryPolicy
 
   public init(environment env: EnvironmentReader) throws {
     logLevel = try env.logLevel("MART_LOG_LEVEL", default: .info)
@@ -242,5 +275,11 @@ public struct ProcessConfiguration: Sendable {
     }
     self.logFormat = logFormat
     kafkaBrokers = env.string("KAFKA_BROKERS")
+    kafkaPartitions = try env.positiveInteger("MART_KAFKA_PARTITIONS", default: 6)
+    kafkaProperties = try env.keyValuePairs("MART_KAFKA_PROPERTIES")
+    kafkaTopicPrefix = env.string("MART_KAFKA_TOPIC_PREFIX", default: "")
+    retryPolicy = RetryPolicy(
+      maximumAttempts: try env.positiveInteger("MART_EVENT_MAX_ATTEMPTS", default: 5),
+      initialBackoff: try env.duration("MART_EVENT_RETRY_BACKOFF", default: .milliseconds(200)))
   }
 }

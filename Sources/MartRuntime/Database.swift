@@ -117,6 +117,18 @@ extension Error {
     return self
   }
 
+  /// Whether the error says the database could not be reached or went away (as opposed to a
+  /// statement that failed): connection failures, SQLSTATE classes 08 (connection) and 57P
+  /// (server shutting down), and 53300 (too many connections).
+  public var isDatabaseUnavailable: Bool {
+    let error = unwrappingTransactionError
+    if error is TimeoutError { return true }
+    if let transactionError = error as? PostgresTransactionError, transactionError.beginError != nil { return true }
+    guard let psql = error as? PSQLError else { return false }
+    guard let state = psql.serverInfo?[.sqlState] else { return true }
+    return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
+  }
+
   /// The PostgreSQL SQLSTATE of a server error (for example `23505`, unique violation), if any.
   public var sqlState: String? {
     (unwrappingTransactionError as? PSQLError)?.serverInfo?[.sqlState]

@@ -54,10 +54,10 @@ public struct RequestContextInterceptor: ServerInterceptor {
     let requestID =
       request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
       .flatMap { $0.count <= 128 ? $0 : nil } ?? UUID().uuidString.lowercased()
-    let traceID = request.metadata[stringValues: "traceparent"].first(where: { _ in true })
-      .flatMap(RequestContext.traceID(fromTraceparent:))
+    let traceparent = request.metadata[stringValues: "traceparent"].first(where: { _ in true })
+      .flatMap { RequestContext.traceID(fromTraceparent: $0) == nil ? nil : $0 }
     return try await RequestContext.$requestID.withValue(requestID) {
-      try await RequestContext.$traceID.withValue(traceID) {
+      try await RequestContext.$traceparent.withValue(traceparent) {
         try await next(request, context)
       }
     }

@@ -5,8 +5,11 @@ import Logging
 public enum RequestContext {
   /// The caller's `x-request-id` (or one generated at the edge), passed from service to service.
   @TaskLocal public static var requestID: String?
-  /// The W3C trace id from the caller's `traceparent`, when there is one.
-  @TaskLocal public static var traceID: String?
+  /// The caller's W3C `traceparent`, when there is a valid one.
+  @TaskLocal public static var traceparent: String?
+
+  /// The trace id (32 hex digits) of the current `traceparent`.
+  public static var traceID: String? { traceparent.flatMap(traceID(fromTraceparent:)) }
 
   /// Adds `request_id` and `trace_id` to every log line written inside a call.
   public static let metadataProvider = Logger.MetadataProvider {

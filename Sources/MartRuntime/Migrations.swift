@@ -294,12 +294,12 @@ public enum SQLStatementSplitter {
   }
 }
 
-extension String {
+extension StringProtocol {
   func trimmingWhitespace() -> String {
-    let scalars = unicodeScalars
+    let scalars = Array(unicodeScalars)
     guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
       let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
     else { return "" }
-    return String(scalars[first...last])
+    return String(String.UnicodeScalarView(scalars[first...last]))
   }
 }

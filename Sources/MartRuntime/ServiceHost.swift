@@ -4,21 +4,26 @@ import Logging
 import PostgresNIO
 import ServiceLifecycle
 
-/// What one service library gives the runtime: its name, its schema and its gRPC handlers.
-/// Every service is described this way, so every service process is assembled the same way.
+/// What one service library gives the runtime: its name, its schema, its gRPC handlers and its
+/// event consumers. Every service is described this way, so every service process is assembled
+/// the same way.
 public struct ServiceDefinition: Sendable {
   public var service: MartService
   public var migrations: [Migration]
   /// The service's gRPC handlers, given its database and context.
   public var makeRPCServices: @Sendable (ServiceContext) throws -> [any RegistrableRPCService]
+  /// The service's event consumers, given its database and context.
+  public var makeConsumers: @Sendable (ServiceContext) throws -> [EventConsumerDefinition]
 
   public init(
     service: MartService, migrations: [Migration],
-    makeRPCServices: @escaping @Sendable (ServiceContext) throws -> [any RegistrableRPCService]
+    makeRPCServices: @escaping @Sendable (ServiceContext) throws -> [any RegistrableRPCService],
+    makeConsumers: @escaping @Sendable (ServiceContext) throws -> [EventConsumerDefinition] = { _ in [] }
   ) {
     self.service = service
     self.migrations = migrations
     self.makeRPCServices = makeRPCServices
+    self.makeConsumers = makeConsumers
   }
 }
 
@@ -27,12 +32,14 @@ public struct ServiceContext: Sendable {
   public var configuration: ServiceConfiguration
   public var directory: ServiceDirectory
   public var database: PostgresClient
+  /// Appends this service's events to its outbox, inside the caller's transaction.
+  public var outbox: Outbox
   public var logger: Logger
 }
 
-/// One running service: its database pool, its database supervisor and its gRPC server,
-/// as ServiceLifecycle services in start order (they shut down in reverse: the gRPC server
-/// drains first, the database pool closes last).
+/// One running service: its database pool, its database supervisor, its outbox relay, its event
+/// consumers and its gRPC server, as ServiceLifecycle services in start order (they shut down in
+/// reverse: the gRPC server drains first, the database pool closes last).
 public struct ServiceHost: Sendable {
   public let definition: ServiceDefinition
   public let configuration: ServiceConfiguration
@@ -43,7 +50,7 @@ public struct ServiceHost: Sendable {
 
   public init(
     definition: ServiceDefinition, configuration: ServiceConfiguration, directory: ServiceDirectory,
-    logger baseLogger: Logger? = nil
+    transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(), logger baseLogger: Logger? = nil
   ) throws {
     var logger = baseLogger ?? Logger(label: "mart.\(definition.service.rawValue)")
     logger[metadataKey: "component"] = .string(definition.service.rawValue)
@@ -55,7 +62,10 @@ public struct ServiceHost: Sendable {
     health.setStatus(.notServing, for: serviceName)
 
     let context = ServiceContext(
-      configuration: configuration, directory: directory, database: database, logger: logger)
+      configuration: configuration, directory: directory, database: database,
+      outbox: Outbox(service: definition.service), logger: logger)
+    // The relay and the consumers need the migrated schema: they wait for this.
+    let ready = ReadinessGate()
     let server = GRPCServer.mart(
       host: configuration.bindHost, port: configuration.port,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)))
@@ -66,6 +76,7 @@ public struct ServiceHost: Sendable {
       checkInterval: configuration.databaseCheckInterval,
       logger: logger
     ) { healthy in
+      ready.set(open: healthy)
       let status: HealthStatus = healthy ? .serving : .notServing
       health.setStatus(status, for: "")
       health.setStatus(status, for: serviceName)
@@ -76,15 +87,42 @@ public struct ServiceHost: Sendable {
     self.health = health
     self.database = database
     self.server = server
-    self.lifecycleServices = [
-      database, supervisor,
-      GRPCServerService(server: server) {
-        // Tell load balancers first, then stop accepting calls.
-        health.setStatus(.notServing, for: "")
-        health.setStatus(.notServing, for: serviceName)
-        health.finishWatchers()
-      },
-    ]
+    let relay = OutboxRelay(
+      service: definition.service, database: database, transport: transport, logger: logger)
+    let consumers = try definition.makeConsumers(context).map {
+      EventConsumer(
+        definition: $0, service: definition.service, database: database, transport: transport, retry: retryPolicy,
+        logger: logger)
+    }
+    self.lifecycleServices =
+      [database, supervisor, AfterGate(ready, relay)] + consumers.map { AfterGate(ready, $0) } + [
+        GRPCServerService(server: server) {
+          // Tell load balancers first, then stop accepting calls.
+          health.setStatus(.notServing, for: "")
+          health.setStatus(.notServing, for: serviceName)
+          health.finishWatchers()
+        }
+      ]
+  }
+}
+
+/// Starts `service` once the gate first opens.
+struct AfterGate<Wrapped: Service>: Service {
+  let gate: ReadinessGate
+  let wrapped: Wrapped
+
+  init(_ gate: ReadinessGate, _ wrapped: Wrapped) {
+    self.gate = gate
+    self.wrapped = wrapped
+  }
+
+  func run() async throws {
+    do {
+      try await cancelWhenGracefulShutdown { try await gate.waitUntilOpen() }
+    } catch is CancellationError {
+      return
+    }
+    try await wrapped.run()
   }
 }
 

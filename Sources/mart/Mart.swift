@@ -21,7 +21,7 @@ struct Mart: AsyncParsableCommand {
       MART_ORDER_PORT, MART_ORDER_DATABASE_URL, MART_GATEWAY_PORT, KAFKA_BROKERS, MART_LOG_LEVEL.
       A malformed value stops start-up with exit code 2 and names the variable.
       """,
-    subcommands: [Serve.self, Migrate.self, Dev.self])
+    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self])
 }
 
 /// The services of the mart plus the gateway, as a command-line argument.
@@ -65,10 +65,10 @@ func loadConfiguration<T>(_ read: () throws -> T) throws -> T {
 }
 
 /// Sets up logging for this process from the environment.
-func bootstrapProcess(name: String, environment: EnvironmentReader) throws -> Logger {
+func bootstrapProcess(name: String, environment: EnvironmentReader) throws -> (ProcessConfiguration, Logger) {
   let process = try loadConfiguration { try ProcessConfiguration(environment: environment) }
   MartLogging.bootstrap(process: name, configuration: process)
-  return Logger(label: "mart")
+  return (process, Logger(label: "mart"))
 }
 
 struct Serve: AsyncParsableCommand {
@@ -80,15 +80,19 @@ struct Serve: AsyncParsableCommand {
 
   func run() async throws {
     let environment = EnvironmentReader()
-    let logger = try bootstrapProcess(name: component.rawValue, environment: environment)
-    let services: [any Service]
+    let (process, logger) = try bootstrapProcess(name: component.rawValue, environment: environment)
+    var services: [any Service]
     if let service = component.service {
+      let events = try EventTransports.make(process, clientID: "mart-\(service.rawValue)", logger: logger)
       let (configuration, directory) = try loadConfiguration {
         (try ServiceConfiguration(service, environment: environment), try ServiceDirectory(environment: environment))
       }
-      services = try ServiceHost(
-        definition: service.definition, configuration: configuration, directory: directory, logger: logger
-      ).lifecycleServices
+      services =
+        events.services
+        + (try ServiceHost(
+          definition: service.definition, configuration: configuration, directory: directory,
+          transport: events.transport, retryPolicy: process.retryPolicy, logger: logger
+        ).lifecycleServices)
       logger.info("starting", metadata: ["port": "\(configuration.port)", "database": "\(configuration.database)"])
     } else {
       let configuration = try loadConfiguration { try GatewayConfiguration(environment: environment) }
@@ -109,7 +113,7 @@ struct Migrate: AsyncParsableCommand {
 
   func run() async throws {
     let environment = EnvironmentReader()
-    let logger = try bootstrapProcess(name: "migrate", environment: environment)
+    let (_, logger) = try bootstrapProcess(name: "migrate", environment: environment)
     let configurations = try loadConfiguration {
       try target.services.map { try ServiceConfiguration($0, environment: environment) }
     }
@@ -138,7 +142,7 @@ struct Dev: AsyncParsableCommand {
 
   func run() async throws {
     let environment = EnvironmentReader()
-    let logger = try bootstrapProcess(name: "dev", environment: environment)
+    let (process, logger) = try bootstrapProcess(name: "dev", environment: environment)
     let (configurations, directory, gateway) = try loadConfiguration {
       (
         try MartService.allCases.map { try ServiceConfiguration($0, environment: environment) },
@@ -146,17 +150,70 @@ struct Dev: AsyncParsableCommand {
         try GatewayConfiguration(environment: environment)
       )
     }
-    var services: [any Service] = []
+    // One transport for the whole process: in-process delivery connects the services directly.
+    let events = try EventTransports.make(process, clientID: "mart-dev", logger: logger)
+    var services: [any Service] = events.services
     for configuration in configurations {
       var serviceLogger = logger
       serviceLogger[metadataKey: "service"] = .string(configuration.service.rawValue)
       services += try ServiceHost(
         definition: configuration.service.definition, configuration: configuration, directory: directory,
-        logger: serviceLogger
+        transport: events.transport, retryPolicy: process.retryPolicy, logger: serviceLogger
       ).lifecycleServices
     }
     services += try Gateway.makeServices(configuration: gateway, logger: logger)
     logger.info("starting the whole mart", metadata: ["gateway_port": "\(gateway.port)"])
     try await runUntilSignalled(services, logger: logger)
+  }
+}
+
+struct Events: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Operate the event backbone.", subcommands: [Redrive.self])
+
+  struct Redrive: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Put the events of a dead-letter topic back on their topic.",
+      discussion: """
+        Reads <topic>.dlq as the consumer group mart.redrive and publishes each event again, without
+        its dead-letter headers, to the topic it came from; stops when nothing has arrived for --wait.
+        Consumers that had already handled an event skip it again (their inbox remembers its id).
+        Needs KAFKA_BROKERS.
+        """)
+
+    @Argument(help: "The dead-letter topic, e.g. mart.orders.v1.dlq.")
+    var topic: String
+
+    @Option(help: "Stop after this long without a record (e.g. 10s, 1m).")
+    var wait: String = "30s"
+
+    func run() async throws {
+      let environment = EnvironmentReader()
+      let (process, logger) = try bootstrapProcess(name: "redrive", environment: environment)
+      let idle = try loadConfiguration {
+        try EnvironmentReader(["--wait": wait]).duration("--wait", default: .seconds(30))
+      }
+      guard DeadLetterRedrive.originalTopic(of: topic) != nil else {
+        FileHandle.standardError.write(Data("mart: \(topic) is not a dead-letter topic (<topic>.dlq)\n".utf8))
+        throw ExitCode(2)
+      }
+      guard let brokers = process.kafkaBrokers else {
+        FileHandle.standardError.write(Data("mart: KAFKA_BROKERS is not set: dead-letter topics live on Kafka\n".utf8))
+        throw ExitCode(2)
+      }
+      let transport = try KafkaEventTransport(
+        brokers: brokers, clientID: "mart-redrive", topicPrefix: process.kafkaTopicPrefix,
+        properties: process.kafkaProperties, logger: logger)
+      do {
+        let count = try await DeadLetterRedrive.run(
+          deadLetterTopic: topic, transport: transport, idle: idle, logger: logger)
+        await transport.shutdown()
+        print("redrove \(count) event(s) from \(topic)")
+      } catch {
+        await transport.shutdown()
+        FileHandle.standardError.write(Data("mart: redrive failed: \(error)\n".utf8))
+        throw ExitCode.failure
+      }
+    }
   }
 }

@@ -10,7 +10,7 @@ import Testing
   /// A service with one migration and no RPCs: the runtime alone.
   static let definition = ServiceDefinition(
     service: .inventory,
-    migrations: [Migration(version: 1, name: "t", sql: "CREATE TABLE t (id int);")],
+    migrations: [Migration(version: 1, name: "t", sql: "CREATE TABLE t (id int);"), .eventTables(version: 2)],
     makeRPCServices: { _ in [] })
 
   @Test func servingAfterMigrationNotServingWhileTheDatabaseIsGone() async throws {
@@ -20,7 +20,7 @@ import Testing
         databaseCheckInterval: .milliseconds(200))
       let host = try ServiceHost(
         definition: Self.definition, configuration: configuration,
-        directory: ServiceDirectory(endpoints: [:]), logger: TestBed.logger)
+        directory: ServiceDirectory(endpoints: [:]), transport: InProcessEventTransport(), logger: TestBed.logger)
       let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
 
       try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -55,7 +55,7 @@ import Testing
       service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
     let host = try ServiceHost(
       definition: Self.definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]),
-      logger: TestBed.logger)
+      transport: InProcessEventTransport(), logger: TestBed.logger)
     let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }

@@ -11,6 +11,7 @@ import PostgresNIO
 public enum TestBed {
   public struct NotConfigured: Error, CustomStringConvertible {
     public var variable: String
+    public init(variable: String) { self.variable = variable }
     public var description: String {
       "\(variable) is not set: run the tests with `make test`, which starts PostgreSQL and the broker"
     }
@@ -26,7 +27,9 @@ public enum TestBed {
 
   public static let logger: Logger = {
     var logger = Logger(label: "mart.test")
-    logger.logLevel = .error
+    // MART_TEST_LOG_LEVEL=debug shows what the code under test logs.
+    logger.logLevel =
+      ProcessInfo.processInfo.environment["MART_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .error
     return logger
   }()
 
@@ -101,14 +104,15 @@ public struct ScratchDatabase: Sendable {
   }
 }
 
-/// Polls `condition` until it holds or `attempts` run out; returns whether it held.
+/// Polls `condition` until it holds or `attempts` run out; returns whether it held. A condition
+/// that throws counts as not holding yet.
 /// (A bound on attempts, not a time limit on the test: slow machines just poll longer.)
 public func eventually(
   attempts: Int = 300, every interval: Duration = .milliseconds(100),
   _ condition: () async throws -> Bool
-) async rethrows -> Bool {
+) async -> Bool {
   for _ in 0..<attempts {
-    if try await condition() { return true }
+    if (try? await condition()) == true { return true }
     try? await Task.sleep(for: interval)
   }
   return false
