@@ -145,7 +145,10 @@ let package = Package(
       path: "Tests/MartTestSupport",
       swiftSettings: strictSwift
     ),
-    .testTarget(name: "MartRuntimeTests", dependencies: testDependencies, swiftSettings: strictSwift),
+    .testTarget(
+      name: "MartRuntimeTests",
+      dependencies: testDependencies + [.product(name: "MetricsTestKit", package: "swift-metrics")],
+      swiftSettings: strictSwift),
     // The event backbone over the real broker: round trip, broker down, crash, poison, rebalance.
     .testTarget(name: "MartEventTests", dependencies: testDependencies, swiftSettings: strictSwift),
     // The `mart` command as a process, and every service's schema.

@@ -75,12 +75,23 @@ public final class KafkaConsumer: Sendable, AsyncSequence {
   /// Records that `record` has been handled: stores and synchronously commits the offset after
   /// it for its partition, so everything up to and including it counts as consumed by the group.
   ///
-  /// - Throws: `KafkaError` when the commit failed (the record will then be delivered again),
-  ///   notably `_STATE` when its partition is no longer assigned to this member: a rebalance
-  ///   gave it to another member, which resumes from the group's last committed offset.
-  ///   `_DESTROY` once the consumer is closing.
+  /// The commit is synchronous against the group coordinator: about a millisecond normally,
+  /// several seconds before failing with `_WAIT_COORD` when the coordinator is unreachable.
+  ///
+  /// - Throws: `KafkaError` when the commit failed. The record is then delivered again later
+  ///   (at-least-once), so callers normally log this rather than stop consuming. Notably
+  ///   `_STATE` when its partition is no longer assigned to this member (a rebalance gave it
+  ///   to another member, which resumes from the group's last committed offset), `_WAIT_COORD`
+  ///   or a broker error while the group is unreachable or rebalancing, and `_DESTROY` once the
+  ///   consumer is closing.
   public func commit(_ record: KafkaRecord) async throws {
     try await core.commit(KafkaTopicPartition(topic: record.topic, partition: record.partition), offset: record.offset)
+  }
+
+  /// Like `commit(_:)`, for a record known by its coordinates: the record at `offset` in
+  /// `partition` has been handled (so `offset + 1` is committed).
+  public func commit(recordAt offset: Int64, in partition: KafkaTopicPartition) async throws {
+    try await core.commit(partition, offset: offset)
   }
 
   /// Commits what `commit(_:)` stored, leaves the group (`rd_kafka_consumer_close`), destroys
@@ -402,7 +413,15 @@ final class ConsumerCore: Sendable {
     let error = message.pointee.err
     switch error {
     case RD_KAFKA_RESP_ERR_NO_ERROR:
-      let record = makeRecord(message)
+      var record = makeRecord(message)
+      // Cached from the last fetch response: no broker round trip.
+      var low: Int64 = -1
+      var high: Int64 = -1
+      if rd_kafka_get_watermark_offsets(handle.pointer, record.topic, record.partition, &low, &high)
+        == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0
+      {
+        record.highWatermark = high
+      }
       let waiter = shared.state.withLock { state in
         guard !state.waiters.isEmpty else {
           state.ready.append(record)

@@ -67,11 +67,15 @@ public struct KafkaRecord: Sendable, Hashable {
   public var value: [UInt8]
   public var headers: [KafkaHeader]
   public var timestamp: Date?
+  /// The partition's high watermark (the offset the next record will get) as last seen by this
+  /// consumer when the record was polled, if known: `highWatermark - offset - 1` is the lag.
+  public var highWatermark: Int64?
 
   public init(
     topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8], headers: [KafkaHeader],
-    timestamp: Date?
+    timestamp: Date?, highWatermark: Int64? = nil
   ) {
+    self.highWatermark = highWatermark
     self.topic = topic
     self.partition = partition
     self.offset = offset

@@ -114,8 +114,22 @@ public struct EventConsumer: Service {
       try await cancelWhenGracefulShutdown {
         while let record = try await subscription.next() {
           logger.trace("received", metadata: ["topic": "\(record.topic)", "offset": "\(record.offset)"])
+          if let lag = record.lag {
+            Gauge(
+              label: "mart_events_consumer_lag",
+              dimensions: [("consumer", group), ("topic", record.topic), ("partition", "\(record.partition)")]
+            ).record(lag)
+          }
           try await handle(record)
-          try await subscription.commit(record)
+          do {
+            try await subscription.commit(record)
+          } catch {
+            // The record is delivered again (to this member or, after a rebalance, another) and the
+            // inbox makes that harmless; stopping the consumer would help nobody.
+            logger.warning(
+              "offset commit failed; the record will be redelivered",
+              metadata: ["topic": "\(record.topic)", "offset": "\(record.offset)", "error": "\(error)"])
+          }
         }
       }
     } catch is CancellationError {

@@ -25,10 +25,14 @@ public struct ReceivedRecord: Sendable, Equatable {
   public var key: [UInt8]?
   public var value: [UInt8]
   public var headers: [EventHeader]
+  /// How many records of the partition follow this one, when the transport knows.
+  public var lag: Int64?
 
   public init(
-    topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8], headers: [EventHeader]
+    topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8], headers: [EventHeader],
+    lag: Int64? = nil
   ) {
+    self.lag = lag
     self.topic = topic
     self.partition = partition
     self.offset = offset

@@ -79,7 +79,9 @@ public final class InProcessEventTransport: EventTransport {
         if position < log.endOffset {
           member.fetched[topic] = position + 1
           state.groups[group] = member
-          return log.records[Int(position - log.baseOffset)]
+          var record = log.records[Int(position - log.baseOffset)]
+          record.lag = log.endOffset - position - 1
+          return record
         }
       }
       return nil

@@ -92,15 +92,14 @@ public final class KafkaEventTransport: EventTransport, Service {
       guard let record = try await consumer.next() else { return nil }
       return ReceivedRecord(
         topic: String(record.topic.dropFirst(topicPrefix.count)), partition: record.partition, offset: record.offset,
-        key: record.key, value: record.value, headers: record.headers.map { EventHeader($0.name, $0.value) })
+        key: record.key, value: record.value, headers: record.headers.map { EventHeader($0.name, $0.value) },
+        lag: record.highWatermark.map { max(0, $0 - record.offset - 1) })
     }
 
     func commit(_ record: ReceivedRecord) async throws {
       try await consumer.commit(
-        KafkaRecord(
-          topic: topicPrefix + record.topic, partition: record.partition, offset: record.offset, key: record.key,
-          value: record.value,
-          headers: [], timestamp: nil))
+        recordAt: record.offset, in: KafkaTopicPartition(topic: topicPrefix + record.topic, partition: record.partition)
+      )
     }
 
     func close() async {
