@@ -8,6 +8,7 @@ writers=${BENCH_WRITERS:-8}
 scripts/deps.sh
 dir=.testbed/bench
 cleanup() { scripts/testbed.sh stop --dir "$dir" --purge >/dev/null 2>&1 || true; }
+mkdir -p "$dir"
 trap cleanup EXIT
 scripts/testbed.sh start --dir "$dir" --persistent >/dev/null
 # shellcheck disable=SC1091
@@ -27,5 +28,10 @@ tps1=$(pg_tps 1)
 tpsn=$(pg_tps "$writers")
 echo "pgbench single-row insert commits: $tps1/s (1 client), $tpsn/s ($writers clients)"
 
-swift build -c release --product EventBackboneBenchmark >/dev/null
-BENCH_PG_CEILING=$tpsn BENCH_WRITERS=$writers "$(swift build -c release --show-bin-path)/EventBackboneBenchmark"
+# A scratch path of its own, so a release build never waits on (or blocks) the debug one.
+log="$dir/build.log"
+swift build -c release --scratch-path .build-bench --product EventBackboneBenchmark >"$log" 2>&1 || {
+  tail -n 40 "$log"
+  exit 1
+}
+BENCH_PG_CEILING=$tpsn BENCH_WRITERS=$writers "$(swift build -c release --scratch-path .build-bench --show-bin-path)/EventBackboneBenchmark"

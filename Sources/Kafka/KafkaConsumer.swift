@@ -46,11 +46,16 @@ public final class KafkaConsumer: Sendable, AsyncSequence {
   /// records are asked for (the join happens inside librdkafka's poll).
   /// - Throws: `KafkaConfigurationError` for a property librdkafka rejects; `KafkaError` when
   ///   there are no topics or the subscription is refused.
+  /// - Parameter waitForCommits: when true (the default) `commit(_:)` returns once the broker
+  ///   has the offset; when false it returns once the offset is stored, and librdkafka sends it
+  ///   in the background (a lost commit means redelivery, never loss: for idempotent handlers,
+  ///   which can then go at the broker's speed instead of one commit round trip per record).
   public init(
-    configuration: KafkaConfiguration, groupID: String, topics: [String],
+    configuration: KafkaConfiguration, groupID: String, topics: [String], waitForCommits: Bool = true,
     logger: Logger = Logger(label: "kafka.consumer")
   ) throws {
-    core = try ConsumerCore(configuration: configuration, groupID: groupID, topics: topics, logger: logger)
+    core = try ConsumerCore(
+      configuration: configuration, groupID: groupID, topics: topics, waitForCommits: waitForCommits, logger: logger)
     self.groupID = groupID
     self.topics = topics
     DedicatedThread.start(name: "kafka-consumer") { [core] in core.run() }
@@ -237,7 +242,13 @@ final class ConsumerCore: Sendable {
   private let context: Mutex<Unmanaged<AnyObject>?>
   private var logger: Logger { shared.logger }
 
-  init(configuration: KafkaConfiguration, groupID: String, topics: [String], logger: Logger) throws {
+  /// Whether `commit` waits for the broker's answer (rd_kafka_commit's `async` flag, inverted).
+  private let waitForCommits: Bool
+
+  init(
+    configuration: KafkaConfiguration, groupID: String, topics: [String], waitForCommits: Bool, logger: Logger
+  ) throws {
+    self.waitForCommits = waitForCommits
     guard !topics.isEmpty else { throw KafkaError(code: .invalidArgument, message: "no topics to subscribe to") }
     let conf = try configuration.makeConf(
       defaults: [("auto.offset.reset", "earliest"), ("log_level", String(syslogLevel(for: logger.logLevel)))],
@@ -467,7 +478,7 @@ final class ConsumerCore: Sendable {
         "cannot commit \(partition) offset \(offset + 1): the partition is not assigned to this consumer "
           + "(\(KafkaError.Code(storeError).explanation)); its current owner resumes from the group's committed offset")
     }
-    let committed = rd_kafka_commit(handle.pointer, list, 0)
+    let committed = rd_kafka_commit(handle.pointer, list, waitForCommits ? 0 : 1)
     guard committed == RD_KAFKA_RESP_ERR_NO_ERROR else {
       throw KafkaError(
         committed, "committing \(partition) offset \(offset + 1): \(KafkaError.Code(committed).explanation)")

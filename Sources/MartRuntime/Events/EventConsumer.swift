@@ -111,31 +111,62 @@ public struct EventConsumer: Service {
   public func run() async throws {
     let subscription = try await transport.subscribe(group: group, topics: definition.topics.map(\.name))
     do {
-      try await cancelWhenGracefulShutdown {
-        while let record = try await subscription.next() {
-          logger.trace("received", metadata: ["topic": "\(record.topic)", "offset": "\(record.offset)"])
-          if let lag = record.lag {
-            Gauge(
-              label: "mart_events_consumer_lag",
-              dimensions: [("consumer", group), ("topic", record.topic), ("partition", "\(record.partition)")]
-            ).record(lag)
-          }
-          try await handle(record)
-          do {
-            try await subscription.commit(record)
-          } catch {
-            // The record is delivered again (to this member or, after a rebalance, another) and the
-            // inbox makes that harmless; stopping the consumer would help nobody.
-            logger.warning(
-              "offset commit failed; the record will be redelivered",
-              metadata: ["topic": "\(record.topic)", "offset": "\(record.offset)", "error": "\(error)"])
-          }
-        }
-      }
+      try await cancelWhenGracefulShutdown { try await consume(subscription) }
     } catch is CancellationError {
       // Shutting down: what was not committed is delivered again, and the inbox dedups it.
     }
     await subscription.close()
+  }
+
+  /// Takes records and hands each to the lane of its partition. Lanes run concurrently, each in
+  /// order: order per aggregate is order per partition, and partitions are independent, so a
+  /// consumer uses as many database connections as it has busy partitions. At most
+  /// `maximumInFlight` records are taken and not yet handled (back-pressure on the transport).
+  func consume(_ subscription: any EventSubscription) async throws {
+    let inFlight = AsyncLimiter(limit: maximumInFlight)
+    try await withThrowingTaskGroup(of: Void.self) { lanes in
+      var laneInputs: [String: AsyncStream<ReceivedRecord>.Continuation] = [:]
+      defer { for input in laneInputs.values { input.finish() } }
+      while let record = try await subscription.next() {
+        if let lag = record.lag {
+          Gauge(
+            label: "mart_events_consumer_lag",
+            dimensions: [("consumer", group), ("topic", record.topic), ("partition", "\(record.partition)")]
+          ).record(lag)
+        }
+        try await inFlight.acquire()
+        let lane = "\(record.topic)/\(record.partition)"
+        if laneInputs[lane] == nil {
+          let (records, input) = AsyncStream.makeStream(of: ReceivedRecord.self)
+          laneInputs[lane] = input
+          lanes.addTask {
+            for await record in records {
+              defer { inFlight.release() }
+              try await handle(record)
+              await commit(record, on: subscription)
+            }
+          }
+        }
+        laneInputs[lane]?.yield(record)
+      }
+      for input in laneInputs.values { input.finish() }
+      try await lanes.waitForAll()
+    }
+  }
+
+  /// How many records may be taken from the transport but not yet handled.
+  var maximumInFlight: Int { 256 }
+
+  private func commit(_ record: ReceivedRecord, on subscription: any EventSubscription) async {
+    do {
+      try await subscription.commit(record)
+    } catch {
+      // The record is delivered again (to this member or, after a rebalance, another) and the
+      // inbox makes that harmless; stopping the consumer would help nobody.
+      logger.warning(
+        "offset commit failed; the record will be redelivered",
+        metadata: ["topic": "\(record.topic)", "offset": "\(record.offset)", "error": "\(error)"])
+    }
   }
 
   /// Applies one record; returns normally once it is handled, skipped or dead-lettered.

@@ -75,7 +75,8 @@ public final class KafkaEventTransport: EventTransport, Service {
     Subscription(
       consumer: try KafkaConsumer(
         configuration: configuration, groupID: topicPrefix + group, topics: topics.map { topicPrefix + $0 },
-        logger: logger),
+        // Handlers are idempotent (the inbox), so a commit need not hold up the next record.
+        waitForCommits: false, logger: logger),
       topicPrefix: topicPrefix)
   }
 
