@@ -125,7 +125,7 @@ public struct EventConsumer: Service {
   func consume(_ subscription: any EventSubscription) async throws {
     let inFlight = AsyncLimiter(limit: maximumInFlight)
     try await withThrowingTaskGroup(of: Void.self) { lanes in
-      var laneInputs: [String: AsyncStream<ReceivedRecord>.Continuation] = [:]
+      var laneInputs: [String: LaneQueue] = [:]
       defer { for input in laneInputs.values { input.finish() } }
       while let record = try await subscription.next() {
         if let lag = record.lag {
@@ -137,17 +137,19 @@ public struct EventConsumer: Service {
         try await inFlight.acquire()
         let lane = "\(record.topic)/\(record.partition)"
         if laneInputs[lane] == nil {
-          let (records, input) = AsyncStream.makeStream(of: ReceivedRecord.self)
-          laneInputs[lane] = input
+          let queue = LaneQueue()
+          laneInputs[lane] = queue
           lanes.addTask {
-            for await record in records {
-              defer { inFlight.release() }
-              try await handle(record)
-              await commit(record, on: subscription)
+            while true {
+              let batch = try await queue.takeBatch(upTo: maximumBatch)
+              guard let last = batch.last else { return }
+              try await handleBatch(batch)
+              await commit(last, on: subscription)
+              for _ in batch { inFlight.release() }
             }
           }
         }
-        laneInputs[lane]?.yield(record)
+        laneInputs[lane]?.append(record)
       }
       for input in laneInputs.values { input.finish() }
       try await lanes.waitForAll()
@@ -156,6 +158,8 @@ public struct EventConsumer: Service {
 
   /// How many records may be taken from the transport but not yet handled.
   var maximumInFlight: Int { 256 }
+  /// How many consecutive records of a partition may share one transaction.
+  var maximumBatch: Int { 64 }
 
   private func commit(_ record: ReceivedRecord, on subscription: any EventSubscription) async {
     do {
@@ -171,28 +175,17 @@ public struct EventConsumer: Service {
 
   /// Applies one record; returns normally once it is handled, skipped or dead-lettered.
   func handle(_ record: ReceivedRecord) async throws {
-    let consumed = Counter(
-      label: "mart_events_consumed_total", dimensions: [("consumer", group), ("topic", record.topic)])
-    let envelope: EventEnvelope
-    do {
-      envelope = try EventEnvelope(topic: record.topic, key: record.key, value: record.value, headers: record.headers)
-    } catch {
-      return try await deadLetter(record, error: "unreadable envelope: \(error)", attempts: 0)
-    }
-    guard let type = DomainEvents.byName[envelope.type] else {
-      return try await deadLetter(record, error: "unknown event type \(envelope.type)", attempts: 0)
-    }
-    let event: any DomainEvent
-    do {
-      event = try type.init(
-        serializedBytes: envelope.payload, extensions: nil, partial: false, options: BinaryDecodingOptions())
-    } catch {
-      return try await deadLetter(record, error: "undecodable \(envelope.type) payload: \(error)", attempts: 0)
-    }
-    guard let handler = definition.handlers.handlers[envelope.type] else {
-      consumed.increment()
+    let (envelope, event, handler): (EventEnvelope, any DomainEvent, EventHandlers.Handler)
+    switch decode(record) {
+    case .deadLetter(let reason):
+      return try await deadLetter(record, error: reason, attempts: 0)
+    case .skip:
+      consumedCounter(record.topic).increment()
       return
+    case .apply(let decodedEnvelope, let decodedEvent, let decodedHandler):
+      (envelope, event, handler) = (decodedEnvelope, decodedEvent, decodedHandler)
     }
+    let consumed = consumedCounter(record.topic)
 
     var attempt = 0
     while true {
@@ -240,6 +233,81 @@ public struct EventConsumer: Service {
           ])
         try await Task.sleep(for: delay)
       }
+    }
+  }
+
+  enum Decoded {
+    /// Unreadable, unknown or undecodable: straight to the dead-letter topic.
+    case deadLetter(String)
+    /// A known event this consumer has no handler for.
+    case skip
+    case apply(EventEnvelope, any DomainEvent, EventHandlers.Handler)
+  }
+
+  func decode(_ record: ReceivedRecord) -> Decoded {
+    let envelope: EventEnvelope
+    do {
+      envelope = try EventEnvelope(topic: record.topic, key: record.key, value: record.value, headers: record.headers)
+    } catch {
+      return .deadLetter("unreadable envelope: \(error)")
+    }
+    guard let type = DomainEvents.byName[envelope.type] else {
+      return .deadLetter("unknown event type \(envelope.type)")
+    }
+    let event: any DomainEvent
+    do {
+      event = try type.init(
+        serializedBytes: envelope.payload, extensions: nil, partial: false, options: BinaryDecodingOptions())
+    } catch {
+      return .deadLetter("undecodable \(envelope.type) payload: \(error)")
+    }
+    guard let handler = definition.handlers.handlers[envelope.type] else { return .skip }
+    return .apply(envelope, event, handler)
+  }
+
+  func consumedCounter(_ topic: String) -> Counter {
+    Counter(label: "mart_events_consumed_total", dimensions: [("consumer", group), ("topic", topic)])
+  }
+
+  /// Applies consecutive records of one partition in one transaction: one commit (and fsync) for
+  /// the batch instead of one per event. If anything in it fails, or a record needs more than a
+  /// handler (dead letter, skip), the batch is rolled back and its records go one at a time
+  /// through `handle`, with its retries and dead letters.
+  func handleBatch(_ batch: [ReceivedRecord]) async throws {
+    var work: [(topic: String, envelope: EventEnvelope, event: any DomainEvent, handler: EventHandlers.Handler)] = []
+    for record in batch {
+      guard batch.count > 1, case .apply(let envelope, let event, let handler) = decode(record) else {
+        for record in batch { try await handle(record) }
+        return
+      }
+      work.append((record.topic, envelope, event, handler))
+    }
+    do {
+      let duplicates = try await database.withTransaction(logger: logger) { connection -> Int in
+        var duplicates = 0
+        for item in work {
+          let rows = try await connection.query(
+            "INSERT INTO inbox (consumer, event_id) VALUES (\(group), \(item.envelope.id)) ON CONFLICT DO NOTHING RETURNING 1",
+            logger: logger)
+          var inserted = false
+          for try await _ in rows { inserted = true }
+          guard inserted else {
+            duplicates += 1
+            continue
+          }
+          try await RequestContext.$traceparent.withValue(item.envelope.traceparent) {
+            try await item.handler(item.event, item.envelope, connection)
+          }
+        }
+        return duplicates
+      }
+      for item in work { consumedCounter(item.topic).increment() }
+      if duplicates > 0 {
+        Counter(label: "mart_events_duplicates_total", dimensions: [("consumer", group)]).increment(by: duplicates)
+      }
+    } catch {
+      if error is CancellationError || Task.isCancelled { throw CancellationError() }
+      for record in batch { try await handle(record) }
     }
   }
 
