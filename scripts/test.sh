@@ -33,5 +33,11 @@ MART_BINARY="$(swift build --show-bin-path)/mart"
 export MART_BINARY
 
 step "tests"
-swift test --skip-build
+# The suite takes about a minute; a run that is still going after 20 is stuck, and saying so
+# beats waiting out CI's limit.
+if ! timeout --kill-after=30 1200 swift test --skip-build; then
+  status=$?
+  [[ $status -eq 124 ]] && echo "make test: the test run did not finish within 20 minutes (stuck)" >&2
+  exit "$status"
+fi
 step "done"

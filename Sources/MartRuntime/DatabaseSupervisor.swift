@@ -69,7 +69,7 @@ public struct DatabaseSupervisor: Service {
         failures += 1
         let delay = backoff(after: failures)
         logger.warning(
-          "database unavailable; retrying",
+          error is SchemaNotReady ? "waiting for migrations; not serving" : "database unavailable; retrying",
           metadata: [
             "error": "\(MigrationRunner.describe(error))", "attempt": "\(failures)",
             "retry_in": "\(delay)",

@@ -59,8 +59,14 @@ import Testing
       try await withPostgresClient(database.configuration) { client in
         try await EventFixtures.migrate(client)
         // Nothing listens on the port yet: the relay cannot publish.
+        // Slow reconnects and quiet connect errors: librdkafka otherwise logs a refused connection
+        // many times a second, and that flood of output has been seen to stall the test run.
         let transport = try TestBed.kafkaTransport(
-          prefix: prefix, brokers: brokers, properties: ["message.timeout.ms": "3000"])
+          prefix: prefix, brokers: brokers,
+          properties: [
+            "message.timeout.ms": "3000", "reconnect.backoff.ms": "200", "reconnect.backoff.max.ms": "1000",
+            "log_level": "2",
+          ])
         let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: TestBed.logger)
         let events = (0..<30).map { EventFixtures.orderPlaced(order: "agg-\($0 % 3)", number: $0) }
         try await withServices([transport, relay]) {

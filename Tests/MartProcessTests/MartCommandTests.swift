@@ -33,6 +33,34 @@ import Testing
     }
   }
 
+  @Test func withoutAutoMigrateAServiceWaitsForMartMigrate() async throws {
+    try await withScratchDatabases("manual") { databases in
+      let port = try freePort()
+      var environment = databases
+      environment["MART_AUTO_MIGRATE"] = "false"
+      environment["MART_PRODUCT_PORT"] = "\(port)"
+      environment["MART_DATABASE_CHECK_INTERVAL"] = "200ms"
+      let serve = try ChildProcess.mart(["serve", "product"], environment: environment)
+      let name = MartService.product.grpcServiceName
+      #expect(await eventually { await healthStatus(port: port, service: name) == .notServing })
+      try await Task.sleep(for: .seconds(1))
+      #expect(await healthStatus(port: port, service: name) == .notServing)
+
+      let migrate = try ChildProcess.mart(["migrate", "product"], environment: environment)
+      #expect(await migrate.waitForExit() == 0, "\(migrate.standardError)")
+      #expect(await eventually { await healthStatus(port: port, service: name) == .serving })
+      serve.signal(SIGTERM)
+      #expect(await serve.waitForExit() == 0)
+      #expect(serve.standardError.contains("pending"))
+    }
+  }
+
+  @Test func redriveRefusesWhatIsNotADeadLetterTopic() async throws {
+    let redrive = try ChildProcess.mart(["events", "redrive", "mart.orders.v1"])
+    #expect(await redrive.waitForExit() == 2)
+    #expect(redrive.standardError.contains("not a dead-letter topic"))
+  }
+
   @Test func migrateAllIsSafeToRunTwice() async throws {
     try await withScratchDatabases("migrate") { environment in
       let first = try ChildProcess.mart(["migrate", "all"], environment: environment)
@@ -44,9 +72,12 @@ import Testing
     }
   }
 
-  @Test func devStartsEveryServiceAndTheGateway() async throws {
+  /// With the test broker (`KAFKA_BROKERS` from the test bed) and without it, as `make run` does.
+  @Test(arguments: [true, false])
+  func devStartsEveryServiceAndTheGateway(withBroker: Bool) async throws {
     try await withScratchDatabases("dev") { databases in
       var environment = databases
+      if !withBroker { environment["KAFKA_BROKERS"] = "" }
       var ports: [MartService: Int] = [:]
       for service in MartService.allCases {
         let port = try freePort()
