@@ -431,9 +431,10 @@ write_env() {
         done
         [[ -z $kport ]] || printf 'export KAFKA_BROKERS=127.0.0.1:%s\n' "$kport"
         # Tansu holds a first JoinGroup for about session.timeout.ms/2 and answers waiting
-        # fetches on a timer: short settings keep group joins (~3 s) and hops quick.
+        # fetches on a timer: short settings keep group joins (~3 s) and hops quick. A short
+        # metadata refresh lets a consumer that subscribed before its topic existed see it soon.
         [[ -z $kport ]] || printf 'export MART_KAFKA_PROPERTIES=%s\n' \
-            'session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.wait.max.ms=20'
+            'session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.wait.max.ms=20,topic.metadata.refresh.interval.ms=2000'
         printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
         printf 'export MART_PG_BIN=%s\n' "$PG_BIN"
         printf 'export MART_PG_DATA=%s\n' "$PGDATA_DIR"

@@ -64,8 +64,7 @@ import Testing
         let transport = try TestBed.kafkaTransport(
           prefix: prefix, brokers: brokers,
           properties: [
-            "message.timeout.ms": "3000", "reconnect.backoff.ms": "200", "reconnect.backoff.max.ms": "1000",
-            "log_level": "2",
+            "message.timeout.ms": "3000"
           ])
         let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: TestBed.logger)
         let events = (0..<30).map { EventFixtures.orderPlaced(order: "agg-\($0 % 3)", number: $0) }

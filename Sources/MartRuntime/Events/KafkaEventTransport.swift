@@ -72,7 +72,10 @@ public final class KafkaEventTransport: EventTransport, Service {
   }
 
   public func subscribe(group: String, topics: [String]) async throws -> any EventSubscription {
-    Subscription(
+    // A consumer that subscribes to a topic before it exists learns of it only at its next
+    // metadata refresh (librdkafka: every 5 minutes by default), so make sure it exists first.
+    try await prepareTopics(topics)
+    return Subscription(
       consumer: try KafkaConsumer(
         configuration: configuration, groupID: topicPrefix + group, topics: topics.map { topicPrefix + $0 },
         // Handlers are idempotent (the inbox), so a commit need not hold up the next record.
