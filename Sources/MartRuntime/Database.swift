@@ -128,9 +128,4 @@ extension Error {
     guard let state = psql.serverInfo?[.sqlState] else { return true }
     return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
   }
-
-  /// The PostgreSQL SQLSTATE of a server error (for example `23505`, unique violation), if any.
-  public var sqlState: String? {
-    (unwrappingTransactionError as? PSQLError)?.serverInfo?[.sqlState]
-  }
 }

@@ -61,21 +61,17 @@ import Testing
           payload: try EventFixtures.orderPlaced(order: "o-1", number: 1).serializedBytes())
         // The same event three times, as a broker may redeliver it.
         _ = await transport.publish(Array(repeating: OutgoingRecord(envelope), count: 3))
+        // A later event proves the duplicates were consumed, not merely pending.
+        var next = envelope
+        next.id = UUID()
         try await withServices([consumer]) {
           #expect(await eventually { try await EventFixtures.effects(client).count == 1 })
-          // A later event proves the duplicates were consumed, not merely pending.
-          var next = envelope
-          next.id = UUID()
           _ = await transport.publish([OutgoingRecord(next)])
           #expect(await eventually { try await EventFixtures.effects(client).count == 2 })
         }
-        #expect(try await EventFixtures.effects(client).map(\.eventID) == [envelope.id, envelopeID(2, client)])
+        #expect(try await EventFixtures.effects(client).map(\.eventID) == [envelope.id, next.id])
       }
     }
-  }
-
-  func envelopeID(_ position: Int, _ client: PostgresClient) async throws -> UUID {
-    try await EventFixtures.effects(client)[position - 1].eventID
   }
 
   @Test func poisonEventsAreDeadLetteredAndTheRestFlows() async throws {

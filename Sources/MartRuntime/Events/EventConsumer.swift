@@ -30,8 +30,6 @@ public struct EventHandlers: Sendable {
       try await handle(ReceivedEvent(event: event, envelope: envelope), connection)
     }
   }
-
-  public var eventTypes: [String] { handlers.keys.sorted() }
 }
 
 /// A named consumer of some topics: its name is the consumer group and the inbox key.
