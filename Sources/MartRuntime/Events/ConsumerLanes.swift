@@ -63,60 +63,31 @@ final class LaneQueue: Sendable {
   private struct State {
     var records: [ReceivedRecord] = []
     var finished = false
-    var waiter: CheckedContinuation<Void, Never>?
   }
 
   private let state = Mutex(State())
+  private let changed = AsyncCondition()
 
   func append(_ record: ReceivedRecord) {
-    let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-      state.records.append(record)
-      defer { state.waiter = nil }
-      return state.waiter
-    }
-    waiter?.resume()
+    state.withLock { $0.records.append(record) }
+    changed.broadcast()
   }
 
   /// No more records will come; the lane ends once it has taken the rest.
   func finish() {
-    let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-      state.finished = true
-      defer { state.waiter = nil }
-      return state.waiter
-    }
-    waiter?.resume()
+    state.withLock { $0.finished = true }
+    changed.broadcast()
   }
 
-  /// Up to `limit` records, waiting while there are none; empty once finished (or cancelled).
+  /// Up to `limit` records, waiting while there are none; empty once finished.
   /// Only the lane's own task takes.
   func takeBatch(upTo limit: Int) async throws -> [ReceivedRecord] {
-    while true {
-      try Task.checkCancellation()
-      let batch = state.withLock { state -> [ReceivedRecord]? in
-        guard state.records.isEmpty else {
-          let batch = Array(state.records.prefix(limit))
-          state.records.removeFirst(batch.count)
-          return batch
-        }
-        return state.finished ? [] : nil
-      }
-      if let batch { return batch }
-      await withTaskCancellationHandler {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-          let resumeNow = state.withLock { state -> Bool in
-            if !state.records.isEmpty || state.finished || Task.isCancelled { return true }
-            state.waiter = continuation
-            return false
-          }
-          if resumeNow { continuation.resume() }
-        }
-      } onCancel: {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-          defer { state.waiter = nil }
-          return state.waiter
-        }
-        waiter?.resume()
-      }
+    await changed.wait { state.withLock { !$0.records.isEmpty || $0.finished } }
+    try Task.checkCancellation()
+    return state.withLock { state in
+      let batch = Array(state.records.prefix(limit))
+      state.records.removeFirst(batch.count)
+      return batch
     }
   }
 }

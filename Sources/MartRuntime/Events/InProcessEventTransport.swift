@@ -19,27 +19,21 @@ public final class InProcessEventTransport: EventTransport {
     var fetched: [String: Int64] = [:]
   }
 
-  private struct Waiter {
-    var topics: Set<String>
-    var continuation: CheckedContinuation<Void, Never>
-  }
-
   private struct State {
     var logs: [String: TopicLog] = [:]
     var groups: [String: Group] = [:]
-    var waiters: [Int: Waiter] = [:]
-    var nextWaiterID = 0
   }
 
   private let state = Mutex(State())
+  /// Broadcast after every publish: subscribers waiting for records look again.
+  private let published = AsyncCondition()
 
   public init() {}
 
   public func prepareTopics(_ names: [String]) async throws {}
 
   public func publish(_ records: [OutgoingRecord]) async -> [Result<Void, any Error>] {
-    let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-      var touched = Set<String>()
+    state.withLock { state in
       for record in records {
         var log = state.logs[record.topic] ?? TopicLog()
         log.records.append(
@@ -47,13 +41,9 @@ public final class InProcessEventTransport: EventTransport {
             topic: record.topic, partition: 0, offset: log.endOffset, key: record.key, value: record.value,
             headers: record.headers))
         state.logs[record.topic] = log
-        touched.insert(record.topic)
       }
-      let ready = state.waiters.filter { !$0.value.topics.isDisjoint(with: touched) }
-      for id in ready.keys { state.waiters[id] = nil }
-      return ready.values.map(\.continuation)
     }
-    for continuation in wake { continuation.resume() }
+    published.broadcast()
     return records.map { _ in .success(()) }
   }
 
@@ -88,33 +78,16 @@ public final class InProcessEventTransport: EventTransport {
     }
   }
 
-  private static func hasUnfetched(_ state: State, group: String, topics: [String]) -> Bool {
-    guard let member = state.groups[group] else { return false }
-    return topics.contains { topic in
-      guard let log = state.logs[topic] else { return false }
-      return (member.fetched[topic] ?? log.baseOffset) < log.endOffset
-    }
-  }
-
-  /// Suspends until something is published on one of `topics` (or the task is cancelled).
+  /// Suspends until the group has something unfetched on one of `topics` (or the task is cancelled).
   fileprivate func waitForRecords(group: String, topics: [String]) async {
-    let id = state.withLock { state -> Int in
-      state.nextWaiterID += 1
-      return state.nextWaiterID
-    }
-    await withTaskCancellationHandler {
-      await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let resumeNow = state.withLock { state -> Bool in
-          // Published between the caller's look and now: no sleep, so no lost wake-up.
-          if Task.isCancelled || Self.hasUnfetched(state, group: group, topics: topics) { return true }
-          state.waiters[id] = Waiter(topics: Set(topics), continuation: continuation)
-          return false
+    await published.wait {
+      state.withLock { state in
+        guard let member = state.groups[group] else { return false }
+        return topics.contains { topic in
+          guard let log = state.logs[topic] else { return false }
+          return (member.fetched[topic] ?? log.baseOffset) < log.endOffset
         }
-        if resumeNow { continuation.resume() }
       }
-    } onCancel: {
-      let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
-      waiter?.continuation.resume()
     }
   }
 
