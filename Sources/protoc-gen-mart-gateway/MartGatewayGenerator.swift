@@ -1,0 +1,54 @@
+import SwiftProtobuf
+import SwiftProtobufPluginLibrary
+
+/// `protoc-gen-mart-gateway`: the protoc plugin that turns the `google.api.http` and
+/// `mart.api.v1.access` method options of the Mart services into
+///
+/// - `Sources/Gateway/Generated/GatewayRoutes.swift`: the gateway's route table and the JSON
+///   schemas of the messages it accepts;
+/// - `Sources/MartProto/MartAccessPolicies.swift`: the access level of every Mart RPC;
+/// - `Sources/Gateway/Generated/openapi.json`: the OpenAPI 3.1 document of the HTTP API.
+///
+/// All three come from one invocation over every proto file (paths are relative to the output
+/// directory, which `scripts/gen-proto.sh` points at a staging copy of the repository layout).
+/// Files with services in a `mart.*` package are read; the others are only looked up (message
+/// types, `google.rpc.Status`, the `mart.api.v1.Access` enum). Any inconsistency (an RPC without an
+/// access level, a streaming RPC with an HTTP rule, a rule naming a missing field) fails generation
+/// with every problem listed.
+@main
+struct MartGatewayGenerator: CodeGenerator {
+  static let routesFile = "Sources/Gateway/Generated/GatewayRoutes.swift"
+  static let accessPoliciesFile = "Sources/MartProto/MartAccessPolicies.swift"
+  static let openAPIFile = "Sources/Gateway/Generated/openapi.json"
+
+  var supportedFeatures: [Google_Protobuf_Compiler_CodeGeneratorResponse.Feature] { [.proto3Optional] }
+
+  var version: String? { "1.0.0" }
+
+  func generate(
+    files: [FileDescriptor], parameter: any CodeGeneratorParameter, protoCompilerContext: any ProtoCompilerContext,
+    generatorOutputs: any GeneratorOutputs
+  ) throws {
+    if let (key, _) = parameter.parsedPairs.first {
+      throw GenerationError(["unknown option '\(key)' (protoc-gen-mart-gateway takes none)"])
+    }
+    let api = try APIModel(files: files)
+    try generatorOutputs.add(fileName: Self.routesFile, contents: SwiftEmitter.gatewayRoutes(api))
+    try generatorOutputs.add(fileName: Self.accessPoliciesFile, contents: SwiftEmitter.accessPolicies(api))
+    try generatorOutputs.add(fileName: Self.openAPIFile, contents: OpenAPIEmitter.document(api))
+  }
+}
+
+/// Every problem found in the protos, reported together in the CodeGeneratorResponse.
+struct GenerationError: Error, CustomStringConvertible {
+  var problems: [String]
+
+  init(_ problems: [String]) {
+    self.problems = problems
+  }
+
+  var description: String {
+    if problems.count == 1 { return problems[0] }
+    return "\(problems.count) problems:" + problems.map { "\n  - \($0)" }.joined()
+  }
+}
