@@ -130,7 +130,7 @@ public struct EnvironmentReader: Sendable {
     guard let raw = string(name) else { return defaultValue }
     guard let duration = Self.parseDuration(raw), duration > .zero else {
       throw ConfigurationError(
-        variable: name, value: raw, reason: "expected a positive duration such as 500ms, 5s or 2m")
+        variable: name, value: raw, reason: "expected a positive duration such as 500ms, 5s, 2m or 24h")
     }
     return duration
   }
@@ -159,6 +159,7 @@ public struct EnvironmentReader: Sendable {
   static func parseDuration(_ text: String) -> Duration? {
     let units: [(suffix: String, make: (Int64) -> Duration)] = [
       ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }), ("m", { .seconds($0 * 60) }),
+      ("h", { .seconds($0 * 3600) }),
     ]
     for unit in units where text.hasSuffix(unit.suffix) {
       if let number = Int64(text.dropLast(unit.suffix.count)), number >= 0 {

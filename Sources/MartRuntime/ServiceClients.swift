@@ -9,7 +9,10 @@ import ServiceLifecycle
 public struct ServiceClients: Service {
   public let clients: [MartService: GRPCClient<HTTP2ClientTransport.Posix>]
 
-  public init(directory: ServiceDirectory, services: [MartService] = MartService.allCases) throws {
+  public init(
+    directory: ServiceDirectory, services: [MartService] = MartService.allCases,
+    interceptors: [any ClientInterceptor] = []
+  ) throws {
     var clients: [MartService: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
     for service in services {
       let endpoint = directory[service]
@@ -17,7 +20,7 @@ public struct ServiceClients: Service {
         endpoint.host.contains(":")
         ? .ipv6(address: endpoint.host, port: endpoint.port) : .dns(host: endpoint.host, port: endpoint.port)
       clients[service] = GRPCClient(
-        transport: try .http2NIOPosix(target: target, transportSecurity: .plaintext))
+        transport: try .http2NIOPosix(target: target, transportSecurity: .plaintext), interceptors: interceptors)
     }
     self.clients = clients
   }
@@ -52,6 +55,21 @@ public struct ServiceClients: Service {
       return response.status
     } catch {
       return .notServing
+    }
+  }
+}
+
+extension JWKSKeyProvider {
+  /// The user service's published keys (GetJwks, a public RPC), over `clients`.
+  public static func userService(_ clients: ServiceClients) -> JWKSKeyProvider {
+    JWKSKeyProvider {
+      var options = CallOptions.defaults
+      options.timeout = .seconds(3)
+      let set = try await Mart_User_V1_UserService.Client(wrapping: clients[.user])
+        .getJwks(Mart_User_V1_GetJwksRequest(), options: options)
+      return set.keys.map {
+        JSONWebKeyValue(kty: $0.kty, use: $0.use, kid: $0.kid, alg: $0.alg, crv: $0.crv, x: $0.x, y: $0.y)
+      }
     }
   }
 }

@@ -14,16 +14,26 @@ public struct ServiceDefinition: Sendable {
   public var makeRPCServices: @Sendable (ServiceContext) throws -> [any RegistrableRPCService]
   /// The service's event consumers, given its database and context.
   public var makeConsumers: @Sendable (ServiceContext) throws -> [EventConsumerDefinition]
+  /// Where the keys that verify user tokens come from. Nil (every service but the user service):
+  /// the user service's JWKS, fetched over gRPC and cached.
+  public var makeUserKeyProvider: (@Sendable (ServiceContext) -> any VerificationKeyProvider)?
+  /// Work the service does on its own schedule (sweepers), started once the database is migrated
+  /// and stopped with the service.
+  public var makeBackgroundServices: @Sendable (ServiceContext) throws -> [any Service]
 
   public init(
     service: MartService, migrations: [Migration],
     makeRPCServices: @escaping @Sendable (ServiceContext) throws -> [any RegistrableRPCService],
-    makeConsumers: @escaping @Sendable (ServiceContext) throws -> [EventConsumerDefinition] = { _ in [] }
+    makeConsumers: @escaping @Sendable (ServiceContext) throws -> [EventConsumerDefinition] = { _ in [] },
+    makeUserKeyProvider: (@Sendable (ServiceContext) -> any VerificationKeyProvider)? = nil,
+    makeBackgroundServices: @escaping @Sendable (ServiceContext) throws -> [any Service] = { _ in [] }
   ) {
     self.service = service
     self.migrations = migrations
     self.makeRPCServices = makeRPCServices
     self.makeConsumers = makeConsumers
+    self.makeUserKeyProvider = makeUserKeyProvider
+    self.makeBackgroundServices = makeBackgroundServices
   }
 }
 
@@ -35,6 +45,10 @@ public struct ServiceContext: Sendable {
   /// Appends this service's events to its outbox, inside the caller's transaction.
   public var outbox: Outbox
   public var logger: Logger
+  /// Token settings (issuer, audience, the service key).
+  public var auth: AuthConfiguration
+  /// gRPC clients of the other services; calls carry the user's token or a service token.
+  public var clients: ServiceClients
 }
 
 /// One running service: its database pool, its database supervisor, its outbox relay, its event
@@ -50,7 +64,8 @@ public struct ServiceHost: Sendable {
 
   public init(
     definition: ServiceDefinition, configuration: ServiceConfiguration, directory: ServiceDirectory,
-    transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(), logger baseLogger: Logger? = nil
+    auth: AuthConfiguration, transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(),
+    logger baseLogger: Logger? = nil
   ) throws {
     var logger = baseLogger ?? Logger(label: "mart.\(definition.service.rawValue)")
     logger[metadataKey: "component"] = .string(definition.service.rawValue)
@@ -61,14 +76,22 @@ public struct ServiceHost: Sendable {
     health.setStatus(.notServing, for: "")
     health.setStatus(.notServing, for: serviceName)
 
+    let clients = try ServiceClients(
+      directory: directory,
+      interceptors: [
+        ClientAuthInterceptor(serviceTokens: ServiceTokenIssuer(service: definition.service, configuration: auth))
+      ])
     let context = ServiceContext(
       configuration: configuration, directory: directory, database: database,
-      outbox: Outbox(service: definition.service), logger: logger)
+      outbox: Outbox(service: definition.service), logger: logger, auth: auth, clients: clients)
+    let userKeys = definition.makeUserKeyProvider?(context) ?? JWKSKeyProvider.userService(clients)
+    let verifier = TokenVerifier(configuration: auth, userKeys: userKeys)
     // The relay and the consumers need the migrated schema: they wait for this.
     let ready = ReadinessGate()
     let server = GRPCServer.mart(
       host: configuration.bindHost, port: configuration.port,
-      services: [HealthService(board: health)] + (try definition.makeRPCServices(context)))
+      services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
+      interceptors: [RequestContextInterceptor(), ServerAuthInterceptor(verifier: verifier)])
     let supervisor = DatabaseSupervisor(
       client: database,
       migrations: try MigrationRunner(migrations: definition.migrations, logger: logger),
@@ -94,8 +117,11 @@ public struct ServiceHost: Sendable {
         definition: $0, service: definition.service, database: database, transport: transport, retry: retryPolicy,
         logger: logger)
     }
+    let background: [any Service] = try definition.makeBackgroundServices(context).map { service in
+      AfterGate(ready, service)
+    }
     self.lifecycleServices =
-      [database, supervisor, AfterGate(ready, relay)] + consumers.map { AfterGate(ready, $0) } + [
+      [database, clients, supervisor, AfterGate(ready, relay)] + consumers.map { AfterGate(ready, $0) } + background + [
         GRPCServerService(server: server) {
           // Tell load balancers first, then stop accepting calls.
           health.setStatus(.notServing, for: "")
@@ -107,11 +133,11 @@ public struct ServiceHost: Sendable {
 }
 
 /// Starts `service` once the gate first opens.
-struct AfterGate<Wrapped: Service>: Service {
+struct AfterGate: Service {
   let gate: ReadinessGate
-  let wrapped: Wrapped
+  let wrapped: any Service
 
-  init(_ gate: ReadinessGate, _ wrapped: Wrapped) {
+  init(_ gate: ReadinessGate, _ wrapped: any Service) {
     self.gate = gate
     self.wrapped = wrapped
   }

@@ -20,7 +20,8 @@ import Testing
         databaseCheckInterval: .milliseconds(200))
       let host = try ServiceHost(
         definition: Self.definition, configuration: configuration,
-        directory: ServiceDirectory(endpoints: [:]), transport: InProcessEventTransport(), logger: TestBed.logger)
+        directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
+        logger: TestBed.logger)
       let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
 
       try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -55,13 +56,13 @@ import Testing
       service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
     let host = try ServiceHost(
       definition: Self.definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]),
-      transport: InProcessEventTransport(), logger: TestBed.logger)
+      auth: .ephemeral(), transport: InProcessEventTransport(), logger: TestBed.logger)
     let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }
       let address = try #require(try await host.server.listeningAddress?.ipv4)
       let name = MartService.inventory.grpcServiceName
-      #expect(await healthStatus(port: address.port, service: name) == .notServing)
+      #expect(await eventually { await healthStatus(port: address.port, service: name) == .notServing })
       try await Task.sleep(for: .seconds(1))
       #expect(await healthStatus(port: address.port, service: name) == .notServing)
       try await database.recreate()

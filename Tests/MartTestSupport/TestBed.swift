@@ -126,7 +126,9 @@ public func healthStatus(host: String = "127.0.0.1", port: Int, service: String)
     ) { client in
       let health = Grpc_Health_V1_Health.Client(wrapping: client)
       var options = CallOptions.defaults
-      options.timeout = .seconds(2)
+      // Generous: a fully loaded two-core machine (scrypt in parallel suites) answers slowly, and
+      // a slow answer is not the "no answer" this returns nil for.
+      options.timeout = .seconds(10)
       return try await health.check(.with { $0.service = service }, options: options).status
     }
   } catch {

@@ -1,0 +1,237 @@
+import Crypto
+import Foundation
+
+/// Why a token was not accepted. Everything but `keysUnavailable` is the caller's fault
+/// (401 / UNAUTHENTICATED); `keysUnavailable` is ours (503 / UNAVAILABLE): a token must not be
+/// called invalid because the keys to check it could not be fetched.
+public enum TokenError: Error, Sendable, Equatable, CustomStringConvertible {
+  case missing
+  case malformed(String)
+  case unsupportedAlgorithm(String)
+  case unknownKey(String)
+  case badSignature
+  case expired
+  case notYetValid
+  case wrongIssuer
+  case wrongAudience
+  case invalidClaims(String)
+  case keysUnavailable(String)
+
+  public var description: String {
+    switch self {
+    case .missing: "no bearer token"
+    case .malformed(let why): "malformed token: \(why)"
+    case .unsupportedAlgorithm(let alg): "token algorithm \(alg.debugDescription) is not accepted"
+    case .unknownKey(let kid): "token signed with unknown key \(kid.debugDescription)"
+    case .badSignature: "token signature does not verify"
+    case .expired: "token has expired"
+    case .notYetValid: "token is not valid yet"
+    case .wrongIssuer: "token issuer is not accepted"
+    case .wrongAudience: "token audience is not accepted"
+    case .invalidClaims(let why): "token claims are invalid: \(why)"
+    case .keysUnavailable(let why): "token signing keys are unavailable: \(why)"
+    }
+  }
+}
+
+/// Where the public keys that verify user tokens come from: the user service's JWKS (fetched and
+/// cached), or, inside the user service, its own key table.
+public protocol VerificationKeyProvider: Sendable {
+  /// The key with this id; nil if there is none. Throws `.keysUnavailable` if that cannot be known.
+  func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey?
+}
+
+/// Who made a call, from a verified token.
+public struct Caller: Sendable, Equatable {
+  public enum Kind: Sendable, Equatable {
+    /// A signed-in person: `subject` is their user id.
+    case user
+    /// Another Mart service: `subject` is `service:<name>`.
+    case service
+  }
+
+  public var kind: Kind
+  public var subject: String
+  public var roles: Set<String>
+  /// The bearer token itself, so that calls made on the caller's behalf can pass it on.
+  public var token: String
+  public var claims: AccessTokenClaims
+
+  public var isAdmin: Bool { kind == .user && roles.contains(MartRole.admin) }
+  public var isService: Bool { kind == .service }
+
+  /// The caller of the current RPC, bound by `ServerAuthInterceptor`; nil on public RPCs called
+  /// without a token, and outside RPCs (event consumers).
+  @TaskLocal public static var current: Caller?
+}
+
+/// Role names as they appear in tokens and in the users table.
+public enum MartRole {
+  public static let customer = "customer"
+  public static let admin = "admin"
+  public static let service = "service"
+  /// Roles a user token may carry. `service` is only ever accepted from the service key.
+  public static let userRoles: Set<String> = [customer, admin]
+}
+
+/// Verifies Mart access tokens: ES256 only; user tokens against the user service's keys, service
+/// tokens against the service key from configuration; expiry and not-before with bounded clock
+/// skew; issuer and audience.
+public struct TokenVerifier: Sendable {
+  public let configuration: AuthConfiguration
+  public let userKeys: any VerificationKeyProvider
+  /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+  public let leeway: Int64
+  private let now: @Sendable () -> Date
+
+  public init(
+    configuration: AuthConfiguration, userKeys: any VerificationKeyProvider, leeway: Duration = .seconds(60),
+    now: @escaping @Sendable () -> Date = Date.init
+  ) {
+    self.configuration = configuration
+    self.userKeys = userKeys
+    self.leeway = leeway.components.seconds
+    self.now = now
+  }
+
+  /// The caller a token proves, or why it proves nothing.
+  public func verify(_ token: String) async throws(TokenError) -> Caller {
+    let jws = try CompactJWS(token)
+    // The allow-list comes before any key lookup, so `none` and HS256 never reach a key.
+    guard jws.header.alg == martTokenAlgorithm else { throw .unsupportedAlgorithm(jws.header.alg) }
+    guard let kid = jws.header.kid, !kid.isEmpty, kid.utf8.count <= 128 else {
+      throw .malformed("no key id (kid) in the header")
+    }
+    guard jws.signature.count == 64 else { throw .badSignature }
+
+    let kind: Caller.Kind
+    let key: P256.Signing.PublicKey
+    let expectedIssuer: String
+    if let service = configuration.serviceKey, kid == service.kid {
+      kind = .service
+      key = service.privateKey.publicKey
+      expectedIssuer = configuration.serviceIssuer
+    } else {
+      guard let userKey = try await userKeys.key(for: kid) else { throw .unknownKey(kid) }
+      kind = .user
+      key = userKey
+      expectedIssuer = configuration.issuer
+    }
+    guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: jws.signature),
+      key.isValidSignature(signature, for: jws.signingInput)
+    else { throw .badSignature }
+
+    let claims: AccessTokenClaims
+    do {
+      claims = try JSONDecoder().decode(AccessTokenClaims.self, from: jws.payload)
+    } catch {
+      throw .invalidClaims("the payload is not a Mart claims set")
+    }
+    let now = Int64(self.now().timeIntervalSince1970)
+    guard claims.exp + leeway > now else { throw .expired }
+    if let nbf = claims.nbf, nbf - leeway > now { throw .notYetValid }
+    guard claims.iat - leeway <= now else { throw .notYetValid }
+    guard claims.iss == expectedIssuer else { throw .wrongIssuer }
+    guard claims.aud.contains(configuration.audience) else { throw .wrongAudience }
+    guard !claims.sub.isEmpty else { throw .invalidClaims("no subject") }
+
+    let roles = Set(claims.roles)
+    switch kind {
+    case .user:
+      // A user key can never mint a service identity, whatever the token says.
+      guard roles.isSubset(of: MartRole.userRoles), roles.contains(MartRole.customer),
+        UUID(uuidString: claims.sub) != nil
+      else { throw .invalidClaims("roles or subject not valid for a user token") }
+    case .service:
+      guard roles == [MartRole.service], claims.sub.hasPrefix("service:") else {
+        throw .invalidClaims("roles or subject not valid for a service token")
+      }
+    }
+    return Caller(kind: kind, subject: claims.sub, roles: roles, token: token, claims: claims)
+  }
+}
+
+/// A fixed set of keys (tests, and services that were handed their keys).
+public struct StaticKeyProvider: VerificationKeyProvider {
+  public let keys: [String: P256.Signing.PublicKey]
+
+  public init(_ keys: [String: P256.Signing.PublicKey]) {
+    self.keys = keys
+  }
+
+  public func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey? {
+    keys[kid]
+  }
+}
+
+/// The user service's public keys, fetched as a JWK set and cached. The set is fetched again when
+/// it is older than `maxAge`, and when a token names a key that is not in it (a rotation), but at
+/// most once per `minRefetchInterval`, so that tokens with made-up key ids cannot make every
+/// request a fetch. Concurrent callers share one fetch.
+public actor JWKSKeyProvider: VerificationKeyProvider {
+  public typealias Fetch = @Sendable () async throws -> [JSONWebKeyValue]
+
+  private let fetch: Fetch
+  private let maxAge: Duration
+  private let minRefetchInterval: Duration
+  private var keys: [String: P256.Signing.PublicKey] = [:]
+  private var fetchedAt: ContinuousClock.Instant?
+  private var attemptedAt: ContinuousClock.Instant?
+  private var inFlight: Task<[String: P256.Signing.PublicKey], any Error>?
+
+  public init(maxAge: Duration = .seconds(300), minRefetchInterval: Duration = .seconds(5), fetch: @escaping Fetch) {
+    self.fetch = fetch
+    self.maxAge = maxAge
+    self.minRefetchInterval = minRefetchInterval
+  }
+
+  public func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey? {
+    let clock = ContinuousClock()
+    let stale = fetchedAt.map { clock.now - $0 > maxAge } ?? true
+    if let key = keys[kid], !stale { return key }
+    let mayRefetch = attemptedAt.map { clock.now - $0 >= minRefetchInterval } ?? true
+    guard mayRefetch else {
+      // Too soon to ask again: answer from what we have, if we have anything.
+      guard fetchedAt != nil else { throw .keysUnavailable("the last fetch of the key set failed") }
+      return keys[kid]
+    }
+    do {
+      try await refresh()
+    } catch {
+      // A key we already hold still verifies the tokens it signed; only an unknown kid is
+      // undecidable, and that is unavailability, not a bad token.
+      if let key = keys[kid] { return key }
+      throw error
+    }
+    return keys[kid]
+  }
+
+  private func refresh() async throws(TokenError) {
+    let task: Task<[String: P256.Signing.PublicKey], any Error>
+    if let inFlight {
+      task = inFlight
+    } else {
+      attemptedAt = ContinuousClock().now
+      let fetch = self.fetch
+      task = Task {
+        var keys: [String: P256.Signing.PublicKey] = [:]
+        for jwk in try await fetch() {
+          if let key = jwk.publicKey { keys[jwk.kid] = key }
+        }
+        return keys
+      }
+      inFlight = task
+    }
+    do {
+      let fetched = try await task.value
+      if inFlight == task {
+        inFlight = nil
+        keys = fetched
+        fetchedAt = ContinuousClock().now
+      }
+    } catch {
+      if inFlight == task { inFlight = nil }
+      throw .keysUnavailable(String(describing: error))
+    }
+  }
+}

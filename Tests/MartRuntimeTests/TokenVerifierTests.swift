@@ -1,0 +1,164 @@
+import Crypto
+import Foundation
+import MartRuntime
+import Testing
+
+/// The verifier against forged and broken tokens. Each forgery is built the way an attacker would
+/// build it, so a verifier that trusted the header, skipped a claim or compared loosely fails here.
+@Suite struct TokenVerifierTests {
+  let userKey = TokenSigningKey(kid: "user-key-1", privateKey: P256.Signing.PrivateKey())
+  let auth = AuthConfiguration.ephemeral()
+  let userID = UUID().uuidString.lowercased()
+
+  var verifier: TokenVerifier {
+    TokenVerifier(configuration: auth, userKeys: StaticKeyProvider([userKey.kid: userKey.privateKey.publicKey]))
+  }
+
+  func claims(
+    iss: String? = nil, aud: String? = nil, roles: [String] = ["customer"], iatOffset: Int64 = 0,
+    expOffset: Int64 = 900, nbfOffset: Int64? = nil
+  ) -> AccessTokenClaims {
+    let now = Int64(Date().timeIntervalSince1970)
+    return AccessTokenClaims(
+      sub: userID, roles: roles, iss: iss ?? auth.issuer, aud: aud ?? auth.audience, iat: now + iatOffset,
+      exp: now + expOffset, nbf: nbfOffset.map { now + $0 })
+  }
+
+  /// A token with any header and payload and an HMAC-SHA256 signature under `secret`.
+  func hmacToken(header: String, payload: AccessTokenClaims, secret: Data) throws -> String {
+    let body = Base64URL.encode(Data(header.utf8)) + "." + Base64URL.encode(try JSONEncoder().encode(payload))
+    let mac = HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: SymmetricKey(data: secret))
+    return body + "." + Base64URL.encode(Data(mac))
+  }
+
+  @Test func aGenuineUserTokenVerifies() async throws {
+    let caller = try await verifier.verify(try userKey.sign(claims(roles: ["customer", "admin"])))
+    #expect(caller.kind == .user)
+    #expect(caller.subject == userID)
+    #expect(caller.isAdmin)
+  }
+
+  @Test func aServiceTokenFromTheServiceKeyVerifies() async throws {
+    let issuer = try #require(ServiceTokenIssuer(service: .order, configuration: auth))
+    let caller = try await verifier.verify(try await issuer.token())
+    #expect(caller.kind == .service)
+    #expect(caller.subject == "service:order")
+    #expect(caller.isService && !caller.isAdmin)
+  }
+
+  @Test func algNoneIsRefused() async throws {
+    let payload = Base64URL.encode(try JSONEncoder().encode(claims()))
+    for header in [#"{"alg":"none","kid":"user-key-1"}"#, #"{"alg":"None","kid":"user-key-1"}"#] {
+      let token = Base64URL.encode(Data(header.utf8)) + "." + payload + "."
+      await #expect(throws: TokenError.unsupportedAlgorithm(header.contains("none") ? "none" : "None")) {
+        try await verifier.verify(token)
+      }
+    }
+  }
+
+  @Test func hs256SignedWithThePublicKeyIsRefused() async throws {
+    // The classic confusion attack: the published public key used as an HMAC secret.
+    let publicKey = userKey.privateKey.publicKey
+    for secret in [publicKey.x963Representation, Data(publicKey.pemRepresentation.utf8)] {
+      let token = try hmacToken(header: #"{"alg":"HS256","kid":"user-key-1"}"#, payload: claims(), secret: secret)
+      await #expect(throws: TokenError.unsupportedAlgorithm("HS256")) { try await verifier.verify(token) }
+    }
+  }
+
+  @Test func anUnknownKeyIsRefused() async throws {
+    let stranger = TokenSigningKey(kid: "not-ours", privateKey: P256.Signing.PrivateKey())
+    await #expect(throws: TokenError.unknownKey("not-ours")) { try await verifier.verify(try stranger.sign(claims())) }
+  }
+
+  @Test func aKnownKidWithAnotherKeysSignatureIsRefused() async throws {
+    let impostor = TokenSigningKey(kid: userKey.kid, privateKey: P256.Signing.PrivateKey())
+    await #expect(throws: TokenError.badSignature) { try await verifier.verify(try impostor.sign(claims())) }
+  }
+
+  @Test func expiredAndNotYetValidAreRefusedBeyondTheLeeway() async throws {
+    await #expect(throws: TokenError.expired) {
+      try await verifier.verify(try userKey.sign(claims(iatOffset: -1000, expOffset: -61)))
+    }
+    await #expect(throws: TokenError.notYetValid) {
+      try await verifier.verify(try userKey.sign(claims(nbfOffset: 120)))
+    }
+    await #expect(throws: TokenError.notYetValid) {
+      try await verifier.verify(try userKey.sign(claims(iatOffset: 120, expOffset: 900)))
+    }
+    // Within 60 s of skew both ways: accepted.
+    _ = try await verifier.verify(try userKey.sign(claims(iatOffset: -1000, expOffset: -30)))
+    _ = try await verifier.verify(try userKey.sign(claims(nbfOffset: 30)))
+  }
+
+  @Test func wrongIssuerAndAudienceAreRefused() async throws {
+    await #expect(throws: TokenError.wrongIssuer) { try await verifier.verify(try userKey.sign(claims(iss: "evil"))) }
+    await #expect(throws: TokenError.wrongAudience) {
+      try await verifier.verify(try userKey.sign(claims(aud: "another-app")))
+    }
+    // A user token must not pass with the service issuer either.
+    await #expect(throws: TokenError.wrongIssuer) {
+      try await verifier.verify(try userKey.sign(claims(iss: auth.serviceIssuer)))
+    }
+  }
+
+  @Test func aTamperedPayloadIsRefused() async throws {
+    let token = try userKey.sign(claims())
+    let parts = token.split(separator: ".").map(String.init)
+    let promoted = Base64URL.encode(try JSONEncoder().encode(claims(roles: ["customer", "admin"])))
+    await #expect(throws: TokenError.badSignature) {
+      try await verifier.verify([parts[0], promoted, parts[2]].joined(separator: "."))
+    }
+  }
+
+  @Test func aUserKeyCannotMintAServiceIdentity() async throws {
+    await #expect(throws: TokenError.invalidClaims("roles or subject not valid for a user token")) {
+      try await verifier.verify(try userKey.sign(claims(roles: ["service"])))
+    }
+  }
+
+  @Test func garbageIsMalformed() async {
+    for token in ["", "abc", "a.b", "a.b.c.d", "!!!.???.***", String(repeating: "x", count: 10_000)] {
+      await #expect {
+        try await verifier.verify(token)
+      } throws: { error in
+        if case .malformed = error as? TokenError { return true }
+        return error as? TokenError == .badSignature
+      }
+    }
+  }
+
+  @Test func jwksProviderRefetchesOnAnUnknownKidAndReportsUnavailability() async throws {
+    let rotated = TokenSigningKey(kid: "user-key-2", privateKey: P256.Signing.PrivateKey())
+    let published = Published([userKey.publicJWK])
+    let provider = JWKSKeyProvider(minRefetchInterval: .zero) { try await published.keys() }
+    #expect(try await provider.key(for: userKey.kid) != nil)
+    #expect(try await provider.key(for: rotated.kid) == nil)
+    await published.set([userKey.publicJWK, rotated.publicJWK])
+    #expect(try await provider.key(for: rotated.kid) != nil)
+    await published.fail()
+    // A key already held still verifies; a new kid cannot be decided: unavailable, not invalid.
+    #expect(try await provider.key(for: userKey.kid) != nil)
+    await #expect(throws: TokenError.self) { try await provider.key(for: "user-key-3") }
+    let cold = JWKSKeyProvider { try await published.keys() }
+    await #expect {
+      try await cold.key(for: userKey.kid)
+    } throws: { error in
+      if case .keysUnavailable = error as? TokenError { return true }
+      return false
+    }
+  }
+}
+
+/// A JWK set that a test can change or make unreachable.
+actor Published {
+  private var set: [JSONWebKeyValue]
+  private var failing = false
+
+  init(_ set: [JSONWebKeyValue]) { self.set = set }
+  func set(_ keys: [JSONWebKeyValue]) { set = keys }
+  func fail() { failing = true }
+  func keys() throws -> [JSONWebKeyValue] {
+    if failing { throw CancellationError() }
+    return set
+  }
+}
