@@ -6,14 +6,71 @@ import MartRuntime
 /// Shape shared by every service: `UserService.swift` (this definition), the gRPC handlers,
 /// the SQL store, the event handlers, and `Migrations/NNNN_name.sql` (embedded in the binary).
 public enum UserServiceModule {
-  public static let definition = ServiceDefinition(
-    service: .user,
-    migrations: [
-      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
-      .eventTables(version: 2),
-    ],
-    // The business RPCs of mart.user.v1 are registered here as they are implemented; until then
-    // the server offers grpc.health.v1 only and answers UNIMPLEMENTED for everything else.
-    makeRPCServices: { _ in [] }
-  )
+  /// The service as `mart serve` and `mart dev` run it: options from the environment.
+  public static let definition = makeDefinition(options: nil)
+
+  /// The service with fixed options (tests: a cheap password hash, forced key rotation).
+  public static func makeDefinition(options fixed: UserServiceOptions?) -> ServiceDefinition {
+    ServiceDefinition(
+      service: .user,
+      migrations: [
+        Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
+        .eventTables(version: 2),
+      ],
+      makeRPCServices: { context in
+        let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
+        return [UserRPCService(context: context, options: options)]
+      },
+      // The user service verifies its own tokens from its key table, not by calling itself.
+      makeUserKeyProvider: { context in
+        DatabaseKeyProvider(
+          database: context.database, logger: context.logger,
+          cacheTTL: fixed?.signingKeyCacheTTL ?? .seconds(60))
+      }
+    )
+  }
+}
+
+/// Settings of the user service.
+///
+/// | variable | default |
+/// |---|---|
+/// | `MART_JWT_KEY_ROTATION` | `24h`: how long a signing key signs new tokens (at least `1m`) |
+///
+/// Issuer and audience are the shared `MART_JWT_ISSUER` / `MART_JWT_AUDIENCE` (AuthConfiguration).
+public struct UserServiceOptions: Sendable {
+  /// How long a signing key signs new access tokens before the next one takes over. A retired key
+  /// stays published for the access-token lifetime plus five minutes.
+  public var keyRotation: Duration
+  /// Lifetime of an access token (JWT `exp - iat`).
+  public var accessTokenLifetime: Duration
+  /// Lifetime of a refresh token; each rotation issues a successor with a full lifetime.
+  public var refreshTokenLifetime: Duration
+  /// scrypt cost of new password hashes. Only tests lower it.
+  public var passwordCost: PasswordHasher.Cost
+  /// How long an instance signs with the key it loaded, and trusts a verification key it looked
+  /// up, before asking the database again.
+  public var signingKeyCacheTTL: Duration
+
+  public init(
+    keyRotation: Duration = .seconds(24 * 3600), accessTokenLifetime: Duration = .seconds(15 * 60),
+    refreshTokenLifetime: Duration = .seconds(30 * 24 * 3600), passwordCost: PasswordHasher.Cost = .production,
+    signingKeyCacheTTL: Duration = .seconds(60)
+  ) {
+    self.keyRotation = keyRotation
+    self.accessTokenLifetime = accessTokenLifetime
+    self.refreshTokenLifetime = refreshTokenLifetime
+    self.passwordCost = passwordCost
+    self.signingKeyCacheTTL = signingKeyCacheTTL
+  }
+
+  public init(environment: EnvironmentReader) throws {
+    let variable = "MART_JWT_KEY_ROTATION"
+    let rotation = try environment.duration(variable, default: .seconds(24 * 3600))
+    guard rotation >= .seconds(60) else {
+      throw ConfigurationError(
+        variable: variable, value: environment.string(variable) ?? "", reason: "must be at least 1m")
+    }
+    self.init(keyRotation: rotation)
+  }
 }

@@ -1,0 +1,196 @@
+import Crypto
+import Foundation
+import Logging
+import MartRuntime
+import PostgresNIO
+
+/// How long signing keys live.
+///
+/// A key signs new access tokens for `rotation` (then it is retired), and stays published, so
+/// that the tokens it signed still verify, for the access-token lifetime plus `publicationMargin`
+/// (clock skew, caches) after that.
+struct SigningKeyPolicy: Sendable {
+  var rotation: Duration
+  var accessTokenLifetime: Duration
+  var publicationMargin: Duration = .seconds(5 * 60)
+  /// How long this instance keeps using the current key without looking for a newer one made by
+  /// another instance.
+  var cacheTTL: Duration = .seconds(60)
+  /// How long a published key is trusted from the cache before it is looked up again (so that a
+  /// key deleted by hand stops verifying soon).
+  var verificationCacheTTL: Duration = .seconds(60)
+}
+
+/// The keys in `signing_keys` that sign access tokens: ensures there is a current one (creating
+/// it, under an advisory lock so that concurrent instances make only one, when there is none or
+/// the newest one has retired), and caches it.
+actor SigningKeyRing {
+  let database: PostgresClient
+  let policy: SigningKeyPolicy
+  let logger: Logger
+  private var current: (key: TokenSigningKey, retireAfter: Date, loadedAt: ContinuousClock.Instant)?
+
+  init(database: PostgresClient, policy: SigningKeyPolicy, logger: Logger) {
+    self.database = database
+    self.policy = policy
+    self.logger = logger
+  }
+
+  /// The key new tokens are signed with: the newest one not yet retired.
+  func signingKey() async throws -> TokenSigningKey {
+    let clock = ContinuousClock()
+    if let current, current.retireAfter > Date(), clock.now - current.loadedAt < policy.cacheTTL {
+      return current.key
+    }
+    let (key, retireAfter) = try await loadOrCreate()
+    current = (key, retireAfter, clock.now)
+    return key
+  }
+
+  /// Every key still published (the current one and those retired but needed for tokens they
+  /// signed), newest first, as public JWKs.
+  func publishedKeys() async throws -> [JSONWebKeyValue] {
+    _ = try await signingKey()
+    let rows = try await database.query(
+      "SELECT public_jwk::text FROM signing_keys WHERE expires_at > now() ORDER BY created_at DESC, kid",
+      logger: logger)
+    var keys: [JSONWebKeyValue] = []
+    for try await text in rows.decode(String.self) {
+      if let jwk = try? JSONDecoder().decode(JSONWebKeyValue.self, from: Data(text.utf8)) { keys.append(jwk) }
+    }
+    return keys
+  }
+
+  private func loadOrCreate() async throws -> (TokenSigningKey, Date) {
+    if let found = try await Self.newestActive(on: database, logger: logger) { return found }
+    let policy = self.policy
+    let logger = self.logger
+    return try await database.withTransaction(logger: logger) { connection in
+      // One creator at a time across instances; the loser of the race finds the winner's key.
+      try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
+      if let found = try await Self.newestActive(on: connection, logger: logger) { return found }
+      // Keys expired a while ago verify nothing any more.
+      try await connection.query(
+        "DELETE FROM signing_keys WHERE expires_at < now() - interval '1 day'", logger: logger)
+      let key = TokenSigningKey(kid: Self.newKeyID(), privateKey: P256.Signing.PrivateKey())
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = .sortedKeys
+      let jwk = String(decoding: try encoder.encode(key.publicJWK), as: UTF8.self)
+      let pem = Data(key.privateKey.pemRepresentation.utf8)
+      let rotation = Double(policy.rotation.components.seconds) + Double(policy.rotation.components.attoseconds) / 1e18
+      let published =
+        Double(policy.accessTokenLifetime.components.seconds) + Double(policy.publicationMargin.components.seconds)
+      let rows = try await connection.query(
+        """
+        INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, retire_after, expires_at)
+        VALUES (\(key.kid), 'ES256', \(pem), \(jwk)::jsonb, now() + make_interval(secs => \(rotation)),
+                now() + make_interval(secs => \(rotation + published)))
+        RETURNING retire_after
+        """, logger: logger)
+      var retireAfter = Date()
+      for try await value in rows.decode(Date.self) { retireAfter = value }
+      logger.info("created a new token signing key", metadata: ["kid": "\(key.kid)"])
+      return (key, retireAfter)
+    }
+  }
+
+  private static func newestActive(on connection: PostgresConnection, logger: Logger) async throws -> (
+    TokenSigningKey, Date
+  )? {
+    try await decodeNewest(
+      connection.query(Self.newestActiveQuery, logger: logger), logger: logger)
+  }
+
+  private static func newestActive(on client: PostgresClient, logger: Logger) async throws -> (TokenSigningKey, Date)? {
+    try await decodeNewest(client.query(Self.newestActiveQuery, logger: logger), logger: logger)
+  }
+
+  private static let newestActiveQuery: PostgresQuery = """
+    SELECT kid, private_key, retire_after FROM signing_keys
+    WHERE algorithm = 'ES256' AND retire_after > now() AND expires_at > now()
+    ORDER BY created_at DESC, kid LIMIT 1
+    """
+
+  private static func decodeNewest(_ rows: PostgresRowSequence, logger: Logger) async throws -> (TokenSigningKey, Date)?
+  {
+    var result: (TokenSigningKey, Date)?
+    for try await (kid, privateKey, retireAfter) in rows.decode((String, Data, Date).self) {
+      guard let key = parsePrivateKey(privateKey) else {
+        logger.error("unreadable private key in signing_keys", metadata: ["kid": "\(kid)"])
+        continue
+      }
+      result = (TokenSigningKey(kid: kid, privateKey: key), retireAfter)
+    }
+    return result
+  }
+
+  /// PEM (as this service writes it), or the 32-byte raw scalar.
+  static func parsePrivateKey(_ bytes: Data) -> P256.Signing.PrivateKey? {
+    if let pem = String(data: bytes, encoding: .utf8), pem.hasPrefix("-----BEGIN") {
+      return try? P256.Signing.PrivateKey(pemRepresentation: pem)
+    }
+    if bytes.count == 32 { return try? P256.Signing.PrivateKey(rawRepresentation: bytes) }
+    return try? P256.Signing.PrivateKey(derRepresentation: bytes)
+  }
+
+  /// 16 URL-safe characters (96 random bits).
+  static func newKeyID() -> String {
+    var generator = SystemRandomNumberGenerator()
+    return Base64URL.encode((0..<12).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+  }
+}
+
+/// The user service verifies its own tokens from its own key table, not through its JWKS RPC:
+/// keys are looked up by kid and cached (a key never changes; its expiry is remembered, and it is
+/// looked up again after `verificationCacheTTL`). A kid that is not in the table is remembered as
+/// unknown for a few seconds, so that made-up key ids cost at most one lookup each that often.
+actor DatabaseKeyProvider: VerificationKeyProvider {
+  private struct Entry {
+    var key: P256.Signing.PublicKey?
+    var expiresAt: Date
+    var checkedAt: ContinuousClock.Instant
+  }
+
+  let database: PostgresClient
+  let logger: Logger
+  let cacheTTL: Duration
+  let unknownTTL: Duration
+  private var entries: [String: Entry] = [:]
+
+  init(database: PostgresClient, logger: Logger, cacheTTL: Duration = .seconds(60), unknownTTL: Duration = .seconds(5))
+  {
+    self.database = database
+    self.logger = logger
+    self.cacheTTL = cacheTTL
+    self.unknownTTL = unknownTTL
+  }
+
+  func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey? {
+    let clock = ContinuousClock()
+    if let entry = entries[kid] {
+      let age = clock.now - entry.checkedAt
+      if let key = entry.key, age < cacheTTL {
+        return entry.expiresAt > Date() ? key : nil
+      }
+      if entry.key == nil, age < unknownTTL { return nil }
+    }
+    var found: (P256.Signing.PublicKey, Date)?
+    do {
+      let rows = try await database.query(
+        "SELECT public_jwk::text, expires_at FROM signing_keys WHERE kid = \(kid) AND expires_at > now()",
+        logger: logger)
+      for try await (text, expiresAt) in rows.decode((String, Date).self) {
+        if let jwk = try? JSONDecoder().decode(JSONWebKeyValue.self, from: Data(text.utf8)), let key = jwk.publicKey {
+          found = (key, expiresAt)
+        }
+      }
+    } catch {
+      // A key already known still verifies what it signed while the database is away.
+      if let entry = entries[kid], let key = entry.key, entry.expiresAt > Date() { return key }
+      throw .keysUnavailable("cannot read signing_keys: \(String(describing: error))")
+    }
+    if entries.count > 1000 { entries = entries.filter { $0.value.key != nil } }
+    entries[kid] = Entry(key: found?.0, expiresAt: found?.1 ?? .distantPast, checkedAt: clock.now)
+    return found?.0
+  }
+}

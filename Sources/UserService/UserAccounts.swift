@@ -1,0 +1,77 @@
+import Crypto
+import Foundation
+import Logging
+import MartRuntime
+
+/// Account creation as Register and `mart users create-admin` share it: one validation, one
+/// password policy, one hash, one insert with its UserRegistered event.
+struct UserAccounts: Sendable {
+  let store: UserStore
+  let hasher: PasswordHasher
+
+  struct NewAccount: Sendable {
+    var email: String
+    var password: String
+    var fullName: String
+    var phone: String
+  }
+
+  struct ValidAccount: Sendable {
+    var email: String
+    var fullName: String
+    var phone: String?
+  }
+
+  /// The account's fields as stored, or INVALID_ARGUMENT naming every bad field.
+  static func validate(_ input: NewAccount) throws -> ValidAccount {
+    var violations: [UserServiceError.Violation] = []
+    var email: String?
+    switch Validation.normalizedEmail(input.email) {
+    case .success(let value): email = value
+    case .failure(let violation): violations.append(violation)
+    }
+    violations += Validation.passwordViolations(input.password, email: input.email)
+    var fullName: String?
+    switch Validation.fullName(input.fullName, field: "full_name") {
+    case .success(let value): fullName = value
+    case .failure(let violation): violations.append(violation)
+    }
+    var phone: String?
+    switch Validation.phone(input.phone, field: "phone") {
+    case .success(let value): phone = value
+    case .failure(let violation): violations.append(violation)
+    }
+    guard violations.isEmpty, let email, let fullName else { throw UserServiceError.invalid(violations) }
+    return ValidAccount(email: email, fullName: fullName, phone: phone)
+  }
+
+  /// Validates, hashes the password (no transaction is open meanwhile), then inserts the user
+  /// with its event (and the session's first refresh token, if given) in one transaction.
+  /// ALREADY_EXISTS if the email is taken.
+  func create(_ input: NewAccount, roles: [String], session: NewRefreshToken?) async throws -> (
+    user: UserRecord, refreshExpiresAt: Date?
+  ) {
+    let account = try Self.validate(input)
+    let hash = try await hasher.hash(input.password)
+    guard
+      let created = try await store.createUser(
+        email: account.email, passwordHash: hash, fullName: account.fullName, phone: account.phone, roles: roles,
+        session: session)
+    else { throw UserServiceError.emailTaken }
+    return created
+  }
+}
+
+/// Opaque refresh tokens: 32 random bytes, base64url; only their SHA-256 is stored.
+enum RefreshTokens {
+  static func make() -> (token: String, hash: Data) {
+    let bytes = PasswordHasher.randomBytes(32)
+    return (Base64URL.encode(bytes), Data(SHA256.hash(data: bytes)))
+  }
+
+  /// The stored form of a presented token; nil if it cannot be one of ours.
+  static func hash(_ token: String) -> Data? {
+    guard token.utf8.count == 43, let bytes = Base64URL.decode(token), bytes.count == 32 else { return nil }
+    return Data(SHA256.hash(data: bytes))
+  }
+}

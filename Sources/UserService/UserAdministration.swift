@@ -1,0 +1,78 @@
+import Foundation
+import GRPCProtobuf
+import Logging
+import MartRuntime
+import PostgresNIO
+
+/// Operations on the user database for the `mart users` command (no gRPC, no token): the same
+/// validation, password policy, hashing and store code as Register.
+public enum UserAdministration {
+  /// What `createAdmin` did.
+  public enum CreateAdminResult: Sendable, Equatable {
+    /// A new account with roles customer and admin (UserRegistered emitted).
+    case created(userID: UUID)
+    /// The account existed; it now holds admin too (its password is unchanged).
+    case promoted(userID: UUID)
+    /// The account existed and was already an admin: nothing changed.
+    case alreadyAdmin(userID: UUID)
+  }
+
+  /// Input the command must refuse (exit code 2), with a message for the operator.
+  public struct InvalidInput: Error, CustomStringConvertible, Equatable {
+    public var description: String
+  }
+
+  /// The email as stored, or why it is not acceptable.
+  public static func normalizedEmail(_ raw: String) throws(InvalidInput) -> String {
+    switch Validation.normalizedEmail(raw) {
+    case .success(let email): return email
+    case .failure(let violation): throw InvalidInput(description: "\(violation.field) \(violation.description)")
+    }
+  }
+
+  /// Why a password does not meet the policy (empty when it does).
+  public static func passwordProblems(_ password: String, email: String) -> [String] {
+    Validation.passwordViolations(password, email: email).map { "\($0.field) \($0.description)" }
+  }
+
+  /// Makes the account with this email an admin, creating it (customer + admin) if it does not
+  /// exist. `password` is asked for only when an account is created. Throws `InvalidInput` for
+  /// a bad email, name or password.
+  public static func createAdmin(
+    database: PostgresClient, email rawEmail: String, fullName: String,
+    passwordCost: PasswordHasher.Cost = .production, logger: Logger,
+    password: () async throws -> String
+  ) async throws -> CreateAdminResult {
+    let email = try normalizedEmail(rawEmail)
+    let store = UserStore(database: database, outbox: Outbox(service: .user), logger: logger)
+    let accounts = UserAccounts(store: store, hasher: PasswordHasher(cost: passwordCost))
+    if let existing = try await promote(store, email) { return existing }
+    let secret = try await password()
+    do {
+      let (user, _) = try await accounts.create(
+        .init(email: email, password: secret, fullName: fullName, phone: ""),
+        roles: [MartRole.customer, MartRole.admin], session: nil)
+      logger.notice("admin account created", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
+      return .created(userID: user.id)
+    } catch let status as GoogleRPCStatus where status.code == .alreadyExists {
+      // Registered meanwhile: promote that account instead.
+      if let existing = try await promote(store, email) { return existing }
+      throw status
+    } catch let status as GoogleRPCStatus where status.code == .invalidArgument {
+      throw InvalidInput(description: status.message)
+    }
+  }
+
+  /// An error for the operator, without the bound values of a failed statement.
+  public static func describe(_ error: any Error) -> String {
+    UserServiceError.describe(error)
+  }
+
+  private static func promote(_ store: UserStore, _ email: String) async throws -> CreateAdminResult? {
+    switch try await store.promoteToAdmin(email: email) {
+    case .promoted(let user): return .promoted(userID: user.id)
+    case .alreadyAdmin(let user): return .alreadyAdmin(userID: user.id)
+    case .notFound: return nil
+    }
+  }
+}

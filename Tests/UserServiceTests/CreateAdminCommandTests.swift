@@ -1,0 +1,87 @@
+import Foundation
+import MartRuntime
+import MartTestSupport
+import PostgresNIO
+import Testing
+import UserService
+
+/// `mart users create-admin` as operators run it: a process, the password on standard input.
+@Suite struct CreateAdminCommandTests {
+  @Test func createsThenReportsAnExistingAdminAndRefusesBadInput() async throws {
+    try await ScratchDatabase.with("users_cli") { database in
+      let url = databaseURL(database.configuration)
+      let created = try await runMart(
+        ["users", "create-admin", "--email", "Boss@Example.com", "--password-stdin"], input: "a long enough secret\n",
+        databaseURL: url)
+      #expect(created.status == 0, "\(created.errors)")
+      #expect(created.output.contains("created admin account boss@example.com"))
+
+      let again = try await runMart(
+        ["users", "create-admin", "--email", "boss@example.com", "--password-stdin"], input: "", databaseURL: url)
+      #expect(again.status == 0, "\(again.errors)")
+      #expect(again.output.contains("already an admin"))
+
+      let weak = try await runMart(
+        ["users", "create-admin", "--email", "new@example.com", "--password-stdin"], input: "short\n",
+        databaseURL: url)
+      #expect(weak.status == 2)
+      #expect(weak.errors.contains("password must be at least 8 characters"))
+
+      let badEmail = try await runMart(
+        ["users", "create-admin", "--email", "nonsense", "--password-stdin"], input: "a long enough secret\n",
+        databaseURL: url)
+      #expect(badEmail.status == 2)
+
+      try await withPostgresClient(database.configuration) { client in
+        let rows = try await client.query(
+          "SELECT email, roles, password_hash FROM users ORDER BY email", logger: TestBed.logger)
+        var users: [(String, [String], String)] = []
+        for try await row in rows.decode((String, [String], String).self) { users.append(row) }
+        #expect(users.map(\.0) == ["boss@example.com"])
+        #expect(users.first?.1 == ["customer", "admin"])
+        #expect(users.first?.2.hasPrefix("$scrypt$ln=15,r=8,p=1$") == true)
+        let events = try await client.query(
+          "SELECT count(*)::int8 FROM outbox WHERE event_type = 'mart.user.v1.UserRegistered'", logger: TestBed.logger)
+        for try await count in events.decode(Int64.self) { #expect(count == 1) }
+      }
+    }
+  }
+}
+
+/// A `postgres://` URL for a database configuration (the test bed's role has no password).
+func databaseURL(_ configuration: DatabaseConfiguration) -> String {
+  var components = URLComponents()
+  components.scheme = "postgres"
+  components.user = configuration.username
+  components.password = configuration.password
+  components.host = configuration.host
+  components.port = configuration.port
+  components.path = "/" + configuration.database
+  return components.string ?? ""
+}
+
+/// Runs the built `mart` with `input` on its standard input; its exit status and output.
+func runMart(_ arguments: [String], input: String, databaseURL: String) async throws -> (
+  status: Int32, output: String, errors: String
+) {
+  let process = Process()
+  process.executableURL = martBinary()
+  process.arguments = arguments
+  var environment = ProcessInfo.processInfo.environment
+  environment["MART_USER_DATABASE_URL"] = databaseURL
+  environment["MART_LOG_LEVEL"] = "error"
+  process.environment = environment
+  let stdin = Pipe()
+  let stdout = Pipe()
+  let stderr = Pipe()
+  process.standardInput = stdin
+  process.standardOutput = stdout
+  process.standardError = stderr
+  try process.run()
+  stdin.fileHandleForWriting.write(Data(input.utf8))
+  try stdin.fileHandleForWriting.close()
+  let output = stdout.fileHandleForReading.readDataToEndOfFile()
+  let errors = stderr.fileHandleForReading.readDataToEndOfFile()
+  while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+  return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self))
+}

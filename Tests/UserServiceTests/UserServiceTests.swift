@@ -1,0 +1,647 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import GRPCProtobuf
+import MartProto
+import MartRuntime
+import MartTestSupport
+import PostgresNIO
+import SwiftProtobuf
+import Testing
+import UserService
+
+/// The user service in-process on a scratch database, called over HTTP/2 loopback with the
+/// generated client, as other services and the gateway call it.
+@Suite struct UserServiceTests {
+  @Test func registerLoginGetMeRefreshLogout() async throws {
+    try await withUserService("users_flow") { service in
+      let registered = try await service.register(email: "  Alice@Example.COM ", fullName: "Alice Liddell")
+      #expect(registered.user.email == "alice@example.com")
+      #expect(registered.user.roles == [.customer])
+      #expect(registered.tokens.tokenType == "Bearer")
+      #expect(registered.tokens.expiresIn == 900)
+      #expect(!registered.tokens.refreshToken.isEmpty)
+
+      let me = try await service.client.getMe(.init(), metadata: bearer(registered.tokens.accessToken))
+      #expect(me.id == registered.user.id)
+      #expect(me.fullName == "Alice Liddell")
+
+      let login = try await service.client.login(
+        .with {
+          $0.email = "ALICE@example.com"
+          $0.password = defaultPassword
+        })
+      #expect(login.user.id == registered.user.id)
+      #expect(login.user.hasLastLoginTime)
+      let claims = try decodeClaims(login.tokens.accessToken)
+      #expect(claims.sub == registered.user.id)
+      #expect(claims.roles == ["customer"])
+      #expect(claims.iss == "mart" && claims.aud == ["mart"])
+      #expect(claims.exp - claims.iat == 900)
+      #expect(!claims.jti.isEmpty)
+
+      let refreshed = try await service.client.refresh(.with { $0.refreshToken = login.tokens.refreshToken })
+      #expect(refreshed.tokens.refreshToken != login.tokens.refreshToken)
+      let again = try await service.client.getMe(.init(), metadata: bearer(refreshed.tokens.accessToken))
+      #expect(again.id == registered.user.id)
+
+      // Logout ends the session: its refresh token no longer works. Logout is idempotent.
+      _ = try await service.client.logout(.with { $0.refreshToken = refreshed.tokens.refreshToken })
+      let afterLogout = await rpcError {
+        _ = try await service.client.refresh(.with { $0.refreshToken = refreshed.tokens.refreshToken })
+      }
+      #expect(afterLogout?.code == .unauthenticated)
+      _ = try await service.client.logout(.with { $0.refreshToken = refreshed.tokens.refreshToken })
+      _ = try await service.client.logout(.with { $0.refreshToken = "not-a-token" })
+
+      // The register session is another family: still alive until logout with all_sessions.
+      let other = try await service.client.refresh(.with { $0.refreshToken = registered.tokens.refreshToken })
+      _ = try await service.client.logout(
+        .with {
+          $0.refreshToken = other.tokens.refreshToken
+          $0.allSessions = true
+        })
+      let live = try await service.count("SELECT count(*)::int8 FROM refresh_tokens WHERE revoked_at IS NULL")
+      #expect(live == 0)
+    }
+  }
+
+  @Test func emailIsUniqueRegardlessOfCase() async throws {
+    try await withUserService("users_dup") { service in
+      _ = try await service.register(email: "Bob@Example.com")
+      let error = await rpcError { _ = try await service.register(email: "bob@EXAMPLE.com") }
+      #expect(error?.code == .alreadyExists)
+      #expect(reason(error) == "EMAIL_ALREADY_REGISTERED")
+    }
+  }
+
+  @Test func weakPasswordAndBadFieldsAreInvalidArguments() async throws {
+    try await withUserService("users_weak") { service in
+      let short = await rpcError { _ = try await service.register(email: "carol@example.com", password: "short") }
+      #expect(short?.code == .invalidArgument)
+      #expect(reason(short) == "WEAK_PASSWORD")
+      #expect(fields(short) == ["password"])
+
+      let sameAsEmail = await rpcError {
+        _ = try await service.register(email: "carol@example.com", password: "CAROL@example.com")
+      }
+      #expect(sameAsEmail?.code == .invalidArgument)
+      #expect(fields(sameAsEmail) == ["password"])
+
+      let tooLong = await rpcError {
+        _ = try await service.register(email: "carol@example.com", password: String(repeating: "x", count: 129))
+      }
+      #expect(fields(tooLong) == ["password"])
+
+      let several = await rpcError {
+        _ = try await service.client.register(
+          .with {
+            $0.email = "not an email"
+            $0.password = defaultPassword
+            $0.fullName = ""
+            $0.phone = "0821234567"
+          })
+      }
+      #expect(several?.code == .invalidArgument)
+      #expect(reason(several) == "VALIDATION_FAILED")
+      #expect(fields(several) == ["email", "full_name", "phone"])
+      let users = try await service.count("SELECT count(*)::int8 FROM users")
+      #expect(users == 0)
+    }
+  }
+
+  @Test func wrongPasswordAndUnknownEmailGetTheSameAnswer() async throws {
+    try await withUserService("users_creds") { service in
+      _ = try await service.register(email: "dave@example.com")
+      let wrong = await rpcError {
+        _ = try await service.client.login(
+          .with {
+            $0.email = "dave@example.com"
+            $0.password = "not the password"
+          })
+      }
+      let unknown = await rpcError {
+        _ = try await service.client.login(
+          .with {
+            $0.email = "nobody@example.com"
+            $0.password = "not the password"
+          })
+      }
+      #expect(wrong?.code == .unauthenticated)
+      #expect(wrong?.code == unknown?.code)
+      #expect(wrong?.message == "invalid email or password")
+      #expect(wrong?.message == unknown?.message)
+      #expect(reason(wrong) == "INVALID_CREDENTIALS")
+      #expect(reason(unknown) == "INVALID_CREDENTIALS")
+    }
+  }
+
+  @Test func repeatedFailuresLockTheAccount() async throws {
+    try await withUserService("users_throttle") { service in
+      _ = try await service.register(email: "erin@example.com")
+      for _ in 0..<5 {
+        let error = await rpcError {
+          _ = try await service.client.login(
+            .with {
+              $0.email = "erin@example.com"
+              $0.password = "guess guess guess"
+            })
+        }
+        #expect(error?.code == .unauthenticated)
+      }
+      // Locked now: even the right password is refused, with a time to wait.
+      let locked = await rpcError {
+        _ = try await service.client.login(
+          .with {
+            $0.email = "Erin@example.com"
+            $0.password = defaultPassword
+          })
+      }
+      #expect(locked?.code == .resourceExhausted)
+      #expect(reason(locked) == "RATE_LIMITED")
+      let retry = details(locked).compactMap(\.retryInfo).first
+      #expect((retry?.delay ?? .zero) > .zero)
+      let accountKey = try await service.count(
+        "SELECT count(*)::int8 FROM login_failures WHERE key = 'account:erin@example.com' AND failures = 5")
+      #expect(accountKey == 1)
+
+      // Failures count against the client address too: the gateway's header, else the first
+      // x-forwarded-for entry (an IPv6 address by its /64), else the connection's peer. Unknown
+      // emails are counted alike, so the throttle does not tell which accounts exist.
+      let attempts: [Metadata] = [
+        ["x-mart-client-ip": "203.0.113.7", "x-forwarded-for": "198.51.100.1"],
+        ["x-forwarded-for": "2001:db8:1:2:3:4:5:6, 10.0.0.1"],
+        [:],
+      ]
+      for metadata in attempts {
+        _ = await rpcError {
+          _ = try await service.client.login(
+            .with {
+              $0.email = "nobody@example.com"
+              $0.password = "guess guess guess"
+            }, metadata: metadata)
+        }
+      }
+      let keys = try await service.strings("SELECT key FROM login_failures ORDER BY key")
+      #expect(
+        keys == [
+          "account:erin@example.com", "account:nobody@example.com", "ip:127.0.0.1", "ip:2001:db8:1:2::/64",
+          "ip:203.0.113.7",
+        ])
+    }
+  }
+
+  @Test func reusedRefreshTokenRevokesItsFamily() async throws {
+    try await withUserService("users_reuse") { service in
+      let registered = try await service.register(email: "frank@example.com")
+      let first = registered.tokens.refreshToken
+      let second = try await service.client.refresh(.with { $0.refreshToken = first }).tokens.refreshToken
+
+      let reuse = await rpcError { _ = try await service.client.refresh(.with { $0.refreshToken = first }) }
+      #expect(reuse?.code == .unauthenticated)
+      #expect(reason(reuse) == "REFRESH_TOKEN_REUSED")
+
+      // The successor was revoked with the family.
+      let successor = await rpcError { _ = try await service.client.refresh(.with { $0.refreshToken = second }) }
+      #expect(successor?.code == .unauthenticated)
+      #expect(reason(successor) == "TOKEN_INVALID")
+
+      let unknown = await rpcError {
+        _ = try await service.client.refresh(.with { $0.refreshToken = String(repeating: "A", count: 43) })
+      }
+      #expect(unknown?.code == .unauthenticated)
+      let empty = await rpcError { _ = try await service.client.refresh(.init()) }
+      #expect(empty?.code == .invalidArgument)
+    }
+  }
+
+  @Test func concurrentRefreshOfOneTokenSucceedsOnce() async throws {
+    try await withUserService("users_race") { service in
+      let registered = try await service.register(email: "grace@example.com")
+      let token = registered.tokens.refreshToken
+      let client = service.client
+      let outcomes = try await withThrowingTaskGroup(of: RPCError.Code?.self) { group in
+        for _ in 0..<6 {
+          group.addTask {
+            await rpcError { _ = try await client.refresh(.with { $0.refreshToken = token }) }?.code
+          }
+        }
+        return try await group.reduce(into: [RPCError.Code?]()) { $0.append($1) }
+      }
+      #expect(outcomes.filter { $0 == nil }.count == 1)
+      #expect(outcomes.filter { $0 == .unauthenticated }.count == 5)
+      let issued = try await service.count("SELECT count(*)::int8 FROM refresh_tokens")
+      #expect(issued == 2)
+    }
+  }
+
+  @Test func callsWithoutAValidTokenAreRefused() async throws {
+    try await withUserService("users_noauth") { service in
+      let none = await rpcError { _ = try await service.client.getMe(.init()) }
+      #expect(none?.code == .unauthenticated)
+      let garbage = await rpcError { _ = try await service.client.getMe(.init(), metadata: bearer("a.b.c")) }
+      #expect(garbage?.code == .unauthenticated)
+
+      let customer = try await service.register(email: "heidi@example.com")
+      let denied = await rpcError {
+        _ = try await service.client.listUsers(.init(), metadata: bearer(customer.tokens.accessToken))
+      }
+      #expect(denied?.code == .permissionDenied)
+      let getUser = await rpcError {
+        _ = try await service.client.getUser(
+          .with { $0.userID = customer.user.id }, metadata: bearer(customer.tokens.accessToken))
+      }
+      #expect(getUser?.code == .permissionDenied)
+    }
+  }
+
+  @Test func adminsListUsersAndSetRolesButNeverRemoveTheLastAdmin() async throws {
+    try await withUserService("users_admin") { service in
+      let created = try await UserAdministration.createAdmin(
+        database: service.database, email: "Root@Example.com", fullName: "Root", passwordCost: .testing,
+        logger: TestBed.logger
+      ) { defaultPassword }
+      guard case .created(let adminID) = created else {
+        Issue.record("expected a new account, got \(created)")
+        return
+      }
+      let customer = try await service.register(email: "ivan@example.com", fullName: "Ivan")
+      let admin = try await service.client.login(
+        .with {
+          $0.email = "root@example.com"
+          $0.password = defaultPassword
+        })
+      #expect(admin.user.roles == [.customer, .admin])
+      let auth = bearer(admin.tokens.accessToken)
+
+      let all = try await service.client.listUsers(.init(), metadata: auth)
+      #expect(all.users.map(\.email) == ["ivan@example.com", "root@example.com"])
+      let paged = try await service.client.listUsers(.with { $0.pageSize = 1 }, metadata: auth)
+      #expect(paged.users.map(\.email) == ["ivan@example.com"])
+      let rest = try await service.client.listUsers(
+        .with {
+          $0.pageSize = 1
+          $0.pageToken = paged.nextPageToken
+        }, metadata: auth)
+      #expect(rest.users.map(\.email) == ["root@example.com"])
+      #expect(rest.nextPageToken.isEmpty)
+      let admins = try await service.client.listUsers(.with { $0.role = .admin }, metadata: auth)
+      #expect(admins.users.map(\.email) == ["root@example.com"])
+      let byName = try await service.client.listUsers(.with { $0.query = "IVA" }, metadata: auth)
+      #expect(byName.users.map(\.email) == ["ivan@example.com"])
+      let badToken = await rpcError {
+        _ = try await service.client.listUsers(.with { $0.pageToken = "nonsense" }, metadata: auth)
+      }
+      #expect(fields(badToken) == ["page_token"])
+
+      let fetched = try await service.client.getUser(.with { $0.userID = customer.user.id }, metadata: auth)
+      #expect(fetched.email == "ivan@example.com")
+      let missing = await rpcError {
+        _ = try await service.client.getUser(.with { $0.userID = UUID().uuidString }, metadata: auth)
+      }
+      #expect(missing?.code == .notFound)
+
+      // The only admin cannot drop the role.
+      let last = await rpcError {
+        _ = try await service.client.setRoles(
+          .with {
+            $0.userID = adminID.uuidString
+            $0.roles = [.customer]
+          }, metadata: auth)
+      }
+      #expect(last?.code == .failedPrecondition)
+      #expect(reason(last) == "LAST_ADMIN")
+
+      // Promote Ivan (CUSTOMER kept though omitted); then the first admin may step down.
+      let promoted = try await service.client.setRoles(
+        .with {
+          $0.userID = customer.user.id
+          $0.roles = [.admin]
+        }, metadata: auth)
+      #expect(promoted.roles == [.customer, .admin])
+      let demoted = try await service.client.setRoles(
+        .with {
+          $0.userID = adminID.uuidString
+          $0.roles = []
+        }, metadata: auth)
+      #expect(demoted.roles == [.customer])
+
+      // create-admin on an existing account adds the role and leaves the password alone.
+      let again = try await UserAdministration.createAdmin(
+        database: service.database, email: "root@example.com", fullName: "Root", passwordCost: .testing,
+        logger: TestBed.logger
+      ) {
+        Issue.record("no password is asked for an existing account")
+        return ""
+      }
+      #expect(again == .promoted(userID: adminID))
+    }
+  }
+
+  @Test func concurrentDemotionsKeepOneAdmin() async throws {
+    try await withUserService("users_lastadmin") { service in
+      var ids: [UUID] = []
+      for name in ["one", "two"] {
+        let result = try await UserAdministration.createAdmin(
+          database: service.database, email: "\(name)@example.com", fullName: name, passwordCost: .testing,
+          logger: TestBed.logger
+        ) { defaultPassword }
+        if case .created(let id) = result { ids.append(id) }
+      }
+      #expect(ids.count == 2)
+      let token = try await service.client.login(
+        .with {
+          $0.email = "one@example.com"
+          $0.password = defaultPassword
+        }
+      ).tokens.accessToken
+      let client = service.client
+      let codes = try await withThrowingTaskGroup(of: RPCError.Code?.self) { group in
+        for id in ids {
+          group.addTask {
+            await rpcError {
+              _ = try await client.setRoles(
+                .with {
+                  $0.userID = id.uuidString
+                  $0.roles = [.customer]
+                }, metadata: bearer(token))
+            }?.code
+          }
+        }
+        return try await group.reduce(into: [RPCError.Code?]()) { $0.append($1) }
+      }
+      #expect(codes.filter { $0 == nil }.count == 1)
+      #expect(codes.filter { $0 == .failedPrecondition }.count == 1)
+      let admins = try await service.count("SELECT count(*)::int8 FROM users WHERE 'admin' = ANY (roles)")
+      #expect(admins == 1)
+    }
+  }
+
+  @Test func tokensOfARetiredKeyStillVerifyAndBothKeysArePublished() async throws {
+    try await withUserService("users_keys") { service in
+      let registered = try await service.register(email: "judy@example.com")
+      let oldKid = try decodeKid(registered.tokens.accessToken)
+
+      // Retire the current key (as time would): the next token is signed by a new one.
+      try await service.database.query(
+        "UPDATE signing_keys SET retire_after = now() WHERE retire_after > now()", logger: TestBed.logger)
+      let login = try await service.client.login(
+        .with {
+          $0.email = "judy@example.com"
+          $0.password = defaultPassword
+        })
+      let newKid = try decodeKid(login.tokens.accessToken)
+      #expect(newKid != oldKid)
+
+      for token in [registered.tokens.accessToken, login.tokens.accessToken] {
+        let me = try await service.client.getMe(.init(), metadata: bearer(token))
+        #expect(me.id == registered.user.id)
+      }
+      let jwks = try await service.client.getJwks(.init())
+      #expect(Set(jwks.keys.map(\.kid)) == [oldKid, newKid])
+      #expect(jwks.keys.allSatisfy { $0.kty == "EC" && $0.crv == "P-256" && $0.alg == "ES256" && $0.use == "sig" })
+
+      // An expired key is no longer published, and its tokens no longer verify.
+      try await service.database.query(
+        """
+        UPDATE signing_keys SET expires_at = now() - interval '1 second', retire_after = now() - interval '2 seconds'
+        WHERE kid = \(oldKid)
+        """, logger: TestBed.logger)
+      let stale = await rpcError {
+        _ = try await service.client.getMe(.init(), metadata: bearer(registered.tokens.accessToken))
+      }
+      #expect(stale?.code == .unauthenticated)
+      let published = try await service.client.getJwks(.init())
+      #expect(published.keys.map(\.kid) == [newKid])
+    }
+  }
+
+  @Test func userRegisteredLandsInTheOutboxOncePerRegistration() async throws {
+    try await withUserService("users_outbox") { service in
+      let first = try await service.register(email: "kim@example.com")
+      let second = try await service.register(email: "lee@example.com")
+      _ = await rpcError { _ = try await service.register(email: "KIM@example.com") }
+      _ = await rpcError { _ = try await service.register(email: "mo@example.com", password: "short") }
+      let rows = try await service.database.query(
+        "SELECT aggregate_id, payload FROM outbox WHERE event_type = 'mart.user.v1.UserRegistered' ORDER BY id",
+        logger: TestBed.logger)
+      var events: [Mart_User_V1_UserRegistered] = []
+      var aggregates: [String] = []
+      for try await (aggregate, payload) in rows.decode((String, ByteBuffer).self) {
+        aggregates.append(aggregate)
+        events.append(try Mart_User_V1_UserRegistered(serializedBytes: Array(buffer: payload)))
+      }
+      #expect(aggregates == [first.user.id, second.user.id])
+      #expect(events.map(\.email) == ["kim@example.com", "lee@example.com"])
+      #expect(events.allSatisfy { $0.roles == [.customer] && !$0.metadata.eventID.isEmpty })
+    }
+  }
+
+  @Test func profileAndAddressBook() async throws {
+    try await withUserService("users_addresses") { service in
+      let registered = try await service.register(email: "nina@example.com")
+      let auth = bearer(registered.tokens.accessToken)
+
+      let updated = try await service.client.updateMe(
+        .with {
+          $0.user.fullName = "Nina Simone"
+          $0.user.phone = "+27821234567"
+          $0.user.email = "ignored@example.com"
+          $0.updateMask = .with { $0.paths = ["full_name", "phone"] }
+        }, metadata: auth)
+      #expect(updated.fullName == "Nina Simone" && updated.phone == "+27821234567")
+      #expect(updated.email == "nina@example.com")
+      let badPath = await rpcError {
+        _ = try await service.client.updateMe(
+          .with {
+            $0.user.email = "new@example.com"
+            $0.updateMask = .with { $0.paths = ["email"] }
+          }, metadata: auth)
+      }
+      #expect(fields(badPath) == ["update_mask"])
+      let badPhone = await rpcError {
+        _ = try await service.client.updateMe(
+          .with {
+            $0.user.phone = "12345"
+            $0.updateMask = .with { $0.paths = ["phone"] }
+          }, metadata: auth)
+      }
+      #expect(fields(badPhone) == ["user.phone"])
+
+      func address(_ line: String) -> Mart_Common_V1_Address {
+        .with {
+          $0.recipientName = "Nina"
+          $0.lines = [line]
+          $0.city = "Cape Town"
+          $0.countryCode = "za"
+        }
+      }
+      let home = try await service.client.addAddress(
+        .with {
+          $0.address = address("1 Long Street")
+          $0.label = "Home"
+        }, metadata: auth)
+      #expect(home.isDefault && home.address.countryCode == "ZA")
+      let work = try await service.client.addAddress(.with { $0.address = address("2 Short Street") }, metadata: auth)
+      #expect(!work.isDefault)
+      let moved = try await service.client.addAddress(
+        .with {
+          $0.address = address("3 Loop Street")
+          $0.setDefault = true
+        }, metadata: auth)
+      #expect(moved.isDefault)
+
+      let page1 = try await service.client.listMyAddresses(.with { $0.pageSize = 2 }, metadata: auth)
+      #expect(page1.addresses.map(\.id) == [moved.id, work.id])
+      let page2 = try await service.client.listMyAddresses(
+        .with {
+          $0.pageSize = 2
+          $0.pageToken = page1.nextPageToken
+        }, metadata: auth)
+      #expect(page2.addresses.map(\.id) == [home.id])
+      #expect(page2.nextPageToken.isEmpty)
+
+      let invalid = await rpcError {
+        _ = try await service.client.addAddress(
+          .with { $0.address = .with { $0.lines = ["x"] } }, metadata: auth)
+      }
+      #expect(
+        fields(invalid) == ["address.recipient_name", "address.city", "address.country_code"])
+      let badSize = await rpcError {
+        _ = try await service.client.listMyAddresses(.with { $0.pageSize = -1 }, metadata: auth)
+      }
+      #expect(fields(badSize) == ["page_size"])
+
+      // Someone else's address is not found; deleting the default promotes the newest other one.
+      let stranger = try await service.register(email: "oscar@example.com")
+      let notTheirs = await rpcError {
+        _ = try await service.client.deleteAddress(
+          .with { $0.addressID = home.id }, metadata: bearer(stranger.tokens.accessToken))
+      }
+      #expect(notTheirs?.code == .notFound)
+      _ = try await service.client.deleteAddress(.with { $0.addressID = moved.id }, metadata: auth)
+      let remaining = try await service.client.listMyAddresses(.init(), metadata: auth)
+      #expect(remaining.addresses.map(\.id) == [work.id, home.id])
+      #expect(remaining.addresses.first?.isDefault == true)
+    }
+  }
+}
+
+// MARK: - Harness
+
+let defaultPassword = "correct horse battery staple"
+
+/// A running user service and what a test needs to talk to it.
+struct UserServiceUnderTest: Sendable {
+  let client: Mart_User_V1_UserService.Client<HTTP2ClientTransport.Posix>
+  /// The service's database, for set-up and for looking behind the API.
+  let database: PostgresClient
+
+  func register(email: String, password: String = defaultPassword, fullName: String = "Test User") async throws
+    -> Mart_User_V1_RegisterResponse
+  {
+    try await client.register(
+      .with {
+        $0.email = email
+        $0.password = password
+        $0.fullName = fullName
+      })
+  }
+
+  func strings(_ sql: String) async throws -> [String] {
+    let rows = try await database.query(PostgresQuery(unsafeSQL: sql), logger: TestBed.logger)
+    var values: [String] = []
+    for try await value in rows.decode(String.self) { values.append(value) }
+    return values
+  }
+
+  func count(_ sql: String) async throws -> Int64 {
+    let rows = try await database.query(PostgresQuery(unsafeSQL: sql), logger: TestBed.logger)
+    var count: Int64 = 0
+    for try await value in rows.decode(Int64.self) { count = value }
+    return count
+  }
+}
+
+/// Cheap hashes (the production cost is for production) and no key caching (tests rotate keys).
+let testOptions = UserServiceOptions(passwordCost: .testing, signingKeyCacheTTL: .zero)
+
+func withUserService(
+  _ label: String, options: UserServiceOptions = testOptions,
+  _ body: @escaping @Sendable (UserServiceUnderTest) async throws -> Void
+) async throws {
+  try await ScratchDatabase.with(label) { database in
+    let configuration = ServiceConfiguration(
+      service: .user, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
+    let host = try ServiceHost(
+      definition: UserServiceModule.makeDefinition(options: options), configuration: configuration,
+      directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
+      logger: TestBed.logger)
+    try await withServices(host.lifecycleServices) {
+      let listening = try await host.server.listeningAddress
+      let address = try #require(listening?.ipv4)
+      let serving = await eventually {
+        await healthStatus(port: address.port, service: MartService.user.grpcServiceName) == .serving
+      }
+      try #require(serving, "the user service never became SERVING")
+      try await withGRPCClient(
+        transport: .http2NIOPosix(
+          target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
+      ) { grpc in
+        try await withPostgresClient(database.configuration) { postgres in
+          try await body(UserServiceUnderTest(client: .init(wrapping: grpc), database: postgres))
+        }
+      }
+    }
+  }
+}
+
+func bearer(_ token: String) -> Metadata {
+  ["authorization": "Bearer \(token)"]
+}
+
+/// The error a call failed with; nil if it succeeded.
+func rpcError(_ call: () async throws -> Void) async -> RPCError? {
+  do {
+    try await call()
+    return nil
+  } catch let error as RPCError {
+    return error
+  } catch {
+    Issue.record("not an RPCError: \(error)")
+    return nil
+  }
+}
+
+/// The `google.rpc.Status` details of an error (an unreadable one is a test failure).
+func details(_ error: RPCError?) -> [ErrorDetails] {
+  do {
+    return try error?.unpackGoogleRPCStatus()?.details ?? []
+  } catch {
+    Issue.record("unreadable status details: \(error)")
+    return []
+  }
+}
+
+/// The `google.rpc.ErrorInfo` reason of an error.
+func reason(_ error: RPCError?) -> String? {
+  details(error).compactMap(\.errorInfo).first?.reason
+}
+
+/// The fields a `google.rpc.BadRequest` names.
+func fields(_ error: RPCError?) -> [String] {
+  details(error).compactMap(\.badRequest).flatMap { $0.violations.map(\.field) }
+}
+
+func decodeClaims(_ token: String) throws -> AccessTokenClaims {
+  let parts = token.split(separator: ".")
+  let payload = try #require(parts.count == 3 ? Base64URL.decode(parts[1]) : nil)
+  return try JSONDecoder().decode(AccessTokenClaims.self, from: payload)
+}
+
+func decodeKid(_ token: String) throws -> String {
+  struct Header: Decodable { var kid: String }
+  let parts = token.split(separator: ".")
+  let header = try #require(parts.count == 3 ? Base64URL.decode(parts[0]) : nil)
+  return try JSONDecoder().decode(Header.self, from: header).kid
+}
