@@ -21,7 +21,7 @@ struct Mart: AsyncParsableCommand {
       MART_ORDER_PORT, MART_ORDER_DATABASE_URL, MART_GATEWAY_PORT, KAFKA_BROKERS, MART_LOG_LEVEL.
       A malformed value stops start-up with exit code 2 and names the variable.
       """,
-    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self])
+    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self, Users.self, Keys.self])
 }
 
 /// The services of the mart plus the gateway, as a command-line argument.
@@ -84,19 +84,26 @@ struct Serve: AsyncParsableCommand {
     var services: [any Service]
     if let service = component.service {
       let events = try EventTransports.make(process, clientID: "mart-\(service.rawValue)", logger: logger)
-      let (configuration, directory) = try loadConfiguration {
-        (try ServiceConfiguration(service, environment: environment), try ServiceDirectory(environment: environment))
+      let (configuration, directory, auth) = try loadConfiguration {
+        (
+          try ServiceConfiguration(service, environment: environment), try ServiceDirectory(environment: environment),
+          try AuthConfiguration(environment: environment)
+        )
       }
+      // A service's own settings are read as its handlers are made: still configuration (exit 2).
       services =
         events.services
-        + (try ServiceHost(
-          definition: service.definition, configuration: configuration, directory: directory,
-          transport: events.transport, retryPolicy: process.retryPolicy, logger: logger
-        ).lifecycleServices)
+        + (try loadConfiguration {
+          try ServiceHost(
+            definition: service.definition, configuration: configuration, directory: directory, auth: auth,
+            transport: events.transport, retryPolicy: process.retryPolicy, logger: logger
+          ).lifecycleServices
+        })
       logger.info("starting", metadata: ["port": "\(configuration.port)", "database": "\(configuration.database)"])
     } else {
       let configuration = try loadConfiguration { try GatewayConfiguration(environment: environment) }
-      services = try Gateway.makeServices(configuration: configuration, logger: logger)
+      GatewayMetrics.bootstrapProcessMetrics()
+      services = try loadConfiguration { try Gateway.makeServices(configuration: configuration, logger: logger) }
       logger.info("starting gateway", metadata: ["port": "\(configuration.port)"])
     }
     try await runUntilSignalled(services, logger: logger)
@@ -143,25 +150,33 @@ struct Dev: AsyncParsableCommand {
   func run() async throws {
     let environment = EnvironmentReader()
     let (process, logger) = try bootstrapProcess(name: "dev", environment: environment)
-    let (configurations, directory, gateway) = try loadConfiguration {
+    let (configurations, directory, gateway, configuredAuth) = try loadConfiguration {
       (
         try MartService.allCases.map { try ServiceConfiguration($0, environment: environment) },
         try ServiceDirectory(environment: environment),
-        try GatewayConfiguration(environment: environment)
+        try GatewayConfiguration(environment: environment),
+        try AuthConfiguration(environment: environment, requireServiceKey: false)
       )
     }
+    // One process: a service key made up at start is as good as a configured one, and nothing
+    // outside the process ever needs it.
+    var auth = configuredAuth
+    if auth.serviceKey == nil { auth.serviceKey = AuthConfiguration.ephemeral().serviceKey }
     // One transport for the whole process: in-process delivery connects the services directly.
     let events = try EventTransports.make(process, clientID: "mart-dev", logger: logger)
     var services: [any Service] = events.services
     for configuration in configurations {
       var serviceLogger = logger
       serviceLogger[metadataKey: "service"] = .string(configuration.service.rawValue)
-      services += try ServiceHost(
-        definition: configuration.service.definition, configuration: configuration, directory: directory,
-        transport: events.transport, retryPolicy: process.retryPolicy, logger: serviceLogger
-      ).lifecycleServices
+      services += try loadConfiguration {
+        try ServiceHost(
+          definition: configuration.service.definition, configuration: configuration, directory: directory, auth: auth,
+          transport: events.transport, retryPolicy: process.retryPolicy, logger: serviceLogger
+        ).lifecycleServices
+      }
     }
-    services += try Gateway.makeServices(configuration: gateway, logger: logger)
+    GatewayMetrics.bootstrapProcessMetrics()
+    services += try loadConfiguration { try Gateway.makeServices(configuration: gateway, logger: logger) }
     logger.info("starting the whole mart", metadata: ["gateway_port": "\(gateway.port)"])
     try await runUntilSignalled(services, logger: logger)
   }
@@ -214,6 +229,25 @@ struct Events: AsyncParsableCommand {
         FileHandle.standardError.write(Data("mart: redrive failed: \(error)\n".utf8))
         throw ExitCode.failure
       }
+    }
+  }
+}
+
+struct Keys: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Make keys the mart is configured with.", subcommands: [ServiceKey.self])
+
+  struct ServiceKey: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "service",
+      abstract: "Print a new random service-token key, for MART_SERVICE_TOKEN_KEY.",
+      discussion: """
+        Every service of one mart needs the same key: it signs the short-lived tokens services present
+        to each other. Keep it secret, like a database password.
+        """)
+
+    func run() throws {
+      print(AuthConfiguration.newServiceKeyText())
     }
   }
 }

@@ -1,0 +1,306 @@
+import Foundation
+import MartRuntime
+
+// The gateway's settings: where it listens and where the services are (environment, like every
+// Mart process), and the edge policy (body limit, deadlines, rate limits, CORS, trusted proxies,
+// fields the gateway fills) from a JSON file, `MART_GATEWAY_CONFIG` (default
+// gateway/gateway.json; see gateway/README.md). Every setting has a default, so a missing file at
+// the default path is fine; a file that is there but wrong stops start-up (ConfigurationError,
+// exit 2) naming the setting.
+
+/// Settings of the edge gateway.
+public struct GatewayConfiguration: Sendable {
+  public var bindHost: String
+  public var port: Int
+  public var directory: ServiceDirectory
+  /// Issuer and audience of access tokens (the gateway needs no service key).
+  public var auth: AuthConfiguration
+  /// The edge policy, from the configuration file.
+  public var settings: GatewaySettings
+
+  public init(
+    bindHost: String = "127.0.0.1", port: Int = 8000, directory: ServiceDirectory,
+    auth: AuthConfiguration = AuthConfiguration(serviceKey: nil), settings: GatewaySettings = GatewaySettings()
+  ) {
+    self.bindHost = bindHost
+    self.port = port
+    self.directory = directory
+    self.auth = auth
+    self.settings = settings
+  }
+
+  public static let configFileVariable = "MART_GATEWAY_CONFIG"
+  public static let defaultConfigFile = "gateway/gateway.json"
+
+  public init(environment env: EnvironmentReader) throws {
+    let explicitPath = env.string(Self.configFileVariable)
+    let path = explicitPath ?? Self.defaultConfigFile
+    let settings = try Self.settings(atPath: path, required: explicitPath != nil)
+    try settings.validate(against: GatewayRouteTable.routes, source: path)
+    self.init(
+      bindHost: env.string("MART_BIND_HOST", default: "127.0.0.1"),
+      port: try env.port("MART_GATEWAY_PORT", default: 8000),
+      directory: try ServiceDirectory(environment: env),
+      auth: try AuthConfiguration(environment: env, requireServiceKey: false),
+      settings: settings)
+  }
+}
+
+extension GatewayConfiguration {
+  /// The settings in the file at `path`; the defaults if there is none and none was `required`.
+  static func settings(atPath path: String, required: Bool) throws -> GatewaySettings {
+    guard FileManager.default.fileExists(atPath: path) else {
+      if required {
+        throw ConfigurationError(variable: configFileVariable, value: path, reason: "no such file")
+      }
+      return GatewaySettings()
+    }
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw ConfigurationError(variable: configFileVariable, value: path, reason: "cannot read the file")
+    }
+    return try GatewaySettings(json: Array(data), source: path)
+  }
+}
+
+/// The edge policy. Each property's default is what the gateway does without a file.
+public struct GatewaySettings: Sendable {
+  /// Largest request body accepted (413 beyond).
+  public var maxBodyBytes = 1 << 20
+  /// The gRPC deadline of a call, unless its route has its own (by operationID).
+  public var defaultDeadline: Duration = .seconds(10)
+  public var routeDeadlines: [String: Duration] = [:]
+  /// The rate-limit policy of routes without their own, and the routes' own (by operationID).
+  public var defaultRateLimit = RateLimitPolicy(name: "default", limit: 100, window: .seconds(60))
+  public var routeRateLimits: [String: RateLimitPolicy] = [:]
+  /// Hard cap on the number of rate-limit buckets kept in memory.
+  public var maxRateLimitBuckets = 100_000
+  public var cors = CORSSettings()
+  /// Proxies whose `X-Forwarded-For` is believed.
+  public var trustedProxies: [IPNetwork] = []
+  /// Request fields the gateway fills from request headers, by operationID: field → header.
+  public var requestHeaderFields: [String: [String: String]] = [
+    "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"]
+  ]
+  /// A request field the gateway fills with the client's address, by operationID.
+  public var clientIPFields: [String: String] = ["PaymentService_PayfastWebhook": "source_ip"]
+
+  public init() {}
+
+  public func deadline(for operationID: String) -> Duration {
+    routeDeadlines[operationID] ?? defaultDeadline
+  }
+
+  public func rateLimit(for operationID: String) -> RateLimitPolicy {
+    routeRateLimits[operationID] ?? defaultRateLimit
+  }
+
+  /// Checks that every operationID named exists, and that policies sharing a name agree.
+  public func validate(against routes: [GatewayRoute], source: String) throws {
+    let known = Set(routes.map(\.operationID))
+    func check(_ ids: some Sequence<String>, _ setting: String) throws {
+      for id in ids where !known.contains(id) {
+        throw ConfigurationError(
+          variable: GatewayConfiguration.configFileVariable, value: source,
+          reason: "\(setting): no route has operationID \(id.debugDescription)")
+      }
+    }
+    try check(routeDeadlines.keys, "deadlines.routes")
+    try check(routeRateLimits.keys, "rateLimits.routes")
+    var byName: [String: RateLimitPolicy] = [defaultRateLimit.name: defaultRateLimit]
+    for (id, policy) in routeRateLimits.sorted(by: { $0.key < $1.key }) {
+      if let other = byName[policy.name], other != policy {
+        throw ConfigurationError(
+          variable: GatewayConfiguration.configFileVariable, value: source,
+          reason: "rateLimits.routes.\(id): policy name \(policy.name.debugDescription) is used with other limits")
+      }
+      byName[policy.name] = policy
+    }
+    // Fields the gateway fills are checked against the schemas when the routes are compiled;
+    // for routes not in this build's table they are simply unused.
+  }
+}
+
+/// Cross-origin access for browser clients.
+public struct CORSSettings: Sendable {
+  /// Exact origins (`https://shop.example.com`), or `*` for any. Empty: no CORS headers at all.
+  public var allowedOrigins: [String] = []
+  public var allowedMethods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+  public var allowedHeaders = ["Authorization", "Content-Type", "X-Request-Id", "traceparent"]
+  public var exposedHeaders = ["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"]
+  public var allowCredentials = false
+  /// How long a browser may cache a preflight answer.
+  public var maxAge: Duration = .seconds(600)
+
+  public init() {}
+}
+
+// MARK: Reading the file
+
+extension GatewaySettings {
+  /// Reads the JSON configuration file; unknown keys are errors (a misspelt setting must not be
+  /// silently ignored). Keys named `$comment` are ignored everywhere.
+  public init(json bytes: [UInt8], source: String) throws {
+    self.init()
+    let root: JSONValue
+    do {
+      root = try JSONParser.parse(bytes)
+    } catch {
+      throw ConfigurationError(
+        variable: GatewayConfiguration.configFileVariable, value: source, reason: "not valid JSON: \(error)")
+    }
+    let reader = SettingsReader(source: source)
+    let top = try reader.object(root, "")
+    for (key, value) in top {
+      switch key {
+      case "maxBodyBytes":
+        maxBodyBytes = try reader.positiveInteger(value, key)
+      case "deadlines":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          switch subkey {
+          case "default": defaultDeadline = try reader.duration(subvalue, "deadlines.default")
+          case "routes":
+            for (id, deadline) in try reader.object(subvalue, "deadlines.routes") {
+              routeDeadlines[id] = try reader.duration(deadline, "deadlines.routes.\(id)")
+            }
+          default: throw reader.unknown("deadlines.\(subkey)")
+          }
+        }
+      case "rateLimits":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          switch subkey {
+          case "default": defaultRateLimit = try reader.policy(subvalue, "rateLimits.default", defaultName: "default")
+          case "routes":
+            for (id, policy) in try reader.object(subvalue, "rateLimits.routes") {
+              routeRateLimits[id] = try reader.policy(policy, "rateLimits.routes.\(id)", defaultName: id)
+            }
+          case "maxBuckets": maxRateLimitBuckets = try reader.positiveInteger(subvalue, "rateLimits.maxBuckets")
+          default: throw reader.unknown("rateLimits.\(subkey)")
+          }
+        }
+      case "cors":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          let name = "cors.\(subkey)"
+          switch subkey {
+          case "allowedOrigins": cors.allowedOrigins = try reader.strings(subvalue, name)
+          case "allowedMethods": cors.allowedMethods = try reader.strings(subvalue, name).map { $0.uppercased() }
+          case "allowedHeaders": cors.allowedHeaders = try reader.strings(subvalue, name)
+          case "exposedHeaders": cors.exposedHeaders = try reader.strings(subvalue, name)
+          case "allowCredentials": cors.allowCredentials = try reader.bool(subvalue, name)
+          case "maxAge": cors.maxAge = try reader.duration(subvalue, name)
+          default: throw reader.unknown(name)
+          }
+        }
+      case "trustedProxies":
+        trustedProxies = try reader.strings(value, key).map { text in
+          guard let network = IPNetwork(text) else {
+            throw reader.invalid(key, "\(text.debugDescription) is not an address or CIDR block")
+          }
+          return network
+        }
+      case "requestHeaderFields":
+        requestHeaderFields = [:]
+        for (id, fields) in try reader.object(value, key) {
+          var mapping: [String: String] = [:]
+          for (field, header) in try reader.object(fields, "\(key).\(id)") {
+            mapping[field] = try reader.string(header, "\(key).\(id).\(field)")
+          }
+          requestHeaderFields[id] = mapping
+        }
+      case "clientIPFields":
+        clientIPFields = [:]
+        for (id, field) in try reader.object(value, key) {
+          clientIPFields[id] = try reader.string(field, "\(key).\(id)")
+        }
+      default:
+        throw reader.unknown(key)
+      }
+    }
+  }
+}
+
+/// Typed reads from the parsed file, each failure naming the setting.
+private struct SettingsReader {
+  var source: String
+
+  func invalid(_ key: String, _ reason: String) -> ConfigurationError {
+    ConfigurationError(variable: GatewayConfiguration.configFileVariable, value: source, reason: "\(key): \(reason)")
+  }
+
+  func unknown(_ key: String) -> ConfigurationError { invalid(key, "unknown setting") }
+
+  func object(_ value: JSONValue, _ key: String) throws -> [(String, JSONValue)] {
+    guard case .object(let members) = value else { throw invalid(key.isEmpty ? "(file)" : key, "expected an object") }
+    var seen: Set<String> = []
+    var result: [(String, JSONValue)] = []
+    for member in members where member.key != "$comment" {
+      guard seen.insert(member.key).inserted else { throw invalid("\(key).\(member.key)", "given twice") }
+      result.append((member.key, member.value))
+    }
+    return result
+  }
+
+  func string(_ value: JSONValue, _ key: String) throws -> String {
+    guard case .string(let text) = value, !text.isEmpty else { throw invalid(key, "expected a non-empty string") }
+    return text
+  }
+
+  func strings(_ value: JSONValue, _ key: String) throws -> [String] {
+    guard case .array(let values) = value else { throw invalid(key, "expected an array of strings") }
+    return try values.map { try string($0, key) }
+  }
+
+  func bool(_ value: JSONValue, _ key: String) throws -> Bool {
+    guard case .bool(let flag) = value else { throw invalid(key, "expected true or false") }
+    return flag
+  }
+
+  func positiveInteger(_ value: JSONValue, _ key: String) throws -> Int {
+    guard case .number(let text) = value, let number = Int(text), number > 0 else {
+      throw invalid(key, "expected a positive whole number")
+    }
+    return number
+  }
+
+  /// `250ms`, `10s`, `2m`, `1h`.
+  func duration(_ value: JSONValue, _ key: String) throws -> Duration {
+    guard case .string(let text) = value, let duration = Self.parseDuration(text), duration > .zero else {
+      throw invalid(key, "expected a positive duration such as 500ms, 10s, 2m or 1h")
+    }
+    return duration
+  }
+
+  static func parseDuration(_ text: String) -> Duration? {
+    let units: [(suffix: String, make: (Int64) -> Duration)] = [
+      ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }), ("m", { .seconds($0 * 60) }),
+      ("h", { .seconds($0 * 3600) }),
+    ]
+    for unit in units where text.hasSuffix(unit.suffix) {
+      let number = text.dropLast(unit.suffix.count)
+      if number.allSatisfy(\.isNumber), let value = Int64(number), value <= 1_000_000_000 {
+        return unit.make(value)
+      }
+    }
+    return nil
+  }
+
+  func policy(_ value: JSONValue, _ key: String, defaultName: String) throws -> RateLimitPolicy {
+    var name = defaultName
+    var limit: Int?
+    var window: Duration?
+    for (subkey, subvalue) in try object(value, key) {
+      switch subkey {
+      case "name": name = try string(subvalue, "\(key).name")
+      case "limit": limit = try positiveInteger(subvalue, "\(key).limit")
+      case "window": window = try duration(subvalue, "\(key).window")
+      default: throw unknown("\(key).\(subkey)")
+      }
+    }
+    guard let limit else { throw invalid(key, "limit is required") }
+    guard let window else { throw invalid(key, "window is required") }
+    // The name goes into a structured-field string in the RateLimit headers.
+    guard name.unicodeScalars.allSatisfy({ (0x20...0x7E).contains($0.value) && $0 != "\"" && $0 != "\\" }) else {
+      throw invalid("\(key).name", "printable ASCII without quotes or backslashes")
+    }
+    return RateLimitPolicy(name: name, limit: limit, window: window)
+  }
+}

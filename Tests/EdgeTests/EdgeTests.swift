@@ -1,0 +1,424 @@
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Gateway
+import Logging
+import MartProto
+import MartRuntime
+import MartTestSupport
+import PostgresNIO
+import ServiceLifecycle
+import Testing
+import UserService
+
+#if canImport(FoundationNetworking)
+  import FoundationNetworking
+#endif
+
+/// The edge as a client meets it: the real gateway in front of the real user service on a real
+/// PostgreSQL, spoken to in JSON over HTTP. Nothing is stubbed.
+@Suite struct EdgeTests {
+  @Test func registerLoginMeRefreshLogoutThroughTheJSONAPI() async throws {
+    try await withEdge { edge in
+      let email = "Ada.\(UUID().uuidString.prefix(6))@Example.com"
+      let registered = try await edge.call(
+        "POST", "/v1/auth/register", json: ["email": email, "password": "correct horse 1", "fullName": "Ada"])
+      #expect(registered.status == 200, "\(registered.text)")
+      let user = try registered.object("user")
+      #expect(user["email"] as? String == email.lowercased())
+      #expect((user["roles"] as? [String]) == ["CUSTOMER"])
+
+      let login = try await edge.call(
+        "POST", "/v1/auth/login", json: ["email": email.uppercased(), "password": "correct horse 1"])
+      #expect(login.status == 200, "\(login.text)")
+      let tokens = try login.object("tokens")
+      let access = try #require(tokens["accessToken"] as? String)
+      let refresh = try #require(tokens["refreshToken"] as? String)
+      #expect(tokens["tokenType"] as? String == "Bearer")
+
+      let me = try await edge.call("GET", "/v1/users/me", token: access)
+      #expect(me.status == 200, "\(me.text)")
+      #expect(try me.json()["email"] as? String == email.lowercased())
+
+      let refreshed = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": refresh])
+      #expect(refreshed.status == 200, "\(refreshed.text)")
+      let next = try #require(try refreshed.object("tokens")["refreshToken"] as? String)
+      #expect(next != refresh)
+      let nextAccess = try #require(try refreshed.object("tokens")["accessToken"] as? String)
+      #expect(try await edge.call("GET", "/v1/users/me", token: nextAccess).status == 200)
+
+      let logout = try await edge.call("POST", "/v1/auth/logout", json: ["refreshToken": next], token: nextAccess)
+      #expect(logout.status == 200, "\(logout.text)")
+      let afterLogout = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": next])
+      #expect(afterLogout.status == 401)
+      try afterLogout.expectStatusBody(code: 16)
+    }
+  }
+
+  @Test func reusingARefreshTokenRevokesItsWholeFamily() async throws {
+    try await withEdge { edge in
+      let (_, refresh) = try await edge.register()
+      let first = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": refresh])
+      #expect(first.status == 200)
+      let successor = try #require(try first.object("tokens")["refreshToken"] as? String)
+      // The stolen copy is replayed: refused, and the thief's use burns the legitimate chain too.
+      let replay = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": refresh])
+      #expect(replay.status == 401)
+      try replay.expectStatusBody(code: 16)
+      let legitimate = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": successor])
+      #expect(legitimate.status == 401)
+    }
+  }
+
+  @Test func everyForgedOrInvalidTokenIs401() async throws {
+    try await withEdge { edge in
+      let (access, _) = try await edge.register()
+      #expect(try await edge.call("GET", "/v1/users/me", token: access).status == 200)
+      let genuine = try await edge.currentSigningKey()
+      let claims = try JSONDecoder().decode(
+        AccessTokenClaims.self, from: try #require(Base64URL.decode(access.split(separator: ".")[1])))
+      let now = Int64(Date().timeIntervalSince1970)
+      func signed(_ change: (inout AccessTokenClaims) -> Void) throws -> String {
+        var forged = claims
+        forged.jti = UUID().uuidString
+        change(&forged)
+        return try genuine.sign(forged)
+      }
+      let parts = access.split(separator: ".").map(String.init)
+      let payload = parts[1]
+      let adminPayload = Base64URL.encode(
+        try JSONEncoder().encode(
+          {
+            var c = claims
+            c.roles = ["customer", "admin"]
+            return c
+          }()))
+      let publicKey = genuine.privateKey.publicKey
+      let hs256Header = Base64URL.encode(Data(#"{"alg":"HS256","kid":"\#(genuine.kid)","typ":"JWT"}"#.utf8))
+      let hs256Mac = HMAC<SHA256>.authenticationCode(
+        for: Data("\(hs256Header).\(payload)".utf8), using: SymmetricKey(data: publicKey.x963Representation))
+
+      let attacks: [(String, String)] = [
+        ("alg none", Base64URL.encode(Data(#"{"alg":"none","typ":"JWT"}"#.utf8)) + ".\(payload)."),
+        ("HS256 with the public key", "\(hs256Header).\(payload).\(Base64URL.encode(Data(hs256Mac)))"),
+        (
+          "unknown kid",
+          try TokenSigningKey(kid: "no-such-key", privateKey: P256.Signing.PrivateKey()).sign(claims)
+        ),
+        (
+          "expired",
+          try signed {
+            $0.iat = now - 3600; $0.exp = now - 120
+          }
+        ),
+        ("not yet valid", try signed { $0.nbf = now + 600 }),
+        ("wrong iss", try signed { $0.iss = "https://evil.example" }),
+        ("wrong aud", try signed { $0.aud = ["someone-else"] }),
+        ("tampered payload", "\(parts[0]).\(adminPayload).\(parts[2])"),
+        ("garbage", "not-a-token"),
+      ]
+      for (name, token) in attacks {
+        let response = try await edge.call("GET", "/v1/users/me", token: token)
+        #expect(response.status == 401, "\(name): \(response.status) \(response.text)")
+        try response.expectStatusBody(code: 16)
+        #expect(response.headers["www-authenticate"]?.lowercased().hasPrefix("bearer") == true, "\(name)")
+      }
+      // The same forgeries straight at the service (which checks tokens itself): UNAUTHENTICATED.
+      for (name, token) in attacks {
+        await #expect(throws: RPCError.self, "\(name)") {
+          try await edge.grpcGetMe(token: token)
+        }
+      }
+    }
+  }
+
+  @Test func theServiceChecksTokensAndRolesItself() async throws {
+    try await withEdge { edge in
+      do {
+        try await edge.grpcGetMe(token: nil)
+        Issue.record("GetMe without a token succeeded")
+      } catch let error as RPCError {
+        #expect(error.code == .unauthenticated)
+      }
+      let (access, _) = try await edge.register()
+      try await edge.grpcGetMe(token: access)
+      do {
+        try await edge.grpcListUsers(token: access)
+        Issue.record("a customer listed users")
+      } catch let error as RPCError {
+        #expect(error.code == .permissionDenied)
+      }
+      let forbidden = try await edge.call("GET", "/v1/users", token: access)
+      #expect(forbidden.status == 403)
+      try forbidden.expectStatusBody(code: 7)
+      let anonymous = try await edge.call("GET", "/v1/users/me")
+      #expect(anonymous.status == 401)
+      try anonymous.expectStatusBody(code: 16)
+    }
+  }
+
+  @Test func aRefusedCallGets429WithRetryAfterAndTheBucketRefills() async throws {
+    try await withEdge { edge in
+      // The bucket refills continuously, so how many calls pass first depends on how fast this
+      // machine sends them: call until one is refused (3 per 10 s cannot last 20 quick calls).
+      var passed: [HTTPResult] = []
+      var refused: HTTPResult?
+      for _ in 0..<20 {
+        let response = try await edge.call("GET", "/.well-known/jwks.json")
+        #expect(response.headers["ratelimit-policy"] == #""jwks";q=3;w=10"#, "\(response.headers)")
+        #expect(response.headers["ratelimit"]?.hasPrefix(#""jwks";r="#) == true, "\(response.headers)")
+        if response.status == 429 {
+          refused = response
+          break
+        }
+        #expect(response.status == 200, "\(response.text)")
+        passed.append(response)
+      }
+      let tooMany = try #require(refused)
+      #expect(passed.count >= 3)
+      // The last call let through took the last whole token.
+      #expect(passed.last?.headers["ratelimit"]?.contains("r=0") == true, "\(String(describing: passed.last))")
+      try tooMany.expectStatusBody(code: 8)
+      let retryAfter = try #require(tooMany.headers["retry-after"].flatMap { Int($0) })
+      #expect(retryAfter >= 1)
+      let details = try #require(try tooMany.json()["details"] as? [[String: Any]])
+      #expect(details.contains { ($0["@type"] as? String)?.hasSuffix("google.rpc.RetryInfo") == true })
+      try await Task.sleep(for: .seconds(retryAfter))
+      #expect(try await edge.call("GET", "/.well-known/jwks.json").status == 200)
+    }
+  }
+
+  @Test func badRequestsGetTheRight4xxWithAStatusBodyAndNeverReachTheService() async throws {
+    try await withEdge { edge in
+      let malformed = try await edge.call("POST", "/v1/auth/login", body: Data("{\"email\": ".utf8))
+      #expect(malformed.status == 400)
+      try malformed.expectStatusBody(code: 3)
+
+      let unknown = try await edge.call(
+        "POST", "/v1/auth/login", json: ["email": "a@example.com", "password": "xxxxxxxx", "isAdmin": true])
+      #expect(unknown.status == 400)
+      try unknown.expectStatusBody(code: 3, naming: "isAdmin")
+
+      let wrongType = try await edge.call("POST", "/v1/auth/login", json: ["email": 5, "password": "xxxxxxxx"])
+      #expect(wrongType.status == 400)
+      try wrongType.expectStatusBody(code: 3, naming: "email")
+
+      let oversized = try await edge.call(
+        "POST", "/v1/auth/register",
+        json: ["email": "a@example.com", "password": String(repeating: "p", count: 20_000)])
+      #expect(oversized.status == 413)
+      try oversized.expectStatusBody(code: 3)
+
+      let wrongContentType = try await edge.call(
+        "POST", "/v1/auth/login", body: Data("email=a".utf8), contentType: "application/x-www-form-urlencoded")
+      #expect(wrongContentType.status == 415)
+      try wrongContentType.expectStatusBody(code: 3)
+
+      let unknownPath = try await edge.call("GET", "/v1/nothing-here")
+      #expect(unknownPath.status == 404)
+      try unknownPath.expectStatusBody(code: 5)
+
+      let wrongMethod = try await edge.call("DELETE", "/v1/auth/login")
+      #expect(wrongMethod.status == 405)
+      #expect(wrongMethod.headers["allow"]?.contains("POST") == true)
+      try wrongMethod.expectStatusBody(code: 12)
+
+      let unknownQuery = try await edge.call("GET", "/v1/users/me?debug=true", token: try await edge.register().0)
+      #expect(unknownQuery.status == 400)
+      try unknownQuery.expectStatusBody(code: 3, naming: "debug")
+    }
+  }
+
+  @Test func requestIDsAreEchoedAndTheDocumentsAreServed() async throws {
+    try await withEdge { edge in
+      let tagged = try await edge.call("GET", "/.well-known/jwks.json", headers: ["X-Request-Id": "edge-test-42"])
+      #expect(tagged.headers["x-request-id"] == "edge-test-42")
+      let generated = try await edge.call("GET", "/.well-known/jwks.json")
+      #expect(generated.headers["x-request-id"]?.isEmpty == false)
+      let jwks = try generated.json()
+      let keys = try #require(jwks["keys"] as? [[String: Any]])
+      #expect(keys.first?["kty"] as? String == "EC")
+      #expect(keys.allSatisfy { $0["d"] == nil })
+
+      let openapi = try await edge.call("GET", "/openapi.json")
+      #expect(openapi.status == 200)
+      #expect(try openapi.json()["openapi"] as? String == "3.1.0")
+      let docs = try await edge.call("GET", "/docs")
+      #expect(docs.status == 200)
+      #expect(docs.text.contains("swagger-ui"))
+      let metrics = try await edge.call("GET", "/metrics")
+      #expect(metrics.status == 200)
+    }
+  }
+}
+
+// MARK: - The edge under test
+
+/// One HTTP answer.
+struct HTTPResult {
+  var status: Int
+  /// Lower-cased names.
+  var headers: [String: String]
+  var body: Data
+
+  var text: String { String(decoding: body, as: UTF8.self) }
+
+  func json() throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any], "not a JSON object: \(text)")
+  }
+
+  func object(_ key: String) throws -> [String: Any] {
+    try #require(try json()[key] as? [String: Any], "no object \(key) in \(text)")
+  }
+
+  /// A `google.rpc.Status` body with this code, and, if given, a BadRequest violation naming `field`.
+  func expectStatusBody(code: Int, naming field: String? = nil, sourceLocation: SourceLocation = #_sourceLocation)
+    throws
+  {
+    #expect(headers["content-type"]?.hasPrefix("application/json") == true, sourceLocation: sourceLocation)
+    let status = try json()
+    #expect(status["code"] as? Int == code, "\(text)", sourceLocation: sourceLocation)
+    #expect((status["message"] as? String)?.isEmpty == false, "\(text)", sourceLocation: sourceLocation)
+    if let field {
+      let details = status["details"] as? [[String: Any]] ?? []
+      let violations = details.flatMap { $0["fieldViolations"] as? [[String: Any]] ?? [] }
+      #expect(
+        violations.contains { ($0["field"] as? String)?.contains(field) == true }, "\(text)",
+        sourceLocation: sourceLocation)
+    }
+  }
+}
+
+struct Edge {
+  let gatewayPort: Int
+  let userPort: Int
+  let userDatabase: DatabaseConfiguration
+
+  func call(
+    _ method: String, _ path: String, json: [String: Any]? = nil, body: Data? = nil,
+    contentType: String = "application/json", token: String? = nil, headers: [String: String] = [:]
+  ) async throws -> HTTPResult {
+    let url = try #require(URL(string: "http://127.0.0.1:\(gatewayPort)\(path)"))
+    var request = URLRequest(url: url)
+    request.httpMethod = method
+    if let json {
+      request.httpBody = try JSONSerialization.data(withJSONObject: json)
+      request.setValue(contentType, forHTTPHeaderField: "Content-Type")
+    } else if let body {
+      request.httpBody = body
+      request.setValue(contentType, forHTTPHeaderField: "Content-Type")
+    }
+    if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+    for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+    let (data, response) = try await URLSession.shared.data(for: request)
+    let http = try #require(response as? HTTPURLResponse)
+    var fields: [String: String] = [:]
+    for (name, value) in http.allHeaderFields {
+      if let name = name as? String, let value = value as? String { fields[name.lowercased()] = value }
+    }
+    return HTTPResult(status: http.statusCode, headers: fields, body: data)
+  }
+
+  /// A new customer, signed in: (access token, refresh token).
+  func register() async throws -> (String, String) {
+    let response = try await call(
+      "POST", "/v1/auth/register",
+      json: ["email": "c-\(UUID().uuidString.prefix(8))@example.com", "password": "a fine password", "fullName": "C"])
+    #expect(response.status == 200, "\(response.text)")
+    let tokens = try response.object("tokens")
+    return (try #require(tokens["accessToken"] as? String), try #require(tokens["refreshToken"] as? String))
+  }
+
+  /// The user service's current signing key, read from its database: what lets the test sign
+  /// tokens that are genuine in every respect but the one under test.
+  func currentSigningKey() async throws -> TokenSigningKey {
+    try await withPostgresClient(userDatabase) { client in
+      let rows = try await client.query(
+        "SELECT kid, private_key FROM signing_keys ORDER BY created_at DESC LIMIT 1", logger: TestBed.logger)
+      for try await (kid, bytes) in rows.decode((String, ByteBuffer).self) {
+        let data = Data(buffer: bytes)
+        if let key = try? P256.Signing.PrivateKey(rawRepresentation: data) {
+          return TokenSigningKey(kid: kid, privateKey: key)
+        }
+        if let key = try? P256.Signing.PrivateKey(pemRepresentation: String(decoding: data, as: UTF8.self)) {
+          return TokenSigningKey(kid: kid, privateKey: key)
+        }
+        if let key = try? P256.Signing.PrivateKey(derRepresentation: data) {
+          return TokenSigningKey(kid: kid, privateKey: key)
+        }
+      }
+      throw TestBed.NotConfigured(variable: "signing_keys: no readable key")
+    }
+  }
+
+  func withUserClient<R: Sendable>(
+    _ body: (Mart_User_V1_UserService.Client<HTTP2ClientTransport.Posix>) async throws -> R
+  ) async throws -> R {
+    try await withGRPCClient(
+      transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: userPort), transportSecurity: .plaintext)
+    ) { client in
+      try await body(Mart_User_V1_UserService.Client(wrapping: client))
+    }
+  }
+
+  static func metadata(_ token: String?) -> Metadata {
+    var metadata = Metadata()
+    if let token { metadata.addString("Bearer \(token)", forKey: "authorization") }
+    return metadata
+  }
+
+  func grpcGetMe(token: String?) async throws {
+    try await withUserClient { users in
+      _ = try await users.getMe(Mart_User_V1_GetMeRequest(), metadata: Self.metadata(token))
+    }
+  }
+
+  func grpcListUsers(token: String?) async throws {
+    try await withUserClient { users in
+      _ = try await users.listUsers(Mart_User_V1_ListUsersRequest(), metadata: Self.metadata(token))
+    }
+  }
+}
+
+/// Starts the user service on a scratch database and the gateway in front of it, with a gateway
+/// configuration whose limits the tests can reach: 3 JWKS reads per 10 s, and 16 KiB bodies.
+func withEdge(_ body: (Edge) async throws -> Void) async throws {
+  try await ScratchDatabase.with("edge") { database in
+    let userPort = try freePort()
+    let gatewayPort = try freePort()
+    let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
+    try Data(
+      """
+      {
+        "maxBodyBytes": 16384,
+        "rateLimits": {
+          "default": { "limit": 1000, "window": "60s" },
+          "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "10s" } }
+        }
+      }
+      """.utf8
+    ).write(to: configFile)
+    defer { try? FileManager.default.removeItem(at: configFile) }
+
+    let directory = ServiceDirectory(endpoints: [.user: Endpoint(host: "127.0.0.1", port: userPort)])
+    let auth = AuthConfiguration.ephemeral()
+    let user = try ServiceHost(
+      definition: UserServiceModule.definition,
+      configuration: ServiceConfiguration(service: .user, port: userPort, database: database.configuration),
+      directory: directory, auth: auth, transport: InProcessEventTransport(), logger: TestBed.logger)
+    let gateway = try Gateway.makeServices(
+      configuration: try GatewayConfiguration(
+        environment: EnvironmentReader([
+          "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(userPort)",
+          "MART_GATEWAY_CONFIG": configFile.path,
+        ])),
+      logger: TestBed.logger)
+    try await withServices(user.lifecycleServices + gateway) {
+      #expect(await eventually { await healthStatus(port: userPort, service: "") == .serving })
+      let edge = Edge(gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration)
+      #expect(await eventually { (try? await edge.call("GET", "/healthz").status) == 200 })
+      try await body(edge)
+    }
+  }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import MartRuntime
+import Testing
+
+@testable import Gateway
+
+@Suite struct GatewayConfigurationTests {
+  static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+
+  func settings(_ json: String) throws -> GatewaySettings {
+    try GatewaySettings(json: Array(json.utf8), source: "test.json")
+  }
+
+  @Test func defaultsWithoutAFile() throws {
+    let settings = try GatewayConfiguration.settings(atPath: "/nonexistent/gateway.json", required: false)
+    #expect(settings.maxBodyBytes == 1 << 20)
+    #expect(settings.defaultRateLimit == RateLimitPolicy(name: "default", limit: 100, window: .seconds(60)))
+    #expect(settings.defaultDeadline == .seconds(10))
+    #expect(settings.cors.allowedOrigins.isEmpty)
+    #expect(settings.trustedProxies.isEmpty)
+    let configuration = try GatewayConfiguration(environment: EnvironmentReader([:]))
+    #expect(configuration.port == 8000)
+  }
+
+  @Test func theShippedFileIsValid() throws {
+    let path = Self.repositoryRoot.appendingPathComponent("gateway/gateway.json").path
+    let configuration = try GatewayConfiguration(environment: EnvironmentReader(["MART_GATEWAY_CONFIG": path]))
+    let settings = configuration.settings
+    #expect(
+      settings.rateLimit(for: "UserService_Login").limit < settings.rateLimit(for: "ProductService_GetProduct").limit)
+    #expect(settings.rateLimit(for: "UserService_Login").name == "login")
+    #expect(settings.rateLimit(for: "UserService_GetMe").name == "default")
+    #expect(settings.deadline(for: "UserService_Register") == .seconds(15))
+    #expect(settings.deadline(for: "UserService_GetMe") == .seconds(10))
+    #expect(settings.requestHeaderFields["PaymentService_StripeWebhook"] == ["signature": "Stripe-Signature"])
+  }
+
+  @Test func everySettingIsRead() throws {
+    let parsed = try settings(
+      """
+      {
+        "maxBodyBytes": 16384,
+        "deadlines": { "default": "2s", "routes": { "UserService_Login": "500ms" } },
+        "rateLimits": {
+          "default": { "limit": 10, "window": "1m" },
+          "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "2s" },
+                      "UserService_Login": { "limit": 1, "window": "1h" } },
+          "maxBuckets": 50
+        },
+        "cors": { "allowedOrigins": ["https://shop.example"], "allowCredentials": true, "maxAge": "60s",
+                  "allowedMethods": ["get"], "allowedHeaders": ["X-A"], "exposedHeaders": ["X-B"] },
+        "trustedProxies": ["10.0.0.0/8", "::1"],
+        "requestHeaderFields": {},
+        "clientIPFields": { "UserService_Login": "email" }
+      }
+      """)
+    #expect(parsed.maxBodyBytes == 16384)
+    #expect(parsed.deadline(for: "UserService_Login") == .milliseconds(500))
+    #expect(parsed.defaultDeadline == .seconds(2))
+    #expect(parsed.defaultRateLimit == RateLimitPolicy(name: "default", limit: 10, window: .seconds(60)))
+    #expect(
+      parsed.rateLimit(for: "UserService_GetJwks") == RateLimitPolicy(name: "jwks", limit: 3, window: .seconds(2)))
+    #expect(parsed.rateLimit(for: "UserService_Login").name == "UserService_Login")
+    #expect(parsed.rateLimit(for: "UserService_Login").window == .seconds(3600))
+    #expect(parsed.maxRateLimitBuckets == 50)
+    #expect(parsed.cors.allowedOrigins == ["https://shop.example"])
+    #expect(parsed.cors.allowedMethods == ["GET"])
+    #expect(parsed.cors.allowCredentials)
+    #expect(parsed.trustedProxies.map(\.description) == ["10.0.0.0/8", "::1/128"])
+    #expect(parsed.requestHeaderFields.isEmpty)
+    #expect(parsed.clientIPFields == ["UserService_Login": "email"])
+    try parsed.validate(against: GatewayRouteTable.routes, source: "test.json")
+  }
+
+  @Test func malformedFilesAreConfigurationErrorsNamingTheSetting() throws {
+    let cases: [(String, String)] = [
+      ("{", "not valid JSON"),
+      (#"{"maxBodyBytes": -1}"#, "maxBodyBytes"),
+      (#"{"maxBodyBytes": "1MB"}"#, "maxBodyBytes"),
+      (#"{"maxBodySize": 1}"#, "maxBodySize: unknown setting"),
+      (#"{"rateLimits": {"default": {"limit": 5}}}"#, "window is required"),
+      (#"{"rateLimits": {"default": {"limit": 5, "window": "soon"}}}"#, "rateLimits.default.window"),
+      (#"{"rateLimits": {"routes": {"X": {"limit": 1, "window": "1s", "burst": 2}}}}"#, "rateLimits.routes.X.burst"),
+      (#"{"deadlines": {"default": "0s"}}"#, "deadlines.default"),
+      (#"{"trustedProxies": ["10.0.0.0/99"]}"#, "trustedProxies"),
+      (#"{"cors": {"allowedOrigins": "*"}}"#, "cors.allowedOrigins"),
+      (#"{"rateLimits": {"default": {"name": "a\"b", "limit": 1, "window": "1s"}}}"#, "rateLimits.default.name"),
+    ]
+    for (json, mention) in cases {
+      do {
+        _ = try settings(json)
+        Issue.record("accepted: \(json)")
+      } catch let error as ConfigurationError {
+        #expect(error.variable == "MART_GATEWAY_CONFIG")
+        #expect(error.description.contains(mention), "\(error.description)")
+      }
+    }
+  }
+
+  @Test func unknownOperationIDsAndConflictingPoliciesAreRefused() throws {
+    let typo = try settings(#"{"rateLimits": {"routes": {"UserService_Logn": {"limit": 1, "window": "1s"}}}}"#)
+    #expect(throws: ConfigurationError.self) { try typo.validate(against: GatewayRouteTable.routes, source: "t") }
+    let deadlineTypo = try settings(#"{"deadlines": {"routes": {"Nope": "1s"}}}"#)
+    #expect(throws: ConfigurationError.self) {
+      try deadlineTypo.validate(against: GatewayRouteTable.routes, source: "t")
+    }
+    let conflict = try settings(
+      #"{"rateLimits": {"routes": {"UserService_Login": {"name": "auth", "limit": 1, "window": "1s"}, "#
+        + #""UserService_Register": {"name": "auth", "limit": 2, "window": "1s"}}}}"#)
+    #expect(throws: ConfigurationError.self) { try conflict.validate(against: GatewayRouteTable.routes, source: "t") }
+  }
+
+  @Test func aMissingExplicitFileIsAnError() {
+    #expect(throws: ConfigurationError.self) {
+      try GatewayConfiguration(environment: EnvironmentReader(["MART_GATEWAY_CONFIG": "/nonexistent/gateway.json"]))
+    }
+  }
+}

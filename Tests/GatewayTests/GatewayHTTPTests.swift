@@ -1,0 +1,486 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import GRPCProtobuf
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import MartProto
+import MartRuntime
+import MartTestSupport
+import SwiftProtobuf
+import Testing
+
+@testable import Gateway
+
+/// The gateway over HTTP (HummingbirdTesting's router client) in front of a test double of the
+/// user service over real gRPC: the generated user-service routes, end to end through the edge.
+@Suite struct GatewayHTTPTests {
+  // MARK: Routing and transcoding
+
+  @Test func getMeWithATokenReachesTheServiceWithTheCallsMetadata() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users/me", method: .get,
+        headers: gateway.headers(token: gateway.customerToken, extra: ["X-Request-Id": "req-1"]))
+      #expect(response.status == .ok, "\(response.text)")
+      #expect(response.headers[.contentType] == "application/json")
+      #expect(response.headers[GatewayResponder.requestIDField] == "req-1")
+      let user = try response.json()
+      #expect(user["id"] as? String == "me")
+      #expect(user["email"] as? String == "req-1", "x-request-id passed on")
+      #expect(user["emailVerified"] as? Bool == true, "the token passed on")
+      #expect(response.headers[GatewayResponder.rateLimitPolicyField] == #""default";q=1000;w=60"#)
+      #expect(response.headers[GatewayResponder.rateLimitField]?.hasPrefix(#""default";r=999;t="#) == true)
+    }
+  }
+
+  @Test func headIsAnsweredByTheGetRouteWithoutABody() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users/me", method: .head, headers: gateway.headers(token: gateway.customerToken))
+      #expect(response.status == .ok)
+      #expect(response.body.readableBytes == 0)
+    }
+  }
+
+  @Test func theClientAddressIsPassedOnAndForwardedForTrustedOnlyFromProxies() async throws {
+    // Over a real socket the peer is 127.0.0.1.
+    try await withGateway(.live) { gateway, client in
+      var headers = gateway.headers(token: gateway.customerToken)
+      headers[GatewayResponder.forwardedForField] = "203.0.113.9"
+      let direct = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
+      #expect(try direct.json()["fullName"] as? String == "127.0.0.1", "an untrusted peer's header is ignored")
+    }
+    try await withGateway(.live, trustedProxies: ["127.0.0.0/8"]) { gateway, client in
+      var headers = gateway.headers(token: gateway.customerToken)
+      headers[GatewayResponder.forwardedForField] = "6.6.6.6, 203.0.113.9"
+      let proxied = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
+      #expect(try proxied.json()["fullName"] as? String == "203.0.113.9", "the right-most untrusted hop")
+    }
+  }
+
+  @Test func aBadRequestIDIsReplaced() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users/me", method: .get,
+        headers: gateway.headers(
+          token: gateway.customerToken, extra: ["X-Request-Id": String(repeating: "x", count: 200)]))
+      let id = try #require(response.headers[GatewayResponder.requestIDField])
+      #expect(id.count == 36, "a fresh UUID: \(id)")
+    }
+  }
+
+  @Test func queryParametersAndEnumsReachTheService() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users?page_size=7&query=ada%20l&role=ADMIN", method: .get,
+        headers: gateway.headers(token: gateway.adminToken))
+      #expect(response.status == .ok, "\(response.text)")
+      #expect(try response.json()["nextPageToken"] as? String == "size=7;query=ada l;role=admin")
+      let byNumber = try await client.execute(
+        uri: "/v1/users?pageSize=3&role=1", method: .get, headers: gateway.headers(token: gateway.adminToken))
+      #expect(try byNumber.json()["nextPageToken"] as? String == "size=3;query=;role=customer")
+    }
+  }
+
+  @Test func aFieldBodyIsMergedWithTheQuery() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users/me?update_mask=fullName,phone", method: .patch,
+        headers: gateway.headers(token: gateway.customerToken, json: true),
+        body: ByteBuffer(string: #"{"fullName": "Ada", "phone": "+27820000000"}"#))
+      #expect(response.status == .ok, "\(response.text)")
+      let user = try response.json()
+      #expect(user["fullName"] as? String == "Ada")
+      #expect(user["email"] as? String == "full_name,phone", "the mask, from the query")
+    }
+  }
+
+  @Test func pathVariablesReachTheService() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(
+        uri: "/v1/users/u%2042", method: .get, headers: gateway.headers(token: gateway.adminToken))
+      #expect(response.status == .ok, "\(response.text)")
+      #expect(try response.json()["id"] as? String == "u 42")
+    }
+  }
+
+  // MARK: Refusals at the edge
+
+  @Test func malformedUnknownAndMistypedBodiesAre400NamingTheField() async throws {
+    try await withGateway { gateway, client in
+      let login = { (body: String) in
+        try await client.execute(
+          uri: "/v1/auth/login", method: .post, headers: gateway.headers(json: true), body: ByteBuffer(string: body))
+      }
+      let malformed = try await login(#"{"email": "#)
+      #expect(malformed.status == .badRequest)
+      try malformed.expectStatus(code: 3)
+
+      let unknown = try await login(#"{"email": "a@example.com", "password": "x", "isAdmin": true}"#)
+      #expect(unknown.status == .badRequest)
+      try unknown.expectStatus(code: 3, naming: "isAdmin")
+
+      let wrongType = try await login(#"{"email": 5, "password": "x"}"#)
+      #expect(wrongType.status == .badRequest)
+      try wrongType.expectStatus(code: 3, naming: "email")
+    }
+  }
+
+  @Test func oversizedBodiesAre413AndWrongContentTypes415() async throws {
+    try await withGateway { gateway, client in
+      let oversized = try await client.execute(
+        uri: "/v1/auth/login", method: .post, headers: gateway.headers(json: true),
+        body: ByteBuffer(string: #"{"email": "\#(String(repeating: "a", count: 2000))"}"#))
+      #expect(oversized.status == .contentTooLarge)
+      try oversized.expectStatus(code: 3)
+
+      var form = gateway.headers()
+      form[.contentType] = "application/x-www-form-urlencoded"
+      let wrongType = try await client.execute(
+        uri: "/v1/auth/login", method: .post, headers: form, body: ByteBuffer(string: "email=a"))
+      #expect(wrongType.status == .unsupportedMediaType)
+      try wrongType.expectStatus(code: 3)
+    }
+  }
+
+  @Test func unknownPathsAre404AndOtherMethods405WithAllow() async throws {
+    try await withGateway { gateway, client in
+      let missing = try await client.execute(uri: "/v1/nothing-here", method: .get)
+      #expect(missing.status == .notFound)
+      try missing.expectStatus(code: 5)
+
+      let wrongMethod = try await client.execute(uri: "/v1/auth/login", method: .delete)
+      #expect(wrongMethod.status == .methodNotAllowed)
+      #expect(wrongMethod.headers[.allow] == "OPTIONS, POST")
+      try wrongMethod.expectStatus(code: 12)
+
+      let options = try await client.execute(uri: "/v1/users/me", method: .options)
+      #expect(options.status == .noContent)
+      #expect(options.headers[.allow] == "GET, HEAD, OPTIONS, PATCH")
+
+      let unknownQuery = try await client.execute(
+        uri: "/v1/users/me?debug=true", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      #expect(unknownQuery.status == .badRequest)
+      try unknownQuery.expectStatus(code: 3, naming: "debug")
+    }
+  }
+
+  @Test func tokensAreRequiredAndRolesChecked() async throws {
+    try await withGateway { gateway, client in
+      let anonymous = try await client.execute(uri: "/v1/users/me", method: .get)
+      #expect(anonymous.status == .unauthorized)
+      #expect(anonymous.headers[.wwwAuthenticate]?.hasPrefix("Bearer") == true)
+      try anonymous.expectStatus(code: 16)
+
+      let garbage = try await client.execute(
+        uri: "/v1/users/me", method: .get, headers: gateway.headers(token: "not-a-token"))
+      #expect(garbage.status == .unauthorized)
+      #expect(garbage.headers[.wwwAuthenticate]?.contains(#"error="invalid_token""#) == true)
+      try garbage.expectStatus(code: 16)
+
+      let customerAtAdminRoute = try await client.execute(
+        uri: "/v1/users", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      #expect(customerAtAdminRoute.status == .forbidden)
+      try customerAtAdminRoute.expectStatus(code: 7)
+
+      let serviceToken = try await client.execute(
+        uri: "/v1/users/u1", method: .get, headers: gateway.headers(token: gateway.serviceToken))
+      #expect(serviceToken.status == .forbidden, "no service token from outside: \(serviceToken.text)")
+    }
+  }
+
+  @Test func quotaGives429WithRetryAfterAndHeadersAndTheBucketRefills() async throws {
+    try await withGateway { gateway, client in
+      for remaining in [1, 0] {
+        let response = try await client.execute(uri: "/.well-known/jwks.json", method: .get)
+        #expect(response.status == .ok, "\(response.text)")
+        #expect(response.headers[GatewayResponder.rateLimitPolicyField] == #""jwks";q=2;w=10"#)
+        #expect(response.headers[GatewayResponder.rateLimitField]?.hasPrefix(#""jwks";r=\#(remaining);"#) == true)
+      }
+      let refused = try await client.execute(uri: "/.well-known/jwks.json", method: .get)
+      #expect(refused.status == .tooManyRequests)
+      #expect(refused.headers[.retryAfter] == "5")
+      #expect(refused.headers[GatewayResponder.rateLimitField] == #""jwks";r=0;t=10"#)
+      #expect(refused.headers[GatewayResponder.rateLimitPolicyField] == #""jwks";q=2;w=10"#)
+      try refused.expectStatus(code: 8)
+      let details = try #require(try refused.json()["details"] as? [[String: Any]])
+      let retryInfo = try #require(
+        details.first { ($0["@type"] as? String)?.hasSuffix("google.rpc.RetryInfo") == true })
+      #expect(retryInfo["retryDelay"] as? String == "5s")
+
+      gateway.clock.advance(5)
+      let again = try await client.execute(uri: "/.well-known/jwks.json", method: .get)
+      #expect(again.status == .ok, "refilled: \(again.text)")
+      // Other routes have their own policy.
+      let other = try await client.execute(
+        uri: "/v1/users/me", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      #expect(other.status == .ok)
+    }
+  }
+
+  // MARK: Upstream errors
+
+  @Test func upstreamErrorsKeepTheirDetailsButNeverInternalText() async throws {
+    try await withGateway { gateway, client in
+      let login = try await client.execute(
+        uri: "/v1/auth/login", method: .post, headers: gateway.headers(json: true),
+        body: ByteBuffer(string: #"{"email": "fail@example.com", "password": "x"}"#))
+      #expect(login.status == .unauthorized)
+      try login.expectStatus(code: 16)
+      let details = try #require(try login.json()["details"] as? [[String: Any]])
+      #expect(details.first?["reason"] as? String == "INVALID_CREDENTIALS")
+
+      let missing = try await client.execute(
+        uri: "/v1/users/missing", method: .get, headers: gateway.headers(token: gateway.adminToken))
+      #expect(missing.status == .notFound)
+      try missing.expectStatus(code: 5)
+
+      let boom = try await client.execute(
+        uri: "/v1/users/boom", method: .get,
+        headers: gateway.headers(token: gateway.adminToken, extra: ["X-Request-Id": "req-boom"]))
+      #expect(boom.status == .internalServerError)
+      #expect(!boom.text.contains("secret"))
+      #expect(boom.text.contains("req-boom"))
+
+      let slow = try await client.execute(
+        uri: "/v1/users/slow", method: .get, headers: gateway.headers(token: gateway.adminToken))
+      #expect(slow.status == .gatewayTimeout, "the route's deadline: \(slow.text)")
+      try slow.expectStatus(code: 4)
+    }
+  }
+
+  @Test func anUnreachableServiceIs503() async throws {
+    try await withGateway { gateway, client in
+      let response = try await client.execute(uri: "/v1/products", method: .get)
+      #expect(response.status == .serviceUnavailable)
+      try response.expectStatus(code: 14)
+    }
+  }
+
+  // MARK: The edge's own endpoints
+
+  @Test func corsPreflightAndHeaders() async throws {
+    try await withGateway { gateway, client in
+      var preflight = HTTPFields()
+      preflight[.origin] = "https://shop.example"
+      preflight[.accessControlRequestMethod] = "POST"
+      let allowed = try await client.execute(uri: "/v1/auth/login", method: .options, headers: preflight)
+      #expect(allowed.status == .noContent)
+      #expect(allowed.headers[.accessControlAllowOrigin] == "https://shop.example")
+      #expect(allowed.headers[.accessControlAllowHeaders]?.contains("Authorization") == true)
+      #expect(allowed.headers[.accessControlAllowMethods]?.contains("POST") == true)
+
+      preflight[.origin] = "https://evil.example"
+      let refused = try await client.execute(uri: "/v1/auth/login", method: .options, headers: preflight)
+      #expect(refused.headers[.accessControlAllowOrigin] == nil)
+
+      var simple = HTTPFields()
+      simple[.origin] = "https://shop.example"
+      let error = try await client.execute(uri: "/v1/nothing", method: .get, headers: simple)
+      #expect(error.headers[.accessControlAllowOrigin] == "https://shop.example")
+      #expect(error.headers[.accessControlExposeHeaders]?.contains("RateLimit") == true)
+    }
+  }
+
+  @Test func healthMetricsAndDocuments() async throws {
+    try await withGateway { gateway, client in
+      let health = try await client.execute(uri: "/healthz", method: .get)
+      #expect(health.status == .ok)
+      _ = try await client.execute(uri: "/v1/nothing", method: .get)
+      let metrics = try await client.execute(uri: "/metrics", method: .get)
+      #expect(metrics.status == .ok)
+      #expect(metrics.text.contains(#"mart_gateway_requests_total{operation="unmatched",method="GET",status="404"} 1"#))
+      #expect(metrics.text.contains("mart_gateway_request_duration_seconds_bucket"))
+      #expect(metrics.text.contains(#"mart_gateway_errors_total{operation="unmatched",code="NOT_FOUND"} 1"#))
+      let openapi = try await client.execute(uri: "/openapi.json", method: .get)
+      #expect(openapi.status == .ok)
+      #expect(try openapi.json()["openapi"] as? String != nil)
+      let docs = try await client.execute(uri: "/docs", method: .get)
+      #expect(docs.status == .ok)
+      #expect(docs.text.contains("swagger-ui-bundle.js"))
+      let post = try await client.execute(uri: "/healthz", method: .post)
+      #expect(post.status == .methodNotAllowed)
+    }
+  }
+}
+
+// MARK: - The harness
+
+struct TestGateway: Sendable {
+  let clock: ManualClock
+  let customerToken: String
+  let adminToken: String
+  let serviceToken: String
+
+  func headers(token: String? = nil, json: Bool = false, extra: [String: String] = [:]) -> HTTPFields {
+    var fields = HTTPFields()
+    if let token { fields[.authorization] = "Bearer \(token)" }
+    if json { fields[.contentType] = "application/json" }
+    for (name, value) in extra {
+      if let name = HTTPField.Name(name) { fields[name] = value }
+    }
+    return fields
+  }
+}
+
+extension TestResponse {
+  var text: String { String(buffer: body) }
+
+  func json() throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "not JSON: \(text)")
+  }
+
+  /// A google.rpc.Status body with this code and, if given, a BadRequest violation naming `field`.
+  func expectStatus(code: Int, naming field: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    #expect(headers[.contentType] == "application/json", sourceLocation: sourceLocation)
+    let status = try json()
+    #expect(status["code"] as? Int == code, "\(text)", sourceLocation: sourceLocation)
+    #expect((status["message"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
+    if let field {
+      let details = status["details"] as? [[String: Any]] ?? []
+      let violations = details.flatMap { $0["fieldViolations"] as? [[String: Any]] ?? [] }
+      #expect(violations.contains { $0["field"] as? String == field }, "\(text)", sourceLocation: sourceLocation)
+    }
+  }
+}
+
+/// Runs the stub user service, the gRPC clients and the gateway application, and hands the test
+/// an HTTP client for the gateway.
+func withGateway(
+  _ setup: TestingSetup = .router, trustedProxies: [String] = [],
+  _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
+) async throws {
+  let signing = try #require(AuthConfiguration.ephemeral().serviceKey)
+  let userKey = TokenSigningKey(kid: "test-user-key", privateKey: signing.privateKey)
+  let serviceAuth = AuthConfiguration.ephemeral()
+  let serviceKey = try #require(serviceAuth.serviceKey)
+  let now = Int64(Date().timeIntervalSince1970)
+  func token(_ subject: String, _ roles: [String], key: TokenSigningKey, issuer: String = "mart") throws -> String {
+    try key.sign(AccessTokenClaims(sub: subject, roles: roles, iss: issuer, aud: "mart", iat: now, exp: now + 600))
+  }
+  let clock = ManualClock()
+  let gateway = TestGateway(
+    clock: clock,
+    customerToken: try token(UUID().uuidString, ["customer"], key: userKey),
+    adminToken: try token(UUID().uuidString, ["customer", "admin"], key: userKey),
+    serviceToken: try token("service:order", ["service"], key: serviceKey, issuer: serviceAuth.serviceIssuer))
+
+  let server = GRPCServer(
+    transport: .http2NIOPosix(address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext),
+    services: [StubUserService(key: JSONWebKeyValue(kid: userKey.kid, publicKey: userKey.privateKey.publicKey))])
+  try await withServices([GRPCServerService(server: server)]) {
+    let address = try #require(try await server.listeningAddress?.ipv4)
+    // The product service is nowhere: nothing listens on its port.
+    let directory = ServiceDirectory(endpoints: [
+      .user: Endpoint(host: "127.0.0.1", port: address.port),
+      .product: Endpoint(host: "127.0.0.1", port: try freePort()),
+    ])
+    let upstreams = try ServiceClients(directory: directory, services: [.user, .product])
+    try await withServices([upstreams]) {
+      var settings = GatewaySettings()
+      settings.maxBodyBytes = 1024
+      settings.defaultRateLimit = RateLimitPolicy(name: "default", limit: 1000, window: .seconds(60))
+      settings.routeRateLimits = ["UserService_GetJwks": RateLimitPolicy(name: "jwks", limit: 2, window: .seconds(10))]
+      // Long enough for a loaded machine's ordinary GetUser, far shorter than the "slow" user's.
+      settings.routeDeadlines = ["UserService_GetUser": .seconds(2)]
+      settings.cors.allowedOrigins = ["https://shop.example"]
+      settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
+      // The gateway knows the service key (as in `mart dev`): a service token verifies, and is
+      // still refused at the edge.
+      let configuration = GatewayConfiguration(directory: directory, auth: serviceAuth, settings: settings)
+      let app = try Gateway.makeApplication(
+        configuration: configuration, upstreams: upstreams, clock: clock.function, logger: TestBed.logger)
+      try await app.test(setup) { client in
+        try await body(gateway, client)
+      }
+    }
+  }
+}
+
+/// The user service as a test double: just enough of it to see what the gateway sends.
+struct StubUserService: RegistrableRPCService {
+  let key: JSONWebKeyValue
+
+  func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+    typealias Method = Mart_User_V1_UserService.Method
+    let key = self.key
+    Self.unary(&router, Method.GetJwks.descriptor) { (_: Mart_User_V1_GetJwksRequest, _) in
+      Mart_User_V1_JsonWebKeySet.with {
+        $0.keys = [
+          .with {
+            $0.kty = key.kty
+            $0.use = key.use
+            $0.kid = key.kid
+            $0.alg = key.alg
+            $0.crv = key.crv
+            $0.x = key.x
+            $0.y = key.y
+          }
+        ]
+      }
+    }
+    Self.unary(&router, Method.GetMe.descriptor) { (_: Mart_User_V1_GetMeRequest, metadata) in
+      Mart_User_V1_User.with {
+        $0.id = "me"
+        $0.email = metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? ""
+        $0.emailVerified = metadata[stringValues: "authorization"].first(where: { _ in true }) != nil
+        $0.fullName = metadata[stringValues: "x-mart-client-ip"].first(where: { _ in true }) ?? "none"
+      }
+    }
+    Self.unary(&router, Method.Login.descriptor) { (request: Mart_User_V1_LoginRequest, _) in
+      guard request.email != "fail@example.com" else {
+        throw GoogleRPCStatus(
+          code: .unauthenticated, message: "invalid email or password",
+          details: [.errorInfo(reason: "INVALID_CREDENTIALS", domain: "mart")])
+      }
+      return Mart_User_V1_LoginResponse.with { $0.user.email = request.email }
+    }
+    Self.unary(&router, Method.ListUsers.descriptor) { (request: Mart_User_V1_ListUsersRequest, _) in
+      let role = request.role == .admin ? "admin" : request.role == .customer ? "customer" : "none"
+      return Mart_User_V1_ListUsersResponse.with {
+        $0.nextPageToken = "size=\(request.pageSize);query=\(request.query);role=\(role)"
+      }
+    }
+    Self.unary(&router, Method.GetUser.descriptor) { (request: Mart_User_V1_GetUserRequest, _) in
+      switch request.userID {
+      case "missing":
+        throw GoogleRPCStatus(
+          code: .notFound, message: "no such user",
+          details: [.resourceInfo(type: "mart.user.v1.User", name: "missing", errorDescription: "not found")])
+      case "boom":
+        throw RPCError(code: .internalError, message: "secret database failure")
+      case "slow":
+        // Cancelled when the gateway's deadline (sent as grpc-timeout) passes.
+        try await Task.sleep(for: .seconds(10))
+        return Mart_User_V1_User()
+      default:
+        return Mart_User_V1_User.with { $0.id = request.userID }
+      }
+    }
+    Self.unary(&router, Method.UpdateMe.descriptor) { (request: Mart_User_V1_UpdateMeRequest, _) in
+      var user = request.user
+      user.email = request.updateMask.paths.joined(separator: ",")
+      return user
+    }
+  }
+
+  static func unary<
+    Transport: ServerTransport, Input: SwiftProtobuf.Message & Sendable, Output: SwiftProtobuf.Message & Sendable
+  >(
+    _ router: inout RPCRouter<Transport>, _ descriptor: MethodDescriptor,
+    _ handle: @escaping @Sendable (Input, Metadata) async throws -> Output
+  ) {
+    router.registerHandler(
+      forMethod: descriptor, deserializer: ProtobufDeserializer<Input>(), serializer: ProtobufSerializer<Output>()
+    ) { request, _ in
+      var input: Input?
+      for try await message in request.messages { input = message }
+      guard let input else { throw RPCError(code: .invalidArgument, message: "no request message") }
+      let output = try await handle(input, request.metadata)
+      return StreamingServerResponse(single: ServerResponse(message: output))
+    }
+  }
+}
