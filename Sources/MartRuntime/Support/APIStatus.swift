@@ -1,0 +1,98 @@
+import Foundation
+import GRPCCore
+import GRPCProtobuf
+import Logging
+import PostgresNIO
+
+/// One request field that failed validation (a `google.rpc.BadRequest.FieldViolation`).
+public struct FieldViolation: Sendable, Equatable, CustomStringConvertible {
+  /// The field's path in the request, in proto field names: `price.amount_minor`, `lines[2].quantity`.
+  public var field: String
+  public var reason: String
+
+  public init(_ field: String, _ reason: String) {
+    self.field = field
+    self.reason = reason
+  }
+
+  public var description: String { "\(field): \(reason)" }
+}
+
+/// The statuses Mart services answer with: a gRPC code plus `google.rpc` details (an ErrorInfo
+/// whose reason is a `mart.common.v1.ErrorReason` name, and BadRequest field violations), which
+/// the gateway passes on in its JSON error body.
+public enum APIStatus {
+  public static let domain = "mart"
+
+  /// A status with an ErrorInfo carrying `reason` (a `mart.common.v1.ErrorReason` name).
+  public static func status(
+    _ code: RPCError.Code, _ message: String, reason: String, metadata: [String: String] = [:],
+    extra: [ErrorDetails] = []
+  ) -> GoogleRPCStatus {
+    GoogleRPCStatus(
+      code: code, message: message,
+      details: [.errorInfo(reason: reason, domain: domain, metadata: metadata)] + extra)
+  }
+
+  /// INVALID_ARGUMENT (VALIDATION_FAILED) naming every bad field.
+  public static func invalid(_ violations: [FieldViolation]) -> GoogleRPCStatus {
+    let message = violations.map(\.description).joined(separator: "; ")
+    return status(
+      .invalidArgument, message.isEmpty ? "invalid request" : message, reason: "VALIDATION_FAILED",
+      extra: [.badRequest(violations: violations.map { .init(field: $0.field, description: $0.reason) })])
+  }
+
+  /// INVALID_ARGUMENT (VALIDATION_FAILED) naming one field.
+  public static func invalid(_ field: String, _ reason: String) -> GoogleRPCStatus {
+    invalid([FieldViolation(field, reason)])
+  }
+
+  /// Throws INVALID_ARGUMENT if there are violations.
+  public static func check(_ violations: [FieldViolation]) throws {
+    if !violations.isEmpty { throw invalid(violations) }
+  }
+
+  public static func notFound(_ message: String) -> RPCError {
+    RPCError(code: .notFound, message: message)
+  }
+
+  /// Runs a handler body, turning what is not already a status into one: an unreachable database
+  /// is UNAVAILABLE (the client may retry), anything else INTERNAL (logged here, without detail
+  /// for the client).
+  public static func handling<Result: Sendable>(
+    _ method: String, logger: Logger, _ body: () async throws -> Result
+  ) async throws -> Result {
+    do {
+      return try await body()
+    } catch let error as GoogleRPCStatus {
+      throw error
+    } catch let error as RPCError {
+      throw error
+    } catch is CancellationError {
+      throw RPCError(code: .cancelled, message: "the call was cancelled")
+    } catch {
+      let unwrapped = error.unwrappingTransactionError
+      if let status = unwrapped as? GoogleRPCStatus { throw status }
+      if let rpcError = unwrapped as? RPCError { throw rpcError }
+      if error.isDatabaseUnavailable {
+        logger.warning(
+          "database unavailable", metadata: ["method": "\(method)", "error": "\(String(reflecting: unwrapped))"])
+        throw RPCError(code: .unavailable, message: "the database is unavailable; try again")
+      }
+      logger.error("internal error", metadata: ["method": "\(method)", "error": "\(String(reflecting: unwrapped))"])
+      throw RPCError(code: .internalError, message: "internal error")
+    }
+  }
+}
+
+extension Error {
+  /// The SQLSTATE of a failed statement (e.g. `23505` unique violation), if that is what this is.
+  public var postgresSQLState: String? {
+    (unwrappingTransactionError as? PSQLError)?.serverInfo?[.sqlState]
+  }
+
+  /// The constraint a failed statement violated, if the server named one.
+  public var postgresConstraint: String? {
+    (unwrappingTransactionError as? PSQLError)?.serverInfo?[.constraintName]
+  }
+}

@@ -1,0 +1,89 @@
+import Foundation
+
+/// Checks for request fields that every service has: ids, page sizes, money.
+///
+/// Each check appends to a list of violations and returns the parsed value (nil when invalid), so
+/// a handler can report every bad field at once.
+public struct RequestValidation: Sendable {
+  public private(set) var violations: [FieldViolation] = []
+
+  public init() {}
+
+  public mutating func add(_ field: String, _ reason: String) {
+    violations.append(FieldViolation(field, reason))
+  }
+
+  /// Throws INVALID_ARGUMENT (VALIDATION_FAILED) naming every bad field, if there is one.
+  public func check() throws {
+    try APIStatus.check(violations)
+  }
+
+  /// A required UUID.
+  public mutating func uuid(_ raw: String, field: String) -> UUID? {
+    let trimmed = raw.trimmingCharacters(in: .whitespaces)
+    guard !trimmed.isEmpty else {
+      add(field, "is required")
+      return nil
+    }
+    guard let id = UUID(uuidString: trimmed) else {
+      add(field, "must be a UUID")
+      return nil
+    }
+    return id
+  }
+
+  /// An optional UUID: nil (and no violation) when empty.
+  public mutating func optionalUUID(_ raw: String, field: String) -> UUID? {
+    raw.trimmingCharacters(in: .whitespaces).isEmpty ? nil : uuid(raw, field: field)
+  }
+
+  /// A page size: 0 means `defaultSize`; negative or above `maximum` is a violation.
+  public mutating func pageSize(_ raw: Int32, default defaultSize: Int, maximum: Int, field: String = "page_size")
+    -> Int
+  {
+    if raw == 0 { return defaultSize }
+    guard raw > 0, Int(raw) <= maximum else {
+      add(field, "must be between 1 and \(maximum) (0 or absent: \(defaultSize))")
+      return defaultSize
+    }
+    return Int(raw)
+  }
+
+  /// A list of 1 to `maximum` UUIDs, duplicates removed (first occurrence kept, in order).
+  public mutating func uuidList(_ raw: [String], maximum: Int, field: String) -> [UUID] {
+    guard !raw.isEmpty else {
+      add(field, "must name at least one id")
+      return []
+    }
+    guard raw.count <= maximum else {
+      add(field, "must name at most \(maximum) ids")
+      return []
+    }
+    var seen = Set<UUID>()
+    var ids: [UUID] = []
+    for (index, text) in raw.enumerated() {
+      guard let id = uuid(text, field: "\(field)[\(index)]") else { continue }
+      if seen.insert(id).inserted { ids.append(id) }
+    }
+    return ids
+  }
+
+  /// Whether `code` is an upper-case three-letter ISO-4217 code.
+  public static func isCurrencyCode(_ code: String) -> Bool {
+    code.utf8.count == 3 && code.utf8.allSatisfy { (0x41...0x5A).contains($0) }
+  }
+
+  /// Whether `text` has control characters (other than the tab, line feed and carriage return
+  /// that `allowingNewlines` permits).
+  public static func containsControlCharacters(_ text: String, allowingNewlines: Bool = false) -> Bool {
+    text.unicodeScalars.contains { scalar in
+      if allowingNewlines, scalar == "\n" || scalar == "\r" || scalar == "\t" { return false }
+      return scalar.properties.generalCategory == .control
+    }
+  }
+}
+
+extension UUID {
+  /// The lower-case form Mart puts in every API field and event.
+  public var lowercasedString: String { uuidString.lowercased() }
+}
