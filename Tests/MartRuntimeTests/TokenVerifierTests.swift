@@ -127,6 +127,22 @@ import Testing
     }
   }
 
+  @Test func callersArrivingDuringTheFirstFetchShareIt() async throws {
+    // Found by the gateway benchmark: 32 requests at once on a cold cache, and all but the first
+    // were told the keys were unavailable while the first fetch was still running.
+    let published = Published([userKey.publicJWK], delay: .milliseconds(200))
+    let provider = JWKSKeyProvider { try await published.keys() }
+    let kid = userKey.kid
+    let found = try await withThrowingTaskGroup(of: Bool.self) { group in
+      for _ in 0..<32 {
+        group.addTask { try await provider.key(for: kid) != nil }
+      }
+      return try await group.reduce(into: 0) { count, ok in count += ok ? 1 : 0 }
+    }
+    #expect(found == 32)
+    #expect(await published.fetches == 1)
+  }
+
   @Test func jwksProviderRefetchesOnAnUnknownKidAndReportsUnavailability() async throws {
     let rotated = TokenSigningKey(kid: "user-key-2", privateKey: P256.Signing.PrivateKey())
     let published = Published([userKey.publicJWK])
@@ -153,11 +169,18 @@ import Testing
 actor Published {
   private var set: [JSONWebKeyValue]
   private var failing = false
+  private let delay: Duration
+  private(set) var fetches = 0
 
-  init(_ set: [JSONWebKeyValue]) { self.set = set }
+  init(_ set: [JSONWebKeyValue], delay: Duration = .zero) {
+    self.set = set
+    self.delay = delay
+  }
   func set(_ keys: [JSONWebKeyValue]) { set = keys }
   func fail() { failing = true }
-  func keys() throws -> [JSONWebKeyValue] {
+  func keys() async throws -> [JSONWebKeyValue] {
+    fetches += 1
+    if delay > .zero { try await Task.sleep(for: delay) }
     if failing { throw CancellationError() }
     return set
   }

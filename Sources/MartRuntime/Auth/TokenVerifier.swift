@@ -189,7 +189,9 @@ public actor JWKSKeyProvider: VerificationKeyProvider {
     let clock = ContinuousClock()
     let stale = fetchedAt.map { clock.now - $0 > maxAge } ?? true
     if let key = keys[kid], !stale { return key }
-    let mayRefetch = attemptedAt.map { clock.now - $0 >= minRefetchInterval } ?? true
+    // Joining a fetch already under way costs nothing: callers that arrive while the first fetch
+    // runs wait for it rather than being told the keys are unavailable.
+    let mayRefetch = inFlight != nil || (attemptedAt.map { clock.now - $0 >= minRefetchInterval } ?? true)
     guard mayRefetch else {
       // Too soon to ask again: answer from what we have, if we have anything.
       guard fetchedAt != nil else { throw .keysUnavailable("the last fetch of the key set failed") }
