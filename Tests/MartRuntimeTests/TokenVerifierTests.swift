@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import MartRuntime
+import Synchronization
 import Testing
 
 /// The verifier against forged and broken tokens. Each forgery is built the way an attacker would
@@ -127,6 +128,18 @@ import Testing
     }
   }
 
+  @Test func aVerifiedTokenIsCheckedOnceAndStillExpiresOnTime() async throws {
+    let keys = CountingKeyProvider([userKey.kid: userKey.privateKey.publicKey])
+    let clock = ManualDate(Date())
+    let verifier = TokenVerifier(configuration: auth, userKeys: keys, now: { clock.now })
+    let token = try userKey.sign(claims(expOffset: 300))
+    for _ in 0..<5 { _ = try await verifier.verify(token) }
+    #expect(await keys.lookups == 1)
+    // Past exp plus the 60 s leeway, the cached verification is worth nothing.
+    clock.advance(by: 361)
+    await #expect(throws: TokenError.expired) { try await verifier.verify(token) }
+  }
+
   @Test func callersArrivingDuringTheFirstFetchShareIt() async throws {
     // Found by the gateway benchmark: 32 requests at once on a cold cache, and all but the first
     // were told the keys were unavailable while the first fetch was still running.
@@ -163,6 +176,27 @@ import Testing
       return false
     }
   }
+}
+
+/// Counts how often the verifier asks for a key.
+actor CountingKeyProvider: VerificationKeyProvider {
+  let keys: [String: P256.Signing.PublicKey]
+  private(set) var lookups = 0
+
+  init(_ keys: [String: P256.Signing.PublicKey]) { self.keys = keys }
+
+  func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey? {
+    lookups += 1
+    return keys[kid]
+  }
+}
+
+/// A wall clock the test moves.
+final class ManualDate: Sendable {
+  private let current: Mutex<Date>
+  init(_ start: Date) { current = Mutex(start) }
+  var now: Date { current.withLock { $0 } }
+  func advance(by seconds: TimeInterval) { current.withLock { $0 += seconds } }
 }
 
 /// A JWK set that a test can change or make unreachable.

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 
 /// Why a token was not accepted. Everything but `keysUnavailable` is the caller's fault
 /// (401 / UNAUTHENTICATED); `keysUnavailable` is ours (503 / UNAVAILABLE): a token must not be
@@ -83,19 +84,29 @@ public struct TokenVerifier: Sendable {
   /// Clock skew tolerated on `exp`, `nbf` and `iat`.
   public let leeway: Int64
   private let now: @Sendable () -> Date
+  private let verified: VerifiedTokens
 
   public init(
     configuration: AuthConfiguration, userKeys: any VerificationKeyProvider, leeway: Duration = .seconds(60),
-    now: @escaping @Sendable () -> Date = Date.init
+    cacheCapacity: Int = 10_000, now: @escaping @Sendable () -> Date = Date.init
   ) {
     self.configuration = configuration
     self.userKeys = userKeys
     self.leeway = leeway.components.seconds
     self.now = now
+    self.verified = VerifiedTokens(capacity: cacheCapacity)
   }
 
   /// The caller a token proves, or why it proves nothing.
   public func verify(_ token: String) async throws(TokenError) -> Caller {
+    let now = Int64(self.now().timeIntervalSince1970)
+    if let caller = verified.caller(for: token, validAt: now - leeway) { return caller }
+    let caller = try await verifyAfresh(token, now: now)
+    verified.remember(caller, validAt: now - leeway)
+    return caller
+  }
+
+  private func verifyAfresh(_ token: String, now: Int64) async throws(TokenError) -> Caller {
     let jws = try CompactJWS(token)
     // The allow-list comes before any key lookup, so `none` and HS256 never reach a key.
     guard jws.header.alg == martTokenAlgorithm else { throw .unsupportedAlgorithm(jws.header.alg) }
@@ -127,7 +138,6 @@ public struct TokenVerifier: Sendable {
     } catch {
       throw .invalidClaims("the payload is not a Mart claims set")
     }
-    let now = Int64(self.now().timeIntervalSince1970)
     guard claims.exp + leeway > now else { throw .expired }
     if let nbf = claims.nbf, nbf - leeway > now { throw .notYetValid }
     guard claims.iat - leeway <= now else { throw .notYetValid }
@@ -148,6 +158,44 @@ public struct TokenVerifier: Sendable {
       }
     }
     return Caller(kind: kind, subject: claims.sub, roles: roles, token: token, claims: claims)
+  }
+}
+
+/// Tokens already verified. A client uses its access token for its whole lifetime, so without this
+/// every call would pay for a signature check and two JSON decodings of the same bytes; with it, a
+/// token costs that once per process. An entry is only ever a token that passed every check, and
+/// it is dropped at its `exp` (a token's claims cannot change; keys are unpublished only after the
+/// tokens they signed have expired). Bounded: when full, expired entries go, then everything.
+final class VerifiedTokens: Sendable {
+  private let entries = Mutex<[String: Caller]>([:])
+  private let capacity: Int
+
+  init(capacity: Int) {
+    self.capacity = capacity
+  }
+
+  /// The cached caller, if its token has not expired by `time` (now minus the leeway).
+  func caller(for token: String, validAt time: Int64) -> Caller? {
+    guard capacity > 0 else { return nil }
+    return entries.withLock { entries in
+      guard let caller = entries[token] else { return nil }
+      guard caller.claims.exp > time else {
+        entries[token] = nil
+        return nil
+      }
+      return caller
+    }
+  }
+
+  func remember(_ caller: Caller, validAt time: Int64) {
+    guard capacity > 0 else { return }
+    entries.withLock { entries in
+      if entries.count >= capacity {
+        entries = entries.filter { $0.value.claims.exp > time }
+        if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+      }
+      entries[caller.token] = caller
+    }
   }
 }
 
