@@ -3,6 +3,8 @@
 // Foundation's JSONSerialization would lose what the walk needs: the exact text of numbers (int64
 // precision), the order and repetition of keys, and a position for syntax errors.
 
+import MartRuntime
+
 /// A parsed JSON value. Numbers keep their literal text.
 indirect enum JSONValue: Equatable, Sendable {
   case null
@@ -38,7 +40,7 @@ indirect enum JSONValue: Equatable, Sendable {
     case .null: out += "null"
     case .bool(let value): out += value ? "true" : "false"
     case .number(let text): out += text
-    case .string(let text): out += JSONValue.quoted(text)
+    case .string(let text): out += JSONString.quoted(text)
     case .array(let values):
       out += "["
       for (index, value) in values.enumerated() {
@@ -50,31 +52,12 @@ indirect enum JSONValue: Equatable, Sendable {
       out += "{"
       for (index, member) in members.enumerated() {
         if index > 0 { out += "," }
-        out += JSONValue.quoted(member.key)
+        out += JSONString.quoted(member.key)
         out += ":"
         member.value.write(into: &out)
       }
       out += "}"
     }
-  }
-
-  /// A JSON string literal.
-  static func quoted(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-      switch scalar {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      case let control where control.value < 0x20:
-        let hex = String(control.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(scalar)
-      }
-    }
-    return out + "\""
   }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import MartRuntime
 
 // HTTP → proto3 JSON of the request message, by google.api.http's rules: the body (the whole
 // message for `body: "*"`, one field for `body: "field"`, nothing for `body: ""`), the path
@@ -222,7 +223,7 @@ struct RequestTranscoder: Sendable {
           throw .badRequest(error)
         }
         // Exactly one JSON value (the parser saw to it): wrap it as the field, bytes unchanged.
-        return Array("{\(JSONValue.quoted(field.jsonName)):".utf8) + body + Array("}".utf8)
+        return Array("{\(JSONString.quoted(field.jsonName)):".utf8) + body + Array("}".utf8)
       default:
         guard case .object = parsed else {
           throw .badRequest("the request body must be a JSON object, not \(parsed.typeName)")

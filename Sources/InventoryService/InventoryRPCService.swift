@@ -28,10 +28,7 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     request: Mart_Inventory_V1_GetStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_Stock {
     try await APIStatus.handling("GetStock", logger: logger) {
-      var validation = RequestValidation()
-      let id = validation.uuid(request.productID, field: "product_id")
-      try validation.check()
-      guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
+      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
       let stock = try await store.stock([id])[id] ?? .empty(id)
       // Customers see what they can order; the warehouse figures are for admins and services.
       let caller = Caller.current
@@ -83,16 +80,14 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
       guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
       let fingerprint = PageTokenCodec.fingerprint(["movements", id.lowercasedString, kind?.rawValue ?? ""])
       let after = try PageTokenCodec.decode(request.pageToken, as: MovementCursor.self, fingerprint: fingerprint)
-      var page = try await store.movements(productID: id, kind: kind, beforeSeq: after?.seq, limit: limit)
-      var response = Mart_Inventory_V1_ListMovementsResponse()
-      if page.count > limit {
-        page.removeLast(page.count - limit)
-        if let last = page.last {
-          response.nextPageToken = PageTokenCodec.encode(MovementCursor(seq: last.seq), fingerprint: fingerprint)
-        }
+      let page = PageTokenCodec.page(
+        try await store.movements(productID: id, kind: kind, beforeSeq: after?.seq, limit: limit), limit: limit,
+        fingerprint: fingerprint
+      ) { MovementCursor(seq: $0.seq) }
+      return .with {
+        $0.movements = page.rows.map(\.proto)
+        $0.nextPageToken = page.nextPageToken
       }
-      response.movements = page.map(\.proto)
-      return response
     }
   }
 
@@ -116,12 +111,7 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     try await APIStatus.handling("ReleaseReservation", logger: logger) {
       var validation = RequestValidation()
       let orderID = validation.uuid(request.orderID, field: "order_id")
-      let reason = request.reason.trimmingCharacters(in: .whitespacesAndNewlines)
-      if reason.unicodeScalars.count > Self.maximumReasonLength {
-        validation.add("reason", "must be at most \(Self.maximumReasonLength) characters")
-      } else if RequestValidation.containsControlCharacters(reason) {
-        validation.add("reason", "must not contain control characters")
-      }
+      let reason = validation.text(request.reason, field: "reason", maximum: Self.maximumReasonLength)
       try validation.check()
       guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
       return try await store.release(orderID: orderID, reason: reason).proto
@@ -132,10 +122,7 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     request: Mart_Inventory_V1_CommitReservationRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_Reservation {
     try await APIStatus.handling("CommitReservation", logger: logger) {
-      var validation = RequestValidation()
-      let orderID = validation.uuid(request.orderID, field: "order_id")
-      try validation.check()
-      guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
+      let orderID = try RequestValidation.requiredUUID(request.orderID, field: "order_id")
       return try await store.commit(orderID: orderID).proto
     }
   }
@@ -163,12 +150,7 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     if request.hasLowStockThreshold, request.lowStockThreshold < 0 {
       validation.add("low_stock_threshold", "must not be negative (0 disables the alert)")
     }
-    let note = request.note.trimmingCharacters(in: .whitespacesAndNewlines)
-    if note.unicodeScalars.count > maximumNoteLength {
-      validation.add("note", "must be at most \(maximumNoteLength) characters")
-    } else if RequestValidation.containsControlCharacters(note, allowingNewlines: true) {
-      validation.add("note", "must not contain control characters")
-    }
+    let note = validation.text(request.note, field: "note", maximum: maximumNoteLength, allowingNewlines: true)
     let requestID = validation.optionalUUID(request.requestID, field: "request_id")
     try validation.check()
     guard let productID, let reason else { throw APIStatus.invalid(validation.violations) }

@@ -61,47 +61,29 @@ public struct JSONLogHandler: LogHandler {
     if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
     if let extra = event.metadata { merged.merge(extra) { _, new in new } }
 
-    var line = "{\"ts\":\(Self.quote(Self.timestamp()))"
-    line += ",\"level\":\(Self.quote(event.level.rawValue))"
-    line += ",\"service\":\(Self.quote(service))"
-    line += ",\"logger\":\(Self.quote(label))"
-    line += ",\"msg\":\(Self.quote(event.message.description))"
+    var line = "{\"ts\":\(JSONString.quoted(Self.timestamp()))"
+    line += ",\"level\":\(JSONString.quoted(event.level.rawValue))"
+    line += ",\"service\":\(JSONString.quoted(service))"
+    line += ",\"logger\":\(JSONString.quoted(label))"
+    line += ",\"msg\":\(JSONString.quoted(event.message.description))"
     for key in merged.keys.sorted() where !["ts", "level", "service", "logger", "msg"].contains(key) {
-      if let value = merged[key] { line += ",\(Self.quote(key)):\(Self.json(value))" }
+      if let value = merged[key] { line += ",\(JSONString.quoted(key)):\(Self.json(value))" }
     }
-    if event.level >= .error { line += ",\"source\":\(Self.quote("\(event.file):\(event.line)"))" }
+    if event.level >= .error { line += ",\"source\":\(JSONString.quoted("\(event.file):\(event.line)"))" }
     line += "}\n"
     stream.write(line)
   }
 
   static func json(_ value: Logger.Metadata.Value) -> String {
     switch value {
-    case .string(let string): quote(string)
-    case .stringConvertible(let convertible): quote(convertible.description)
+    case .string(let string): JSONString.quoted(string)
+    case .stringConvertible(let convertible): JSONString.quoted(convertible.description)
     case .array(let values): "[" + values.map(json).joined(separator: ",") + "]"
     case .dictionary(let dictionary):
       "{"
-        + dictionary.sorted { $0.key < $1.key }.map { "\(quote($0.key)):\(json($0.value))" }
+        + dictionary.sorted { $0.key < $1.key }.map { "\(JSONString.quoted($0.key)):\(json($0.value))" }
         .joined(separator: ",") + "}"
     }
-  }
-
-  static func quote(_ string: String) -> String {
-    var out = "\""
-    for scalar in string.unicodeScalars {
-      switch scalar {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      case let control where control.value < 0x20:
-        let hex = String(control.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(scalar)
-      }
-    }
-    return out + "\""
   }
 
   static func timestamp() -> String {

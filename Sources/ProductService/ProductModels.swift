@@ -111,27 +111,11 @@ enum ProductValidation {
   static let maximumQueryLength = 256
 
   static func sku(_ raw: String, field: String, into validation: inout RequestValidation) -> String {
-    let sku = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-    if sku.isEmpty {
-      validation.add(field, "is required")
-    } else if sku.unicodeScalars.count > maximumSKULength {
-      validation.add(field, "must be at most \(maximumSKULength) characters")
-    } else if RequestValidation.containsControlCharacters(sku) {
-      validation.add(field, "must not contain control characters")
-    }
-    return sku
+    validation.text(raw, field: field, required: true, maximum: maximumSKULength)
   }
 
   static func name(_ raw: String, field: String, maximum: Int, into validation: inout RequestValidation) -> String {
-    let name = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-    if name.isEmpty {
-      validation.add(field, "is required")
-    } else if name.unicodeScalars.count > maximum {
-      validation.add(field, "must be at most \(maximum) characters")
-    } else if RequestValidation.containsControlCharacters(name) {
-      validation.add(field, "must not contain control characters")
-    }
-    return name
+    validation.text(raw, field: field, required: true, maximum: maximum)
   }
 
   static func description(_ raw: String, field: String, into validation: inout RequestValidation) -> String {
@@ -162,12 +146,7 @@ enum ProductValidation {
   }
 
   static func brand(_ raw: String, field: String, into validation: inout RequestValidation) -> String? {
-    let brand = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-    if brand.unicodeScalars.count > maximumBrandLength {
-      validation.add(field, "must be at most \(maximumBrandLength) characters")
-    } else if RequestValidation.containsControlCharacters(brand) {
-      validation.add(field, "must not contain control characters")
-    }
+    let brand = validation.text(raw, field: field, maximum: maximumBrandLength)
     return brand.isEmpty ? nil : brand
   }
 

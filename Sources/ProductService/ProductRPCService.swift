@@ -30,10 +30,8 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
     request: Mart_Product_V1_GetProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
     try await APIStatus.handling("GetProduct", logger: logger) {
-      var validation = RequestValidation()
-      let id = validation.uuid(request.productID, field: "product_id")
-      try validation.check()
-      guard let id, let product = try await store.product(id: id) else {
+      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
+      guard let product = try await store.product(id: id) else {
         throw APIStatus.notFound("product \(request.productID) not found")
       }
       return product.proto
@@ -50,17 +48,13 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
       if let after = query.after, !Self.cursor(after, fits: query.sort) {
         throw APIStatus.invalid("page_token", "was issued for a request with another sort order")
       }
-      var page = try await store.list(query)
-      var response = Mart_Product_V1_ListProductsResponse()
-      if page.count > query.limit {
-        page.removeLast(page.count - query.limit)
-        if let last = page.last {
-          response.nextPageToken = PageTokenCodec.encode(
-            Self.cursor(after: last.product, rank: last.rank, sort: query.sort), fingerprint: fingerprint)
-        }
+      let page = PageTokenCodec.page(try await store.list(query), limit: query.limit, fingerprint: fingerprint) {
+        Self.cursor(after: $0.product, rank: $0.rank, sort: query.sort)
       }
-      response.products = page.map(\.product.proto)
-      return response
+      return .with {
+        $0.products = page.rows.map(\.product.proto)
+        $0.nextPageToken = page.nextPageToken
+      }
     }
   }
 
@@ -93,10 +87,7 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
     request: Mart_Product_V1_ArchiveProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
     try await APIStatus.handling("ArchiveProduct", logger: logger) {
-      var validation = RequestValidation()
-      let id = validation.uuid(request.productID, field: "product_id")
-      try validation.check()
-      guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
+      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
       return try await store.archive(id: id).proto
     }
   }
@@ -135,17 +126,14 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
       try validation.check()
       let fingerprint = PageTokenCodec.fingerprint(["categories", parent?.lowercasedString ?? ""])
       let after = try PageTokenCodec.decode(request.pageToken, as: CategoryCursor.self, fingerprint: fingerprint)
-      var page = try await store.categories(parentID: parent, after: after, limit: limit)
-      var response = Mart_Product_V1_ListCategoriesResponse()
-      if page.count > limit {
-        page.removeLast(page.count - limit)
-        if let last = page.last {
-          response.nextPageToken = PageTokenCodec.encode(
-            CategoryCursor(name: last.name, id: last.id), fingerprint: fingerprint)
-        }
+      let page = PageTokenCodec.page(
+        try await store.categories(parentID: parent, after: after, limit: limit), limit: limit,
+        fingerprint: fingerprint
+      ) { CategoryCursor(name: $0.name, id: $0.id) }
+      return .with {
+        $0.categories = page.rows.map(\.proto)
+        $0.nextPageToken = page.nextPageToken
       }
-      response.categories = page.map(\.proto)
-      return response
     }
   }
 
@@ -177,12 +165,7 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
   {
     var validation = RequestValidation()
     let limit = validation.pageSize(request.pageSize, default: defaultPageSize, maximum: maximumPageSize)
-    let text = request.query.trimmingCharacters(in: .whitespacesAndNewlines)
-    if text.unicodeScalars.count > ProductValidation.maximumQueryLength {
-      validation.add("query", "must be at most \(ProductValidation.maximumQueryLength) characters")
-    } else if RequestValidation.containsControlCharacters(text) {
-      validation.add("query", "must not contain control characters")
-    }
+    let text = validation.text(request.query, field: "query", maximum: ProductValidation.maximumQueryLength)
     let category = validation.optionalUUID(request.categoryID, field: "category_id")
     let minimum = request.hasMinPriceMinor ? request.minPriceMinor : nil
     let maximum = request.hasMaxPriceMinor ? request.maxPriceMinor : nil

@@ -24,7 +24,7 @@ struct UserAccounts: Sendable {
 
   /// The account's fields as stored, or INVALID_ARGUMENT naming every bad field.
   static func validate(_ input: NewAccount) throws -> ValidAccount {
-    var violations: [UserServiceError.Violation] = []
+    var violations: [FieldViolation] = []
     var email: String?
     switch Validation.normalizedEmail(input.email) {
     case .success(let value): email = value

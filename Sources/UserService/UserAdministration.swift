@@ -32,7 +32,7 @@ public enum UserAdministration {
 
   /// Why a password does not meet the policy (empty when it does).
   public static func passwordProblems(_ password: String, email: String) -> [String] {
-    Validation.passwordViolations(password, email: email).map { "\($0.field) \($0.description)" }
+    Validation.passwordViolations(password, email: email).map { "\($0.field) \($0.reason)" }
   }
 
   /// Makes the account with this email an admin, creating it (customer + admin) if it does not

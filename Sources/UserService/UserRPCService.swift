@@ -38,7 +38,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   }
 
   private func handling<Result: Sendable>(_ method: String, _ body: () async throws -> Result) async throws -> Result {
-    try await UserServiceError.handling(method, logger: logger, body)
+    try await APIStatus.handling(method, logger: logger, describe: UserServiceError.describe, body)
   }
 
   // MARK: - Authentication
@@ -84,7 +84,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     -> Mart_User_V1_LoginResponse
   {
     try await handling("Login") {
-      var violations: [UserServiceError.Violation] = []
+      var violations: [FieldViolation] = []
       if request.email.isEmpty { violations.append(.init("email", "is required")) }
       if request.password.isEmpty { violations.append(.init("password", "is required")) }
       if request.password.utf8.count > 4096 { violations.append(.init("password", "is too long")) }
@@ -129,7 +129,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     -> Mart_User_V1_RefreshResponse
   {
     try await handling("Refresh") {
-      guard !request.refreshToken.isEmpty else { throw UserServiceError.invalid("refresh_token", "is required") }
+      guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
       guard let presented = RefreshTokens.hash(request.refreshToken) else {
         throw UserServiceError.invalidRefreshToken()
       }
@@ -155,7 +155,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     -> Mart_User_V1_LogoutResponse
   {
     try await handling("Logout") {
-      guard !request.refreshToken.isEmpty else { throw UserServiceError.invalid("refresh_token", "is required") }
+      guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
       // Idempotent: a token that cannot be ours has nothing to revoke.
       if let presented = RefreshTokens.hash(request.refreshToken) {
         try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
@@ -190,7 +190,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   func getMe(request: Mart_User_V1_GetMeRequest, context: ServerContext) async throws -> Mart_User_V1_User {
     try await handling("GetMe") {
       let userID = try Caller.requiredUserID()
-      guard let user = try await store.user(id: userID) else { throw UserServiceError.notFound("user") }
+      guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
       return user.proto
     }
   }
@@ -200,14 +200,14 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       let userID = try Caller.requiredUserID()
       let paths = request.updateMask.paths
       guard request.hasUpdateMask, !paths.isEmpty else {
-        throw UserServiceError.invalid("update_mask", "is required: list the fields to update (full_name, phone)")
+        throw APIStatus.invalid("update_mask", "is required: list the fields to update (full_name, phone)")
       }
       let unknown = paths.filter { !["full_name", "phone"].contains($0) }
       guard unknown.isEmpty else {
-        throw UserServiceError.invalid(
+        throw APIStatus.invalid(
           "update_mask", "cannot update \(unknown.joined(separator: ", ")); updatable: full_name, phone")
       }
-      var violations: [UserServiceError.Violation] = []
+      var violations: [FieldViolation] = []
       var fullName: String?
       var phone: String??
       if paths.contains("full_name") {
@@ -222,9 +222,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
         case .failure(let violation): violations.append(violation)
         }
       }
-      if !violations.isEmpty { throw UserServiceError.invalid(violations) }
+      if !violations.isEmpty { throw APIStatus.invalid(violations) }
       guard let user = try await store.updateProfile(userID: userID, fullName: fullName, phone: phone) else {
-        throw UserServiceError.notFound("user")
+        throw APIStatus.notFound("user not found")
       }
       return user.proto
     }
@@ -236,16 +236,15 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     try await handling("ListMyAddresses") {
       let userID = try Caller.requiredUserID()
       let pageSize = try Validation.pageSize(request.pageSize, default: 20, maximum: 100)
-      let filter = PageToken.fingerprint(["addresses"])
-      let cursor = try PageToken.decode(request.pageToken, filter: filter)
-      let rows = try await store.addresses(userID: userID, after: cursor, limit: pageSize + 1)
-      let page = rows.prefix(pageSize)
+      let fingerprint = PageTokenCodec.fingerprint(["addresses"])
+      let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
+      let page = PageTokenCodec.page(
+        try await store.addresses(userID: userID, after: cursor, limit: pageSize + 1), limit: pageSize,
+        fingerprint: fingerprint
+      ) { ListCursor(isDefault: $0.isDefault, micros: $0.createdMicros, id: $0.id) }
       return .with {
-        $0.addresses = page.map(\.proto)
-        if rows.count > pageSize, let last = page.last {
-          $0.nextPageToken =
-            PageToken(isDefault: last.isDefault, micros: last.createdMicros, id: last.id, filter: filter).encoded
-        }
+        $0.addresses = page.rows.map(\.proto)
+        $0.nextPageToken = page.nextPageToken
       }
     }
   }
@@ -257,7 +256,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       let userID = try Caller.requiredUserID()
       let input = try Validation.address(request)
       guard let address = try await store.addAddress(userID: userID, input, setDefault: request.setDefault) else {
-        throw UserServiceError.notFound("user")
+        throw APIStatus.notFound("user not found")
       }
       return address.proto
     }
@@ -268,9 +267,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   {
     try await handling("DeleteAddress") {
       let userID = try Caller.requiredUserID()
-      let addressID = try Validation.uuid(request.addressID, field: "address_id")
+      let addressID = try RequestValidation.requiredUUID(request.addressID, field: "address_id")
       guard try await store.deleteAddress(userID: userID, addressID: addressID) else {
-        throw UserServiceError.notFound("address")
+        throw APIStatus.notFound("address not found")
       }
       return Mart_User_V1_DeleteAddressResponse()
     }
@@ -285,46 +284,46 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       let pageSize = try Validation.pageSize(request.pageSize, default: 50, maximum: 100)
       let query = request.query.trimmingCharacters(in: .whitespacesAndNewlines)
       guard query.unicodeScalars.count <= 200 else {
-        throw UserServiceError.invalid("query", "must be at most 200 characters")
+        throw APIStatus.invalid("query", "must be at most 200 characters")
       }
       let role: String?
       switch request.role {
       case .unspecified: role = nil
       case .customer: role = MartRole.customer
       case .admin: role = MartRole.admin
-      case .UNRECOGNIZED: throw UserServiceError.invalid("role", "is not a known role")
+      case .UNRECOGNIZED: throw APIStatus.invalid("role", "is not a known role")
       }
-      let filter = PageToken.fingerprint(["users", query, role ?? ""])
-      let cursor = try PageToken.decode(request.pageToken, filter: filter)
-      let rows = try await store.listUsers(query: query, role: role, after: cursor, limit: pageSize + 1)
-      let page = rows.prefix(pageSize)
+      let fingerprint = PageTokenCodec.fingerprint(["users", query, role ?? ""])
+      let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
+      let page = PageTokenCodec.page(
+        try await store.listUsers(query: query, role: role, after: cursor, limit: pageSize + 1), limit: pageSize,
+        fingerprint: fingerprint
+      ) { ListCursor(micros: $0.micros, id: $0.0.id) }
       return .with {
-        $0.users = page.map(\.0.proto)
-        if rows.count > pageSize, let last = page.last {
-          $0.nextPageToken = PageToken(micros: last.micros, id: last.0.id, filter: filter).encoded
-        }
+        $0.users = page.rows.map(\.0.proto)
+        $0.nextPageToken = page.nextPageToken
       }
     }
   }
 
   func getUser(request: Mart_User_V1_GetUserRequest, context: ServerContext) async throws -> Mart_User_V1_User {
     try await handling("GetUser") {
-      let userID = try Validation.uuid(request.userID, field: "user_id")
-      guard let user = try await store.user(id: userID) else { throw UserServiceError.notFound("user") }
+      let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
+      guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
       return user.proto
     }
   }
 
   func setRoles(request: Mart_User_V1_SetRolesRequest, context: ServerContext) async throws -> Mart_User_V1_User {
     try await handling("SetRoles") {
-      let userID = try Validation.uuid(request.userID, field: "user_id")
+      let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
       var roles: Set<String> = [MartRole.customer]
       for role in request.roles {
         switch role {
         case .customer: roles.insert(MartRole.customer)
         case .admin: roles.insert(MartRole.admin)
         case .unspecified, .UNRECOGNIZED:
-          throw UserServiceError.invalid("roles", "must list only CUSTOMER and ADMIN")
+          throw APIStatus.invalid("roles", "must list only CUSTOMER and ADMIN")
         }
       }
       switch try await store.setRoles(userID: userID, granting: roles) {
@@ -335,7 +334,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
           metadata: ["user_id": "\(user.id.uuidString.lowercased())", "roles": "\(user.roles)", "by": "\(caller)"])
         return user.proto
       case .notFound:
-        throw UserServiceError.notFound("user")
+        throw APIStatus.notFound("user not found")
       case .lastAdmin:
         throw UserServiceError.lastAdmin
       }

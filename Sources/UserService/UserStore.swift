@@ -246,7 +246,7 @@ struct UserStore: Sendable {
   }
 
   /// Users, newest first, after the page token's position.
-  func listUsers(query: String, role: String?, after cursor: PageToken?, limit: Int) async throws -> [(
+  func listUsers(query: String, role: String?, after cursor: ListCursor?, limit: Int) async throws -> [(
     UserRecord, micros: Int64
   )] {
     let hasCursor = cursor != nil
@@ -450,7 +450,7 @@ struct UserStore: Sendable {
   // MARK: - Address book
 
   /// A user's addresses, default first, then newest first, after the page token's position.
-  func addresses(userID: UUID, after cursor: PageToken?, limit: Int) async throws -> [AddressRecord] {
+  func addresses(userID: UUID, after cursor: ListCursor?, limit: Int) async throws -> [AddressRecord] {
     let hasCursor = cursor != nil
     let cursorDefault = cursor?.isDefault ?? false
     let cursorMicros = cursor?.micros ?? 0

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import MartProto
 import MartRuntime
@@ -6,8 +5,6 @@ import MartRuntime
 /// Input rules of the user service. Lengths that the database also checks are counted as it
 /// counts them (`char_length`: Unicode scalars).
 enum Validation {
-  typealias Violation = UserServiceError.Violation
-
   static let passwordLength = 8...128
   static let maximumEmailLength = 254
   static let maximumFullNameLength = 200
@@ -16,9 +13,9 @@ enum Validation {
   ///
   /// ASCII only (internationalised domains in their punycode form): `lower()` in PostgreSQL and
   /// `lowercased()` here then agree on what lower case means.
-  static func normalizedEmail(_ raw: String) -> Result<String, Violation> {
+  static func normalizedEmail(_ raw: String) -> Result<String, FieldViolation> {
     let email = raw.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-    func failure(_ why: String) -> Result<String, Violation> { .failure(Violation("email", why)) }
+    func failure(_ why: String) -> Result<String, FieldViolation> { .failure(FieldViolation("email", why)) }
     guard !email.isEmpty else { return failure("is required") }
     guard email.utf8.count <= maximumEmailLength else { return failure("must be at most 254 characters") }
     let parts = email.split(separator: "@", omittingEmptySubsequences: false)
@@ -42,42 +39,42 @@ enum Validation {
   }
 
   /// The password policy: 8 to 128 characters, and not the email address.
-  static func passwordViolations(_ password: String, email: String) -> [Violation] {
+  static func passwordViolations(_ password: String, email: String) -> [FieldViolation] {
     let length = password.count
     if length < passwordLength.lowerBound {
-      return [Violation("password", "must be at least \(passwordLength.lowerBound) characters")]
+      return [FieldViolation("password", "must be at least \(passwordLength.lowerBound) characters")]
     }
     if length > passwordLength.upperBound {
-      return [Violation("password", "must be at most \(passwordLength.upperBound) characters")]
+      return [FieldViolation("password", "must be at most \(passwordLength.upperBound) characters")]
     }
     let trimmedEmail = email.trimmingCharacters(in: .whitespacesAndNewlines)
     if !trimmedEmail.isEmpty, password.lowercased() == trimmedEmail.lowercased() {
-      return [Violation("password", "must not be the email address")]
+      return [FieldViolation("password", "must not be the email address")]
     }
     return []
   }
 
   /// A display name: trimmed, 1 to 200 characters, no control characters.
-  static func fullName(_ raw: String, field: String) -> Result<String, Violation> {
+  static func fullName(_ raw: String, field: String) -> Result<String, FieldViolation> {
     let name = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-    guard !name.isEmpty else { return .failure(Violation(field, "is required")) }
+    guard !name.isEmpty else { return .failure(FieldViolation(field, "is required")) }
     guard name.unicodeScalars.count <= maximumFullNameLength else {
-      return .failure(Violation(field, "must be at most \(maximumFullNameLength) characters"))
+      return .failure(FieldViolation(field, "must be at most \(maximumFullNameLength) characters"))
     }
     guard !containsControlCharacters(name) else {
-      return .failure(Violation(field, "must not contain control characters"))
+      return .failure(FieldViolation(field, "must not contain control characters"))
     }
     return .success(name)
   }
 
   /// An E.164 number (`+` and 7 to 15 digits, no leading zero), or nil for an empty one.
-  static func phone(_ raw: String, field: String) -> Result<String?, Violation> {
+  static func phone(_ raw: String, field: String) -> Result<String?, FieldViolation> {
     let phone = raw.trimmingCharacters(in: .whitespaces)
     if phone.isEmpty { return .success(nil) }
     let digits = phone.utf8.dropFirst()
     guard phone.utf8.first == UInt8(ascii: "+"), (7...15).contains(digits.count),
       digits.allSatisfy({ (0x30...0x39).contains($0) }), digits.first != UInt8(ascii: "0")
-    else { return .failure(Violation(field, "must be an E.164 phone number such as +27821234567")) }
+    else { return .failure(FieldViolation(field, "must be an E.164 phone number such as +27821234567")) }
     return .success(phone)
   }
 
@@ -85,16 +82,10 @@ enum Validation {
     text.unicodeScalars.contains { CharacterSet.controlCharacters.contains($0) }
   }
 
-  /// A UUID in a request field.
-  static func uuid(_ raw: String, field: String) throws -> UUID {
-    guard !raw.isEmpty else { throw UserServiceError.invalid(field, "is required") }
-    guard let id = UUID(uuidString: raw) else { throw UserServiceError.invalid(field, "must be a UUID") }
-    return id
-  }
-
   /// `page_size`: 0 means the default; above the maximum is clamped to it; negative is an error.
+  /// (Not `RequestValidation.pageSize`, which refuses sizes above the maximum.)
   static func pageSize(_ raw: Int32, default defaultSize: Int, maximum: Int) throws -> Int {
-    guard raw >= 0 else { throw UserServiceError.invalid("page_size", "must not be negative") }
+    guard raw >= 0 else { throw APIStatus.invalid("page_size", "must not be negative") }
     return raw == 0 ? defaultSize : min(Int(raw), maximum)
   }
 
@@ -111,19 +102,19 @@ enum Validation {
   }
 
   static func address(_ request: Mart_User_V1_AddAddressRequest) throws -> AddressInput {
-    guard request.hasAddress else { throw UserServiceError.invalid("address", "is required") }
+    guard request.hasAddress else { throw APIStatus.invalid("address", "is required") }
     let address = request.address
-    var violations: [Violation] = []
+    var violations: [FieldViolation] = []
     func text(_ raw: String, field: String, required: Bool, maximum: Int) -> String? {
       let value = raw.trimmingCharacters(in: .whitespacesAndNewlines)
       if value.isEmpty {
-        if required { violations.append(Violation(field, "is required")) }
+        if required { violations.append(FieldViolation(field, "is required")) }
         return nil
       }
       if value.unicodeScalars.count > maximum {
-        violations.append(Violation(field, "must be at most \(maximum) characters"))
+        violations.append(FieldViolation(field, "must be at most \(maximum) characters"))
       } else if containsControlCharacters(value) {
-        violations.append(Violation(field, "must not contain control characters"))
+        violations.append(FieldViolation(field, "must not contain control characters"))
       }
       return value
     }
@@ -131,70 +122,46 @@ enum Validation {
     let recipient = text(address.recipientName, field: "address.recipient_name", required: true, maximum: 200)
     let lines = address.lines.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
     if lines.isEmpty || lines.count > 3 {
-      violations.append(Violation("address.lines", "must have one to three street lines"))
+      violations.append(FieldViolation("address.lines", "must have one to three street lines"))
     } else if lines.contains(where: \.isEmpty) {
-      violations.append(Violation("address.lines", "must not contain empty lines"))
+      violations.append(FieldViolation("address.lines", "must not contain empty lines"))
     } else if lines.contains(where: { $0.unicodeScalars.count > 200 || containsControlCharacters($0) }) {
-      violations.append(Violation("address.lines", "each line must be 1 to 200 characters, without control characters"))
+      violations.append(
+        FieldViolation("address.lines", "each line must be 1 to 200 characters, without control characters"))
     }
     let city = text(address.city, field: "address.city", required: true, maximum: 100)
     let region = text(address.region, field: "address.region", required: false, maximum: 100)
     let postalCode = text(address.postalCode, field: "address.postal_code", required: false, maximum: 20)
     let country = address.countryCode.trimmingCharacters(in: .whitespaces).uppercased()
     if country.isEmpty {
-      violations.append(Violation("address.country_code", "is required"))
+      violations.append(FieldViolation("address.country_code", "is required"))
     } else if !(country.utf8.count == 2 && country.utf8.allSatisfy { (0x41...0x5A).contains($0) }) {
-      violations.append(Violation("address.country_code", "must be a two-letter ISO 3166-1 code such as ZA"))
+      violations.append(FieldViolation("address.country_code", "must be a two-letter ISO 3166-1 code such as ZA"))
     }
     var phone: String?
     switch Self.phone(address.phone, field: "address.phone") {
     case .success(let value): phone = value
     case .failure(let violation): violations.append(violation)
     }
-    guard violations.isEmpty, let recipient, let city else { throw UserServiceError.invalid(violations) }
+    guard violations.isEmpty, let recipient, let city else { throw APIStatus.invalid(violations) }
     return AddressInput(
       label: label, recipientName: recipient, lines: lines, city: city, region: region, postalCode: postalCode,
       countryCode: country, phone: phone)
   }
 }
 
-/// An opaque page token: the sort key of the last row returned, plus a fingerprint of the filter
-/// it was made for (a token is only valid with the same filter).
-struct PageToken: Codable, Equatable, Sendable {
+/// Where a page of a list starts (in a `PageTokenCodec` token): the sort key of the last row
+/// returned.
+struct ListCursor: Codable, Equatable, Sendable {
   /// Whether the last row was the default address (address lists only).
   var isDefault: Bool?
   /// The last row's `created_at`, in microseconds since 1970 (exact, unlike a Double).
   var micros: Int64
   var id: UUID
-  var filter: String?
 
   enum CodingKeys: String, CodingKey {
     case isDefault = "d"
     case micros = "t"
     case id = "i"
-    case filter = "f"
-  }
-
-  var encoded: String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = .sortedKeys
-    return (try? encoder.encode(self)).map { Base64URL.encode($0) } ?? ""
-  }
-
-  /// Nil for an empty token (first page); INVALID_ARGUMENT naming `page_token` for a bad one.
-  static func decode(_ raw: String, filter: String?) throws -> PageToken? {
-    if raw.isEmpty { return nil }
-    guard raw.utf8.count <= 512, let data = Base64URL.decode(raw),
-      let token = try? JSONDecoder().decode(PageToken.self, from: data), token.filter == filter
-    else {
-      throw UserServiceError.invalid("page_token", "is not a token from a previous response to this request")
-    }
-    return token
-  }
-
-  /// A short fingerprint of a list filter.
-  static func fingerprint(_ parts: [String]) -> String {
-    let digest = SHA256.hash(data: Data(parts.joined(separator: "\u{0}").utf8))
-    return Base64URL.encode(Data(digest).prefix(9))
   }
 }

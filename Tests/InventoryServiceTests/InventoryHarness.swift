@@ -1,77 +1,17 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import GRPCProtobuf
 import InventoryService
 import Logging
 import MartProto
 import MartRuntime
 import MartTestSupport
 import PostgresNIO
-import ServiceLifecycle
 import Testing
 
 // Note: no closure literal inside `#expect(...)` in these tests. Swift 6.3.1 has been seen to call
 // another closure of the same test function in its place (a mangling collision between closures
 // inside and outside macro expansions); values are computed first and then expected.
-
-/// User and service tokens for tests: the user service is not running, so the services under
-/// test verify user tokens against this key (their definitions' `makeUserKeyProvider` is replaced).
-struct TestUsers: Sendable {
-  let auth = AuthConfiguration.ephemeral()
-  let key: TokenSigningKey
-
-  init() throws {
-    let random = try #require(AuthConfiguration.ephemeral().serviceKey)
-    key = TokenSigningKey(kid: "test-users", privateKey: random.privateKey)
-  }
-
-  func withTestKeys(_ definition: ServiceDefinition) -> ServiceDefinition {
-    var definition = definition
-    let keys = StaticKeyProvider([key.kid: key.privateKey.publicKey])
-    definition.makeUserKeyProvider = { _ in keys }
-    return definition
-  }
-
-  func bearer(roles: [String], subject: UUID = UUID()) throws -> Metadata {
-    let now = Int64(Date().timeIntervalSince1970)
-    let token = try key.sign(
-      AccessTokenClaims(
-        sub: subject.uuidString.lowercased(), roles: roles, iss: auth.issuer, aud: auth.audience, iat: now,
-        exp: now + 3600))
-    return ["authorization": "Bearer \(token)"]
-  }
-
-  func serviceBearer(_ service: MartService) async throws -> Metadata {
-    let issuer = try #require(ServiceTokenIssuer(service: service, configuration: auth))
-    return ["authorization": "Bearer \(try await issuer.token())"]
-  }
-}
-
-/// Starts `definition` on `database` (port 0), waits until it serves, and runs `body` with the
-/// host and a gRPC client connected to it, while `extra` services run too.
-func withHost(
-  _ definition: ServiceDefinition, service: MartService, database: ScratchDatabase, users: TestUsers,
-  transport: any EventTransport, extra: @Sendable (ServiceHost) throws -> [any Service] = { _ in [] },
-  _ body: (ServiceHost, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Void
-) async throws {
-  let host = try ServiceHost(
-    definition: users.withTestKeys(definition),
-    configuration: ServiceConfiguration(service: service, port: 0, database: database.configuration),
-    directory: ServiceDirectory(endpoints: [:]), auth: users.auth, transport: transport,
-    retryPolicy: RetryPolicy(maximumAttempts: 3, initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(100)),
-    logger: TestBed.logger)
-  try await withServices(host.lifecycleServices + (try extra(host))) {
-    let address = try #require(try await host.server.listeningAddress?.ipv4)
-    let serving = await eventually { await healthStatus(port: address.port, service: "") == .serving }
-    #expect(serving)
-    try await withGRPCClient(
-      transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
-    ) { client in
-      try await body(host, client)
-    }
-  }
-}
 
 /// The inventory service in-process, on a scratch database, with a gRPC client and tokens.
 struct InventoryHarness: Sendable {
@@ -86,10 +26,10 @@ struct InventoryHarness: Sendable {
 
   static let logger = TestBed.logger
 
-  /// Runs the service with `settings`; with `sweeper`, its reservation sweeper runs too.
+  /// Runs the service with `settings` (its reservation sweeper runs too, every
+  /// `settings.sweepInterval`).
   static func run(
-    _ label: String, settings: InventorySettings = InventorySettings(), sweeper: Bool = false,
-    _ body: (InventoryHarness) async throws -> Void
+    _ label: String, settings: InventorySettings = InventorySettings(), _ body: (InventoryHarness) async throws -> Void
   ) async throws {
     let users = try TestUsers()
     let transport = InProcessEventTransport()
@@ -97,11 +37,7 @@ struct InventoryHarness: Sendable {
     try await ScratchDatabase.with(label) { database in
       try await withHost(
         InventoryServiceModule.makeDefinition(settings: settings), service: .inventory, database: database,
-        users: users, transport: transport,
-        extra: { host in
-          sweeper
-            ? [try InventoryServiceModule.makeSweeper(database: host.database, settings: settings, logger: logger)] : []
-        }
+        users: users, transport: transport
       ) { host, client in
         try await body(
           InventoryHarness(
@@ -201,13 +137,7 @@ struct InventoryHarness: Sendable {
 
   /// The event types in the outbox, oldest first, with their payloads.
   func outboxEvents(_ type: String? = nil) async throws -> [(type: String, payload: [UInt8])] {
-    let rows = try await database.query("SELECT event_type, payload FROM outbox ORDER BY id", logger: Self.logger)
-    var events: [(type: String, payload: [UInt8])] = []
-    for try await (eventType, payload) in rows.decode((String, ByteBuffer).self)
-    where type.map({ "mart.inventory.v1." + $0 == eventType }) ?? true {
-      events.append((eventType, Array(payload.readableBytesView)))
-    }
-    return events
+    try await EventFixtures.outboxEvents(database, type: type.map { "mart.inventory.v1." + $0 })
   }
 
   func count(_ sql: String) async throws -> Int {
@@ -235,18 +165,4 @@ func invalidFields(_ call: () async throws -> Void) async -> [String] {
   let error = await rpcError(call)
   #expect(error?.code == .invalidArgument)
   return error?.badRequestFields ?? []
-}
-
-extension RPCError {
-  /// The fields a BadRequest detail names.
-  var badRequestFields: [String] {
-    guard let status = try? unpackGoogleRPCStatus() else { return [] }
-    return status.details.compactMap(\.badRequest).flatMap { $0.violations.map(\.field) }
-  }
-
-  /// The ErrorInfo reason, if any.
-  var reason: String? {
-    guard let status = try? unpackGoogleRPCStatus() else { return nil }
-    return status.details.compactMap(\.errorInfo).first?.reason
-  }
 }

@@ -303,7 +303,7 @@ import Testing
 
   @Test func theSweeperReleasesExpiredReservations() async throws {
     let settings = InventorySettings(reservationTTL: .milliseconds(300), sweepInterval: .milliseconds(100))
-    try await InventoryHarness.run("inventory_sweeper", settings: settings, sweeper: true) { service in
+    try await InventoryHarness.run("inventory_sweeper", settings: settings) { service in
       let product = try await service.product(onHand: 4)
       let order = UUID().uuidString.lowercased()
       let reserved = try await service.reserve(order, [(product, 3)])

@@ -120,6 +120,20 @@ public enum EventFixtures {
     return problems
   }
 
+  /// The events in a service's outbox (of `type` only, a full name such as
+  /// `mart.product.v1.ProductCreated`, if given), oldest first, with their payloads.
+  public static func outboxEvents(_ client: PostgresClient, type: String? = nil) async throws -> [(
+    type: String, payload: [UInt8]
+  )] {
+    let rows = try await client.query("SELECT event_type, payload FROM outbox ORDER BY id", logger: TestBed.logger)
+    var events: [(type: String, payload: [UInt8])] = []
+    for try await (eventType, payload) in rows.decode((String, ByteBuffer).self)
+    where type.map({ $0 == eventType }) ?? true {
+      events.append((eventType, Array(payload.readableBytesView)))
+    }
+    return events
+  }
+
   public static func unpublishedCount(_ client: PostgresClient) async throws -> Int {
     let rows = try await client.query(
       "SELECT count(*)::int FROM outbox WHERE published_at IS NULL", logger: TestBed.logger)

@@ -1,7 +1,6 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import GRPCProtobuf
 import MartProto
 import MartRuntime
 import MartTestSupport
@@ -9,32 +8,6 @@ import PostgresNIO
 import ProductService
 import SwiftProtobuf
 import Testing
-
-/// User tokens for tests: the user service is not running, so the service under test verifies
-/// user tokens against this key (its definition's `makeUserKeyProvider` is replaced).
-struct TestUsers: Sendable {
-  let auth = AuthConfiguration.ephemeral()
-  let key: TokenSigningKey
-
-  init() throws {
-    let random = try #require(AuthConfiguration.ephemeral().serviceKey)
-    key = TokenSigningKey(kid: "test-users", privateKey: random.privateKey)
-  }
-
-  var keyProvider: StaticKeyProvider { StaticKeyProvider([key.kid: key.privateKey.publicKey]) }
-
-  func token(roles: [String], subject: UUID = UUID()) throws -> String {
-    let now = Int64(Date().timeIntervalSince1970)
-    return try key.sign(
-      AccessTokenClaims(
-        sub: subject.uuidString.lowercased(), roles: roles, iss: auth.issuer, aud: auth.audience, iat: now,
-        exp: now + 3600))
-  }
-
-  func bearer(roles: [String], subject: UUID = UUID()) throws -> Metadata {
-    ["authorization": "Bearer \(try token(roles: roles, subject: subject))"]
-  }
-}
 
 /// The product service in-process, on a scratch database, with a gRPC client.
 struct ProductHarness: Sendable {
@@ -47,33 +20,14 @@ struct ProductHarness: Sendable {
 
   static func run(_ label: String, _ body: (ProductHarness) async throws -> Void) async throws {
     let users = try TestUsers()
-    var definition = ProductServiceModule.definition
-    let keys = users.keyProvider
-    definition.makeUserKeyProvider = { _ in keys }
     try await ScratchDatabase.with(label) { database in
-      let host = try ServiceHost(
-        definition: definition,
-        configuration: ServiceConfiguration(service: .product, port: 0, database: database.configuration),
-        directory: ServiceDirectory(endpoints: [:]), auth: users.auth, transport: InProcessEventTransport(),
-        logger: TestBed.logger)
-      try await withServices(host.lifecycleServices) {
-        let address = try #require(try await host.server.listeningAddress?.ipv4)
-        // (No closure literal inside #expect: Swift 6.3.1 can swap such a closure with another closure
-        // of the same function, see the report of issue 5.)
-        let serving = await eventually { await healthStatus(port: address.port, service: "") == .serving }
-        #expect(serving)
-        try await withGRPCClient(
-          transport: .http2NIOPosix(
-            target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
-        ) { grpc in
-          let issuer = try #require(ServiceTokenIssuer(service: .order, configuration: users.auth))
-          let serviceToken = try await issuer.token()
-          try await body(
-            ProductHarness(
-              client: Mart_Product_V1_ProductService.Client(wrapping: grpc), database: host.database,
-              admin: try users.bearer(roles: ["customer", "admin"]), customer: try users.bearer(roles: ["customer"]),
-              service: ["authorization": "Bearer \(serviceToken)"]))
-        }
+      try await withHost(ProductServiceModule.definition, service: .product, database: database, users: users) {
+        host, grpc in
+        try await body(
+          ProductHarness(
+            client: Mart_Product_V1_ProductService.Client(wrapping: grpc), database: host.database,
+            admin: try users.bearer(roles: ["customer", "admin"]), customer: try users.bearer(roles: ["customer"]),
+            service: try await users.serviceBearer(.order)))
       }
     }
   }
@@ -158,12 +112,7 @@ struct ProductHarness: Sendable {
 
   /// The event types in the outbox, oldest first.
   func outboxEvents() async throws -> [(type: String, payload: [UInt8])] {
-    let rows = try await database.query("SELECT event_type, payload FROM outbox ORDER BY id", logger: TestBed.logger)
-    var events: [(type: String, payload: [UInt8])] = []
-    for try await (type, payload) in rows.decode((String, ByteBuffer).self) {
-      events.append((type, Array(payload.readableBytesView)))
-    }
-    return events
+    try await EventFixtures.outboxEvents(database)
   }
 }
 
@@ -185,18 +134,4 @@ func invalidFields(_ call: () async throws -> Void) async -> [String] {
   let error = await rpcError(call)
   #expect(error?.code == .invalidArgument)
   return error?.badRequestFields ?? []
-}
-
-extension RPCError {
-  /// The fields a BadRequest detail names.
-  var badRequestFields: [String] {
-    guard let status = try? unpackGoogleRPCStatus() else { return [] }
-    return status.details.compactMap(\.badRequest).flatMap { $0.violations.map(\.field) }
-  }
-
-  /// The ErrorInfo reason, if any.
-  var reason: String? {
-    guard let status = try? unpackGoogleRPCStatus() else { return nil }
-    return status.details.compactMap(\.errorInfo).first?.reason
-  }
 }

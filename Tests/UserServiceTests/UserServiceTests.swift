@@ -566,6 +566,13 @@ struct UserServiceUnderTest: Sendable {
 /// Cheap hashes (the production cost is for production) and no key caching (tests rotate keys).
 let testOptions = UserServiceOptions(passwordCost: .testing, signingKeyCacheTTL: .zero)
 
+/// No verified-token cache either: a test that expires a key expects its tokens to stop at once.
+let testAuth: AuthConfiguration = {
+  var auth = AuthConfiguration.ephemeral()
+  auth.verifiedTokenTTL = .zero
+  return auth
+}()
+
 func withUserService(
   _ label: String, options: UserServiceOptions = testOptions,
   _ body: @escaping @Sendable (UserServiceUnderTest) async throws -> Void
@@ -573,24 +580,11 @@ func withUserService(
   try await ScratchDatabase.with(label) { database in
     let configuration = ServiceConfiguration(
       service: .user, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
-    let host = try ServiceHost(
-      definition: UserServiceModule.makeDefinition(options: options), configuration: configuration,
-      directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
-      logger: TestBed.logger)
-    try await withServices(host.lifecycleServices) {
-      let listening = try await host.server.listeningAddress
-      let address = try #require(listening?.ipv4)
-      let serving = await eventually {
-        await healthStatus(port: address.port, service: MartService.user.grpcServiceName) == .serving
-      }
-      try #require(serving, "the user service never became SERVING")
-      try await withGRPCClient(
-        transport: .http2NIOPosix(
-          target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
-      ) { grpc in
-        try await withPostgresClient(database.configuration) { postgres in
-          try await body(UserServiceUnderTest(client: .init(wrapping: grpc), database: postgres))
-        }
+    try await withHost(
+      UserServiceModule.makeDefinition(options: options), configuration: configuration, auth: testAuth
+    ) { _, grpc in
+      try await withPostgresClient(database.configuration) { postgres in
+        try await body(UserServiceUnderTest(client: .init(wrapping: grpc), database: postgres))
       }
     }
   }

@@ -19,6 +19,9 @@ public struct AuthConfiguration: Sendable {
   public var serviceKey: TokenSigningKey?
   /// Lifetime of a service token.
   public var serviceTokenLifetime: Duration
+  /// How long a verified token is taken on trust before it is checked again (never past its
+  /// `exp`). It bounds how long a signing key pulled by hand keeps working, like the key caches.
+  public var verifiedTokenTTL: Duration = .seconds(60)
 
   public init(
     issuer: String = "mart", audience: String = "mart", serviceKey: TokenSigningKey?,

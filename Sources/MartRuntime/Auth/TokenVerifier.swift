@@ -94,15 +94,17 @@ public struct TokenVerifier: Sendable {
     self.userKeys = userKeys
     self.leeway = leeway.components.seconds
     self.now = now
-    self.verified = VerifiedTokens(capacity: cacheCapacity)
+    self.verified = VerifiedTokens(
+      capacity: configuration.verifiedTokenTTL > .zero ? cacheCapacity : 0,
+      timeToLive: configuration.verifiedTokenTTL.components.seconds)
   }
 
   /// The caller a token proves, or why it proves nothing.
   public func verify(_ token: String) async throws(TokenError) -> Caller {
     let now = Int64(self.now().timeIntervalSince1970)
-    if let caller = verified.caller(for: token, validAt: now - leeway) { return caller }
+    if let caller = verified.caller(for: token, at: now, leeway: leeway) { return caller }
     let caller = try await verifyAfresh(token, now: now)
-    verified.remember(caller, validAt: now - leeway)
+    verified.remember(caller, at: now, leeway: leeway)
     return caller
   }
 
@@ -163,38 +165,46 @@ public struct TokenVerifier: Sendable {
 
 /// Tokens already verified. A client uses its access token for its whole lifetime, so without this
 /// every call would pay for a signature check and two JSON decodings of the same bytes; with it, a
-/// token costs that once per process. An entry is only ever a token that passed every check, and
-/// it is dropped at its `exp` (a token's claims cannot change; keys are unpublished only after the
-/// tokens they signed have expired). Bounded: when full, expired entries go, then everything.
+/// token costs that about once a minute per process. An entry is only ever a token that passed
+/// every check; it is trusted until its `exp` (plus leeway) or for `timeToLive`, whichever comes
+/// first, so that a signing key pulled by hand stops working within that time here too. Bounded:
+/// when full, stale entries go, then everything.
 final class VerifiedTokens: Sendable {
-  private let entries = Mutex<[String: Caller]>([:])
-  private let capacity: Int
-
-  init(capacity: Int) {
-    self.capacity = capacity
+  private struct Entry {
+    var caller: Caller
+    var trustedUntil: Int64
   }
 
-  /// The cached caller, if its token has not expired by `time` (now minus the leeway).
-  func caller(for token: String, validAt time: Int64) -> Caller? {
+  private let entries = Mutex<[String: Entry]>([:])
+  private let capacity: Int
+  private let timeToLive: Int64
+
+  init(capacity: Int, timeToLive: Int64) {
+    self.capacity = capacity
+    self.timeToLive = timeToLive
+  }
+
+  func caller(for token: String, at now: Int64, leeway: Int64) -> Caller? {
     guard capacity > 0 else { return nil }
     return entries.withLock { entries in
-      guard let caller = entries[token] else { return nil }
-      guard caller.claims.exp > time else {
+      guard let entry = entries[token] else { return nil }
+      guard entry.trustedUntil > now else {
         entries[token] = nil
         return nil
       }
-      return caller
+      return entry.caller
     }
   }
 
-  func remember(_ caller: Caller, validAt time: Int64) {
+  func remember(_ caller: Caller, at now: Int64, leeway: Int64) {
     guard capacity > 0 else { return }
+    let entry = Entry(caller: caller, trustedUntil: min(caller.claims.exp + leeway, now + timeToLive))
     entries.withLock { entries in
       if entries.count >= capacity {
-        entries = entries.filter { $0.value.claims.exp > time }
+        entries = entries.filter { $0.value.trustedUntil > now }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
       }
-      entries[caller.token] = caller
+      entries[caller.token] = entry
     }
   }
 }

@@ -64,7 +64,7 @@ public struct Outbox: Sendable {
 
   static func jsonObject(_ fields: [String: String]) -> String {
     "{"
-      + fields.sorted { $0.key < $1.key }.map { "\(JSONLogHandler.quote($0.key)):\(JSONLogHandler.quote($0.value))" }
+      + fields.sorted { $0.key < $1.key }.map { "\(JSONString.quoted($0.key)):\(JSONString.quoted($0.value))" }
       .joined(separator: ",") + "}"
   }
 }

@@ -4,8 +4,9 @@ import GRPCProtobuf
 import Logging
 import PostgresNIO
 
-/// One request field that failed validation (a `google.rpc.BadRequest.FieldViolation`).
-public struct FieldViolation: Sendable, Equatable, CustomStringConvertible {
+/// One request field that failed validation (a `google.rpc.BadRequest.FieldViolation`). An Error
+/// too, so that a check can return `Result<Value, FieldViolation>`.
+public struct FieldViolation: Error, Sendable, Equatable, CustomStringConvertible {
   /// The field's path in the request, in proto field names: `price.amount_minor`, `lines[2].quantity`.
   public var field: String
   public var reason: String
@@ -34,11 +35,12 @@ public enum APIStatus {
       details: [.errorInfo(reason: reason, domain: domain, metadata: metadata)] + extra)
   }
 
-  /// INVALID_ARGUMENT (VALIDATION_FAILED) naming every bad field.
-  public static func invalid(_ violations: [FieldViolation]) -> GoogleRPCStatus {
+  /// INVALID_ARGUMENT naming every bad field, with `reason` (VALIDATION_FAILED unless a service
+  /// has a more specific one, such as WEAK_PASSWORD).
+  public static func invalid(_ violations: [FieldViolation], reason: String = "VALIDATION_FAILED") -> GoogleRPCStatus {
     let message = violations.map(\.description).joined(separator: "; ")
     return status(
-      .invalidArgument, message.isEmpty ? "invalid request" : message, reason: "VALIDATION_FAILED",
+      .invalidArgument, message.isEmpty ? "invalid request" : message, reason: reason,
       extra: [.badRequest(violations: violations.map { .init(field: $0.field, description: $0.reason) })])
   }
 
@@ -58,9 +60,11 @@ public enum APIStatus {
 
   /// Runs a handler body, turning what is not already a status into one: an unreachable database
   /// is UNAVAILABLE (the client may retry), anything else INTERNAL (logged here, without detail
-  /// for the client).
+  /// for the client). `describe` writes the error for the log line (a service whose statements
+  /// bind secrets passes one that leaves the bound values out).
   public static func handling<Result: Sendable>(
-    _ method: String, logger: Logger, _ body: () async throws -> Result
+    _ method: String, logger: Logger, describe: (any Error) -> String = { String(reflecting: $0) },
+    _ body: () async throws -> Result
   ) async throws -> Result {
     do {
       return try await body()
@@ -75,11 +79,10 @@ public enum APIStatus {
       if let status = unwrapped as? GoogleRPCStatus { throw status }
       if let rpcError = unwrapped as? RPCError { throw rpcError }
       if error.isDatabaseUnavailable {
-        logger.warning(
-          "database unavailable", metadata: ["method": "\(method)", "error": "\(String(reflecting: unwrapped))"])
+        logger.warning("database unavailable", metadata: ["method": "\(method)", "error": "\(describe(unwrapped))"])
         throw RPCError(code: .unavailable, message: "the database is unavailable; try again")
       }
-      logger.error("internal error", metadata: ["method": "\(method)", "error": "\(String(reflecting: unwrapped))"])
+      logger.error("internal error", metadata: ["method": "\(method)", "error": "\(describe(unwrapped))"])
       throw RPCError(code: .internalError, message: "internal error")
     }
   }

@@ -33,6 +33,17 @@ public enum PageTokenCodec {
     return Base64URL.encode(data)
   }
 
+  /// A page of a keyset query that asked for more than `limit` rows (`limit + 1` tells whether
+  /// there is a next page): the first `limit` rows, and the token of the next page, made from the
+  /// cursor of the last row returned (empty when there are no more rows).
+  public static func page<Row, Cursor: Codable>(
+    _ rows: [Row], limit: Int, fingerprint: String, cursor: (Row) -> Cursor
+  ) -> (rows: ArraySlice<Row>, nextPageToken: String) {
+    let page = rows.prefix(limit)
+    guard rows.count > limit, let last = page.last else { return (page, "") }
+    return (page, encode(cursor(last), fingerprint: fingerprint))
+  }
+
   /// The cursor of `token`; nil for an empty token (the first page).
   public static func decode<Cursor: Codable>(
     _ token: String, as type: Cursor.Type, fingerprint: String, field: String = "page_token"

@@ -32,9 +32,34 @@ public struct RequestValidation: Sendable {
     return id
   }
 
+  /// A required UUID that is all a request names: INVALID_ARGUMENT naming `field` if it is
+  /// missing or not a UUID.
+  public static func requiredUUID(_ raw: String, field: String) throws -> UUID {
+    var validation = RequestValidation()
+    guard let id = validation.uuid(raw, field: field) else { throw APIStatus.invalid(validation.violations) }
+    return id
+  }
+
   /// An optional UUID: nil (and no violation) when empty.
   public mutating func optionalUUID(_ raw: String, field: String) -> UUID? {
     raw.trimmingCharacters(in: .whitespaces).isEmpty ? nil : uuid(raw, field: field)
+  }
+
+  /// Free text, trimmed of white space and line breaks: a violation when `required` and empty,
+  /// longer than `maximum` characters (Unicode scalars, as PostgreSQL's `char_length` counts), or
+  /// with control characters (tab, line feed and carriage return allowed with `allowingNewlines`).
+  public mutating func text(
+    _ raw: String, field: String, required: Bool = false, maximum: Int, allowingNewlines: Bool = false
+  ) -> String {
+    let text = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+    if text.isEmpty {
+      if required { add(field, "is required") }
+    } else if text.unicodeScalars.count > maximum {
+      add(field, "must be at most \(maximum) characters")
+    } else if Self.containsControlCharacters(text, allowingNewlines: allowingNewlines) {
+      add(field, "must not contain control characters")
+    }
+    return text
   }
 
   /// A page size: 0 means `defaultSize`; negative or above `maximum` is a violation.
