@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test build proto proto-check lint format bench clean
+.PHONY: help run test build proto proto-check lint format bench bench-gateway bench-catalog clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,14 @@ format: ## Rewrite Sources/ and Tests/ in swift-format style
 
 bench: ## Run the benchmarks under Benchmarks/ (figures go to docs/PERFORMANCE.md)
 	@scripts/bench.sh
+	@scripts/bench-gateway.sh
+	@scripts/bench-catalog.sh
+
+bench-gateway: ## Only the gateway benchmark: gateway vs direct gRPC vs a bare route
+	@scripts/bench-gateway.sh
+
+bench-catalog: ## Only the catalog benchmark: reservations/s, and list/search through the gateway
+	@scripts/bench-catalog.sh
 
 clean: ## Remove build products and test scratch state (keeps the `make run` data in .mart/)
 	rm -rf .build .build-tools .testbed/run-*

@@ -219,11 +219,13 @@ let package = Package(
       ],
       swiftSettings: strictSwift
     ),
-    // The edge end to end: the gateway in front of the real user service, in JSON over HTTP.
+    // The edge end to end: the gateway in front of the real user, product and inventory services,
+    // in JSON over HTTP.
     .testTarget(
       name: "EdgeTests",
       dependencies: testDependencies + [
-        "Gateway", "UserService", .product(name: "Crypto", package: "swift-crypto"),
+        "Gateway", "UserService", "ProductService", "InventoryService",
+        .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: strictSwift),
     .testTarget(
@@ -241,6 +243,16 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
       ],
       path: "Benchmarks/GRPCRead", swiftSettings: strictSwift),
+    // `scripts/bench-catalog.sh`: ReserveStock per second over gRPC, one hot product and spread.
+    .executableTarget(
+      name: "ReservationBenchmark",
+      dependencies: [
+        "MartProto",
+        "MartRuntime",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+      ],
+      path: "Benchmarks/Reservations", swiftSettings: strictSwift),
     .executableTarget(
       name: "EventBackboneBenchmark", dependencies: testDependencies + ["Kafka"], path: "Benchmarks/EventBackbone",
       swiftSettings: strictSwift),

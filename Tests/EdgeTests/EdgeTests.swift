@@ -3,11 +3,13 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Gateway
+import InventoryService
 import Logging
 import MartProto
 import MartRuntime
 import MartTestSupport
 import PostgresNIO
+import ProductService
 import ServiceLifecycle
 import Testing
 import UserService
@@ -383,42 +385,100 @@ struct Edge {
 
 /// Starts the user service on a scratch database and the gateway in front of it, with a gateway
 /// configuration whose limits the tests can reach: 3 JWKS reads per 10 s, and 16 KiB bodies.
-func withEdge(_ body: (Edge) async throws -> Void) async throws {
+/// With `catalog`, the product and inventory services run too, each on a scratch database, with
+/// the same token settings (they verify user tokens against the user service's JWKS) and one
+/// in-process event transport, so that ProductCreated reaches the inventory service.
+func withEdge(catalog: Bool = false, _ body: (Edge) async throws -> Void) async throws {
   try await ScratchDatabase.with("edge") { database in
-    let userPort = try freePort()
-    let gatewayPort = try freePort()
-    let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
-    try Data(
-      """
-      {
-        "maxBodyBytes": 16384,
-        "rateLimits": {
-          "default": { "limit": 1000, "window": "60s" },
-          "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "10s" } }
-        }
+    guard catalog else { return try await withEdge(user: database, catalog: nil, body) }
+    try await ScratchDatabase.with("edge_product") { product in
+      try await ScratchDatabase.with("edge_inventory") { inventory in
+        try await withEdge(user: database, catalog: (product, inventory), body)
       }
-      """.utf8
-    ).write(to: configFile)
-    defer { try? FileManager.default.removeItem(at: configFile) }
+    }
+  }
+}
 
-    let directory = ServiceDirectory(endpoints: [.user: Endpoint(host: "127.0.0.1", port: userPort)])
-    let auth = AuthConfiguration.ephemeral()
-    let user = try ServiceHost(
+private func withEdge(
+  user database: ScratchDatabase, catalog: (product: ScratchDatabase, inventory: ScratchDatabase)?,
+  _ body: (Edge) async throws -> Void
+) async throws {
+  let userPort = try freePort()
+  let gatewayPort = try freePort()
+  let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
+  try Data(
+    """
+    {
+      "maxBodyBytes": 16384,
+      "rateLimits": {
+        "default": { "limit": 1000, "window": "60s" },
+        "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "10s" } }
+      }
+    }
+    """.utf8
+  ).write(to: configFile)
+  defer { try? FileManager.default.removeItem(at: configFile) }
+
+  // The catalog services call the user service (for its keys); the gateway calls all three.
+  let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
+  let auth = AuthConfiguration.ephemeral()
+  let transport = InProcessEventTransport()
+  var hosts = [
+    try ServiceHost(
       definition: UserServiceModule.definition,
       configuration: ServiceConfiguration(service: .user, port: userPort, database: database.configuration),
-      directory: directory, auth: auth, transport: InProcessEventTransport(), logger: TestBed.logger)
+      directory: directory, auth: auth, transport: transport, logger: TestBed.logger)
+  ]
+  if let catalog {
+    // Port 0: any free port, read back once listening.
+    hosts.append(
+      try ServiceHost(
+        definition: ProductServiceModule.definition,
+        configuration: ServiceConfiguration(service: .product, port: 0, database: catalog.product.configuration),
+        directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
+    hosts.append(
+      try ServiceHost(
+        definition: InventoryServiceModule.makeDefinition(settings: InventorySettings()),
+        configuration: ServiceConfiguration(
+          service: .inventory, port: 0, database: catalog.inventory.configuration),
+        directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
+  }
+  // Each service starts once the one before it serves, and the gateway once they all do: a gRPC
+  // client connects as soon as it starts, and one that found nobody listening backs off for a
+  // second or more, during which the gateway answers 503.
+  try await withServing(hosts[...]) { ports in
+    var environment = [
+      "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(userPort)",
+      "MART_GATEWAY_CONFIG": configFile.path,
+    ]
+    for (service, port) in ports where service != .user {
+      environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+    }
     let gateway = try Gateway.makeServices(
-      configuration: try GatewayConfiguration(
-        environment: EnvironmentReader([
-          "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(userPort)",
-          "MART_GATEWAY_CONFIG": configFile.path,
-        ])),
-      logger: TestBed.logger)
-    try await withServices(user.lifecycleServices + gateway) {
-      #expect(await eventually { await healthStatus(port: userPort, service: "") == .serving })
+      configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger)
+    try await withServices(gateway) {
       let edge = Edge(gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration)
-      #expect(await eventually { (try? await edge.call("GET", "/healthz").status) == 200 })
+      let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
+      #expect(up)
       try await body(edge)
     }
+  }
+}
+
+/// Runs `hosts` one after another, each started once the one before it serves, and then `body`
+/// with the port each listens on.
+private func withServing(
+  _ hosts: ArraySlice<ServiceHost>, ports: [MartService: Int] = [:],
+  _ body: ([MartService: Int]) async throws -> Void
+) async throws {
+  guard let host = hosts.first else { return try await body(ports) }
+  try await withServices(host.lifecycleServices) {
+    let service = host.configuration.service
+    let port = try #require(try await host.server.listeningAddress?.ipv4?.port, "\(service) is not listening")
+    let serving = await eventually { await healthStatus(port: port, service: "") == .serving }
+    #expect(serving, "\(service) is not serving")
+    var ports = ports
+    ports[service] = port
+    try await withServing(hosts.dropFirst(), ports: ports, body)
   }
 }
