@@ -232,6 +232,33 @@ import UserService
     }
   }
 
+  @Test func keysThatCannotBeFetchedAre503Not401() async throws {
+    // Only the gateway runs: the user service, which publishes the keys, is nowhere.
+    let gatewayPort = try freePort()
+    let gateway = try Gateway.makeServices(
+      configuration: try GatewayConfiguration(
+        environment: EnvironmentReader([
+          "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(try freePort())",
+        ])),
+      logger: TestBed.logger)
+    try await withServices(gateway) {
+      let edge = Edge(gatewayPort: gatewayPort, userPort: 0, userDatabase: try TestBed.adminDatabase())
+      #expect(await eventually { (try? await edge.call("GET", "/healthz").status) == 200 })
+      let key = TokenSigningKey(kid: "some-key", privateKey: P256.Signing.PrivateKey())
+      let now = Int64(Date().timeIntervalSince1970)
+      let token = try key.sign(
+        AccessTokenClaims(
+          sub: UUID().uuidString.lowercased(), roles: ["customer"], iss: "mart", aud: "mart", iat: now, exp: now + 600))
+      // The token may well be genuine: saying 401 would log the user out for our outage.
+      let unavailable = try await edge.call("GET", "/v1/users/me", token: token)
+      #expect(unavailable.status == 503, "\(unavailable.text)")
+      try unavailable.expectStatusBody(code: 14)
+      // A token that is wrong on its face is still 401: no key is needed to see that.
+      let garbage = try await edge.call("GET", "/v1/users/me", token: "garbage")
+      #expect(garbage.status == 401)
+    }
+  }
+
   @Test func requestIDsAreEchoedAndTheDocumentsAreServed() async throws {
     try await withEdge { edge in
       let tagged = try await edge.call("GET", "/.well-known/jwks.json", headers: ["X-Request-Id": "edge-test-42"])
