@@ -35,8 +35,13 @@ export MART_BINARY
 step "tests"
 # The suite takes about a minute; a run that is still going after 20 is stuck, and saying so
 # beats waiting out CI's limit.
+# At most four tests at a time: the suites start whole services (scrypt, gRPC, PostgreSQL, a
+# broker) on two cores, and with every test at once, start-ups and polls that take a second
+# alone took over half a minute. Four keeps the run about as short and the machine responsive.
+# Output is line-buffered so that a stuck run's log shows which tests had not finished.
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-4}
 status=0
-timeout --kill-after=30 1200 swift test --skip-build || status=$?
+timeout --kill-after=30 1200 stdbuf -oL -eL swift test --skip-build || status=$?
 if [[ $status -ne 0 ]]; then
   [[ $status -ne 124 ]] || echo "make test: the test run did not finish within 20 minutes (stuck)" >&2
   exit "$status"

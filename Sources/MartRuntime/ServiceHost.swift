@@ -154,10 +154,13 @@ struct AfterGate: Service {
 
 /// Runs services until SIGTERM or SIGINT, then shuts them down gracefully (last started, first stopped).
 public func runUntilSignalled(_ services: [any Service], logger: Logger) async throws {
-  let group = ServiceGroup(
-    configuration: ServiceGroupConfiguration(
-      services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-      gracefulShutdownSignals: [.sigterm, .sigint],
-      logger: logger))
+  var configuration = ServiceGroupConfiguration(
+    services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+    gracefulShutdownSignals: [.sigterm, .sigint],
+    logger: logger)
+  // A drain that has not finished in 30 s becomes cancellation: a process asked to stop must
+  // stop (orchestrators kill it soon after anyway), and the group's log says what was stuck.
+  configuration.maximumGracefulShutdownDuration = .seconds(30)
+  let group = ServiceGroup(configuration: configuration)
   try await group.run()
 }
