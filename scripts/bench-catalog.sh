@@ -12,56 +12,14 @@
 # reserved products are seeded with SQL too, each with the ledger row the schema's triggers want).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${BENCH_SECONDS:-15}
-connections=${BENCH_CONNECTIONS:-32}
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 products=10000
 
-scripts/deps.sh
-for tool in wrk curl; do
-  command -v "$tool" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }
-done
-
-dir=.testbed/bench-catalog
-mart_pid=
-cleanup() {
-  [[ -z $mart_pid ]] || kill "$mart_pid" 2>/dev/null || true
-  [[ -z $mart_pid ]] || wait "$mart_pid" 2>/dev/null || true
-  scripts/testbed.sh stop --dir "$dir" --purge >/dev/null 2>&1 || true
-}
-mkdir -p "$dir"
-trap cleanup EXIT
-scripts/testbed.sh start --dir "$dir" --no-kafka --persistent >/dev/null
-# shellcheck disable=SC1091
-source "$dir/env"
-
-# A scratch path of its own, so a release build never waits on (or blocks) the debug one.
-log="$dir/build.log"
-for product in mart ReservationBenchmark; do
-  swift build -c release --scratch-path .build-bench --product "$product" >"$log" 2>&1 || {
-    tail -n 40 "$log"
-    exit 1
-  }
-done
-bin=$(swift build -c release --scratch-path .build-bench --show-bin-path)
-
-cat >"$dir/gateway.json" <<'JSON'
-{
-  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }
-}
-JSON
-# Every port of its own, so that nothing else on the machine (`make run`) is in the way.
-port=$((20000 + RANDOM % 20000))
-inventory_port=$((port + 3))
-MART_GATEWAY_PORT=$port MART_USER_PORT=$((port + 1)) MART_PRODUCT_PORT=$((port + 2)) \
-  MART_INVENTORY_PORT=$inventory_port MART_ORDER_PORT=$((port + 4)) MART_PAYMENT_PORT=$((port + 5)) \
-  MART_NOTIFICATION_PORT=$((port + 6)) MART_GATEWAY_CONFIG=$dir/gateway.json MART_LOG_LEVEL=warning \
-  "$bin/mart" dev >"$dir/mart.log" 2>&1 &
-mart_pid=$!
-for _ in $(seq 1 300); do
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { tail -n 40 "$dir/mart.log"; exit 1; }
+# fsync on: reservations are writes.
+bench_testbed .testbed/bench-catalog --persistent
+bench_build mart ReservationBenchmark
+bench_start_mart
 
 # The catalog: 20 categories and 10,000 active products with searchable names and descriptions
 # (ids md5('bench-product-<n>'), so that the inventory seed can name the same products).
@@ -109,7 +67,7 @@ COMMIT;
 ANALYZE stock;
 SQL
 psql -At -v ON_ERROR_STOP=1 "$MART_INVENTORY_DATABASE_URL" \
-  -c "SELECT md5('bench-product-' || n)::uuid FROM generate_series(1, 1001) AS n ORDER BY n" >"$dir/products.txt"
+  -c "SELECT md5('bench-product-' || n)::uuid FROM generate_series(1, 1001) AS n ORDER BY n" >"$bench_dir/products.txt"
 
 # The URLs of (b2) and (b3), taken in turn by each wrk thread.
 base="http://127.0.0.1:$port"
@@ -132,8 +90,8 @@ category_paths=()
 for id in "${categories[@]}"; do category_paths+=("/v1/products?category_id=$id"); done
 search_paths=()
 for query in "${queries[@]}"; do search_paths+=("/v1/products?query=${query// /%20}"); done
-lua_paths "${category_paths[@]}" >"$dir/category.lua"
-lua_paths "${search_paths[@]}" >"$dir/search.lua"
+lua_paths "${category_paths[@]}" >"$bench_dir/category.lua"
+lua_paths "${search_paths[@]}" >"$bench_dir/search.lua"
 
 # Sanity: every URL answers 200 with a full page before anything is timed.
 count() { curl -fs "$base$1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("products", [])))'; }
@@ -145,22 +103,13 @@ found=$(count "${search_paths[0]}")
   exit 1
 }
 
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-echo "== $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); ${connections} connections, ${seconds} s each; $products products, 20 categories"
+bench_machine
+echo "== $products products, 20 categories"
 
-# wrk_summary NAME ARGS...: one line of requests/s, p50 and p99.
-wrk_summary() {
-  local name=$1
-  shift
-  wrk -t2 -c"$connections" -d"${seconds}s" --latency "$@" | awk -v name="$name" '
-    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /^Requests\/sec/ {rps=$2}
-    /Non-2xx/ {bad=$NF}
-    END {printf "%s: %.0f req/s, p50 %s, p99 %s%s\n", name, rps, p50, p99, (bad ? ", NON-2XX " bad : "")}'
-}
 wrk_summary "(b1) gateway GET /v1/products (first page, newest)" "$base/v1/products"
-wrk_summary "(b2) gateway GET /v1/products?category_id=… (20 categories)" -s "$dir/category.lua" "$base"
-wrk_summary "(b3) gateway GET /v1/products?query=… (12 searches)" -s "$dir/search.lua" "$base"
+wrk_summary "(b2) gateway GET /v1/products?category_id=… (20 categories)" -s "$bench_dir/category.lua" "$base"
+wrk_summary "(b3) gateway GET /v1/products?query=… (12 searches)" -s "$bench_dir/search.lua" "$base"
 
 # The writes last, so that the reads above run on a quiet database.
-BENCH_TARGET=127.0.0.1:$inventory_port BENCH_PRODUCTS_FILE=$dir/products.txt BENCH_CONNECTIONS=$connections \
+BENCH_TARGET=127.0.0.1:$inventory_port BENCH_PRODUCTS_FILE=$bench_dir/products.txt BENCH_CONNECTIONS=$connections \
   BENCH_SECONDS=$seconds "$bin/ReservationBenchmark"

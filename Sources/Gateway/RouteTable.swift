@@ -57,17 +57,11 @@ public protocol GatewayRPC: Sendable {
   /// The RPC's gRPC method descriptor (`mart.user.v1.UserService/Register`).
   var descriptor: MethodDescriptor { get }
 
-  /// Decodes `requestJSON` (proto3 JSON of the request message, as assembled from the body, the
-  /// path and the query), calls the method on `client`, and returns the response as proto3 JSON
-  /// (lowerCamelCase names).
-  func call(
-    requestJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata, options: CallOptions
-  ) async throws -> [UInt8]
-
-  /// Like `call(requestJSON:…)`, with the request in two parts: the body's JSON (nil: none) and
-  /// the JSON of the path and query parameters. Each is decoded on its own and the two messages
-  /// are merged (protobuf merge: the parameters win), so that the body is decoded as the client
-  /// wrote it. A request that cannot be decoded throws `GatewayRequestDecodingError`.
+  /// Builds the request from two parts of proto3 JSON, the body's (nil: none) and that of the path
+  /// and query parameters, calls the method on `client`, and returns the response as proto3 JSON
+  /// (lowerCamelCase names). Each part is decoded on its own and the two messages are merged
+  /// (protobuf merge: the parameters win), so that the body is decoded exactly as the client wrote
+  /// it. A request that cannot be decoded throws `GatewayRequestDecodingError`.
   func call(
     bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
     options: CallOptions
@@ -87,24 +81,6 @@ public struct UnaryGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Respons
 
   public init(service: String, method: String) {
     self.descriptor = MethodDescriptor(fullyQualifiedService: service, method: method)
-  }
-
-  public func call(
-    requestJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata, options: CallOptions
-  ) async throws -> [UInt8] {
-    var decoding = JSONDecodingOptions()
-    decoding.ignoreUnknownFields = false
-    let request = try Request(jsonUTF8Bytes: requestJSON, options: decoding)
-    let response = try await client.unary(
-      request: ClientRequest(message: request, metadata: metadata),
-      descriptor: descriptor,
-      serializer: ProtobufSerializer<Request>(),
-      deserializer: ProtobufDeserializer<Response>(),
-      options: options
-    ) { response in
-      try response.message
-    }
-    return try response.jsonUTF8Bytes()
   }
 
   public func call(

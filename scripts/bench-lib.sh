@@ -1,0 +1,88 @@
+# Shared by the benchmarks that run the whole mart (scripts/bench-gateway.sh, bench-catalog.sh):
+# source it from the repository root. It starts a private test bed, builds release products in
+# .build-bench (a scratch path of its own, so a release build never waits on or blocks the debug
+# one), runs `mart dev` with rate limits lifted on ports of its own, and stops it all on exit.
+# Settings: BENCH_SECONDS (default 15) and BENCH_CONNECTIONS (default 32).
+# shellcheck shell=bash
+
+seconds=${BENCH_SECONDS:-15}
+connections=${BENCH_CONNECTIONS:-32}
+mart_pid=
+
+scripts/deps.sh
+for tool in wrk curl; do
+  command -v "$tool" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }
+done
+
+# bench_testbed DIR [testbed.sh start options]: a private PostgreSQL (no broker) in DIR, its
+# environment sourced, and everything stopped and removed when the script exits.
+bench_testbed() {
+  bench_dir=$1
+  shift
+  mkdir -p "$bench_dir"
+  trap bench_cleanup EXIT
+  scripts/testbed.sh start --dir "$bench_dir" --no-kafka "$@" >/dev/null
+  # shellcheck disable=SC1091
+  source "$bench_dir/env"
+}
+
+bench_cleanup() {
+  [[ -z $mart_pid ]] || kill "$mart_pid" 2>/dev/null || true
+  [[ -z $mart_pid ]] || wait "$mart_pid" 2>/dev/null || true
+  scripts/testbed.sh stop --dir "$bench_dir" --purge >/dev/null 2>&1 || true
+}
+
+# bench_build PRODUCT...: release builds; sets `bin` to their folder.
+bench_build() {
+  local log="$bench_dir/build.log" product
+  for product in "$@"; do
+    swift build -c release --scratch-path .build-bench --product "$product" >"$log" 2>&1 || {
+      tail -n 40 "$log"
+      exit 1
+    }
+  done
+  bin=$(swift build -c release --scratch-path .build-bench --show-bin-path)
+}
+
+# bench_start_mart: `mart dev` with the rate limits lifted, every port its own (so that a
+# `make run` on this machine is not in the way), until /readyz answers. Sets `port` (the
+# gateway's) and `user_port`, `product_port`, `inventory_port`.
+bench_start_mart() {
+  cat >"$bench_dir/gateway.json" <<'JSON'
+{
+  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }
+}
+JSON
+  port=$((20000 + RANDOM % 20000))
+  user_port=$((port + 1))
+  product_port=$((port + 2))
+  inventory_port=$((port + 3))
+  MART_GATEWAY_PORT=$port MART_USER_PORT=$user_port MART_PRODUCT_PORT=$product_port \
+    MART_INVENTORY_PORT=$inventory_port MART_ORDER_PORT=$((port + 4)) MART_PAYMENT_PORT=$((port + 5)) \
+    MART_NOTIFICATION_PORT=$((port + 6)) MART_GATEWAY_CONFIG=$bench_dir/gateway.json MART_LOG_LEVEL=warning \
+    "$bin/mart" dev >"$bench_dir/mart.log" 2>&1 &
+  mart_pid=$!
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || {
+    tail -n 40 "$bench_dir/mart.log"
+    exit 1
+  }
+}
+
+bench_machine() {
+  echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "== $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); ${connections} connections, ${seconds} s each"
+}
+
+# wrk_summary NAME ARGS...: one line of requests/s, p50 and p99 (and any non-2xx count).
+wrk_summary() {
+  local name=$1
+  shift
+  wrk -t2 -c"$connections" -d"${seconds}s" --latency "$@" | awk -v name="$name" '
+    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /^Requests\/sec/ {rps=$2}
+    /Non-2xx/ {bad=$NF}
+    END {printf "%s: %.0f req/s, p50 %s, p99 %s%s\n", name, rps, p50, p99, (bad ? ", NON-2XX " bad : "")}'
+}
