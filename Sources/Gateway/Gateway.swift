@@ -13,10 +13,15 @@ public enum Gateway {
   /// The gateway's HTTP application and the gRPC clients it needs, as lifecycle services.
   /// Metrics go to `GatewayMetrics.processRegistry` (served at /metrics); call
   /// `GatewayMetrics.bootstrapProcessMetrics()` first to send swift-metrics there too.
-  public static func makeServices(configuration: GatewayConfiguration, logger: Logger) throws -> [any Service] {
+  /// `onListening` is told the port once the server accepts connections (with port 0 in the
+  /// configuration, the one the system chose).
+  public static func makeServices(
+    configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil
+  ) throws -> [any Service] {
     let upstreams = try ServiceClients(directory: configuration.directory)
     let app = try makeApplication(
-      configuration: configuration, upstreams: upstreams, registry: GatewayMetrics.processRegistry, logger: logger)
+      configuration: configuration, upstreams: upstreams, registry: GatewayMetrics.processRegistry,
+      onListening: onListening, logger: logger)
     return [upstreams, app]
   }
 
@@ -27,7 +32,7 @@ public enum Gateway {
     registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
     routes: [GatewayRoute] = GatewayRouteTable.routes, schemas: SchemaIndex = .generated,
     verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds(),
-    logger: Logger
+    onListening: (@Sendable (Int) async -> Void)? = nil, logger: Logger
   ) throws -> Application<GatewayResponder> {
     let responder = try GatewayResponder(
       routes: routes, schemas: schemas, settings: configuration.settings, upstreams: upstreams,
@@ -37,6 +42,9 @@ public enum Gateway {
     return Application(
       responder: responder,
       configuration: .init(address: .hostname(configuration.bindHost, port: configuration.port), serverName: "mart"),
+      onServerRunning: { channel in
+        if let port = channel.localAddress?.port { await onListening?(port) }
+      },
       logger: logger)
   }
 }

@@ -1,6 +1,7 @@
 import Logging
 import PostgresNIO
 import ServiceLifecycle
+import Synchronization
 
 /// Keeps a service's health in step with its database.
 ///
@@ -111,17 +112,62 @@ struct TimeoutError: Error, CustomStringConvertible {
 }
 
 /// Runs `operation`, throwing ``TimeoutError`` if it has not finished within `limit`.
-func withTimeout<Result: Sendable>(
-  _ limit: Duration, _ operation: @escaping @Sendable () async throws -> Result
-) async throws -> Result {
-  try await withThrowingTaskGroup(of: Result.self) { group in
-    group.addTask { try await operation() }
-    group.addTask {
-      try await Task.sleep(for: limit)
-      throw TimeoutError(limit: limit)
+///
+/// The operation runs in a task of its own, which is cancelled on timeout but not waited for: a
+/// structured task group would wait for it, and a database call that ignores cancellation (seen
+/// with a connection to a database that was dropped under it) then held the supervisor's check,
+/// so the service never turned NOT_SERVING and never shut down. Cancelling the caller ends the
+/// wait at once too.
+func withTimeout<Value: Sendable>(
+  _ limit: Duration, _ operation: @escaping @Sendable () async throws -> Value
+) async throws -> Value {
+  let race = FirstOutcome<Value>()
+  let work = Task {
+    do {
+      race.settle(.success(try await operation()))
+    } catch {
+      race.settle(.failure(error))
     }
-    defer { group.cancelAll() }
-    guard let result = try await group.next() else { throw TimeoutError(limit: limit) }
-    return result
+  }
+  let timer = Task {
+    try? await Task.sleep(for: limit)
+    if race.settle(.failure(TimeoutError(limit: limit))) { work.cancel() }
+  }
+  defer { timer.cancel() }
+  return try await withTaskCancellationHandler {
+    try await withCheckedThrowingContinuation { race.await($0) }
+  } onCancel: {
+    if race.settle(.failure(CancellationError())) { work.cancel() }
+  }
+}
+
+/// The first of several outcomes, handed to one waiting continuation.
+private final class FirstOutcome<Value: Sendable>: Sendable {
+  private struct State {
+    var outcome: Result<Value, any Error>?
+    var waiter: CheckedContinuation<Value, any Error>?
+  }
+
+  private let state = Mutex(State())
+
+  /// Records `outcome` unless one was recorded already; returns whether this one won.
+  @discardableResult
+  func settle(_ outcome: Result<Value, any Error>) -> Bool {
+    let (won, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Value, any Error>?) in
+      guard state.outcome == nil else { return (false, nil) }
+      state.outcome = outcome
+      defer { state.waiter = nil }
+      return (true, state.waiter)
+    }
+    waiter?.resume(with: outcome)
+    return won
+  }
+
+  func await(_ continuation: CheckedContinuation<Value, any Error>) {
+    let outcome = state.withLock { state -> Result<Value, any Error>? in
+      if state.outcome == nil { state.waiter = continuation }
+      return state.outcome
+    }
+    if let outcome { continuation.resume(with: outcome) }
   }
 }

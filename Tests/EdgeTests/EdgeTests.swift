@@ -233,15 +233,20 @@ import UserService
   }
 
   @Test func keysThatCannotBeFetchedAre503Not401() async throws {
-    // Only the gateway runs: the user service, which publishes the keys, is nowhere.
-    let gatewayPort = try freePort()
+    // Only the gateway runs: the user service, which publishes the keys, is nowhere (port 1 on
+    // loopback: nothing listens there, and nothing can without privileges).
+    let (listening, announce) = AsyncStream.makeStream(of: Int.self)
     let gateway = try Gateway.makeServices(
       configuration: try GatewayConfiguration(
-        environment: EnvironmentReader([
-          "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(try freePort())",
-        ])),
-      logger: TestBed.logger)
+        environment: EnvironmentReader(["MART_GATEWAY_PORT": "0", "MART_USER_ADDRESS": "127.0.0.1:1"])),
+      logger: TestBed.logger
+    ) { port in
+      announce.yield(port)
+      announce.finish()
+    }
     try await withServices(gateway) {
+      var ports = listening.makeAsyncIterator()
+      let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
       let edge = Edge(gatewayPort: gatewayPort, userPort: 0, userDatabase: try TestBed.adminDatabase())
       #expect(await eventually { (try? await edge.call("GET", "/healthz").status) == 200 })
       let key = TokenSigningKey(kid: "some-key", privateKey: P256.Signing.PrivateKey())
@@ -430,8 +435,6 @@ private func withEdge(
   user database: ScratchDatabase, catalog: (product: ScratchDatabase, inventory: ScratchDatabase)?,
   _ body: (Edge) async throws -> Void
 ) async throws {
-  let userPort = try freePort()
-  let gatewayPort = try freePort()
   let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
   try Data(
     """
@@ -446,48 +449,55 @@ private func withEdge(
   ).write(to: configFile)
   defer { try? FileManager.default.removeItem(at: configFile) }
 
-  // The catalog services call the user service (for its keys); the gateway calls all three.
-  let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
+  // Every listener takes port 0 and is asked which port it got: ports picked in advance can be
+  // picked twice by tests running side by side, and then one test talks to another's services.
   let auth = AuthConfiguration.ephemeral()
   let transport = InProcessEventTransport()
-  var hosts = [
-    try ServiceHost(
-      definition: UserServiceModule.definition,
-      configuration: ServiceConfiguration(service: .user, port: userPort, database: database.configuration),
-      directory: directory, auth: auth, transport: transport, logger: TestBed.logger)
-  ]
-  if let catalog {
-    // Port 0: any free port, read back once listening.
-    hosts.append(
-      try ServiceHost(
-        definition: ProductServiceModule.definition,
-        configuration: ServiceConfiguration(service: .product, port: 0, database: catalog.product.configuration),
-        directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
-    hosts.append(
-      try ServiceHost(
-        definition: InventoryServiceModule.makeDefinition(settings: InventorySettings()),
-        configuration: ServiceConfiguration(
-          service: .inventory, port: 0, database: catalog.inventory.configuration),
-        directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
-  }
+  let user = try ServiceHost(
+    definition: UserServiceModule.definition,
+    configuration: ServiceConfiguration(service: .user, port: 0, database: database.configuration),
+    directory: ServiceDirectory(endpoints: [:]), auth: auth, transport: transport, logger: TestBed.logger)
   // Each service starts once the one before it serves, and the gateway once they all do: a gRPC
   // client connects as soon as it starts, and one that found nobody listening backs off for a
   // second or more, during which the gateway answers 503.
-  try await withServing(hosts[...]) { ports in
-    var environment = [
-      "MART_GATEWAY_PORT": "\(gatewayPort)", "MART_USER_ADDRESS": "127.0.0.1:\(userPort)",
-      "MART_GATEWAY_CONFIG": configFile.path,
-    ]
-    for (service, port) in ports where service != .user {
-      environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+  try await withServing([user][...]) { userPorts in
+    let userPort = try #require(userPorts[.user])
+    // The catalog services call the user service (for its keys); the gateway calls all three.
+    let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
+    var hosts: [ServiceHost] = []
+    if let catalog {
+      hosts.append(
+        try ServiceHost(
+          definition: ProductServiceModule.definition,
+          configuration: ServiceConfiguration(service: .product, port: 0, database: catalog.product.configuration),
+          directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
+      hosts.append(
+        try ServiceHost(
+          definition: InventoryServiceModule.makeDefinition(settings: InventorySettings()),
+          configuration: ServiceConfiguration(
+            service: .inventory, port: 0, database: catalog.inventory.configuration),
+          directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
     }
-    let gateway = try Gateway.makeServices(
-      configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger)
-    try await withServices(gateway) {
-      let edge = Edge(gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration)
-      let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
-      #expect(up)
-      try await body(edge)
+    try await withServing(hosts[...], ports: userPorts) { ports in
+      var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
+      for (service, port) in ports {
+        environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+      }
+      let (listening, announce) = AsyncStream.makeStream(of: Int.self)
+      let gateway = try Gateway.makeServices(
+        configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger
+      ) { port in
+        announce.yield(port)
+        announce.finish()
+      }
+      try await withServices(gateway) {
+        var ports = listening.makeAsyncIterator()
+        let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
+        let edge = Edge(gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration)
+        let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
+        #expect(up)
+        try await body(edge)
+      }
     }
   }
 }
