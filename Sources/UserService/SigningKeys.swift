@@ -61,14 +61,27 @@ actor SigningKeyRing {
     return keys
   }
 
+  /// How long a new key is published before it signs: other services fetch the key set again
+  /// on an unknown kid at most every 5 s, so a key published this long ago is one they can get.
+  static let prepublication: Duration = .seconds(10)
+
+  /// The key to sign with: the newest active key that has been published for `prepublication`,
+  /// else the newest active one. A successor is made ahead of time, once the newest key retires
+  /// within a cache lifetime plus `prepublication`, so that a rotation never signs with a key that
+  /// other services cannot have seen yet (except the very first key, which has no predecessor).
   private func loadOrCreate() async throws -> (TokenSigningKey, Date) {
-    if let found = try await Self.newestActive(on: database, logger: logger) { return found }
+    let lead = Self.seconds(min(policy.cacheTTL + Self.prepublication, policy.rotation / 2))
+    if let found = try await Self.newestActive(on: database, lead: lead, logger: logger), !found.needsSuccessor {
+      return (found.key, found.retireAfter)
+    }
     let policy = self.policy
     let logger = self.logger
     return try await database.withTransaction(logger: logger) { connection in
       // One creator at a time across instances; the loser of the race finds the winner's key.
       try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
-      if let found = try await Self.newestActive(on: connection, logger: logger) { return found }
+      if let found = try await Self.newestActive(on: connection, lead: lead, logger: logger), !found.needsSuccessor {
+        return (found.key, found.retireAfter)
+      }
       // Keys expired a while ago verify nothing any more.
       try await connection.query(
         "DELETE FROM signing_keys WHERE expires_at < now() - interval '1 day'", logger: logger)
@@ -77,9 +90,8 @@ actor SigningKeyRing {
       encoder.outputFormatting = .sortedKeys
       let jwk = String(decoding: try encoder.encode(key.publicJWK), as: UTF8.self)
       let pem = Data(key.privateKey.pemRepresentation.utf8)
-      let rotation = Double(policy.rotation.components.seconds) + Double(policy.rotation.components.attoseconds) / 1e18
-      let published =
-        Double(policy.accessTokenLifetime.components.seconds) + Double(policy.publicationMargin.components.seconds)
+      let rotation = Self.seconds(policy.rotation)
+      let published = Self.seconds(policy.accessTokenLifetime + policy.publicationMargin)
       let rows = try await connection.query(
         """
         INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, retire_after, expires_at)
@@ -90,36 +102,55 @@ actor SigningKeyRing {
       var retireAfter = Date()
       for try await value in rows.decode(Date.self) { retireAfter = value }
       logger.info("created a new token signing key", metadata: ["kid": "\(key.kid)"])
+      // The predecessor signs until the new key has been published long enough, if it can.
+      if let found = try await Self.newestActive(on: connection, lead: lead, logger: logger) {
+        return (found.key, found.retireAfter)
+      }
       return (key, retireAfter)
     }
   }
 
-  private static func newestActive(on connection: PostgresConnection, logger: Logger) async throws -> (
-    TokenSigningKey, Date
-  )? {
-    try await decodeNewest(
-      connection.query(Self.newestActiveQuery, logger: logger), logger: logger)
+  static func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
   }
 
-  private static func newestActive(on client: PostgresClient, logger: Logger) async throws -> (TokenSigningKey, Date)? {
-    try await decodeNewest(client.query(Self.newestActiveQuery, logger: logger), logger: logger)
+  struct ActiveKey {
+    var key: TokenSigningKey
+    var retireAfter: Date
+    /// No active key outlives the lead time: make the next one now.
+    var needsSuccessor: Bool
   }
 
-  private static let newestActiveQuery: PostgresQuery = """
-    SELECT kid, private_key, retire_after FROM signing_keys
-    WHERE algorithm = 'ES256' AND retire_after > now() AND expires_at > now()
-    ORDER BY created_at DESC, kid LIMIT 1
-    """
-
-  private static func decodeNewest(_ rows: PostgresRowSequence, logger: Logger) async throws -> (TokenSigningKey, Date)?
+  private static func newestActive(on connection: PostgresConnection, lead: Double, logger: Logger) async throws
+    -> ActiveKey?
   {
-    var result: (TokenSigningKey, Date)?
-    for try await (kid, privateKey, retireAfter) in rows.decode((String, Data, Date).self) {
+    try await decodeNewest(connection.query(newestActiveQuery(lead: lead), logger: logger), logger: logger)
+  }
+
+  private static func newestActive(on client: PostgresClient, lead: Double, logger: Logger) async throws -> ActiveKey? {
+    try await decodeNewest(client.query(newestActiveQuery(lead: lead), logger: logger), logger: logger)
+  }
+
+  private static func newestActiveQuery(lead: Double) -> PostgresQuery {
+    """
+    SELECT kid, private_key, retire_after,
+           NOT bool_or(retire_after > now() + make_interval(secs => \(lead))) OVER () AS needs_successor
+    FROM signing_keys
+    WHERE algorithm = 'ES256' AND retire_after > now() AND expires_at > now()
+    ORDER BY (created_at <= now() - make_interval(secs => \(seconds(prepublication)))) DESC, created_at DESC, kid
+    LIMIT 1
+    """
+  }
+
+  private static func decodeNewest(_ rows: PostgresRowSequence, logger: Logger) async throws -> ActiveKey? {
+    var result: ActiveKey?
+    for try await (kid, privateKey, retireAfter, needsSuccessor) in rows.decode((String, Data, Date, Bool).self) {
       guard let key = parsePrivateKey(privateKey) else {
         logger.error("unreadable private key in signing_keys", metadata: ["kid": "\(kid)"])
         continue
       }
-      result = (TokenSigningKey(kid: kid, privateKey: key), retireAfter)
+      result = ActiveKey(
+        key: TokenSigningKey(kid: kid, privateKey: key), retireAfter: retireAfter, needsSuccessor: needsSuccessor)
     }
     return result
   }

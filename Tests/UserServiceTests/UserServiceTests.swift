@@ -416,6 +416,38 @@ import UserService
     }
   }
 
+  @Test func aSuccessorKeyIsPublishedBeforeItSigns() async throws {
+    try await withUserService("users_prepublish") { service in
+      let registered = try await service.register(email: "kim@example.com")
+      let first = try decodeKid(registered.tokens.accessToken)
+      func loginKid() async throws -> String {
+        let login = try await service.client.login(
+          .with {
+            $0.email = "kim@example.com"
+            $0.password = defaultPassword
+          })
+        return try decodeKid(login.tokens.accessToken)
+      }
+      // The key is close to retiring: a successor is made, but the old key keeps signing while
+      // the new one is too fresh for other services' caches to have seen.
+      try await service.database.query(
+        """
+        UPDATE signing_keys SET created_at = now() - interval '1 day', retire_after = now() + interval '5 seconds'
+        WHERE kid = \(first)
+        """,
+        logger: TestBed.logger)
+      #expect(try await loginKid() == first)
+      let published = Set(try await service.client.getJwks(.init()).keys.map(\.kid))
+      #expect(published.count == 2 && published.contains(first))
+      // Once it has been published long enough, the successor signs.
+      try await service.database.query(
+        "UPDATE signing_keys SET created_at = now() - interval '1 minute' WHERE kid <> \(first)",
+        logger: TestBed.logger)
+      let next = try await loginKid()
+      #expect(next != first && published.contains(next))
+    }
+  }
+
   @Test func userRegisteredLandsInTheOutboxOncePerRegistration() async throws {
     try await withUserService("users_outbox") { service in
       let first = try await service.register(email: "kim@example.com")
