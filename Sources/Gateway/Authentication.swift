@@ -19,7 +19,7 @@ struct EdgeAuthenticator: Sendable {
   /// not allow the route, or a service token from outside), 503 (the keys cannot be fetched).
   func authenticate(access: Mart_Api_V1_Access, authorization: String?) async throws(GatewayError) -> Caller? {
     guard access != .public else { return nil }
-    guard let token = Self.bearerToken(authorization) else {
+    guard let token = ServerAuthInterceptor.bearerToken(fromAuthorization: authorization) else {
       var headers = HTTPFields()
       headers[.wwwAuthenticate] = Self.realm
       throw GatewayError(
@@ -50,11 +50,4 @@ struct EdgeAuthenticator: Sendable {
     return caller
   }
 
-  /// The token of an `Authorization: Bearer <token>` header.
-  static func bearerToken(_ header: String?) -> String? {
-    guard let header else { return nil }
-    var metadata = Metadata()
-    metadata.addString(header, forKey: "authorization")
-    return ServerAuthInterceptor.bearerToken(in: metadata)
-  }
 }

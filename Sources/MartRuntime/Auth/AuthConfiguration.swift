@@ -71,9 +71,8 @@ public struct AuthConfiguration: Sendable {
     if trimmed.hasPrefix("-----BEGIN") {
       return try? P256.Signing.PrivateKey(pemRepresentation: trimmed)
     }
-    let normalized = trimmed.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-    let padded = normalized + String(repeating: "=", count: (4 - normalized.utf8.count % 4) % 4)
-    guard let raw = Data(base64Encoded: padded), raw.count == 32 else { return nil }
+    // Standard base64 (what `mart keys service` prints), or base64url without padding.
+    guard let raw = Data(base64Encoded: trimmed) ?? Base64URL.decode(trimmed), raw.count == 32 else { return nil }
     return try? P256.Signing.PrivateKey(rawRepresentation: raw)
   }
 }

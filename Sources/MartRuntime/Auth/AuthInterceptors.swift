@@ -69,7 +69,13 @@ public struct ServerAuthInterceptor: ServerInterceptor {
 
   /// The token of an `authorization: Bearer <token>` entry; nil if there is none.
   public static func bearerToken(in metadata: Metadata) -> String? {
-    guard let value = metadata[stringValues: "authorization"].first(where: { _ in true }) else { return nil }
+    bearerToken(fromAuthorization: metadata[stringValues: "authorization"].first(where: { _ in true }))
+  }
+
+  /// The token of an `Authorization` value (`Bearer <token>`, scheme case-insensitive, RFC 6750);
+  /// nil for another scheme or none. Shared with the gateway, which reads the HTTP header.
+  public static func bearerToken(fromAuthorization value: String?) -> String? {
+    guard let value else { return nil }
     let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
     guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
     let token = parts[1].trimmingCharacters(in: .whitespaces)
