@@ -27,104 +27,90 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
   func getStock(
     request: Mart_Inventory_V1_GetStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_Stock {
-    try await APIStatus.handling("GetStock", logger: logger) {
-      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
-      let stock = try await store.stock([id])[id] ?? .empty(id)
-      // Customers see what they can order; the warehouse figures are for admins and services.
-      let caller = Caller.current
-      return stock.proto(full: caller?.isAdmin == true || caller?.isService == true)
-    }
+    let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
+    let stock = try await store.stock([id])[id] ?? .empty(id)
+    // Customers see what they can order; the warehouse figures are for admins and services.
+    let caller = Caller.current
+    return stock.proto(full: caller?.isAdmin == true || caller?.isService == true)
   }
 
   func batchGetStock(
     request: Mart_Inventory_V1_BatchGetStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_BatchGetStockResponse {
-    try await APIStatus.handling("BatchGetStock", logger: logger) {
-      var validation = RequestValidation()
-      let ids = validation.uuidList(request.productIds, maximum: Self.maximumBatchSize, field: "product_ids")
-      try validation.check()
-      let found = try await store.stock(ids)
-      return .with { $0.stocks = ids.map { (found[$0] ?? .empty($0)).proto() } }
-    }
+    var validation = RequestValidation()
+    let ids = validation.uuidList(request.productIds, maximum: Self.maximumBatchSize, field: "product_ids")
+    try validation.check()
+    let found = try await store.stock(ids)
+    return .with { $0.stocks = ids.map { (found[$0] ?? .empty($0)).proto() } }
   }
 
   func adjustStock(
     request: Mart_Inventory_V1_AdjustStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_AdjustStockResponse {
-    try await APIStatus.handling("AdjustStock", logger: logger) {
-      let actor = try Caller.requiredUserID()
-      let adjustment = try Self.adjustment(request, actor: actor)
-      let (stock, movement) = try await store.adjust(adjustment)
-      return .with {
-        $0.stock = stock.proto()
-        $0.movement = movement.proto
-      }
+    let actor = try Caller.requiredUserID()
+    let adjustment = try Self.adjustment(request, actor: actor)
+    let (stock, movement) = try await store.adjust(adjustment)
+    return .with {
+      $0.stock = stock.proto()
+      $0.movement = movement.proto
     }
   }
 
   func listMovements(
     request: Mart_Inventory_V1_ListMovementsRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_ListMovementsResponse {
-    try await APIStatus.handling("ListMovements", logger: logger) {
-      var validation = RequestValidation()
-      let id = validation.uuid(request.productID, field: "product_id")
-      let limit = validation.pageSize(
-        request.pageSize, default: Self.defaultMovementPageSize, maximum: Self.maximumMovementPageSize)
-      var kind: MovementKind?
-      switch request.kind {
-      case .unspecified: kind = nil
-      case .UNRECOGNIZED: validation.add("kind", "is not a known movement kind")
-      default: kind = MovementKind(request.kind)
-      }
-      try validation.check()
-      guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
-      let fingerprint = PageTokenCodec.fingerprint(["movements", id.lowercasedString, kind?.rawValue ?? ""])
-      let after = try PageTokenCodec.decode(request.pageToken, as: MovementCursor.self, fingerprint: fingerprint)
-      let page = PageTokenCodec.page(
-        try await store.movements(productID: id, kind: kind, beforeSeq: after?.seq, limit: limit), limit: limit,
-        fingerprint: fingerprint
-      ) { MovementCursor(seq: $0.seq) }
-      return .with {
-        $0.movements = page.rows.map(\.proto)
-        $0.nextPageToken = page.nextPageToken
-      }
+    var validation = RequestValidation()
+    let id = validation.uuid(request.productID, field: "product_id")
+    let limit = validation.pageSize(
+      request.pageSize, default: Self.defaultMovementPageSize, maximum: Self.maximumMovementPageSize)
+    var kind: MovementKind?
+    switch request.kind {
+    case .unspecified: kind = nil
+    case .UNRECOGNIZED: validation.add("kind", "is not a known movement kind")
+    default: kind = MovementKind(request.kind)
+    }
+    try validation.check()
+    guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
+    let fingerprint = PageTokenCodec.fingerprint(["movements", id.lowercasedString, kind?.rawValue ?? ""])
+    let after = try PageTokenCodec.decode(request.pageToken, as: MovementCursor.self, fingerprint: fingerprint)
+    let page = PageTokenCodec.page(
+      try await store.movements(productID: id, kind: kind, beforeSeq: after?.seq, limit: limit), limit: limit,
+      fingerprint: fingerprint
+    ) { MovementCursor(seq: $0.seq) }
+    return .with {
+      $0.movements = page.rows.map(\.proto)
+      $0.nextPageToken = page.nextPageToken
     }
   }
 
   func reserveStock(
     request: Mart_Inventory_V1_ReserveStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_ReserveStockResponse {
-    try await APIStatus.handling("ReserveStock", logger: logger) {
-      let (orderID, lines) = try Self.reservation(request)
-      switch try await store.reserve(orderID: orderID, lines: lines, ttl: settings.reservationTTL) {
-      case .reserved(let reservation):
-        return .with { $0.reservation = reservation.proto }
-      case .short(let short):
-        return .with { $0.insufficientStock = .with { $0.shortLines = short.map(\.proto) } }
-      }
+    let (orderID, lines) = try Self.reservation(request)
+    switch try await store.reserve(orderID: orderID, lines: lines, ttl: settings.reservationTTL) {
+    case .reserved(let reservation):
+      return .with { $0.reservation = reservation.proto }
+    case .short(let short):
+      return .with { $0.insufficientStock = .with { $0.shortLines = short.map(\.proto) } }
     }
   }
 
   func releaseReservation(
     request: Mart_Inventory_V1_ReleaseReservationRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_Reservation {
-    try await APIStatus.handling("ReleaseReservation", logger: logger) {
-      var validation = RequestValidation()
-      let orderID = validation.uuid(request.orderID, field: "order_id")
-      let reason = validation.text(request.reason, field: "reason", maximum: Self.maximumReasonLength)
-      try validation.check()
-      guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
-      return try await store.release(orderID: orderID, reason: reason).proto
-    }
+    var validation = RequestValidation()
+    let orderID = validation.uuid(request.orderID, field: "order_id")
+    let reason = validation.text(request.reason, field: "reason", maximum: Self.maximumReasonLength)
+    try validation.check()
+    guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
+    return try await store.release(orderID: orderID, reason: reason).proto
   }
 
   func commitReservation(
     request: Mart_Inventory_V1_CommitReservationRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_Reservation {
-    try await APIStatus.handling("CommitReservation", logger: logger) {
-      let orderID = try RequestValidation.requiredUUID(request.orderID, field: "order_id")
-      return try await store.commit(orderID: orderID).proto
-    }
+    let orderID = try RequestValidation.requiredUUID(request.orderID, field: "order_id")
+    return try await store.commit(orderID: orderID).proto
   }
 
   // MARK: Validation

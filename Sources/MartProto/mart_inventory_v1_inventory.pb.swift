@@ -576,7 +576,8 @@ public nonisolated struct Mart_Inventory_V1_ListMovementsRequest: Sendable {
   /// The product (URL path).
   public var productID: String = String()
 
-  /// Maximum number of movements to return (default 50, max 200).
+  /// Maximum number of movements to return (default 50, max 200;
+  /// a larger value is coerced to 200 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.

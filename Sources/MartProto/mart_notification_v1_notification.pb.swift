@@ -483,7 +483,8 @@ public nonisolated struct Mart_Notification_V1_ListMyNotificationsRequest: Senda
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of notifications to return (default 20, max 100).
+  /// Maximum number of notifications to return (default 20, max 100;
+  /// a larger value is coerced to 100 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.
@@ -562,7 +563,8 @@ public nonisolated struct Mart_Notification_V1_ListDeliveriesRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of deliveries to return (default 50, max 200).
+  /// Maximum number of deliveries to return (default 50, max 200;
+  /// a larger value is coerced to 200 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.

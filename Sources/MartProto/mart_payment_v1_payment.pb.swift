@@ -565,7 +565,8 @@ public nonisolated struct Mart_Payment_V1_ListOrderPaymentsRequest: Sendable {
   /// The order (URL path).
   public var orderID: String = String()
 
-  /// Maximum number of payments to return (default 20, max 100).
+  /// Maximum number of payments to return (default 20, max 100;
+  /// a larger value is coerced to 100 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.

@@ -246,7 +246,8 @@ public nonisolated struct Mart_Product_V1_ListProductsRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of products to return (default 20, max 100).
+  /// Maximum number of products to return (default 20, max 100;
+  /// a larger value is coerced to 100 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`; the other fields
@@ -467,7 +468,8 @@ public nonisolated struct Mart_Product_V1_ListCategoriesRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of categories to return (default 100, max 500).
+  /// Maximum number of categories to return (default 100, max 500;
+  /// a larger value is coerced to 500 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.

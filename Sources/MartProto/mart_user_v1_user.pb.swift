@@ -457,7 +457,8 @@ public nonisolated struct Mart_User_V1_ListMyAddressesRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of addresses to return (default 20, max 100).
+  /// Maximum number of addresses to return (default 20, max 100;
+  /// a larger value is coerced to 100 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.
@@ -545,7 +546,8 @@ public nonisolated struct Mart_User_V1_ListUsersRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Maximum number of users to return (default 50, max 100).
+  /// Maximum number of users to return (default 50, max 100;
+  /// a larger value is coerced to 100 and a negative one is INVALID_ARGUMENT, per AIP-158).
   public var pageSize: Int32 = 0
 
   /// Token from a previous response's `next_page_token`.

@@ -91,7 +91,10 @@ public struct ServiceHost: Sendable {
     let server = GRPCServer.mart(
       host: configuration.bindHost, port: configuration.port,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
-      interceptors: [RequestContextInterceptor(), ServerAuthInterceptor(verifier: verifier)])
+      interceptors: [
+        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger),
+        ServerAuthInterceptor(verifier: verifier),
+      ])
     let supervisor = DatabaseSupervisor(
       client: database,
       migrations: try MigrationRunner(migrations: definition.migrations, logger: logger),

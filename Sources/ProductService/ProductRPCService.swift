@@ -20,138 +20,122 @@ struct ProductRPCService: Mart_Product_V1_ProductService.SimpleServiceProtocol {
   func createProduct(
     request: Mart_Product_V1_CreateProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
-    try await APIStatus.handling("CreateProduct", logger: logger) {
-      let fields = try ProductValidation.create(request)
-      return try await store.create(fields).proto
-    }
+    let fields = try ProductValidation.create(request)
+    return try await store.create(fields).proto
   }
 
   func getProduct(
     request: Mart_Product_V1_GetProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
-    try await APIStatus.handling("GetProduct", logger: logger) {
-      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
-      guard let product = try await store.product(id: id) else {
-        throw APIStatus.notFound("product \(request.productID) not found")
-      }
-      return product.proto
+    let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
+    guard let product = try await store.product(id: id) else {
+      throw APIStatus.notFound("product \(request.productID) not found")
     }
+    return product.proto
   }
 
   func listProducts(
     request: Mart_Product_V1_ListProductsRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_ListProductsResponse {
-    try await APIStatus.handling("ListProducts", logger: logger) {
-      var query = try Self.listQuery(request, callerIsAdmin: Caller.current?.isAdmin == true)
-      let fingerprint = Self.fingerprint(query)
-      query.after = try PageTokenCodec.decode(request.pageToken, as: ProductCursor.self, fingerprint: fingerprint)
-      if let after = query.after, !Self.cursor(after, fits: query.sort) {
-        throw APIStatus.invalid("page_token", "was issued for a request with another sort order")
-      }
-      let page = PageTokenCodec.page(try await store.list(query), limit: query.limit, fingerprint: fingerprint) {
-        Self.cursor(after: $0.product, rank: $0.rank, sort: query.sort)
-      }
-      return .with {
-        $0.products = page.rows.map(\.product.proto)
-        $0.nextPageToken = page.nextPageToken
-      }
+    var query = try Self.listQuery(request, callerIsAdmin: Caller.current?.isAdmin == true)
+    let fingerprint = Self.fingerprint(query)
+    query.after = try PageTokenCodec.decode(request.pageToken, as: ProductCursor.self, fingerprint: fingerprint)
+    if let after = query.after, !Self.cursor(after, fits: query.sort) {
+      throw APIStatus.invalid("page_token", "was issued for a request with another sort order")
+    }
+    let page = PageTokenCodec.page(try await store.list(query), limit: query.limit, fingerprint: fingerprint) {
+      Self.cursor(after: $0.product, rank: $0.rank, sort: query.sort)
+    }
+    return .with {
+      $0.products = page.rows.map(\.product.proto)
+      $0.nextPageToken = page.nextPageToken
     }
   }
 
   func updateProduct(
     request: Mart_Product_V1_UpdateProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
-    try await APIStatus.handling("UpdateProduct", logger: logger) {
-      var validation = RequestValidation()
-      let id = validation.uuid(request.productID, field: "product_id")
-      let paths = ProductValidation.paths(request.updateMask, present: request.hasUpdateMask, into: &validation)
-      if !request.hasProduct {
-        validation.add("product", "is required: the new values of the fields in update_mask")
-      } else if !request.product.id.isEmpty, let id, UUID(uuidString: request.product.id) != id {
-        validation.add("product.id", "must be empty or equal product_id")
-      }
-      if request.version <= 0 {
-        validation.add("version", "is required: the version of the product as you last read it")
-      }
-      try validation.check()
-      guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
-      let product = request.product
-      let updated = try await store.update(id: id, expectedVersion: request.version) { current in
-        try ProductValidation.apply(product, paths: paths, to: current)
-      }
-      return updated.proto
+    var validation = RequestValidation()
+    let id = validation.uuid(request.productID, field: "product_id")
+    let paths = ProductValidation.paths(request.updateMask, present: request.hasUpdateMask, into: &validation)
+    if !request.hasProduct {
+      validation.add("product", "is required: the new values of the fields in update_mask")
+    } else if !request.product.id.isEmpty, let id, UUID(uuidString: request.product.id) != id {
+      validation.add("product.id", "must be empty or equal product_id")
     }
+    if request.version <= 0 {
+      validation.add("version", "is required: the version of the product as you last read it")
+    }
+    try validation.check()
+    guard let id else { throw APIStatus.invalid("product_id", "must be a UUID") }
+    let product = request.product
+    let updated = try await store.update(id: id, expectedVersion: request.version) { current in
+      try ProductValidation.apply(product, paths: paths, to: current)
+    }
+    return updated.proto
   }
 
   func archiveProduct(
     request: Mart_Product_V1_ArchiveProductRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Product {
-    try await APIStatus.handling("ArchiveProduct", logger: logger) {
-      let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
-      return try await store.archive(id: id).proto
-    }
+    let id = try RequestValidation.requiredUUID(request.productID, field: "product_id")
+    return try await store.archive(id: id).proto
   }
 
   func createCategory(
     request: Mart_Product_V1_CreateCategoryRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_Category {
-    try await APIStatus.handling("CreateCategory", logger: logger) {
-      var validation = RequestValidation()
-      let name = ProductValidation.name(
-        request.name, field: "name", maximum: ProductValidation.maximumCategoryNameLength, into: &validation)
-      let givenSlug = request.slug.trimmingCharacters(in: .whitespaces)
-      let slug = givenSlug.isEmpty ? ProductValidation.slug(from: name) : givenSlug
-      if givenSlug.isEmpty, slug.isEmpty, !name.isEmpty {
-        validation.add("slug", "cannot be derived from this name: give one (lower-case words joined by hyphens)")
-      } else if !givenSlug.isEmpty, !ProductValidation.isSlug(givenSlug) {
-        validation.add("slug", "must be lower-case letters and digits in words joined by single hyphens, e.g. t-shirts")
-      }
-      let parent = validation.optionalUUID(request.parentID, field: "parent_id")
-      let description = ProductValidation.description(request.description_p, field: "description", into: &validation)
-      try validation.check()
-      return try await store.createCategory(
-        name: name, slug: slug, parentID: parent, description: description.isEmpty ? nil : description
-      ).proto
+    var validation = RequestValidation()
+    let name = ProductValidation.name(
+      request.name, field: "name", maximum: ProductValidation.maximumCategoryNameLength, into: &validation)
+    let givenSlug = request.slug.trimmingCharacters(in: .whitespaces)
+    let slug = givenSlug.isEmpty ? ProductValidation.slug(from: name) : givenSlug
+    if givenSlug.isEmpty, slug.isEmpty, !name.isEmpty {
+      validation.add("slug", "cannot be derived from this name: give one (lower-case words joined by hyphens)")
+    } else if !givenSlug.isEmpty, !ProductValidation.isSlug(givenSlug) {
+      validation.add("slug", "must be lower-case letters and digits in words joined by single hyphens, e.g. t-shirts")
     }
+    let parent = validation.optionalUUID(request.parentID, field: "parent_id")
+    let description = ProductValidation.description(request.description_p, field: "description", into: &validation)
+    try validation.check()
+    return try await store.createCategory(
+      name: name, slug: slug, parentID: parent, description: description.isEmpty ? nil : description
+    ).proto
   }
 
   func listCategories(
     request: Mart_Product_V1_ListCategoriesRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_ListCategoriesResponse {
-    try await APIStatus.handling("ListCategories", logger: logger) {
-      var validation = RequestValidation()
-      let limit = validation.pageSize(
-        request.pageSize, default: Self.defaultCategoryPageSize, maximum: Self.maximumCategoryPageSize)
-      let parent = validation.optionalUUID(request.parentID, field: "parent_id")
-      try validation.check()
-      let fingerprint = PageTokenCodec.fingerprint(["categories", parent?.lowercasedString ?? ""])
-      let after = try PageTokenCodec.decode(request.pageToken, as: CategoryCursor.self, fingerprint: fingerprint)
-      let page = PageTokenCodec.page(
-        try await store.categories(parentID: parent, after: after, limit: limit), limit: limit,
-        fingerprint: fingerprint
-      ) { CategoryCursor(name: $0.name, id: $0.id) }
-      return .with {
-        $0.categories = page.rows.map(\.proto)
-        $0.nextPageToken = page.nextPageToken
-      }
+    var validation = RequestValidation()
+    let limit = validation.pageSize(
+      request.pageSize, default: Self.defaultCategoryPageSize, maximum: Self.maximumCategoryPageSize)
+    let parent = validation.optionalUUID(request.parentID, field: "parent_id")
+    try validation.check()
+    let fingerprint = PageTokenCodec.fingerprint(["categories", parent?.lowercasedString ?? ""])
+    let after = try PageTokenCodec.decode(request.pageToken, as: CategoryCursor.self, fingerprint: fingerprint)
+    let page = PageTokenCodec.page(
+      try await store.categories(parentID: parent, after: after, limit: limit), limit: limit,
+      fingerprint: fingerprint
+    ) { CategoryCursor(name: $0.name, id: $0.id) }
+    return .with {
+      $0.categories = page.rows.map(\.proto)
+      $0.nextPageToken = page.nextPageToken
     }
   }
 
   func batchGetProducts(
     request: Mart_Product_V1_BatchGetProductsRequest, context: ServerContext
   ) async throws -> Mart_Product_V1_BatchGetProductsResponse {
-    try await APIStatus.handling("BatchGetProducts", logger: logger) {
-      var validation = RequestValidation()
-      let ids = validation.uuidList(request.productIds, maximum: Self.maximumBatchSize, field: "product_ids")
-      try validation.check()
-      let found = try await store.products(ids: ids)
-      return .with { response in
-        for id in ids {
-          if let product = found[id] {
-            response.products.append(product.proto)
-          } else {
-            response.missingProductIds.append(id.lowercasedString)
-          }
+    var validation = RequestValidation()
+    let ids = validation.uuidList(request.productIds, maximum: Self.maximumBatchSize, field: "product_ids")
+    try validation.check()
+    let found = try await store.products(ids: ids)
+    return .with { response in
+      for id in ids {
+        if let product = found[id] {
+          response.products.append(product.proto)
+        } else {
+          response.missingProductIds.append(id.lowercasedString)
         }
       }
     }

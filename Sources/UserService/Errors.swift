@@ -41,19 +41,4 @@ enum UserServiceError {
       .resourceExhausted, "too many failed logins; try again in \(seconds) s", reason: "RATE_LIMITED",
       extra: [.retryInfo(delay: .seconds(seconds))])
   }
-
-  /// An error for a log line or an operator, without the statement's bound values (they include
-  /// password and token hashes), which `String(reflecting:)` of a PSQLError would print.
-  static func describe(_ error: any Error) -> String {
-    let error = error.unwrappingTransactionError
-    guard let psql = error as? PSQLError else { return String(describing: error) }
-    var parts = ["PSQLError \(psql.code)"]
-    if let state = psql.serverInfo?[.sqlState] { parts.append("sqlstate \(state)") }
-    if let message = psql.serverInfo?[.message] { parts.append(message) }
-    if let constraint = psql.serverInfo?[.constraintName] { parts.append("constraint \(constraint)") }
-    if let sql = psql.query?.sql {
-      parts.append("in: \(sql.split(whereSeparator: \.isNewline).joined(separator: " "))")
-    }
-    return parts.joined(separator: "; ")
-  }
 }

@@ -63,9 +63,56 @@ public enum UserAdministration {
     }
   }
 
+  /// The admin an operator's command acts for: the one with `email`, or the longest-standing
+  /// admin when `email` is nil. Nil when there is no such admin.
+  public static func admin(email: String?, database: PostgresClient, logger: Logger) async throws -> UUID? {
+    let rows =
+      if let email {
+        try await database.query(
+          "SELECT id FROM users WHERE lower(email) = lower(\(email)) AND 'admin' = ANY(roles)", logger: logger)
+      } else {
+        try await database.query(
+          "SELECT id FROM users WHERE 'admin' = ANY(roles) ORDER BY created_at, id LIMIT 1", logger: logger)
+      }
+    for try await id in rows.decode(UUID.self) { return id }
+    return nil
+  }
+
+  /// What `ensureCustomer` did.
+  public enum EnsureCustomerResult: Sendable, Equatable {
+    /// A new customer account with this password (UserRegistered emitted).
+    case created(userID: UUID, password: String)
+    /// An account with the email existed: it is left exactly as it was.
+    case existed(userID: UUID)
+  }
+
+  /// A customer account with this email: made, with a new random password, when there is none;
+  /// otherwise left untouched (its password is not known here, and is never reset by this).
+  public static func ensureCustomer(
+    database: PostgresClient, email rawEmail: String, fullName: String,
+    passwordCost: PasswordHasher.Cost = .production, logger: Logger
+  ) async throws -> EnsureCustomerResult {
+    let email = try normalizedEmail(rawEmail)
+    let store = UserStore(database: database, outbox: Outbox(service: .user), logger: logger)
+    if let (user, _) = try await store.credentials(email: email) { return .existed(userID: user.id) }
+    // 18 random bytes: 24 base64url characters, well inside the password policy.
+    let password = Base64URL.encode(Data(PasswordHasher.randomBytes(18)))
+    let accounts = UserAccounts(store: store, hasher: PasswordHasher(cost: passwordCost))
+    do {
+      let (user, _) = try await accounts.create(
+        .init(email: email, password: password, fullName: fullName, phone: ""), roles: [MartRole.customer],
+        session: nil)
+      return .created(userID: user.id, password: password)
+    } catch let status as GoogleRPCStatus where status.code == .alreadyExists {
+      // Registered meanwhile: that account is someone's; leave it.
+      guard let (user, _) = try await store.credentials(email: email) else { throw status }
+      return .existed(userID: user.id)
+    }
+  }
+
   /// An error for the operator, without the bound values of a failed statement.
   public static func describe(_ error: any Error) -> String {
-    UserServiceError.describe(error)
+    APIStatus.redactedDescription(of: error)
   }
 
   private static func promote(_ store: UserStore, _ email: String) async throws -> CreateAdminResult? {

@@ -37,31 +37,25 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     self.throttle = LoginThrottle(policy: .standard, database: context.database, logger: context.logger)
   }
 
-  private func handling<Result: Sendable>(_ method: String, _ body: () async throws -> Result) async throws -> Result {
-    try await APIStatus.handling(method, logger: logger, describe: UserServiceError.describe, body)
-  }
-
   // MARK: - Authentication
 
   func register(request: Mart_User_V1_RegisterRequest, context: ServerContext) async throws
     -> Mart_User_V1_RegisterResponse
   {
-    try await handling("Register") {
-      // Cheap checks first: no hashing for a request that will be refused anyway.
-      _ = try UserAccounts.validate(
-        .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone))
-      let key = try await keys.signingKey()
-      let refresh = RefreshTokens.make()
-      let (user, refreshExpiresAt) = try await accounts.create(
-        .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone),
-        roles: [MartRole.customer],
-        session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
-      logger.info("user registered", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
-      return try .with {
-        $0.user = user.proto
-        $0.tokens = try tokens(
-          for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt ?? Date())
-      }
+    // Cheap checks first: no hashing for a request that will be refused anyway.
+    _ = try UserAccounts.validate(
+      .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone))
+    let key = try await keys.signingKey()
+    let refresh = RefreshTokens.make()
+    let (user, refreshExpiresAt) = try await accounts.create(
+      .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone),
+      roles: [MartRole.customer],
+      session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
+    logger.info("user registered", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
+    return try .with {
+      $0.user = user.proto
+      $0.tokens = try tokens(
+        for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt ?? Date())
     }
   }
 
@@ -83,85 +77,79 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   private func login(_ request: Mart_User_V1_LoginRequest, clientAddress: String?) async throws
     -> Mart_User_V1_LoginResponse
   {
-    try await handling("Login") {
-      var violations: [FieldViolation] = []
-      if request.email.isEmpty { violations.append(.init("email", "is required")) }
-      if request.password.isEmpty { violations.append(.init("password", "is required")) }
-      if request.password.utf8.count > 4096 { violations.append(.init("password", "is too long")) }
-      if !violations.isEmpty { throw UserServiceError.invalid(violations) }
+    var violations: [FieldViolation] = []
+    if request.email.isEmpty { violations.append(.init("email", "is required")) }
+    if request.password.isEmpty { violations.append(.init("password", "is required")) }
+    if request.password.utf8.count > 4096 { violations.append(.init("password", "is too long")) }
+    if !violations.isEmpty { throw UserServiceError.invalid(violations) }
 
-      let email = request.email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-      let accountKey = LoginThrottle.accountKey(email)
-      let addressKey = clientAddress.map(LoginThrottle.addressKey)
-      if let wait = try await throttle.lockedFor([accountKey] + [addressKey].compactMap { $0 }) {
-        throw UserServiceError.rateLimited(retryAfter: wait)
-      }
-      // Unknown email and wrong password take the same path and the same time: the password is
-      // checked against a dummy hash of the same cost when there is no account.
-      let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
-      let matches = await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
-      guard matches, let found else {
-        try await throttle.recordFailure(account: accountKey, address: addressKey)
-        logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
-        throw UserServiceError.invalidCredentials
-      }
-      if found.user.disabledAt != nil {
-        throw RPCError(code: .permissionDenied, message: "this account is disabled")
-      }
-      try await throttle.clear(account: accountKey)
-      // A hash made with weaker (older) parameters is replaced while the password is at hand.
-      let newHash = hasher.needsRehash(found.passwordHash) ? try await hasher.hash(request.password) : nil
-      let key = try await keys.signingKey()
-      let refresh = RefreshTokens.make()
-      guard
-        let (user, refreshExpiresAt) = try await store.completeLogin(
-          userID: found.user.id, newPasswordHash: newHash,
-          session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
-      else { throw UserServiceError.invalidCredentials }
-      return try .with {
-        $0.user = user.proto
-        $0.tokens = try tokens(for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt)
-      }
+    let email = request.email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+    let accountKey = LoginThrottle.accountKey(email)
+    let addressKey = clientAddress.map(LoginThrottle.addressKey)
+    if let wait = try await throttle.lockedFor([accountKey] + [addressKey].compactMap { $0 }) {
+      throw UserServiceError.rateLimited(retryAfter: wait)
+    }
+    // Unknown email and wrong password take the same path and the same time: the password is
+    // checked against a dummy hash of the same cost when there is no account.
+    let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
+    let matches = await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
+    guard matches, let found else {
+      try await throttle.recordFailure(account: accountKey, address: addressKey)
+      logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
+      throw UserServiceError.invalidCredentials
+    }
+    if found.user.disabledAt != nil {
+      throw RPCError(code: .permissionDenied, message: "this account is disabled")
+    }
+    try await throttle.clear(account: accountKey)
+    // A hash made with weaker (older) parameters is replaced while the password is at hand.
+    let newHash = hasher.needsRehash(found.passwordHash) ? try await hasher.hash(request.password) : nil
+    let key = try await keys.signingKey()
+    let refresh = RefreshTokens.make()
+    guard
+      let (user, refreshExpiresAt) = try await store.completeLogin(
+        userID: found.user.id, newPasswordHash: newHash,
+        session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
+    else { throw UserServiceError.invalidCredentials }
+    return try .with {
+      $0.user = user.proto
+      $0.tokens = try tokens(for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt)
     }
   }
 
   func refresh(request: Mart_User_V1_RefreshRequest, context: ServerContext) async throws
     -> Mart_User_V1_RefreshResponse
   {
-    try await handling("Refresh") {
-      guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
-      guard let presented = RefreshTokens.hash(request.refreshToken) else {
-        throw UserServiceError.invalidRefreshToken()
+    guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
+    guard let presented = RefreshTokens.hash(request.refreshToken) else {
+      throw UserServiceError.invalidRefreshToken()
+    }
+    let key = try await keys.signingKey()
+    let successor = RefreshTokens.make()
+    let outcome = try await store.rotate(
+      presentedHash: presented, successorHash: successor.hash, lifetime: options.refreshTokenLifetime)
+    switch outcome {
+    case .rotated(let user, let expiresAt):
+      return try .with {
+        $0.tokens = try tokens(for: user, key: key, refreshToken: successor.token, refreshExpiresAt: expiresAt)
       }
-      let key = try await keys.signingKey()
-      let successor = RefreshTokens.make()
-      let outcome = try await store.rotate(
-        presentedHash: presented, successorHash: successor.hash, lifetime: options.refreshTokenLifetime)
-      switch outcome {
-      case .rotated(let user, let expiresAt):
-        return try .with {
-          $0.tokens = try tokens(for: user, key: key, refreshToken: successor.token, refreshExpiresAt: expiresAt)
-        }
-      case .reused:
-        logger.warning("refresh token reused: its session is revoked")
-        throw UserServiceError.refreshTokenReused
-      case .invalid:
-        throw UserServiceError.invalidRefreshToken()
-      }
+    case .reused:
+      logger.warning("refresh token reused: its session is revoked")
+      throw UserServiceError.refreshTokenReused
+    case .invalid:
+      throw UserServiceError.invalidRefreshToken()
     }
   }
 
   func logout(request: Mart_User_V1_LogoutRequest, context: ServerContext) async throws
     -> Mart_User_V1_LogoutResponse
   {
-    try await handling("Logout") {
-      guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
-      // Idempotent: a token that cannot be ours has nothing to revoke.
-      if let presented = RefreshTokens.hash(request.refreshToken) {
-        try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
-      }
-      return Mart_User_V1_LogoutResponse()
+    guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
+    // Idempotent: a token that cannot be ours has nothing to revoke.
+    if let presented = RefreshTokens.hash(request.refreshToken) {
+      try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
     }
+    return Mart_User_V1_LogoutResponse()
   }
 
   /// The token pair for a signed-in user: an ES256 access token and the given refresh token.
@@ -188,91 +176,83 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   // MARK: - The signed-in user
 
   func getMe(request: Mart_User_V1_GetMeRequest, context: ServerContext) async throws -> Mart_User_V1_User {
-    try await handling("GetMe") {
-      let userID = try Caller.requiredUserID()
-      guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
-      return user.proto
-    }
+    let userID = try Caller.requiredUserID()
+    guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
+    return user.proto
   }
 
   func updateMe(request: Mart_User_V1_UpdateMeRequest, context: ServerContext) async throws -> Mart_User_V1_User {
-    try await handling("UpdateMe") {
-      let userID = try Caller.requiredUserID()
-      let paths = request.updateMask.paths
-      guard request.hasUpdateMask, !paths.isEmpty else {
-        throw APIStatus.invalid("update_mask", "is required: list the fields to update (full_name, phone)")
-      }
-      let unknown = paths.filter { !["full_name", "phone"].contains($0) }
-      guard unknown.isEmpty else {
-        throw APIStatus.invalid(
-          "update_mask", "cannot update \(unknown.joined(separator: ", ")); updatable: full_name, phone")
-      }
-      var violations: [FieldViolation] = []
-      var fullName: String?
-      var phone: String??
-      if paths.contains("full_name") {
-        switch Validation.fullName(request.user.fullName, field: "user.full_name") {
-        case .success(let value): fullName = value
-        case .failure(let violation): violations.append(violation)
-        }
-      }
-      if paths.contains("phone") {
-        switch Validation.phone(request.user.phone, field: "user.phone") {
-        case .success(let value): phone = .some(value)
-        case .failure(let violation): violations.append(violation)
-        }
-      }
-      if !violations.isEmpty { throw APIStatus.invalid(violations) }
-      guard let user = try await store.updateProfile(userID: userID, fullName: fullName, phone: phone) else {
-        throw APIStatus.notFound("user not found")
-      }
-      return user.proto
+    let userID = try Caller.requiredUserID()
+    let paths = request.updateMask.paths
+    guard request.hasUpdateMask, !paths.isEmpty else {
+      throw APIStatus.invalid("update_mask", "is required: list the fields to update (full_name, phone)")
     }
+    let unknown = paths.filter { !["full_name", "phone"].contains($0) }
+    guard unknown.isEmpty else {
+      throw APIStatus.invalid(
+        "update_mask", "cannot update \(unknown.joined(separator: ", ")); updatable: full_name, phone")
+    }
+    var violations: [FieldViolation] = []
+    var fullName: String?
+    var phone: String??
+    if paths.contains("full_name") {
+      switch Validation.fullName(request.user.fullName, field: "user.full_name") {
+      case .success(let value): fullName = value
+      case .failure(let violation): violations.append(violation)
+      }
+    }
+    if paths.contains("phone") {
+      switch Validation.phone(request.user.phone, field: "user.phone") {
+      case .success(let value): phone = .some(value)
+      case .failure(let violation): violations.append(violation)
+      }
+    }
+    if !violations.isEmpty { throw APIStatus.invalid(violations) }
+    guard let user = try await store.updateProfile(userID: userID, fullName: fullName, phone: phone) else {
+      throw APIStatus.notFound("user not found")
+    }
+    return user.proto
   }
 
   func listMyAddresses(request: Mart_User_V1_ListMyAddressesRequest, context: ServerContext) async throws
     -> Mart_User_V1_ListMyAddressesResponse
   {
-    try await handling("ListMyAddresses") {
-      let userID = try Caller.requiredUserID()
-      let pageSize = try Validation.pageSize(request.pageSize, default: 20, maximum: 100)
-      let fingerprint = PageTokenCodec.fingerprint(["addresses"])
-      let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
-      let page = PageTokenCodec.page(
-        try await store.addresses(userID: userID, after: cursor, limit: pageSize + 1), limit: pageSize,
-        fingerprint: fingerprint
-      ) { ListCursor(isDefault: $0.isDefault, micros: $0.createdMicros, id: $0.id) }
-      return .with {
-        $0.addresses = page.rows.map(\.proto)
-        $0.nextPageToken = page.nextPageToken
-      }
+    let userID = try Caller.requiredUserID()
+    var validation = RequestValidation()
+    let pageSize = validation.pageSize(request.pageSize, default: 20, maximum: 100)
+    try validation.check()
+    let fingerprint = PageTokenCodec.fingerprint(["addresses"])
+    let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
+    let page = PageTokenCodec.page(
+      try await store.addresses(userID: userID, after: cursor, limit: pageSize + 1), limit: pageSize,
+      fingerprint: fingerprint
+    ) { ListCursor(isDefault: $0.isDefault, micros: $0.createdMicros, id: $0.id) }
+    return .with {
+      $0.addresses = page.rows.map(\.proto)
+      $0.nextPageToken = page.nextPageToken
     }
   }
 
   func addAddress(request: Mart_User_V1_AddAddressRequest, context: ServerContext) async throws
     -> Mart_User_V1_UserAddress
   {
-    try await handling("AddAddress") {
-      let userID = try Caller.requiredUserID()
-      let input = try Validation.address(request)
-      guard let address = try await store.addAddress(userID: userID, input, setDefault: request.setDefault) else {
-        throw APIStatus.notFound("user not found")
-      }
-      return address.proto
+    let userID = try Caller.requiredUserID()
+    let input = try Validation.address(request)
+    guard let address = try await store.addAddress(userID: userID, input, setDefault: request.setDefault) else {
+      throw APIStatus.notFound("user not found")
     }
+    return address.proto
   }
 
   func deleteAddress(request: Mart_User_V1_DeleteAddressRequest, context: ServerContext) async throws
     -> Mart_User_V1_DeleteAddressResponse
   {
-    try await handling("DeleteAddress") {
-      let userID = try Caller.requiredUserID()
-      let addressID = try RequestValidation.requiredUUID(request.addressID, field: "address_id")
-      guard try await store.deleteAddress(userID: userID, addressID: addressID) else {
-        throw APIStatus.notFound("address not found")
-      }
-      return Mart_User_V1_DeleteAddressResponse()
+    let userID = try Caller.requiredUserID()
+    let addressID = try RequestValidation.requiredUUID(request.addressID, field: "address_id")
+    guard try await store.deleteAddress(userID: userID, addressID: addressID) else {
+      throw APIStatus.notFound("address not found")
     }
+    return Mart_User_V1_DeleteAddressResponse()
   }
 
   // MARK: - Administration
@@ -280,83 +260,77 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   func listUsers(request: Mart_User_V1_ListUsersRequest, context: ServerContext) async throws
     -> Mart_User_V1_ListUsersResponse
   {
-    try await handling("ListUsers") {
-      let pageSize = try Validation.pageSize(request.pageSize, default: 50, maximum: 100)
-      let query = request.query.trimmingCharacters(in: .whitespacesAndNewlines)
-      guard query.unicodeScalars.count <= 200 else {
-        throw APIStatus.invalid("query", "must be at most 200 characters")
-      }
-      let role: String?
-      switch request.role {
-      case .unspecified: role = nil
-      case .customer: role = MartRole.customer
-      case .admin: role = MartRole.admin
-      case .UNRECOGNIZED: throw APIStatus.invalid("role", "is not a known role")
-      }
-      let fingerprint = PageTokenCodec.fingerprint(["users", query, role ?? ""])
-      let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
-      let page = PageTokenCodec.page(
-        try await store.listUsers(query: query, role: role, after: cursor, limit: pageSize + 1), limit: pageSize,
-        fingerprint: fingerprint
-      ) { ListCursor(micros: $0.micros, id: $0.0.id) }
-      return .with {
-        $0.users = page.rows.map(\.0.proto)
-        $0.nextPageToken = page.nextPageToken
-      }
+    var validation = RequestValidation()
+    let pageSize = validation.pageSize(request.pageSize, default: 50, maximum: 100)
+    try validation.check()
+    let query = request.query.trimmingCharacters(in: .whitespacesAndNewlines)
+    guard query.unicodeScalars.count <= 200 else {
+      throw APIStatus.invalid("query", "must be at most 200 characters")
+    }
+    let role: String?
+    switch request.role {
+    case .unspecified: role = nil
+    case .customer: role = MartRole.customer
+    case .admin: role = MartRole.admin
+    case .UNRECOGNIZED: throw APIStatus.invalid("role", "is not a known role")
+    }
+    let fingerprint = PageTokenCodec.fingerprint(["users", query, role ?? ""])
+    let cursor = try PageTokenCodec.decode(request.pageToken, as: ListCursor.self, fingerprint: fingerprint)
+    let page = PageTokenCodec.page(
+      try await store.listUsers(query: query, role: role, after: cursor, limit: pageSize + 1), limit: pageSize,
+      fingerprint: fingerprint
+    ) { ListCursor(micros: $0.micros, id: $0.0.id) }
+    return .with {
+      $0.users = page.rows.map(\.0.proto)
+      $0.nextPageToken = page.nextPageToken
     }
   }
 
   func getUser(request: Mart_User_V1_GetUserRequest, context: ServerContext) async throws -> Mart_User_V1_User {
-    try await handling("GetUser") {
-      let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
-      guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
-      return user.proto
-    }
+    let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
+    guard let user = try await store.user(id: userID) else { throw APIStatus.notFound("user not found") }
+    return user.proto
   }
 
   func setRoles(request: Mart_User_V1_SetRolesRequest, context: ServerContext) async throws -> Mart_User_V1_User {
-    try await handling("SetRoles") {
-      let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
-      var roles: Set<String> = [MartRole.customer]
-      for role in request.roles {
-        switch role {
-        case .customer: roles.insert(MartRole.customer)
-        case .admin: roles.insert(MartRole.admin)
-        case .unspecified, .UNRECOGNIZED:
-          throw APIStatus.invalid("roles", "must list only CUSTOMER and ADMIN")
-        }
+    let userID = try RequestValidation.requiredUUID(request.userID, field: "user_id")
+    var roles: Set<String> = [MartRole.customer]
+    for role in request.roles {
+      switch role {
+      case .customer: roles.insert(MartRole.customer)
+      case .admin: roles.insert(MartRole.admin)
+      case .unspecified, .UNRECOGNIZED:
+        throw APIStatus.invalid("roles", "must list only CUSTOMER and ADMIN")
       }
-      switch try await store.setRoles(userID: userID, granting: roles) {
-      case .updated(let user):
-        let caller = Caller.current?.subject ?? "unknown"
-        logger.notice(
-          "roles changed",
-          metadata: ["user_id": "\(user.id.uuidString.lowercased())", "roles": "\(user.roles)", "by": "\(caller)"])
-        return user.proto
-      case .notFound:
-        throw APIStatus.notFound("user not found")
-      case .lastAdmin:
-        throw UserServiceError.lastAdmin
-      }
+    }
+    switch try await store.setRoles(userID: userID, granting: roles) {
+    case .updated(let user):
+      let caller = Caller.current?.subject ?? "unknown"
+      logger.notice(
+        "roles changed",
+        metadata: ["user_id": "\(user.id.uuidString.lowercased())", "roles": "\(user.roles)", "by": "\(caller)"])
+      return user.proto
+    case .notFound:
+      throw APIStatus.notFound("user not found")
+    case .lastAdmin:
+      throw UserServiceError.lastAdmin
     }
   }
 
   func getJwks(request: Mart_User_V1_GetJwksRequest, context: ServerContext) async throws
     -> Mart_User_V1_JsonWebKeySet
   {
-    try await handling("GetJwks") {
-      let keys = try await keys.publishedKeys()
-      return .with {
-        $0.keys = keys.map { jwk in
-          .with {
-            $0.kty = jwk.kty
-            $0.use = jwk.use
-            $0.kid = jwk.kid
-            $0.alg = jwk.alg
-            $0.crv = jwk.crv
-            $0.x = jwk.x
-            $0.y = jwk.y
-          }
+    let keys = try await keys.publishedKeys()
+    return .with {
+      $0.keys = keys.map { jwk in
+        .with {
+          $0.kty = jwk.kty
+          $0.use = jwk.use
+          $0.kid = jwk.kid
+          $0.alg = jwk.alg
+          $0.crv = jwk.crv
+          $0.x = jwk.x
+          $0.y = jwk.y
         }
       }
     }

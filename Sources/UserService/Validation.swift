@@ -82,13 +82,6 @@ enum Validation {
     text.unicodeScalars.contains { CharacterSet.controlCharacters.contains($0) }
   }
 
-  /// `page_size`: 0 means the default; above the maximum is clamped to it; negative is an error.
-  /// (Not `RequestValidation.pageSize`, which refuses sizes above the maximum.)
-  static func pageSize(_ raw: Int32, default defaultSize: Int, maximum: Int) throws -> Int {
-    guard raw >= 0 else { throw APIStatus.invalid("page_size", "must not be negative") }
-    return raw == 0 ? defaultSize : min(Int(raw), maximum)
-  }
-
   /// A validated address, as the addresses table stores it.
   struct AddressInput: Sendable {
     var label: String?

@@ -395,8 +395,10 @@ import Testing
       #expect(badLines == ["order_id", "lines[0].quantity", "lines[1].product_id", "lines[2].product_id"])
       let badStock = await invalidFields { _ = try await service.stock("nope") }
       #expect(badStock == ["product_id"])
-      let badPage = await invalidFields { _ = try await service.movements(product, pageSize: 201) }
+      let badPage = await invalidFields { _ = try await service.movements(product, pageSize: -1) }
       #expect(badPage == ["page_size"])
+      // Above the maximum is not an error (AIP-158): the service gives the maximum.
+      _ = try await service.movements(product, pageSize: 201)
       let customerReserve = await rpcError {
         _ = try await service.client.reserveStock(.init(), metadata: service.customer)
       }

@@ -58,33 +58,91 @@ public enum APIStatus {
     RPCError(code: .notFound, message: message)
   }
 
-  /// Runs a handler body, turning what is not already a status into one: an unreachable database
-  /// is UNAVAILABLE (the client may retry), anything else INTERNAL (logged here, without detail
-  /// for the client). `describe` writes the error for the log line (a service whose statements
-  /// bind secrets passes one that leaves the bound values out).
-  public static func handling<Result: Sendable>(
-    _ method: String, logger: Logger, describe: (any Error) -> String = { String(reflecting: $0) },
-    _ body: () async throws -> Result
-  ) async throws -> Result {
-    do {
-      return try await body()
-    } catch let error as GoogleRPCStatus {
-      throw error
-    } catch let error as RPCError {
-      throw error
-    } catch is CancellationError {
-      throw RPCError(code: .cancelled, message: "the call was cancelled")
-    } catch {
-      let unwrapped = error.unwrappingTransactionError
-      if let status = unwrapped as? GoogleRPCStatus { throw status }
-      if let rpcError = unwrapped as? RPCError { throw rpcError }
-      if error.isDatabaseUnavailable {
-        logger.warning("database unavailable", metadata: ["method": "\(method)", "error": "\(describe(unwrapped))"])
-        throw RPCError(code: .unavailable, message: "the database is unavailable; try again")
-      }
-      logger.error("internal error", metadata: ["method": "\(method)", "error": "\(describe(unwrapped))"])
-      throw RPCError(code: .internalError, message: "internal error")
+  /// What a handler threw, as the status the client gets: statuses pass as they are (also from
+  /// inside a transaction), a cancelled call is CANCELLED, an unreachable database is UNAVAILABLE
+  /// (the client may retry), anything else INTERNAL without detail for the client. The last two
+  /// are logged here, with `redactedDescription`, so that no handler has to.
+  public static func mapped(_ error: any Error, method: String, logger: Logger) -> RPCError {
+    switch error {
+    case let status as GoogleRPCStatus: return RPCError(status)
+    case let rpcError as RPCError: return rpcError
+    case is CancellationError: return RPCError(code: .cancelled, message: "the call was cancelled")
+    default: break
     }
+    let unwrapped = error.unwrappingTransactionError
+    if let status = unwrapped as? GoogleRPCStatus { return RPCError(status) }
+    if let rpcError = unwrapped as? RPCError { return rpcError }
+    if error.isDatabaseUnavailable {
+      logger.warning(
+        "database unavailable", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])
+      return RPCError(code: .unavailable, message: "the database is unavailable; try again")
+    }
+    logger.error("internal error", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])
+    return RPCError(code: .internalError, message: "internal error")
+  }
+
+  /// An error for a log line or an operator, without a failed statement's bound values (they can
+  /// be password or token hashes, emails, addresses), which `String(reflecting:)` of a PSQLError
+  /// would print. The SQL text itself is ours and safe to show.
+  public static func redactedDescription(of error: any Error) -> String {
+    let error = error.unwrappingTransactionError
+    guard let psql = error as? PSQLError else { return String(describing: error) }
+    var parts = ["PSQLError \(psql.code)"]
+    if let state = psql.serverInfo?[.sqlState] { parts.append("sqlstate \(state)") }
+    if let message = psql.serverInfo?[.message] { parts.append(message) }
+    if let constraint = psql.serverInfo?[.constraintName] { parts.append("constraint \(constraint)") }
+    if let sql = psql.query?.sql {
+      parts.append("in: \(sql.split(whereSeparator: \.isNewline).joined(separator: " "))")
+    }
+    return parts.joined(separator: "; ")
+  }
+}
+
+/// Turns whatever a handler throws into the status its client gets (`APIStatus.mapped`), for every
+/// method of a server, keyed on `context.descriptor`: handlers throw directly and never name
+/// themselves. For a streaming response the producer is wrapped too, because a streaming handler
+/// fails there, after `next` has returned. Listed after `RequestContextInterceptor` (so its log
+/// lines carry the request id) and before `ServerAuthInterceptor`.
+public struct StatusMappingInterceptor: ServerInterceptor {
+  let logger: Logger
+
+  public init(logger: Logger) {
+    self.logger = logger
+  }
+
+  public func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingServerRequest<Input>,
+    context: ServerContext,
+    next: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    let method = context.descriptor.method
+    let logger = logger
+    var response: StreamingServerResponse<Output>
+    do {
+      response = try await next(request, context)
+    } catch {
+      throw APIStatus.mapped(error, method: method, logger: logger)
+    }
+    switch response.accepted {
+    case .failure(let error):
+      // What a later interceptor or the handler threw reaches us already as a response: grpc's
+      // executor catches it at each interceptor and wraps anything that is not a status as
+      // UNKNOWN with the original as its cause. Map that cause as if it had been thrown here.
+      if error.code == .unknown, let cause = error.cause, !(cause is RPCError) {
+        response.accepted = .failure(APIStatus.mapped(cause, method: method, logger: logger))
+      }
+    case .success(var contents):
+      let produce = contents.producer
+      contents.producer = { writer in
+        do {
+          return try await produce(writer)
+        } catch {
+          throw APIStatus.mapped(error, method: method, logger: logger)
+        }
+      }
+      response.accepted = .success(contents)
+    }
+    return response
   }
 }
 

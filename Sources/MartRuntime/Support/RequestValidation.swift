@@ -62,16 +62,17 @@ public struct RequestValidation: Sendable {
     return text
   }
 
-  /// A page size: 0 means `defaultSize`; negative or above `maximum` is a violation.
+  /// A page size, by the one rule every List RPC follows (AIP-158): 0 or absent means
+  /// `defaultSize`, a size above `maximum` is coerced to `maximum` (a client asking for more than
+  /// a page holds simply gets full pages), and only a negative size is a violation.
   public mutating func pageSize(_ raw: Int32, default defaultSize: Int, maximum: Int, field: String = "page_size")
     -> Int
   {
-    if raw == 0 { return defaultSize }
-    guard raw > 0, Int(raw) <= maximum else {
-      add(field, "must be between 1 and \(maximum) (0 or absent: \(defaultSize))")
+    guard raw >= 0 else {
+      add(field, "must not be negative (0 or absent: \(defaultSize); at most \(maximum))")
       return defaultSize
     }
-    return Int(raw)
+    return raw == 0 ? defaultSize : min(Int(raw), maximum)
   }
 
   /// A list of 1 to `maximum` UUIDs, duplicates removed (first occurrence kept, in order).
