@@ -78,7 +78,7 @@ struct StockRecord: Sendable, Equatable {
 }
 
 /// The movement kinds and adjustment reasons as stored.
-enum MovementKind: String, Sendable {
+enum MovementKind: String, PostgresTextEnum {
   case adjustment, reservation, release, commit
 
   var proto: Mart_Inventory_V1_StockMovement.Kind {
@@ -101,7 +101,7 @@ enum MovementKind: String, Sendable {
   }
 }
 
-enum AdjustmentReason: String, Sendable {
+enum AdjustmentReason: String, PostgresTextEnum {
   case restock, damage, correction
   case `return`
 
@@ -130,8 +130,8 @@ struct MovementRecord: Sendable, Equatable {
   var id: UUID
   var seq: Int64
   var productID: UUID
-  var kind: String
-  var reason: String?
+  var kind: MovementKind
+  var reason: AdjustmentReason?
   var onHandDelta: Int64
   var reservedDelta: Int64
   var onHandAfter: Int64
@@ -146,8 +146,8 @@ struct MovementRecord: Sendable, Equatable {
     .with {
       $0.id = id.lowercasedString
       $0.productID = productID.lowercasedString
-      $0.kind = MovementKind(rawValue: kind)?.proto ?? .unspecified
-      $0.reason = reason.flatMap(AdjustmentReason.init(rawValue:))?.proto ?? .unspecified
+      $0.kind = kind.proto
+      $0.reason = reason?.proto ?? .unspecified
       $0.onHandDelta = Int32(clamping: onHandDelta)
       $0.reservedDelta = Int32(clamping: reservedDelta)
       $0.onHandAfter = Int32(quantity: onHandAfter)
@@ -173,7 +173,7 @@ struct LineRecord: Sendable, Equatable, Hashable {
   }
 }
 
-enum ReservationStatus: String, Sendable {
+enum ReservationStatus: String, PostgresTextEnum {
   case active, released, committed
 
   var proto: Mart_Inventory_V1_Reservation.Status {
@@ -236,4 +236,45 @@ struct Adjustment: Sendable, Equatable {
   var threshold: Int64?
   var actorUserID: UUID
   var requestID: UUID?
+}
+
+// MARK: Rows: each record's columns, in the order of its `Row`, decoded as one tuple.
+
+extension StockRecord {
+  static let columns = "product_id, on_hand, reserved, low_stock_threshold, low_stock_alerted, updated_at"
+  typealias Row = (UUID, Int64, Int64, Int64, Bool, Date)
+
+  init(_ row: Row) {
+    let updatedAt: Date
+    (productID, onHand, reserved, threshold, alerted, updatedAt) = row
+    self.updatedAt = updatedAt
+  }
+}
+
+extension MovementRecord {
+  static let columns = """
+    id, seq, product_id, kind, reason, on_hand_delta, reserved_delta, on_hand_after, reserved_after, note,
+    order_id, actor_user_id, request_id, created_at
+    """
+  typealias Row = (
+    UUID, Int64, UUID, MovementKind, AdjustmentReason?, Int64, Int64, Int64, Int64, String?, UUID?, UUID?, UUID?, Date
+  )
+
+  init(_ row: Row) {
+    (
+      id, seq, productID, kind, reason, onHandDelta, reservedDelta, onHandAfter, reservedAfter, note, orderID,
+      actorUserID, requestID, createdAt
+    ) = row
+  }
+}
+
+extension ReservationRecord {
+  /// Without the lines, which are rows of their own.
+  static let columns = "order_id, status, release_reason, expires_at, created_at, updated_at"
+  typealias Row = (UUID, ReservationStatus, String?, Date, Date, Date)
+
+  init(_ row: Row) {
+    (orderID, status, releaseReason, expiresAt, createdAt, updatedAt) = row
+    lines = []
+  }
 }

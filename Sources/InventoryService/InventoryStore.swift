@@ -19,12 +19,9 @@ struct InventoryStore: Sendable {
   let outbox: Outbox
   let logger: Logger
 
-  static let stockColumns = "product_id, on_hand, reserved, low_stock_threshold, low_stock_alerted, updated_at"
-  static let movementColumns = """
-    id, seq, product_id, kind, reason, on_hand_delta, reserved_delta, on_hand_after, reserved_after, note,
-    order_id, actor_user_id, request_id, created_at
-    """
-  static let reservationColumns = "order_id, status, release_reason, expires_at, created_at, updated_at"
+  static let stockColumns = StockRecord.columns
+  static let movementColumns = MovementRecord.columns
+  static let reservationColumns = ReservationRecord.columns
 
   // MARK: Stock
 
@@ -128,7 +125,7 @@ struct InventoryStore: Sendable {
       "SELECT \(unescaped: Self.movementColumns) FROM stock_movements WHERE request_id = \(requestID)", logger: logger)
     guard let movement = try await Self.movements(rows).first else { return nil }
     guard movement.productID == adjustment.productID, movement.onHandDelta == adjustment.delta,
-      movement.reason == adjustment.reason.rawValue, movement.note == adjustment.note
+      movement.reason == adjustment.reason, movement.note == adjustment.note
     else {
       throw APIStatus.status(
         .alreadyExists, "request_id was already used for a different adjustment", reason: "IDEMPOTENCY_KEY_REUSED")
@@ -465,47 +462,20 @@ struct InventoryStore: Sendable {
 
   static func stock(_ rows: PostgresRowSequence) async throws -> [StockRecord] {
     var records: [StockRecord] = []
-    for try await (productID, onHand, reserved, threshold, alerted, updatedAt) in rows.decode(
-      (UUID, Int64, Int64, Int64, Bool, Date).self)
-    {
-      records.append(
-        StockRecord(
-          productID: productID, onHand: onHand, reserved: reserved, threshold: threshold, alerted: alerted,
-          updatedAt: updatedAt))
-    }
+    for try await row in rows.decode(StockRecord.Row.self) { records.append(StockRecord(row)) }
     return records
   }
 
   static func movements(_ rows: PostgresRowSequence) async throws -> [MovementRecord] {
     var records: [MovementRecord] = []
-    for try await row in rows {
-      let (
-        id, seq, productID, kind, reason, onHandDelta, reservedDelta, onHandAfter, reservedAfter, note, orderID,
-        actor, requestID, createdAt
-      ) = try row.decode(
-        (
-          UUID, Int64, UUID, String, String?, Int64, Int64, Int64, Int64, String?, UUID?, UUID?, UUID?, Date
-        ).self)
-      records.append(
-        MovementRecord(
-          id: id, seq: seq, productID: productID, kind: kind, reason: reason, onHandDelta: onHandDelta,
-          reservedDelta: reservedDelta, onHandAfter: onHandAfter, reservedAfter: reservedAfter, note: note,
-          orderID: orderID, actorUserID: actor, requestID: requestID, createdAt: createdAt))
-    }
+    for try await row in rows.decode(MovementRecord.Row.self) { records.append(MovementRecord(row)) }
     return records
   }
 
   /// Reservation rows, without their lines.
   static func reservations(_ rows: PostgresRowSequence) async throws -> [ReservationRecord] {
     var records: [ReservationRecord] = []
-    for try await (orderID, status, releaseReason, expiresAt, createdAt, updatedAt) in rows.decode(
-      (UUID, String, String?, Date, Date, Date).self)
-    {
-      records.append(
-        ReservationRecord(
-          orderID: orderID, status: ReservationStatus(rawValue: status) ?? .released, releaseReason: releaseReason,
-          expiresAt: expiresAt, createdAt: createdAt, updatedAt: updatedAt, lines: []))
-    }
+    for try await row in rows.decode(ReservationRecord.Row.self) { records.append(ReservationRecord(row)) }
     return records
   }
 }

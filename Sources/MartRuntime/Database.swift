@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import NIOSSL
 import PostgresNIO
 
@@ -127,5 +128,23 @@ extension Error {
     guard let psql = error as? PSQLError else { return false }
     guard let state = psql.serverInfo?[.sqlState] else { return true }
     return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
+  }
+}
+
+/// A Swift enum kept in a text column (with a CHECK constraint listing its values). It decodes
+/// straight from a row, so that `rows.decode((UUID, ReservationStatus).self)` needs no second
+/// step, and a value no case matches is a decoding error naming the column (logged and answered
+/// as INTERNAL), never a silent fallback to some case: a row the code does not understand is a
+/// bug or a newer schema, and guessing a terminal state would hide it.
+public protocol PostgresTextEnum: RawRepresentable, PostgresDecodable, Sendable where RawValue == String {}
+
+extension PostgresTextEnum {
+  public init<JSONDecoder: PostgresJSONDecoder>(
+    from buffer: inout ByteBuffer, type: PostgresDataType, format: PostgresFormat,
+    context: PostgresDecodingContext<JSONDecoder>
+  ) throws {
+    let text = try String(from: &buffer, type: type, format: format, context: context)
+    guard let value = Self(rawValue: text) else { throw PostgresDecodingError.Code.failure }
+    self = value
   }
 }

@@ -17,7 +17,7 @@ struct ProductFields: Sendable, Equatable {
   var status: ProductStatus
 }
 
-enum ProductStatus: String, Sendable, Equatable {
+enum ProductStatus: String, PostgresTextEnum, Equatable {
   case active, archived
 
   var proto: Mart_Product_V1_Product.Status {
@@ -37,6 +37,35 @@ struct ProductRecord: Sendable, Equatable {
   var updatedAt: Date
   /// `created_at` in microseconds since 1970, exactly as stored (the NEWEST cursor).
   var createdMicros: Int64
+
+  /// What every product query selects (from `products p`), in `Row`'s order.
+  static let columns = """
+    p.id, p.sku, p.name, p.description, p.price_minor, p.currency::text, p.category_id, p.brand, p.image_urls,
+    p.attributes::text, p.status, p.version, p.created_at, p.updated_at,
+    (extract(epoch FROM p.created_at) * 1000000)::bigint
+    """
+  typealias Row = (
+    UUID, String, String, String, Int64, String, UUID?, String?, [String], String, ProductStatus, Int64, Date, Date,
+    Int64
+  )
+  /// A search's row: `columns` and then the text-search rank.
+  typealias RankedRow = (
+    UUID, String, String, String, Int64, String, UUID?, String?, [String], String, ProductStatus, Int64, Date, Date,
+    Int64, Float
+  )
+
+  init(_ row: Row) throws {
+    let attributesJSON: String
+    var fields = ProductFields(
+      sku: "", name: "", description: "", priceMinor: 0, currency: "", categoryID: nil, brand: nil, imageURLs: [],
+      attributes: [:], status: .active)
+    (
+      id, fields.sku, fields.name, fields.description, fields.priceMinor, fields.currency, fields.categoryID,
+      fields.brand, fields.imageURLs, attributesJSON, fields.status, version, createdAt, updatedAt, createdMicros
+    ) = row
+    fields.attributes = try JSONDecoder().decode([String: String].self, from: Data(attributesJSON.utf8))
+    self.fields = fields
+  }
 
   var price: Mart_Common_V1_Money {
     .with {
@@ -72,6 +101,13 @@ struct CategoryRecord: Sendable, Equatable {
   var parentID: UUID?
   var description: String?
   var createdAt: Date
+
+  static let columns = "c.id, c.name, c.slug, c.parent_id, c.description, c.created_at"
+  typealias Row = (UUID, String, String, UUID?, String?, Date)
+
+  init(_ row: Row) {
+    (id, name, slug, parentID, description, createdAt) = row
+  }
 
   var proto: Mart_Product_V1_Category {
     .with {

@@ -66,13 +66,8 @@ struct ProductStore: Sendable {
   let outbox: Outbox
   let logger: Logger
 
-  static let productColumns = """
-    p.id, p.sku, p.name, p.description, p.price_minor, p.currency::text, p.category_id, p.brand, p.image_urls,
-    p.attributes::text, p.status, p.version, p.created_at, p.updated_at,
-    (extract(epoch FROM p.created_at) * 1000000)::bigint
-    """
-
-  static let categoryColumns = "c.id, c.name, c.slug, c.parent_id, c.description, c.created_at"
+  static let productColumns = ProductRecord.columns
+  static let categoryColumns = CategoryRecord.columns
 
   // MARK: Products
 
@@ -269,8 +264,17 @@ struct ProductStore: Sendable {
 
     let rows = try await database.query(builder.query, logger: logger)
     var page: [(product: ProductRecord, rank: Float)] = []
-    for try await row in rows {
-      page.append((try Self.product(row), try row.makeRandomAccess()[15].decode(Float.self)))
+    for try await row in rows.decode(ProductRecord.RankedRow.self) {
+      let (
+        id, sku, name, description, priceMinor, currency, categoryID, brand, imageURLs, attributes, status, version,
+        createdAt, updatedAt, createdMicros, rank
+      ) = row
+      let product = try ProductRecord(
+        (
+          id, sku, name, description, priceMinor, currency, categoryID, brand, imageURLs, attributes, status, version,
+          createdAt, updatedAt, createdMicros
+        ))
+      page.append((product, rank))
     }
     return page
   }
@@ -324,38 +328,13 @@ struct ProductStore: Sendable {
 
   static func products(_ rows: PostgresRowSequence) async throws -> [ProductRecord] {
     var products: [ProductRecord] = []
-    for try await row in rows { products.append(try product(row)) }
+    for try await row in rows.decode(ProductRecord.Row.self) { products.append(try ProductRecord(row)) }
     return products
-  }
-
-  static func product(_ row: PostgresRow) throws -> ProductRecord {
-    let (
-      id, sku, name, description, priceMinor, currency, categoryID, brand, imageURLs, attributesJSON, status,
-      version, createdAt, updatedAt, createdMicros
-    ) = try row.decode(
-      (
-        UUID, String, String, String, Int64, String, UUID?, String?, [String], String, String, Int64, Date, Date,
-        Int64
-      ).self)
-    let attributes = try JSONDecoder().decode([String: String].self, from: Data(attributesJSON.utf8))
-    return ProductRecord(
-      id: id,
-      fields: ProductFields(
-        sku: sku, name: name, description: description, priceMinor: priceMinor, currency: currency,
-        categoryID: categoryID, brand: brand, imageURLs: imageURLs, attributes: attributes,
-        status: ProductStatus(rawValue: status) ?? .archived),
-      version: version, createdAt: createdAt, updatedAt: updatedAt, createdMicros: createdMicros)
   }
 
   static func categories(_ rows: PostgresRowSequence) async throws -> [CategoryRecord] {
     var categories: [CategoryRecord] = []
-    for try await (id, name, slug, parentID, description, createdAt) in rows.decode(
-      (UUID, String, String, UUID?, String?, Date).self)
-    {
-      categories.append(
-        CategoryRecord(
-          id: id, name: name, slug: slug, parentID: parentID, description: description, createdAt: createdAt))
-    }
+    for try await row in rows.decode(CategoryRecord.Row.self) { categories.append(CategoryRecord(row)) }
     return categories
   }
 
