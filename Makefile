@@ -2,13 +2,20 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test build proto proto-check lint format bench bench-gateway bench-catalog clean
+.PHONY: help run admin seed test build proto proto-check lint format bench bench-gateway bench-catalog clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 run: ## Run the whole mart on this machine (local PostgreSQL under .mart/, no Docker); Ctrl-C stops it
 	@scripts/run.sh
+
+admin: ## Create the first admin in the database of `make run` (EMAIL=you@example.com; asks for a password)
+	@[ -n "$(EMAIL)" ] || { echo "usage: make admin EMAIL=you@example.com" >&2; exit 2; }
+	@scripts/mart.sh users create-admin --email "$(EMAIL)"
+
+seed: ## Load the demo shop into the databases of `make run` (idempotent; needs an admin first)
+	@scripts/mart.sh seed demo
 
 test: ## Install what is missing, check generated code, start PostgreSQL + broker, build once, run every test
 	@scripts/test.sh

@@ -157,6 +157,7 @@ let package = Package(
         "MartRuntime",
         "Gateway",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "PostgresNIO", package: "postgres-nio"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ] + services.map { .target(name: $0) },

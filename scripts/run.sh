@@ -7,35 +7,61 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-services=(user product inventory order payment notification)
-need_cluster=false
-for service in "${services[@]}"; do
-  var="MART_${service^^}_DATABASE_URL"
-  [[ -n "${!var:-}" ]] || need_cluster=true
-done
+# shellcheck source=scripts/local-env.sh
+source scripts/local-env.sh
 
 scripts/deps.sh
-dir=.mart
-if $need_cluster; then
+if needs_local_cluster; then
   # The broker is not needed for `make run` (events are delivered in-process without KAFKA_BROKERS).
-  scripts/testbed.sh start --dir "$dir" --persistent --no-kafka
-  stop_cluster() { scripts/testbed.sh stop --dir "$dir" >/dev/null 2>&1 || true; }
+  scripts/testbed.sh start --dir "$LOCAL_DIR" --persistent --no-kafka
+  stop_cluster() { scripts/testbed.sh stop --dir "$LOCAL_DIR" >/dev/null 2>&1 || true; }
   trap stop_cluster EXIT
   # Keep URLs the caller set; take the local cluster's for the rest.
-  while IFS= read -r line; do
-    [[ $line =~ ^export\ (MART_[A-Z]+_DATABASE_URL)=(.*)$ ]] || continue
-    var=${BASH_REMATCH[1]}
-    [[ -n "${!var:-}" ]] || export "$var=$(eval "printf '%s' ${BASH_REMATCH[2]}")"
-  done <"$dir/env"
+  export_local_database_urls
 fi
 
 swift build --product mart
 bin="$(swift build --show-bin-path)/mart"
 export MART_LOG_FORMAT="${MART_LOG_FORMAT:-text}"
-echo "mart: gateway on http://127.0.0.1:${MART_GATEWAY_PORT:-8000} (Ctrl-C stops everything)"
+port=${MART_GATEWAY_PORT:-8000}
+echo "mart: starting; gateway on http://127.0.0.1:$port (Ctrl-C stops everything)"
 # Not exec: the trap above must stop the cluster after the mart has drained.
 "$bin" dev &
 mart_pid=$!
+
+# /readyz answers 200 once every service is migrated and serving. Plain bash (no curl on a
+# fresh machine): one HTTP/1.0 request over /dev/tcp.
+ready() {
+  local status
+  # Braced, so that a refused connection (the mart still starting) prints nothing.
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  read -r _ status _ <&3 || status=
+  exec 3<&- 3>&-
+  [[ $status == 200 ]]
+}
+
+# Say what to do next once the mart is ready, in the background so that Ctrl-C still reaches it.
+(
+  for _ in $(seq 1 600); do
+    kill -0 "$mart_pid" 2>/dev/null || exit 0
+    if ready; then
+      cat <<NEXT
+
+  Mart is ready.
+    API and its docs  http://127.0.0.1:$port/docs   (the OpenAPI document: /openapi.json)
+    The first admin   make admin EMAIL=you@example.com        in another terminal; asks for a password
+    Demo data         make seed                                after the admin: 6 categories, 50 products
+                                                               with stock, and a demo customer it prints
+    Ctrl-C here stops the mart and its database (the data stays in .mart/).
+
+NEXT
+      exit 0
+    fi
+    sleep 0.5
+  done
+  echo "mart: not ready after 5 minutes; see the log above" >&2
+) &
 trap 'kill -TERM $mart_pid 2>/dev/null || true' INT TERM
 wait $mart_pid || true
 wait $mart_pid 2>/dev/null || true

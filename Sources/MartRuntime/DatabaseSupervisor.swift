@@ -106,9 +106,9 @@ struct SchemaNotReady: Error, CustomStringConvertible {
   var description: String { "migration \(pendingVersion) is pending: run `mart migrate`" }
 }
 
-struct TimeoutError: Error, CustomStringConvertible {
-  var limit: Duration
-  var description: String { "no answer within \(limit)" }
+public struct TimeoutError: Error, CustomStringConvertible {
+  public var limit: Duration
+  public var description: String { "no answer within \(limit)" }
 }
 
 /// Runs `operation`, throwing ``TimeoutError`` if it has not finished within `limit`.
@@ -118,7 +118,7 @@ struct TimeoutError: Error, CustomStringConvertible {
 /// with a connection to a database that was dropped under it) then held the supervisor's check,
 /// so the service never turned NOT_SERVING and never shut down. Cancelling the caller ends the
 /// wait at once too.
-func withTimeout<Value: Sendable>(
+public func withTimeout<Value: Sendable>(
   _ limit: Duration, _ operation: @escaping @Sendable () async throws -> Value
 ) async throws -> Value {
   let race = FirstOutcome<Value>()

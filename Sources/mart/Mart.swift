@@ -21,7 +21,7 @@ struct Mart: AsyncParsableCommand {
       MART_ORDER_PORT, MART_ORDER_DATABASE_URL, MART_GATEWAY_PORT, KAFKA_BROKERS, MART_LOG_LEVEL.
       A malformed value stops start-up with exit code 2 and names the variable.
       """,
-    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self, Users.self, Keys.self])
+    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self, Users.self, Seed.self, Keys.self])
 }
 
 /// The services of the mart plus the gateway, as a command-line argument.
@@ -126,11 +126,8 @@ struct Migrate: AsyncParsableCommand {
     }
     for configuration in configurations {
       let service = configuration.service
-      let client = try configuration.database.makeClient(logger: logger)
       let runner = try MigrationRunner(migrations: service.definition.migrations, logger: logger)
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { await client.run() }
-        defer { group.cancelAll() }
+      try await withReachableDatabase(configuration, logger: logger) { client in
         do {
           let report = try await runner.migrate(client)
           print("\(service.rawValue): schema version \(report.currentVersion), applied \(report.applied)")

@@ -49,20 +49,12 @@ struct Users: AsyncParsableCommand {
       let environment = EnvironmentReader()
       let (_, logger) = try bootstrapProcess(name: "users", environment: environment)
       let configuration = try loadConfiguration { try ServiceConfiguration(.user, environment: environment) }
-      let client = try configuration.database.makeClient(logger: logger)
-      let runner = try MigrationRunner(migrations: UserServiceModule.definition.migrations, logger: logger)
       let passwordStdin = self.passwordStdin
       let fullName = self.fullName
 
-      let outcome: Result<UserAdministration.CreateAdminResult, any Error> = await withTaskGroup(of: Void.self) {
-        group in
-        group.addTask { await client.run() }
-        defer { group.cancelAll() }
-        do {
-          _ = try await runner.migrate(client)
-        } catch {
-          return .failure(MigrationFailure(description: MigrationRunner.describe(error)))
-        }
+      let outcome: Result<UserAdministration.CreateAdminResult, any Error> = try await withMigratedDatabase(
+        configuration, logger: logger
+      ) { client in
         do {
           return .success(
             try await UserAdministration.createAdmin(
@@ -88,8 +80,6 @@ struct Users: AsyncParsableCommand {
         fail(2, error.description)
       case .failure(let error as PasswordInputError):
         fail(2, error.description)
-      case .failure(let error as MigrationFailure):
-        fail(1, "cannot use the user database \(configuration.database): \(error.description)")
       case .failure(let error):
         fail(1, "could not create the admin account: \(UserAdministration.describe(error))")
       }
@@ -131,14 +121,4 @@ struct Users: AsyncParsableCommand {
 
 private struct PasswordInputError: Error, CustomStringConvertible {
   var description: String
-}
-
-private struct MigrationFailure: Error, CustomStringConvertible {
-  var description: String
-}
-
-/// Prints `mart: <message>` on standard error and exits with `code`.
-private func fail(_ code: Int32, _ message: String) -> Never {
-  FileHandle.standardError.write(Data("mart: \(message)\n".utf8))
-  exit(code)
 }

@@ -46,7 +46,9 @@ import Testing
       let serve = try ChildProcess.mart(["serve", "product"], environment: environment)
       let name = MartService.product.grpcServiceName
       #expect(await eventually { await healthStatus(port: port, service: name) == .notServing })
-      try await Task.sleep(for: .seconds(1))
+      // Not a wall-clock wait: the supervisor has looked at the schema three times, found the
+      // migrations pending each time, and still does not serve.
+      #expect(await eventually { serve.standardError.components(separatedBy: "waiting for migrations").count > 3 })
       #expect(await healthStatus(port: port, service: name) == .notServing)
 
       let migrate = try ChildProcess.mart(["migrate", "product"], environment: environment)

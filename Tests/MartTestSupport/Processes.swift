@@ -19,7 +19,8 @@ public final class ChildProcess: @unchecked Sendable {
   private let output: URL
   private let errors: URL
 
-  public init(_ executable: URL, _ arguments: [String], environment: [String: String]) throws {
+  /// Starts `executable`; `input`, when given, is its whole standard input (else /dev/null).
+  public init(_ executable: URL, _ arguments: [String], environment: [String: String], input: String? = nil) throws {
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mart-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
     output = scratch.appendingPathComponent("stdout")
@@ -31,15 +32,23 @@ public final class ChildProcess: @unchecked Sendable {
     process.environment = environment
     process.standardOutput = try FileHandle(forWritingTo: output)
     process.standardError = try FileHandle(forWritingTo: errors)
-    process.standardInput = FileHandle.nullDevice
+    if let input {
+      let inputFile = scratch.appendingPathComponent("stdin")
+      try Data(input.utf8).write(to: inputFile)
+      process.standardInput = try FileHandle(forReadingFrom: inputFile)
+    } else {
+      process.standardInput = FileHandle.nullDevice
+    }
     try process.run()
   }
 
   /// Runs `mart` with these arguments and the test's environment plus `environment`.
-  public static func mart(_ arguments: [String], environment: [String: String] = [:]) throws -> ChildProcess {
+  public static func mart(_ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws
+    -> ChildProcess
+  {
     var merged = ProcessInfo.processInfo.environment
     merged.merge(environment) { _, new in new }
-    return try ChildProcess(martBinary(), arguments, environment: merged)
+    return try ChildProcess(martBinary(), arguments, environment: merged, input: input)
   }
 
   public var standardOutput: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }

@@ -48,6 +48,24 @@ import UserService
   }
 }
 
+extension CreateAdminCommandTests {
+  /// An operator pointing the command at a database that is not there gets an answer in seconds
+  /// (the command gives up after 5 s, where the pool would retry for minutes), naming the URL it
+  /// tried, without its password, and the usual fix.
+  @Test func anUnreachableDatabaseFailsNamingTheURLAndTheFix() async throws {
+    let port = try freePort()
+    let result = try await runMart(
+      ["users", "create-admin", "--email", "boss@example.com", "--password-stdin"], input: "a long enough secret\n",
+      databaseURL: "postgres://mart:hunter2secret@127.0.0.1:\(port)/mart_user")
+    #expect(result.status == 1)
+    #expect(result.errors.contains("cannot reach the user database at"))
+    #expect(result.errors.contains("127.0.0.1:\(port)/mart_user"))
+    #expect(!result.errors.contains("hunter2secret"))
+    #expect(result.errors.contains("MART_USER_DATABASE_URL"))
+    #expect(result.errors.contains("make run"))
+  }
+}
+
 /// A `postgres://` URL for a database configuration (the test bed's role has no password).
 func databaseURL(_ configuration: DatabaseConfiguration) -> String {
   var components = URLComponents()
@@ -64,24 +82,8 @@ func databaseURL(_ configuration: DatabaseConfiguration) -> String {
 func runMart(_ arguments: [String], input: String, databaseURL: String) async throws -> (
   status: Int32, output: String, errors: String
 ) {
-  let process = Process()
-  process.executableURL = martBinary()
-  process.arguments = arguments
-  var environment = ProcessInfo.processInfo.environment
-  environment["MART_USER_DATABASE_URL"] = databaseURL
-  environment["MART_LOG_LEVEL"] = "error"
-  process.environment = environment
-  let stdin = Pipe()
-  let stdout = Pipe()
-  let stderr = Pipe()
-  process.standardInput = stdin
-  process.standardOutput = stdout
-  process.standardError = stderr
-  try process.run()
-  stdin.fileHandleForWriting.write(Data(input.utf8))
-  try stdin.fileHandleForWriting.close()
-  let output = stdout.fileHandleForReading.readDataToEndOfFile()
-  let errors = stderr.fileHandleForReading.readDataToEndOfFile()
-  while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
-  return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self))
+  let mart = try ChildProcess.mart(
+    arguments, environment: ["MART_USER_DATABASE_URL": databaseURL, "MART_LOG_LEVEL": "error"], input: input)
+  let status = await mart.waitForExit()
+  return (status, mart.standardOutput, mart.standardError)
 }
