@@ -38,7 +38,8 @@
 #   * The Swift 6.3 toolchain: /opt/swift, bind-mounted read-only at the same path, on PATH.
 #   * The local Swift package mirror /opt/swift-packages (read-only), with this machine's git
 #     `url.<mirror>.insteadOf` settings in /root/.gitconfig; this machine's pip settings
-#     (PIP_* from the environment, /opt/wheels read-only when it exists).
+#     (PIP_* from the environment, /opt/wheels read-only when it exists); this machine's CA
+#     bundle /etc/ssl/certs/ca-certificates.crt (its network's TLS proxy CA is in it).
 #   * Nothing of Mart's own dependencies: no protobuf-compiler, libprotobuf-dev, librdkafka,
 #     kcat, PostgreSQL, curl. The script checks this before the run; `make test` must install
 #     them itself.
@@ -236,6 +237,12 @@ configure_root() {
     for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
         if [[ -f $f ]]; then cp "$f" "$ROOT$f"; fi
     done
+    # This machine's CA bundle: its network's TLS-intercepting proxy signs with a CA that is
+    # only in this machine's bundle, and without it nothing reaches PyPI. (Done on every run,
+    # after the cached baseline, so the baseline itself stays Debian's.)
+    if [[ -f /etc/ssl/certs/ca-certificates.crt && -d $ROOT/etc/ssl/certs ]]; then
+        cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+    fi
     [[ -s $ROOT/etc/hosts ]] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOT/etc/hosts"
 }
 
