@@ -37,7 +37,7 @@
 #     Afterwards the apt lists are deleted, as in the image: `make test` must run apt-get update.
 #   * The Swift 6.3 toolchain: /opt/swift, bind-mounted read-only at the same path, on PATH.
 #   * The local Swift package mirror /opt/swift-packages (read-only), with this machine's git
-#     `url.<mirror>.insteadOf` settings in /root/.gitconfig; this machine's pip settings
+#     `url.<mirror>.insteadOf` settings (in /etc/gitconfig, as here); this machine's pip settings
 #     (PIP_* from the environment, /opt/wheels read-only when it exists); this machine's CA
 #     bundle /etc/ssl/certs/ca-certificates.crt (its network's TLS proxy CA is in it).
 #   * Nothing of Mart's own dependencies: no protobuf-compiler, libprotobuf-dev, librdkafka,
@@ -269,10 +269,16 @@ prepare_root() {
     for d in "${BIND_RO[@]}"; do
         if [[ -d $d ]]; then mount_ro "$d"; fi
     done
-    local key value
-    while read -r key value; do
-        git config --file "$ROOT/root/.gitconfig" --add "$key" "$value"
-    done < <(git config --global --get-regexp '^url\.' || true)
+    # git's url.<mirror>.insteadOf, from the same scope as here (this machine has them in the
+    # system file /etc/gitconfig).
+    local scope file key value
+    for scope in system global; do
+        file=$ROOT/etc/gitconfig
+        [[ $scope == global ]] && file=$ROOT/root/.gitconfig
+        while read -r key value; do
+            git config --file "$file" --add "$key" "$value"
+        done < <(git config "--$scope" --get-regexp '^url\.' || true)
+    done
     mount_system
 }
 
