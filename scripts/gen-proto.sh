@@ -39,7 +39,7 @@ readonly GATEWAY_PLUGIN=protoc-gen-mart-gateway
 readonly PLUGIN_OUT_DIR=Sources/$GATEWAY_PLUGIN/Generated
 readonly PLUGIN_OPTS=Visibility=Internal,FileNaming=PathToUnderscores
 readonly PLUGIN_PROTOS=(google/api/http.proto google/api/annotations.proto google/api/field_behavior.proto
-  mart/api/v1/access.proto)
+  mart/api/v1/access.proto mart/api/v1/event_topic.proto)
 # What protoc-gen-mart-gateway writes (paths relative to its output directory, the repository
 # layout).
 readonly ACCESS_POLICIES=$OUT_DIR/MartAccessPolicies.swift
