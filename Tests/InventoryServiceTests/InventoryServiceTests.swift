@@ -3,6 +3,7 @@ import GRPCCore
 import InventoryService
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import PostgresNIO
 import ProductService
