@@ -219,11 +219,12 @@ let package = Package(
         "ProductService", "MartTestKit", .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),
-    // Stock, movements, reservations under concurrency, the sweeper, and ProductCreated end to end.
+    // Stock, movements, reservations under concurrency, the sweeper, ProductCreated end to end, and
+    // user tokens checked against the user service in-process.
     .testTarget(
       name: "InventoryServiceTests",
       dependencies: testDependencies + [
-        "InventoryService", "ProductService", "MartTestKit",
+        "InventoryService", "ProductService", "UserService", "MartTestKit",
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),
