@@ -1,3 +1,4 @@
+import GRPCNIOTransportHTTP2
 import Hummingbird
 import Logging
 import MartRuntime
@@ -7,6 +8,9 @@ import ServiceLifecycle
 // The edge gateway as lifecycle services: the gRPC clients of the six services and the HTTP
 // application in front of them (port 8000). Hummingbird's Application is a Service, so on
 // SIGTERM it stops accepting connections and drains the requests in flight.
+
+/// The gateway's gRPC clients of the services: HTTP/2, whatever transport the services' own tests use.
+typealias Upstreams = ServiceClients<HTTP2ClientTransport.Posix>
 
 /// The edge gateway: the HTTP/JSON face of the mart on port 8000.
 public enum Gateway {
@@ -28,7 +32,7 @@ public enum Gateway {
   /// The HTTP application over `upstreams` (which the caller runs). Tests pass their own registry,
   /// route table and clock.
   static func makeApplication(
-    configuration: GatewayConfiguration, upstreams: ServiceClients,
+    configuration: GatewayConfiguration, upstreams: Upstreams,
     registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
     routes: [GatewayRoute] = GatewayRouteTable.routes, schemas: SchemaIndex = .generated,
     verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds(),

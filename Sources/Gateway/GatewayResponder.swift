@@ -39,7 +39,7 @@ struct GatewayResponder: HTTPResponder {
   typealias Context = GatewayRequestContext
 
   let matcher: RouteMatcher<CompiledRoute>
-  let upstreams: ServiceClients
+  let upstreams: Upstreams
   let authenticator: EdgeAuthenticator
   let limiter: RateLimiter
   let cors: CORSPolicy
@@ -50,7 +50,7 @@ struct GatewayResponder: HTTPResponder {
 
   init(
     routes: [GatewayRoute] = GatewayRouteTable.routes, schemas: SchemaIndex = .generated, settings: GatewaySettings,
-    upstreams: ServiceClients, verifier: TokenVerifier, instruments: GatewayInstruments,
+    upstreams: Upstreams, verifier: TokenVerifier, instruments: GatewayInstruments,
     clock: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds(), logger: Logger
   ) throws {
     var matcher = RouteMatcher<CompiledRoute>()

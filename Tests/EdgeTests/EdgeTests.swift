@@ -464,7 +464,7 @@ private func withEdge(
     let userPort = try #require(userPorts[.user])
     // The catalog services call the user service (for its keys); the gateway calls all three.
     let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
-    var hosts: [ServiceHost] = []
+    var hosts: [ServiceHost<HTTP2ServerTransport.Posix>] = []
     if let catalog {
       hosts.append(
         try ServiceHost(
@@ -505,14 +505,15 @@ private func withEdge(
 /// Runs `hosts` one after another, each started once the one before it serves, and then `body`
 /// with the port each listens on.
 private func withServing(
-  _ hosts: ArraySlice<ServiceHost>, ports: [MartService: Int] = [:],
+  _ hosts: ArraySlice<ServiceHost<HTTP2ServerTransport.Posix>>, ports: [MartService: Int] = [:],
   _ body: ([MartService: Int]) async throws -> Void
 ) async throws {
   guard let host = hosts.first else { return try await body(ports) }
   try await withServices(host.lifecycleServices) {
     let service = host.configuration.service
     let port = try #require(try await host.server.listeningAddress?.ipv4?.port, "\(service) is not listening")
-    let serving = await eventually { await healthStatus(port: port, service: "") == .serving }
+    // The board the health service reads, rather than polling it over the network.
+    let serving = await host.health.waitUntilServing()
     #expect(serving, "\(service) is not serving")
     var ports = ports
     ports[service] = port
