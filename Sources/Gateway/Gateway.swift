@@ -14,14 +14,16 @@ public enum Gateway {
   /// Metrics go to `GatewayMetrics.processRegistry` (served at /metrics); call
   /// `GatewayMetrics.bootstrapProcessMetrics()` first to send swift-metrics there too.
   /// `onListening` is told the port once the server accepts connections (with port 0 in the
-  /// configuration, the one the system chose).
+  /// configuration, the one the system chose). `rateLimitClock` is the time since any fixed
+  /// origin that quotas refill by (default: `ContinuousClock`); tests move one by hand.
   public static func makeServices(
-    configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil
+    configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil,
+    rateLimitClock: (@Sendable () -> Duration)? = nil
   ) throws -> [any Service] {
     let upstreams = try ServiceClients(directory: configuration.directory)
     let app = try makeApplication(
       configuration: configuration, upstreams: upstreams, registry: GatewayMetrics.processRegistry,
-      onListening: onListening, logger: logger)
+      clock: rateLimitClock ?? RateLimiter.monotonicClock(), onListening: onListening, logger: logger)
     return [upstreams, app]
   }
 
@@ -31,7 +33,7 @@ public enum Gateway {
     configuration: GatewayConfiguration, upstreams: ServiceClients,
     registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
     routes: [GatewayRoute] = GatewayRouteTable.routes, schemas: SchemaIndex = .generated,
-    verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds(),
+    verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Duration = RateLimiter.monotonicClock(),
     onListening: (@Sendable (Int) async -> Void)? = nil, logger: Logger
   ) throws -> Application<RouterResponder<GatewayRequestContext>> {
     let settings = configuration.settings
