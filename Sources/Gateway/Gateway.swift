@@ -18,14 +18,16 @@ public enum Gateway {
   /// Metrics go to `GatewayMetrics.processRegistry` (served at /metrics); call
   /// `GatewayMetrics.bootstrapProcessMetrics()` first to send swift-metrics there too.
   /// `onListening` is told the port once the server accepts connections (with port 0 in the
-  /// configuration, the one the system chose).
+  /// configuration, the one the system chose). `rateLimitClock` is the time since any fixed
+  /// origin that quotas refill by (default: `ContinuousClock`); tests move one by hand.
   public static func makeServices(
-    configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil
+    configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil,
+    rateLimitClock: (@Sendable () -> Duration)? = nil
   ) throws -> [any Service] {
     let upstreams = try ServiceClients(directory: configuration.directory)
     let app = try makeApplication(
       configuration: configuration, upstreams: upstreams, registry: GatewayMetrics.processRegistry,
-      onListening: onListening, logger: logger)
+      clock: rateLimitClock ?? RateLimiter.monotonicClock(), onListening: onListening, logger: logger)
     return [upstreams, app]
   }
 
@@ -35,16 +37,34 @@ public enum Gateway {
     configuration: GatewayConfiguration, upstreams: Upstreams,
     registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
     routes: [GatewayRoute] = GatewayRouteTable.routes, schemas: SchemaIndex = .generated,
-    verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds(),
+    verifier: TokenVerifier? = nil, clock: @escaping @Sendable () -> Duration = RateLimiter.monotonicClock(),
     onListening: (@Sendable (Int) async -> Void)? = nil, logger: Logger
-  ) throws -> Application<GatewayResponder> {
-    let responder = try GatewayResponder(
-      routes: routes, schemas: schemas, settings: configuration.settings, upstreams: upstreams,
-      verifier: verifier
-        ?? TokenVerifier(configuration: configuration.auth, userKeys: JWKSKeyProvider.userService(upstreams)),
-      instruments: GatewayInstruments(registry: registry), clock: clock, logger: logger)
+  ) throws -> Application<RouterResponder<GatewayRequestContext>> {
+    let settings = configuration.settings
+    let matcher = try CompiledRoute.matcher(routes: routes, schemas: schemas, settings: settings)
+    let verifier =
+      verifier ?? TokenVerifier(configuration: configuration.auth, userKeys: JWKSKeyProvider.userService(upstreams))
+    let instruments = GatewayInstruments(registry: registry)
+    // No routes: every request reaches the middleware, which routes by the generated table. Order
+    // is run order, outermost first. The request id comes before the access log so that the
+    // log line is written inside the request's task-locals (its request_id and trace_id); the
+    // error middleware sits inside everything that must see every answer as a Response.
+    let router = Router(context: GatewayRequestContext.self)
+    router.addMiddleware {
+      RequestIDMiddleware()
+      ClientAddressMiddleware(resolver: ClientAddressResolver(trustedProxies: settings.trustedProxies))
+      AccessLogMiddleware(instruments: instruments, logger: logger)
+      EdgeCORSMiddleware(policy: CORSPolicy(settings.cors))
+      HeadMiddleware()
+      GatewayErrorMiddleware(logger: logger)
+      BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments)
+      RouteMatchMiddleware(matcher: matcher)
+      EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
+      RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))
+      TranscodingMiddleware(upstreams: upstreams, maxBodyBytes: settings.maxBodyBytes, logger: logger)
+    }
     return Application(
-      responder: responder,
+      router: router,
       configuration: .init(address: .hostname(configuration.bindHost, port: configuration.port), serverName: "mart"),
       onServerRunning: { channel in
         if let port = channel.localAddress?.port { await onListening?(port) }
