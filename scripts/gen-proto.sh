@@ -7,8 +7,10 @@
 #
 # What is generated:
 #   Sources/MartProto/*.pb.swift, *.grpc.swift   messages and gRPC stubs (public)
-#   Sources/MartProto/MartAccessPolicies.swift   the access level of every RPC      } by our own
-#   Sources/Gateway/Generated/                   route table and openapi.json       } plugin
+#   Sources/MartProto/MartAccessPolicies.swift   the access level of every RPC      }
+#   Sources/Gateway/Generated/                   route table and openapi.json       } by our own
+#   Sources/MartRuntime/Events/Generated/        event topics, DomainEvent          } plugin
+#                                                conformances, DomainEvents.all     }
 #   Sources/protoc-gen-mart-gateway/Generated/   the options that plugin reads (internal)
 #
 # The protoc plugins (protoc-gen-swift, protoc-gen-grpc-swift-2) are built in
@@ -19,8 +21,13 @@
 #
 # protoc-gen-mart-gateway is this package's own plugin (Sources/protoc-gen-mart-gateway),
 # built the same way after its Generated/ is up to date (set PROTOC_GEN_MART_GATEWAY to use a
-# prebuilt one). It reads the google.api.http and mart.api.v1.access options of every Mart RPC
-# and writes MartAccessPolicies.swift and Sources/Gateway/Generated/ in one invocation.
+# prebuilt one). It reads the google.api.http and mart.api.v1.access options of every Mart RPC,
+# and every message of every mart/<domain>/v1/events.proto with that file's
+# mart.api.v1.event_topic option, and writes MartAccessPolicies.swift,
+# Sources/Gateway/Generated/ and Sources/MartRuntime/Events/Generated/ in one invocation. After
+# building it, this script checks that it refuses a bad events.proto (an event without
+# `EventMetadata metadata = 1`, a file without a topic), so that the guard against unregistered
+# or metadata-less events cannot silently stop working.
 #
 # protoc is Debian's protobuf-compiler; it also provides the well-known types
 # (google/protobuf/*.proto) under /usr/include. No code is generated for the
@@ -39,11 +46,12 @@ readonly GATEWAY_PLUGIN=protoc-gen-mart-gateway
 readonly PLUGIN_OUT_DIR=Sources/$GATEWAY_PLUGIN/Generated
 readonly PLUGIN_OPTS=Visibility=Internal,FileNaming=PathToUnderscores
 readonly PLUGIN_PROTOS=(google/api/http.proto google/api/annotations.proto google/api/field_behavior.proto
-  mart/api/v1/access.proto)
+  mart/api/v1/access.proto mart/api/v1/event_topic.proto)
 # What protoc-gen-mart-gateway writes (paths relative to its output directory, the repository
 # layout).
 readonly ACCESS_POLICIES=$OUT_DIR/MartAccessPolicies.swift
 readonly GATEWAY_OUT_DIR=Sources/Gateway/Generated
+readonly EVENTS_OUT_DIR=Sources/MartRuntime/Events/Generated
 
 usage() {
   sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -145,6 +153,52 @@ generate_gateway() {
     "${protos[@]}"
 }
 
+# check_plugin_refuses_bad_events DIR: runs protoc-gen-mart-gateway on two bad
+# events.proto files written into DIR and fails unless generation fails naming
+# both problems: a message whose field 1 is not the event metadata, and a file
+# without a topic.
+check_plugin_refuses_bad_events() {
+  local dir=$1 out
+  mkdir -p "$dir/protos/mart/bad/v1" "$dir/protos/mart/untopical/v1" "$dir/out"
+  cat >"$dir/protos/mart/bad/v1/events.proto" <<'PROTO'
+syntax = "proto3";
+package mart.bad.v1;
+import "mart/api/v1/event_topic.proto";
+import "mart/common/v1/common.proto";
+option (mart.api.v1.event_topic) = "mart.bad.v1";
+message Fine { mart.common.v1.EventMetadata metadata = 1; }
+message NoMetadata { string id = 1; }
+PROTO
+  cat >"$dir/protos/mart/untopical/v1/events.proto" <<'PROTO'
+syntax = "proto3";
+package mart.untopical.v1;
+import "mart/common/v1/common.proto";
+message Something { mart.common.v1.EventMetadata metadata = 1; }
+PROTO
+  # access.proto and status.proto: the plugin needs them among its inputs.
+  if out=$(protoc -I "$dir/protos" -I "$PROTO_DIR" -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-mart-gateway="$gen_gateway" --mart-gateway_out="$dir/out" \
+    mart/api/v1/access.proto google/rpc/status.proto mart/bad/v1/events.proto mart/untopical/v1/events.proto \
+    2>&1); then
+    log "$GATEWAY_PLUGIN accepted an event without EventMetadata metadata = 1 and an events.proto without a topic"
+    exit 1
+  fi
+  local expected
+  for expected in "message mart.bad.v1.NoMetadata in mart/bad/v1/events.proto: field 1 is \`id\`" \
+    "mart/untopical/v1/events.proto has no (mart.api.v1.event_topic) option"; do
+    if ! grep -qF -- "$expected" <<<"$out"; then
+      log "$GATEWAY_PLUGIN failed on bad events.proto files without saying: $expected"
+      echo "$out" >&2
+      exit 1
+    fi
+  done
+  if grep -qF "mart.bad.v1.Fine" <<<"$out"; then
+    log "$GATEWAY_PLUGIN refused mart.bad.v1.Fine, a valid event"
+    echo "$out" >&2
+    exit 1
+  fi
+}
+
 # copy_generated SRC DST: copies only generated files (*.pb.swift,
 # *.grpc.swift, MartAccessPolicies.swift) from SRC to DST.
 copy_generated() {
@@ -168,8 +222,8 @@ copy_dir() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # new/ and old/ mirror the repository layout of everything generated.
-mkdir -p "$tmp/new/$OUT_DIR" "$tmp/new/$PLUGIN_OUT_DIR" "$tmp/new/$GATEWAY_OUT_DIR" \
-  "$tmp/old/$OUT_DIR" "$tmp/old/$PLUGIN_OUT_DIR" "$tmp/old/$GATEWAY_OUT_DIR"
+mkdir -p "$tmp/new/$OUT_DIR" "$tmp/new/$PLUGIN_OUT_DIR" "$tmp/new/$GATEWAY_OUT_DIR" "$tmp/new/$EVENTS_OUT_DIR" \
+  "$tmp/old/$OUT_DIR" "$tmp/old/$PLUGIN_OUT_DIR" "$tmp/old/$GATEWAY_OUT_DIR" "$tmp/old/$EVENTS_OUT_DIR"
 
 # 3. Generate into a temporary directory first, so that a protoc error leaves
 # the committed code untouched.
@@ -194,12 +248,14 @@ if [[ ! -x "$gen_gateway" ]]; then
   exit 1
 fi
 generate_gateway "$tmp/new"
+check_plugin_refuses_bad_events "$tmp/bad"
 
 if [[ $check -eq 1 ]]; then
   mkdir -p "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR"
   copy_generated "$OUT_DIR" "$tmp/old/$OUT_DIR"
   copy_dir "$PLUGIN_OUT_DIR" "$tmp/old/$PLUGIN_OUT_DIR"
   copy_dir "$GATEWAY_OUT_DIR" "$tmp/old/$GATEWAY_OUT_DIR"
+  copy_dir "$EVENTS_OUT_DIR" "$tmp/old/$EVENTS_OUT_DIR"
   if ! diff -r "$tmp/old" "$tmp/new" >"$tmp/diff.txt"; then
     head -n 200 "$tmp/diff.txt" >&2
     echo "gen-proto: generated code differs from proto/: run make proto and commit" >&2
@@ -209,9 +265,11 @@ if [[ $check -eq 1 ]]; then
   exit 0
 fi
 
-mkdir -p "$OUT_DIR" "$GATEWAY_OUT_DIR"
-rm -f "$OUT_DIR"/*.pb.swift "$OUT_DIR"/*.grpc.swift "$ACCESS_POLICIES" "$GATEWAY_OUT_DIR"/*
+mkdir -p "$OUT_DIR" "$GATEWAY_OUT_DIR" "$EVENTS_OUT_DIR"
+rm -f "$OUT_DIR"/*.pb.swift "$OUT_DIR"/*.grpc.swift "$ACCESS_POLICIES" "$GATEWAY_OUT_DIR"/* "$EVENTS_OUT_DIR"/*
 copy_generated "$tmp/new/$OUT_DIR" "$OUT_DIR"
 copy_dir "$tmp/new/$GATEWAY_OUT_DIR" "$GATEWAY_OUT_DIR"
-count=$(find "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR" -maxdepth 1 -type f | wc -l)
-log "generated ${count// /} files in $OUT_DIR, $PLUGIN_OUT_DIR and $GATEWAY_OUT_DIR from ${#protos[@]} proto files"
+copy_dir "$tmp/new/$EVENTS_OUT_DIR" "$EVENTS_OUT_DIR"
+count=$(find "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR" "$EVENTS_OUT_DIR" -maxdepth 1 -type f | wc -l)
+log "generated ${count// /} files in $OUT_DIR, $PLUGIN_OUT_DIR, $GATEWAY_OUT_DIR and $EVENTS_OUT_DIR" \
+  "from ${#protos[@]} proto files"

@@ -298,7 +298,7 @@ private struct SettingsReader {
     guard let limit else { throw invalid(key, "limit is required") }
     guard let window else { throw invalid(key, "window is required") }
     // The name goes into a structured-field string in the RateLimit headers.
-    guard name.unicodeScalars.allSatisfy({ (0x20...0x7E).contains($0.value) && $0 != "\"" && $0 != "\\" }) else {
+    guard name.unicodeScalars.allSatisfy({ $0.isPrintableASCII && $0 != "\"" && $0 != "\\" }) else {
       throw invalid("\(key).name", "printable ASCII without quotes or backslashes")
     }
     return RateLimitPolicy(name: name, limit: limit, window: window)

@@ -88,25 +88,27 @@ final class RateLimiter: Sendable {
   }
 
   let maximumBuckets: Int
-  private let now: @Sendable () -> Double
+  private let now: @Sendable () -> Duration
   private let state = Mutex(State())
 
-  /// `now` is a monotonic clock in seconds (injected by tests).
-  init(maximumBuckets: Int = 100_000, now: @escaping @Sendable () -> Double = RateLimiter.monotonicSeconds()) {
+  /// `now` is a monotonic clock: the time since any fixed origin. Tests pass one they move by
+  /// hand, so that a refill is a step of the clock, not a wait.
+  init(maximumBuckets: Int = 100_000, now: @escaping @Sendable () -> Duration = RateLimiter.monotonicClock()) {
     self.maximumBuckets = max(1, maximumBuckets)
     self.now = now
   }
 
-  static func monotonicSeconds() -> @Sendable () -> Double {
+  /// The time since this call, by `ContinuousClock`.
+  static func monotonicClock() -> @Sendable () -> Duration {
     let origin = ContinuousClock.now
-    return { (ContinuousClock.now - origin).secondsValue }
+    return { ContinuousClock.now - origin }
   }
 
   var bucketCount: Int { state.withLock { $0.index.count } }
 
   /// Takes one token from the caller's bucket of this policy, if there is one.
   func acquire(_ policy: RateLimitPolicy, key caller: String) -> Decision {
-    let now = self.now()
+    let now = self.now().secondsValue
     let key = "\(policy.name)\u{0}\(caller)"
     let capacity = Double(max(1, policy.limit))
     let rate = capacity / max(policy.window.secondsValue, 0.001)

@@ -396,7 +396,7 @@ enum ScalarSyntax {
   /// `fullName,address.postalCode`.
   static func jsonFieldMask(_ text: String) -> String {
     text.split(separator: ",", omittingEmptySubsequences: false).map { path in
-      path.split(separator: ".", omittingEmptySubsequences: false).map { GatewayResponder.jsonName(String($0)) }
+      path.split(separator: ".", omittingEmptySubsequences: false).map { CompiledRoute.jsonName(String($0)) }
         .joined(separator: ".")
     }.joined(separator: ",")
   }

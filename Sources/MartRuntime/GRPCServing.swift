@@ -7,11 +7,11 @@ import ServiceLifecycle
 /// Runs a `GRPCServer` as a ServiceLifecycle service: on SIGTERM/SIGINT it stops accepting calls
 /// and returns once the calls in flight have finished.
 /// (grpc-swift-extras has this adapter, but is not among our dependencies.)
-public struct GRPCServerService: Service {
-  public let server: GRPCServer<HTTP2ServerTransport.Posix>
+public struct GRPCServerService<Transport: ServerTransport>: Service {
+  public let server: GRPCServer<Transport>
   private let onStop: @Sendable () -> Void
 
-  public init(server: GRPCServer<HTTP2ServerTransport.Posix>, onStop: @escaping @Sendable () -> Void = {}) {
+  public init(server: GRPCServer<Transport>, onStop: @escaping @Sendable () -> Void = {}) {
     self.server = server
     self.onStop = onStop
   }
@@ -26,18 +26,12 @@ public struct GRPCServerService: Service {
   }
 }
 
-extension GRPCServer<HTTP2ServerTransport.Posix> {
-  /// A plaintext HTTP/2 gRPC server on `host:port` (port 0 picks a free port; see `listeningAddress`).
-  public static func mart(
-    host: String, port: Int, services: [any RegistrableRPCService],
-    interceptors: [any ServerInterceptor] = [RequestContextInterceptor()]
-  ) -> GRPCServer<HTTP2ServerTransport.Posix> {
-    GRPCServer(
-      transport: .http2NIOPosix(
-        address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
-        transportSecurity: .plaintext),
-      services: services,
-      interceptors: interceptors)
+extension HTTP2ServerTransport.Posix {
+  /// Plaintext HTTP/2 on `host:port` (port 0 picks a free port; see `listeningAddress`).
+  public static func mart(host: String, port: Int) -> HTTP2ServerTransport.Posix {
+    .http2NIOPosix(
+      address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
+      transportSecurity: .plaintext)
   }
 }
 

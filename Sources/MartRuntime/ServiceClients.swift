@@ -6,26 +6,25 @@ import ServiceLifecycle
 
 /// One long-lived gRPC client per service of the mart, for the gateway and for calls between
 /// services. Connections are made lazily and kept; run it as a ServiceLifecycle service.
-public struct ServiceClients: Service {
-  public let clients: [MartService: GRPCClient<HTTP2ClientTransport.Posix>]
+///
+/// Generic over the transport: HTTP/2 between processes (`init(directory:)`), an in-process
+/// transport in tests whose subject is not the network.
+public struct ServiceClients<Transport: ClientTransport>: Service {
+  public let clients: [MartService: GRPCClient<Transport>]
 
+  /// A client for each of `services`, over the transport `connect` makes for it.
   public init(
-    directory: ServiceDirectory, services: [MartService] = MartService.allCases,
-    interceptors: [any ClientInterceptor] = []
-  ) throws {
-    var clients: [MartService: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
+    services: [MartService] = MartService.allCases, interceptors: [any ClientInterceptor] = [],
+    connect: (MartService) throws -> Transport
+  ) rethrows {
+    var clients: [MartService: GRPCClient<Transport>] = [:]
     for service in services {
-      let endpoint = directory[service]
-      let target: any ResolvableTarget =
-        endpoint.host.contains(":")
-        ? .ipv6(address: endpoint.host, port: endpoint.port) : .dns(host: endpoint.host, port: endpoint.port)
-      clients[service] = GRPCClient(
-        transport: try .http2NIOPosix(target: target, transportSecurity: .plaintext), interceptors: interceptors)
+      clients[service] = GRPCClient(transport: try connect(service), interceptors: interceptors)
     }
     self.clients = clients
   }
 
-  public subscript(service: MartService) -> GRPCClient<HTTP2ClientTransport.Posix> {
+  public subscript(service: MartService) -> GRPCClient<Transport> {
     guard let client = clients[service] else {
       preconditionFailure("no client configured for \(service); list it in ServiceClients(services:)")
     }
@@ -59,14 +58,65 @@ public struct ServiceClients: Service {
   }
 }
 
+extension ServiceClients where Transport == HTTP2ClientTransport.Posix {
+  /// Plaintext HTTP/2 clients of the services at their addresses in `directory`.
+  public init(
+    directory: ServiceDirectory, services: [MartService] = MartService.allCases,
+    interceptors: [any ClientInterceptor] = []
+  ) throws {
+    try self.init(services: services, interceptors: interceptors) { try .mart(directory[$0]) }
+  }
+}
+
+extension HTTP2ClientTransport.Posix {
+  /// Plaintext HTTP/2 to `endpoint` (a host name is resolved by DNS).
+  public static func mart(_ endpoint: Endpoint) throws -> HTTP2ClientTransport.Posix {
+    let target: any ResolvableTarget =
+      endpoint.host.contains(":")
+      ? .ipv6(address: endpoint.host, port: endpoint.port) : .dns(host: endpoint.host, port: endpoint.port)
+    return try .http2NIOPosix(target: target, transportSecurity: .plaintext)
+  }
+}
+
+/// The other services as their generated client protocols, so that what a service's handlers
+/// hold does not depend on the transport its host was given.
+public protocol UpstreamClients: Sendable {
+  var user: any Mart_User_V1_UserService.ClientProtocol { get }
+  var product: any Mart_Product_V1_ProductService.ClientProtocol { get }
+  var inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol { get }
+  var order: any Mart_Order_V1_OrderService.ClientProtocol { get }
+  var payment: any Mart_Payment_V1_PaymentService.ClientProtocol { get }
+  var notification: any Mart_Notification_V1_NotificationService.ClientProtocol { get }
+}
+
+extension ServiceClients: UpstreamClients {
+  public var user: any Mart_User_V1_UserService.ClientProtocol {
+    Mart_User_V1_UserService.Client(wrapping: self[.user])
+  }
+  public var product: any Mart_Product_V1_ProductService.ClientProtocol {
+    Mart_Product_V1_ProductService.Client(wrapping: self[.product])
+  }
+  public var inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol {
+    Mart_Inventory_V1_InventoryService.Client(wrapping: self[.inventory])
+  }
+  public var order: any Mart_Order_V1_OrderService.ClientProtocol {
+    Mart_Order_V1_OrderService.Client(wrapping: self[.order])
+  }
+  public var payment: any Mart_Payment_V1_PaymentService.ClientProtocol {
+    Mart_Payment_V1_PaymentService.Client(wrapping: self[.payment])
+  }
+  public var notification: any Mart_Notification_V1_NotificationService.ClientProtocol {
+    Mart_Notification_V1_NotificationService.Client(wrapping: self[.notification])
+  }
+}
+
 extension JWKSKeyProvider {
   /// The user service's published keys (GetJwks, a public RPC), over `clients`.
-  public static func userService(_ clients: ServiceClients) -> JWKSKeyProvider {
+  public static func userService(_ clients: any UpstreamClients) -> JWKSKeyProvider {
     JWKSKeyProvider {
       var options = CallOptions.defaults
       options.timeout = .seconds(3)
-      let set = try await Mart_User_V1_UserService.Client(wrapping: clients[.user])
-        .getJwks(Mart_User_V1_GetJwksRequest(), options: options)
+      let set = try await clients.user.getJwks(Mart_User_V1_GetJwksRequest(), options: options)
       return set.keys.map {
         JSONWebKeyValue(kty: $0.kty, use: $0.use, kid: $0.kid, alg: $0.alg, crv: $0.crv, x: $0.x, y: $0.y)
       }

@@ -40,7 +40,6 @@ public struct ServiceDefinition: Sendable {
 /// What a service's handlers may use.
 public struct ServiceContext: Sendable {
   public var configuration: ServiceConfiguration
-  public var directory: ServiceDirectory
   public var database: PostgresClient
   /// Appends this service's events to its outbox, inside the caller's transaction.
   public var outbox: Outbox
@@ -48,24 +47,32 @@ public struct ServiceContext: Sendable {
   /// Token settings (issuer, audience, the service key).
   public var auth: AuthConfiguration
   /// gRPC clients of the other services; calls carry the user's token or a service token.
-  public var clients: ServiceClients
+  public var clients: any UpstreamClients
 }
 
 /// One running service: its database pool, its database supervisor, its outbox relay, its event
 /// consumers and its gRPC server, as ServiceLifecycle services in start order (they shut down in
 /// reverse: the gRPC server drains first, the database pool closes last).
-public struct ServiceHost: Sendable {
+///
+/// Generic over the server transport: HTTP/2 in production (`init(definition:configuration:
+/// directory:…)`), in-process in tests whose subject is not the network.
+public struct ServiceHost<Transport: ServerTransport>: Sendable {
   public let definition: ServiceDefinition
   public let configuration: ServiceConfiguration
   public let health: HealthStatusBoard
   public let database: PostgresClient
-  public let server: GRPCServer<HTTP2ServerTransport.Posix>
-  public let lifecycleServices: [any Service]
+  public let server: GRPCServer<Transport>
+  /// The host's services in start order, each with what its end does to the process. Any of them
+  /// but the database pool failing drains the process gracefully, so that the calls in flight
+  /// finish; the pool failing cancels it, since nothing can finish without the pool.
+  public let lifecycleServices: [ServiceGroupConfiguration.ServiceConfiguration]
 
-  public init(
-    definition: ServiceDefinition, configuration: ServiceConfiguration, directory: ServiceDirectory,
-    auth: AuthConfiguration, transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(),
-    logger baseLogger: Logger? = nil
+  /// A host serving on `serverTransport`, calling the other services over the client transports
+  /// `upstream` makes for them.
+  public init<Upstream: ClientTransport>(
+    definition: ServiceDefinition, configuration: ServiceConfiguration, serverTransport: Transport,
+    upstream: (MartService) throws -> Upstream, auth: AuthConfiguration, transport: any EventTransport,
+    retryPolicy: RetryPolicy = RetryPolicy(), logger baseLogger: Logger? = nil
   ) throws {
     var logger = baseLogger ?? Logger(label: "mart.\(definition.service.rawValue)")
     logger[metadataKey: "component"] = .string(definition.service.rawValue)
@@ -77,19 +84,18 @@ public struct ServiceHost: Sendable {
     health.setStatus(.notServing, for: serviceName)
 
     let clients = try ServiceClients(
-      directory: directory,
       interceptors: [
         ClientAuthInterceptor(serviceTokens: ServiceTokenIssuer(service: definition.service, configuration: auth))
-      ])
+      ], connect: upstream)
     let context = ServiceContext(
-      configuration: configuration, directory: directory, database: database,
-      outbox: Outbox(service: definition.service), logger: logger, auth: auth, clients: clients)
+      configuration: configuration, database: database, outbox: Outbox(service: definition.service),
+      logger: logger, auth: auth, clients: clients)
     let userKeys = definition.makeUserKeyProvider?(context) ?? JWKSKeyProvider.userService(clients)
     let verifier = TokenVerifier(configuration: auth, userKeys: userKeys)
     // The relay and the consumers need the migrated schema: they wait for this.
     let ready = ReadinessGate()
-    let server = GRPCServer.mart(
-      host: configuration.bindHost, port: configuration.port,
+    let server = GRPCServer(
+      transport: serverTransport,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
       interceptors: [
         RequestContextInterceptor(), StatusMappingInterceptor(logger: logger),
@@ -120,18 +126,44 @@ public struct ServiceHost: Sendable {
         definition: $0, service: definition.service, database: database, transport: transport, retry: retryPolicy,
         logger: logger)
     }
-    let background: [any Service] = try definition.makeBackgroundServices(context).map { service in
-      AfterGate(ready, service)
+    let background = try definition.makeBackgroundServices(context)
+    let grpcServer = GRPCServerService(server: server) {
+      // Tell load balancers first, then stop accepting calls.
+      health.setStatus(.notServing, for: "")
+      health.setStatus(.notServing, for: serviceName)
+      health.finishWatchers()
+    }
+    func drainingOnFailure(_ name: String, _ service: any Service) -> ServiceGroupConfiguration.ServiceConfiguration {
+      .init(
+        service: LoggingFailure(name: name, wrapped: service, logger: logger),
+        failureTerminationBehavior: .gracefullyShutdownGroup)
     }
     self.lifecycleServices =
-      [database, clients, supervisor, AfterGate(ready, relay)] + consumers.map { AfterGate(ready, $0) } + background + [
-        GRPCServerService(server: server) {
-          // Tell load balancers first, then stop accepting calls.
-          health.setStatus(.notServing, for: "")
-          health.setStatus(.notServing, for: serviceName)
-          health.finishWatchers()
-        }
+      [
+        .init(service: LoggingFailure(name: "database pool", wrapped: database, logger: logger)),
+        drainingOnFailure("service clients", clients),
+        drainingOnFailure("database supervisor", supervisor),
+        drainingOnFailure("outbox relay", AfterGate(ready, relay)),
       ]
+      + consumers.map { drainingOnFailure("consumer \($0.group)", AfterGate(ready, $0)) }
+      + background.map { drainingOnFailure("\(type(of: $0))", AfterGate(ready, $0)) }
+      + [drainingOnFailure("gRPC server", grpcServer)]
+  }
+}
+
+extension ServiceHost where Transport == HTTP2ServerTransport.Posix {
+  /// The production host: plaintext HTTP/2 on the configured host and port, calling the other
+  /// services at their addresses in `directory`.
+  public init(
+    definition: ServiceDefinition, configuration: ServiceConfiguration, directory: ServiceDirectory,
+    auth: AuthConfiguration, transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(),
+    logger: Logger? = nil
+  ) throws {
+    try self.init(
+      definition: definition, configuration: configuration,
+      serverTransport: .mart(host: configuration.bindHost, port: configuration.port),
+      upstream: { try HTTP2ClientTransport.Posix.mart(directory[$0]) }, auth: auth, transport: transport,
+      retryPolicy: retryPolicy, logger: logger)
   }
 }
 
@@ -155,12 +187,36 @@ struct AfterGate: Service {
   }
 }
 
-/// Runs services until SIGTERM or SIGINT, then shuts them down gracefully (last started, first stopped).
-public func runUntilSignalled(_ services: [any Service], logger: Logger) async throws {
+/// Logs the error a service fails with at error level: ServiceGroup logs it at debug level only,
+/// and the drain it starts would otherwise look like an unexplained shutdown.
+struct LoggingFailure: Service, CustomStringConvertible {
+  let name: String
+  let wrapped: any Service
+  let logger: Logger
+
+  var description: String { name }
+
+  func run() async throws {
+    do {
+      try await wrapped.run()
+    } catch {
+      // Cancellation is how the group stops a service, not a failure of it.
+      if !(error is CancellationError) {
+        logger.error("\(name) failed; stopping the process", metadata: ["error": "\(String(reflecting: error))"])
+      }
+      throw error
+    }
+  }
+}
+
+/// Runs services until SIGTERM or SIGINT, then shuts them down gracefully (last started, first
+/// stopped). A service configured with `.gracefullyShutdownGroup` that fails starts the same drain,
+/// and its error is rethrown once the drain is over.
+public func runUntilSignalled(
+  _ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger
+) async throws {
   var configuration = ServiceGroupConfiguration(
-    services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-    gracefulShutdownSignals: [.sigterm, .sigint],
-    logger: logger)
+    services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
   // A drain that has not finished in 30 s becomes cancellation: a process asked to stop must
   // stop (orchestrators kill it soon after anyway), and the group's log says what was stuck.
   configuration.maximumGracefulShutdownDuration = .seconds(30)

@@ -1,12 +1,7 @@
 import Foundation
 import Logging
+import MartRuntime
 import PostgresNIO
-
-#if canImport(Glibc)
-  import Glibc
-#elseif canImport(Darwin)
-  import Darwin
-#endif
 
 /// Slows down password guessing, per account and per client address, with the `login_failures`
 /// table (so that every instance of the service shares the counts).
@@ -115,39 +110,20 @@ enum ClientAddress {
 
   /// `ipv4:127.0.0.1:31415` or `ipv6:[::1]:443` (grpc-swift's peer descriptions).
   static func normalize(fromPeer peer: String) -> String? {
-    if peer.hasPrefix("ipv4:") {
-      let rest = peer.dropFirst(5)
-      guard let colon = rest.lastIndex(of: ":") else { return normalize(String(rest)) }
-      return normalize(String(rest[..<colon]))
-    }
-    if peer.hasPrefix("ipv6:") {
-      let rest = peer.dropFirst(5)
-      if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
-        return normalize(String(rest[rest.index(after: rest.startIndex)..<close]))
-      }
-      return normalize(String(rest))
+    for scheme in ["ipv4:", "ipv6:"] where peer.hasPrefix(scheme) {
+      return IPAddress(hostPort: peer.dropFirst(scheme.count)).map(key)
     }
     return nil
   }
 
   static func normalize(_ raw: String) -> String? {
     let text = raw.trimmingCharacters(in: .whitespaces)
-    guard !text.isEmpty, text.utf8.count <= 64 else { return nil }
-    if text.contains(":") {
-      var address = in6_addr()
-      guard inet_pton(AF_INET6, text, &address) == 1 else { return nil }
-      let bytes = withUnsafeBytes(of: &address) { Array($0) }
-      // An IPv4-mapped address (::ffff:a.b.c.d) is that IPv4 address.
-      if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF {
-        return bytes[12..<16].map { String($0) }.joined(separator: ".")
-      }
-      let groups = stride(from: 0, to: 8, by: 2).map {
-        String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16)
-      }
-      return groups.joined(separator: ":") + "::/64"
-    }
-    var address = in_addr()
-    guard inet_pton(AF_INET, text, &address) == 1 else { return nil }
-    return text
+    guard text.utf8.count <= 64, let address = IPAddress(text) else { return nil }
+    return key(address)
+  }
+
+  /// An IPv4 address as itself, an IPv6 address as its /64 (`2001:db8:1:2::/64`).
+  static func key(_ address: IPAddress) -> String {
+    address.isIPv4 ? address.description : IPNetwork(containing: address, prefixLength: 64).description
   }
 }

@@ -61,7 +61,7 @@ enum Validation {
     guard name.unicodeScalars.count <= maximumFullNameLength else {
       return .failure(FieldViolation(field, "must be at most \(maximumFullNameLength) characters"))
     }
-    guard !containsControlCharacters(name) else {
+    guard !RequestValidation.containsControlCharacters(name) else {
       return .failure(FieldViolation(field, "must not contain control characters"))
     }
     return .success(name)
@@ -76,10 +76,6 @@ enum Validation {
       digits.allSatisfy({ (0x30...0x39).contains($0) }), digits.first != UInt8(ascii: "0")
     else { return .failure(FieldViolation(field, "must be an E.164 phone number such as +27821234567")) }
     return .success(phone)
-  }
-
-  static func containsControlCharacters(_ text: String) -> Bool {
-    text.unicodeScalars.contains { CharacterSet.controlCharacters.contains($0) }
   }
 
   /// A validated address, as the addresses table stores it.
@@ -106,7 +102,7 @@ enum Validation {
       }
       if value.unicodeScalars.count > maximum {
         violations.append(FieldViolation(field, "must be at most \(maximum) characters"))
-      } else if containsControlCharacters(value) {
+      } else if RequestValidation.containsControlCharacters(value) {
         violations.append(FieldViolation(field, "must not contain control characters"))
       }
       return value
@@ -118,7 +114,9 @@ enum Validation {
       violations.append(FieldViolation("address.lines", "must have one to three street lines"))
     } else if lines.contains(where: \.isEmpty) {
       violations.append(FieldViolation("address.lines", "must not contain empty lines"))
-    } else if lines.contains(where: { $0.unicodeScalars.count > 200 || containsControlCharacters($0) }) {
+    } else if lines.contains(where: { line in
+      line.unicodeScalars.count > 200 || RequestValidation.containsControlCharacters(line)
+    }) {
       violations.append(
         FieldViolation("address.lines", "each line must be 1 to 200 characters, without control characters"))
     }

@@ -81,7 +81,7 @@ struct Serve: AsyncParsableCommand {
   func run() async throws {
     let environment = EnvironmentReader()
     let (process, logger) = try bootstrapProcess(name: component.rawValue, environment: environment)
-    var services: [any Service]
+    var services: [ServiceGroupConfiguration.ServiceConfiguration]
     if let service = component.service {
       let events = try EventTransports.make(process, clientID: "mart-\(service.rawValue)", logger: logger)
       let (configuration, directory, auth) = try loadConfiguration {
@@ -92,7 +92,7 @@ struct Serve: AsyncParsableCommand {
       }
       // A service's own settings are read as its handlers are made: still configuration (exit 2).
       services =
-        events.services
+        events.services.map { .init(service: $0) }
         + (try loadConfiguration {
           try ServiceHost(
             definition: service.definition, configuration: configuration, directory: directory, auth: auth,
@@ -103,7 +103,9 @@ struct Serve: AsyncParsableCommand {
     } else {
       let configuration = try loadConfiguration { try GatewayConfiguration(environment: environment) }
       GatewayMetrics.bootstrapProcessMetrics()
-      services = try loadConfiguration { try Gateway.makeServices(configuration: configuration, logger: logger) }
+      services = try loadConfiguration {
+        try Gateway.makeServices(configuration: configuration, logger: logger).map { .init(service: $0) }
+      }
       logger.info("starting gateway", metadata: ["port": "\(configuration.port)"])
     }
     try await runUntilSignalled(services, logger: logger)
@@ -161,7 +163,7 @@ struct Dev: AsyncParsableCommand {
     if auth.serviceKey == nil { auth.serviceKey = AuthConfiguration.ephemeral().serviceKey }
     // One transport for the whole process: in-process delivery connects the services directly.
     let events = try EventTransports.make(process, clientID: "mart-dev", logger: logger)
-    var services: [any Service] = events.services
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = events.services.map { .init(service: $0) }
     for configuration in configurations {
       var serviceLogger = logger
       serviceLogger[metadataKey: "service"] = .string(configuration.service.rawValue)
@@ -173,7 +175,9 @@ struct Dev: AsyncParsableCommand {
       }
     }
     GatewayMetrics.bootstrapProcessMetrics()
-    services += try loadConfiguration { try Gateway.makeServices(configuration: gateway, logger: logger) }
+    services += try loadConfiguration {
+      try Gateway.makeServices(configuration: gateway, logger: logger).map { .init(service: $0) }
+    }
     logger.info("starting the whole mart", metadata: ["gateway_port": "\(gateway.port)"])
     try await runUntilSignalled(services, logger: logger)
   }

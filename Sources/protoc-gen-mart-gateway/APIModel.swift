@@ -3,7 +3,8 @@ import SwiftProtobufPluginLibrary
 
 /// The option extensions the plugin reads (generated into Generated/ from the vendored protos).
 let optionExtensions = SimpleExtensionMap(
-  Google_Api_Annotations_Extensions, Google_Api_FieldBehavior_Extensions, Mart_Api_V1_Access_Extensions)
+  Google_Api_Annotations_Extensions, Google_Api_FieldBehavior_Extensions, Mart_Api_V1_Access_Extensions,
+  Mart_Api_V1_EventTopic_Extensions)
 
 /// The Mart services the gateway routes to, by the second component of their package
 /// (`mart.<name>.v1`): the cases of `MartService` in MartRuntime, which this plugin cannot import.
@@ -321,7 +322,8 @@ struct APIModel {
   // MARK: - Options
 
   /// Re-decodes descriptor options with the extensions the plugin knows, so that
-  /// `google.api.http`, `mart.api.v1.access` and `google.api.field_behavior` can be read. The
+  /// `google.api.http`, `mart.api.v1.access`, `google.api.field_behavior` and
+  /// `mart.api.v1.event_topic` can be read. The
   /// plugin library decodes the request without them: the extensions are kept as unknown fields,
   /// which survive re-serialization.
   static func decodedOptions<Options: SwiftProtobuf.Message & ExtensibleMessage>(_ options: Options) throws -> Options {

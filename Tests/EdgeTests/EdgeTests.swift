@@ -11,6 +11,7 @@ import MartTestSupport
 import PostgresNIO
 import ProductService
 import ServiceLifecycle
+import Synchronization
 import Testing
 import UserService
 
@@ -162,32 +163,25 @@ import UserService
 
   @Test func aRefusedCallGets429WithRetryAfterAndTheBucketRefills() async throws {
     try await withEdge { edge in
-      // The bucket refills continuously, so how many calls pass first depends on how fast this
-      // machine sends them: call until one is refused (3 per 10 s cannot last 20 quick calls).
-      var passed: [HTTPResult] = []
-      var refused: HTTPResult?
-      for _ in 0..<20 {
+      // The quota clock stands still unless moved: exactly the limit passes, however slow the
+      // machine, and the refill is a step of the clock rather than a wait.
+      for remaining in [2, 1, 0] {
         let response = try await edge.call("GET", "/.well-known/jwks.json")
-        #expect(response.headers["ratelimit-policy"] == #""jwks";q=3;w=10"#, "\(response.headers)")
-        #expect(response.headers["ratelimit"]?.hasPrefix(#""jwks";r="#) == true, "\(response.headers)")
-        if response.status == 429 {
-          refused = response
-          break
-        }
         #expect(response.status == 200, "\(response.text)")
-        passed.append(response)
+        #expect(response.headers["ratelimit-policy"] == #""jwks";q=3;w=10"#, "\(response.headers)")
+        #expect(response.headers["ratelimit"]?.hasPrefix(#""jwks";r=\#(remaining);"#) == true, "\(response.headers)")
       }
-      let tooMany = try #require(refused)
-      #expect(passed.count >= 3)
-      // The last call let through took the last whole token.
-      #expect(passed.last?.headers["ratelimit"]?.contains("r=0") == true, "\(String(describing: passed.last))")
+      let tooMany = try await edge.call("GET", "/.well-known/jwks.json")
+      #expect(tooMany.status == 429, "\(tooMany.text)")
       try tooMany.expectStatusBody(code: 8)
-      let retryAfter = try #require(tooMany.headers["retry-after"].flatMap { Int($0) })
-      #expect(retryAfter >= 1)
+      // One token per 10/3 s: back after 4 whole seconds.
+      #expect(tooMany.headers["retry-after"] == "4")
       let details = try #require(try tooMany.json()["details"] as? [[String: Any]])
       #expect(details.contains { ($0["@type"] as? String)?.hasSuffix("google.rpc.RetryInfo") == true })
-      try await Task.sleep(for: .seconds(retryAfter))
-      #expect(try await edge.call("GET", "/.well-known/jwks.json").status == 200)
+      edge.quotaClock.advance(by: .seconds(3))
+      #expect(try await edge.call("GET", "/.well-known/jwks.json").status == 429, "not before Retry-After")
+      edge.quotaClock.advance(by: .seconds(1))
+      #expect(try await edge.call("GET", "/.well-known/jwks.json").status == 200, "refilled by Retry-After")
     }
   }
 
@@ -328,6 +322,8 @@ struct Edge {
   let gatewayPort: Int
   let userPort: Int
   let userDatabase: DatabaseConfiguration
+  /// The clock the gateway's quotas refill by; it moves only when a test moves it.
+  var quotaClock = QuotaClock()
 
   func call(
     _ method: String, _ path: String, json: [String: Any]? = nil, body: Data? = nil,
@@ -415,6 +411,15 @@ struct Edge {
   }
 }
 
+/// Time for the gateway's quotas, moved by hand: a refill is a step of this clock, not a wait.
+final class QuotaClock: Sendable {
+  private let elapsed = Mutex(Duration.zero)
+
+  func advance(by duration: Duration) { elapsed.withLock { $0 += duration } }
+
+  var reading: @Sendable () -> Duration { { [self] in elapsed.withLock { $0 } } }
+}
+
 /// Starts the user service on a scratch database and the gateway in front of it, with a gateway
 /// configuration whose limits the tests can reach: 3 JWKS reads per 10 s, and 16 KiB bodies.
 /// With `catalog`, the product and inventory services run too, each on a scratch database, with
@@ -464,7 +469,7 @@ private func withEdge(
     let userPort = try #require(userPorts[.user])
     // The catalog services call the user service (for its keys); the gateway calls all three.
     let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
-    var hosts: [ServiceHost] = []
+    var hosts: [ServiceHost<HTTP2ServerTransport.Posix>] = []
     if let catalog {
       hosts.append(
         try ServiceHost(
@@ -484,16 +489,18 @@ private func withEdge(
         environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
       }
       let (listening, announce) = AsyncStream.makeStream(of: Int.self)
+      let quotaClock = QuotaClock()
       let gateway = try Gateway.makeServices(
-        configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger
-      ) { port in
-        announce.yield(port)
-        announce.finish()
-      }
+        configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger,
+        onListening: { port in
+          announce.yield(port)
+          announce.finish()
+        }, rateLimitClock: quotaClock.reading)
       try await withServices(gateway) {
         var ports = listening.makeAsyncIterator()
         let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
-        let edge = Edge(gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration)
+        let edge = Edge(
+          gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration, quotaClock: quotaClock)
         let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
         #expect(up)
         try await body(edge)
@@ -505,14 +512,15 @@ private func withEdge(
 /// Runs `hosts` one after another, each started once the one before it serves, and then `body`
 /// with the port each listens on.
 private func withServing(
-  _ hosts: ArraySlice<ServiceHost>, ports: [MartService: Int] = [:],
+  _ hosts: ArraySlice<ServiceHost<HTTP2ServerTransport.Posix>>, ports: [MartService: Int] = [:],
   _ body: ([MartService: Int]) async throws -> Void
 ) async throws {
   guard let host = hosts.first else { return try await body(ports) }
   try await withServices(host.lifecycleServices) {
     let service = host.configuration.service
     let port = try #require(try await host.server.listeningAddress?.ipv4?.port, "\(service) is not listening")
-    let serving = await eventually { await healthStatus(port: port, service: "") == .serving }
+    // The board the health service reads, rather than polling it over the network.
+    let serving = await host.health.waitUntilServing()
     #expect(serving, "\(service) is not serving")
     var ports = ports
     ports[service] = port

@@ -1,35 +1,12 @@
+import MartRuntime
 import Testing
 
 @testable import Gateway
 
+/// Whose address a request is: `X-Forwarded-For` only through our own proxies. (The parser
+/// itself is MartRuntime's; its tests are in IPAddressTests.)
 @Suite struct ClientAddressTests {
   func address(_ text: String) throws -> IPAddress { try #require(IPAddress(text)) }
-
-  @Test func parsesAndPrintsAddresses() throws {
-    #expect(try address("192.0.2.1").description == "192.0.2.1")
-    #expect(try address("2001:db8:0:0:0:0:0:1").description == "2001:db8::1")
-    #expect(try address("::1").description == "::1")
-    #expect(try address("::ffff:192.0.2.1").description == "192.0.2.1", "IPv4-mapped is IPv4")
-    #expect(try address("fe80::1%eth0").description == "fe80::1")
-    for bad in ["", "1.2.3", "1.2.3.256", "01.2.3.4", "1:2:3:4:5:6:7:8:9", "::1::", "abc", "1.2.3.4:80"] {
-      #expect(IPAddress(bad) == nil, "\(bad)")
-    }
-  }
-
-  @Test func networksContainTheirAddresses() throws {
-    let ten = try #require(IPNetwork("10.0.0.0/8"))
-    #expect(ten.contains(try address("10.200.3.4")))
-    #expect(!ten.contains(try address("11.0.0.1")))
-    #expect(!ten.contains(try address("::1")))
-    let odd = try #require(IPNetwork("192.168.1.128/25"))
-    #expect(odd.contains(try address("192.168.1.200")))
-    #expect(!odd.contains(try address("192.168.1.127")))
-    let v6 = try #require(IPNetwork("fd00::/8"))
-    #expect(v6.contains(try address("fd12:3456::1")))
-    #expect(try #require(IPNetwork("127.0.0.1")).contains(try address("127.0.0.1")))
-    #expect(IPNetwork("10.0.0.0/33") == nil)
-    #expect(IPNetwork("10.0.0.0/x") == nil)
-  }
 
   @Test func forwardedForIsBelievedOnlyFromTrustedProxies() throws {
     let resolver = ClientAddressResolver(trustedProxies: [try #require(IPNetwork("10.0.0.0/8"))])

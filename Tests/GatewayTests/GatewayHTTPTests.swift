@@ -26,13 +26,13 @@ import Testing
         headers: gateway.headers(token: gateway.customerToken, extra: ["X-Request-Id": "req-1"]))
       #expect(response.status == .ok, "\(response.text)")
       #expect(response.headers[.contentType] == "application/json")
-      #expect(response.headers[GatewayResponder.requestIDField] == "req-1")
+      #expect(response.headers[.requestID] == "req-1")
       let user = try response.json()
       #expect(user["id"] as? String == "me")
       #expect(user["email"] as? String == "req-1", "x-request-id passed on")
       #expect(user["emailVerified"] as? Bool == true, "the token passed on")
-      #expect(response.headers[GatewayResponder.rateLimitPolicyField] == #""default";q=1000;w=60"#)
-      #expect(response.headers[GatewayResponder.rateLimitField]?.hasPrefix(#""default";r=999;t="#) == true)
+      #expect(response.headers[.rateLimitPolicy] == #""default";q=1000;w=60"#)
+      #expect(response.headers[.rateLimit]?.hasPrefix(#""default";r=999;t="#) == true)
     }
   }
 
@@ -49,13 +49,13 @@ import Testing
     // Over a real socket the peer is 127.0.0.1.
     try await withGateway(.live) { gateway, client in
       var headers = gateway.headers(token: gateway.customerToken)
-      headers[GatewayResponder.forwardedForField] = "203.0.113.9"
+      headers[.forwardedFor] = "203.0.113.9"
       let direct = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
       #expect(try direct.json()["fullName"] as? String == "127.0.0.1", "an untrusted peer's header is ignored")
     }
     try await withGateway(.live, trustedProxies: ["127.0.0.0/8"]) { gateway, client in
       var headers = gateway.headers(token: gateway.customerToken)
-      headers[GatewayResponder.forwardedForField] = "6.6.6.6, 203.0.113.9"
+      headers[.forwardedFor] = "6.6.6.6, 203.0.113.9"
       let proxied = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
       #expect(try proxied.json()["fullName"] as? String == "203.0.113.9", "the right-most untrusted hop")
     }
@@ -67,7 +67,7 @@ import Testing
         uri: "/v1/users/me", method: .get,
         headers: gateway.headers(
           token: gateway.customerToken, extra: ["X-Request-Id": String(repeating: "x", count: 200)]))
-      let id = try #require(response.headers[GatewayResponder.requestIDField])
+      let id = try #require(response.headers[.requestID])
       #expect(id.count == 36, "a fresh UUID: \(id)")
     }
   }
@@ -197,14 +197,14 @@ import Testing
       for remaining in [1, 0] {
         let response = try await client.execute(uri: "/.well-known/jwks.json", method: .get)
         #expect(response.status == .ok, "\(response.text)")
-        #expect(response.headers[GatewayResponder.rateLimitPolicyField] == #""jwks";q=2;w=10"#)
-        #expect(response.headers[GatewayResponder.rateLimitField]?.hasPrefix(#""jwks";r=\#(remaining);"#) == true)
+        #expect(response.headers[.rateLimitPolicy] == #""jwks";q=2;w=10"#)
+        #expect(response.headers[.rateLimit]?.hasPrefix(#""jwks";r=\#(remaining);"#) == true)
       }
       let refused = try await client.execute(uri: "/.well-known/jwks.json", method: .get)
       #expect(refused.status == .tooManyRequests)
       #expect(refused.headers[.retryAfter] == "5")
-      #expect(refused.headers[GatewayResponder.rateLimitField] == #""jwks";r=0;t=10"#)
-      #expect(refused.headers[GatewayResponder.rateLimitPolicyField] == #""jwks";q=2;w=10"#)
+      #expect(refused.headers[.rateLimit] == #""jwks";r=0;t=10"#)
+      #expect(refused.headers[.rateLimitPolicy] == #""jwks";q=2;w=10"#)
       try refused.expectStatus(code: 8)
       let details = try #require(try refused.json()["details"] as? [[String: Any]])
       let retryInfo = try #require(

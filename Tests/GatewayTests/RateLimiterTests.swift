@@ -5,13 +5,13 @@ import Testing
 
 /// A clock the test moves by hand.
 final class ManualClock: Sendable {
-  private let value = Mutex(0.0)
+  private let value = Mutex(Duration.zero)
 
-  var now: Double { value.withLock { $0 } }
+  var now: Duration { value.withLock { $0 } }
 
-  func advance(_ seconds: Double) { value.withLock { $0 += seconds } }
+  func advance(_ seconds: Double) { value.withLock { $0 += .seconds(seconds) } }
 
-  var function: @Sendable () -> Double { { [self] in now } }
+  var function: @Sendable () -> Duration { { [self] in now } }
 }
 
 @Suite struct RateLimiterTests {

@@ -1,10 +1,11 @@
 import Foundation
 import GRPCCore
-import GRPCNIOTransportHTTP2
+import GRPCInProcessTransport
 import InventoryService
 import Logging
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import PostgresNIO
 import Testing
@@ -15,7 +16,7 @@ import Testing
 
 /// The inventory service in-process, on a scratch database, with a gRPC client and tokens.
 struct InventoryHarness: Sendable {
-  let client: Mart_Inventory_V1_InventoryService.Client<HTTP2ClientTransport.Posix>
+  let client: Mart_Inventory_V1_InventoryService.Client<InProcessTransport.Client>
   let database: PostgresClient
   let transport: InProcessEventTransport
   let adminID: UUID
@@ -145,24 +146,4 @@ struct InventoryHarness: Sendable {
     for try await count in rows.decode(Int.self) { return count }
     return 0
   }
-}
-
-/// The gRPC error a call failed with.
-func rpcError(_ body: () async throws -> Void) async -> RPCError? {
-  do {
-    try await body()
-    return nil
-  } catch let error as RPCError {
-    return error
-  } catch {
-    Issue.record("expected an RPCError, got \(error)")
-    return nil
-  }
-}
-
-/// The fields an INVALID_ARGUMENT error names (and an issue if the call did not fail so).
-func invalidFields(_ call: () async throws -> Void) async -> [String] {
-  let error = await rpcError(call)
-  #expect(error?.code == .invalidArgument)
-  return error?.badRequestFields ?? []
 }

@@ -3,11 +3,13 @@ import GRPCCore
 import InventoryService
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import PostgresNIO
 import ProductService
 import SwiftProtobuf
 import Testing
+import UserService
 
 /// The inventory service in-process over gRPC, on a scratch database of its own per test.
 @Suite struct InventoryServiceTests {
@@ -32,6 +34,44 @@ import Testing
       let again = await eventually { try await service.count("SELECT count(*)::int FROM inbox") == 4 }
       #expect(again)
       #expect(try await service.stock(product).onHand == 4)
+    }
+  }
+
+  /// Hosts in one test call each other over the in-process network: the inventory service
+  /// verifies a user's token with the keys the user service publishes (GetJwks), without ports.
+  @Test func userTokensVerifyAgainstTheUserServiceOverTheInProcessNetwork() async throws {
+    let network = InProcessNetwork()
+    let auth = AuthConfiguration.ephemeral()
+    let users = UserServiceModule.makeDefinition(options: UserServiceOptions(passwordCost: .testing))
+    try await ScratchDatabase.with("net_user") { userDatabase in
+      try await ScratchDatabase.with("net_inventory") { inventoryDatabase in
+        try await withHost(
+          users, configuration: ServiceConfiguration(service: .user, port: 0, database: userDatabase.configuration),
+          auth: auth, network: network
+        ) { _, userGRPC in
+          try await withHost(
+            InventoryServiceModule.makeDefinition(settings: InventorySettings()),
+            configuration: ServiceConfiguration(
+              service: .inventory, port: 0, database: inventoryDatabase.configuration),
+            auth: auth, network: network
+          ) { _, inventoryGRPC in
+            let registered = try await Mart_User_V1_UserService.Client(wrapping: userGRPC).register(
+              .with {
+                $0.email = "net@example.com"
+                $0.password = "correct horse battery staple"
+                $0.fullName = "Net User"
+              })
+            let inventory = Mart_Inventory_V1_InventoryService.Client(wrapping: inventoryGRPC)
+            let customer: Metadata = ["authorization": "Bearer \(registered.tokens.accessToken)"]
+            // An admin-only call: a verified customer token is PERMISSION_DENIED; one the service
+            // could not verify would be UNAUTHENTICATED, and unreachable keys UNAVAILABLE.
+            let error = await rpcError {
+              _ = try await inventory.listMovements(.with { $0.productID = UUID().uuidString }, metadata: customer)
+            }
+            #expect(error?.code == .permissionDenied)
+          }
+        }
+      }
     }
   }
 

@@ -22,7 +22,8 @@ import Testing
         definition: Self.definition, configuration: configuration,
         directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
         logger: TestBed.logger)
-      let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
+      let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
 
       try await withThrowingTaskGroup(of: Void.self) { tasks in
         tasks.addTask { try await group.run() }
@@ -57,7 +58,8 @@ import Testing
     let host = try ServiceHost(
       definition: Self.definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]),
       auth: .ephemeral(), transport: InProcessEventTransport(), logger: TestBed.logger)
-    let group = ServiceGroup(services: host.lifecycleServices, logger: TestBed.logger)
+    let group = ServiceGroup(
+      configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }
       let address = try #require(try await host.server.listeningAddress?.ipv4)

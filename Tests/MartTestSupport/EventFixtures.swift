@@ -145,7 +145,14 @@ public enum EventFixtures {
 
 /// Runs `services` in a ServiceGroup while `body` runs, then shuts them down gracefully.
 public func withServices(_ services: [any Service], _ body: () async throws -> Void) async throws {
-  let group = ServiceGroup(services: services, logger: TestBed.logger)
+  try await withServices(services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }, body)
+}
+
+/// `withServices` for services configured with their termination behaviours (`ServiceHost`'s).
+public func withServices(
+  _ services: [ServiceGroupConfiguration.ServiceConfiguration], _ body: () async throws -> Void
+) async throws {
+  let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: TestBed.logger))
   try await withThrowingTaskGroup(of: Void.self) { tasks in
     tasks.addTask { try await group.run() }
     do {

@@ -1,5 +1,6 @@
 import Foundation
 import GRPCCore
+import GRPCInProcessTransport
 import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import MartRuntime
@@ -53,29 +54,60 @@ public struct HostNotServing: Error, CustomStringConvertible {
   public var description: String
 }
 
-/// Starts `definition` in-process with `configuration` (port 0: any free port), waits until it
-/// serves, and runs `body` with the host and a gRPC client connected to it. Event consumers
-/// retry quickly (`retryPolicy`), so that a test of a failing handler does not wait long.
+extension MartRuntime.RetryPolicy {
+  /// Quick retries, so that a test of a failing event handler does not wait long.
+  public static let quick = MartRuntime.RetryPolicy(
+    maximumAttempts: 3, initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(100))
+}
+
+/// Starts `definition` in-process on `network`'s in-process transport, waits until it serves, and
+/// runs `body` with the host and a gRPC client connected to it. No ports: the network is not what
+/// these tests are about (`withHTTP2Host` is for tests that are).
 public func withHost(
   _ definition: ServiceDefinition, configuration: ServiceConfiguration, auth: AuthConfiguration,
-  transport: any EventTransport = InProcessEventTransport(),
-  retryPolicy: MartRuntime.RetryPolicy = MartRuntime.RetryPolicy(
-    maximumAttempts: 3, initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(100)),
-  _ body: (ServiceHost, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Void
+  transport: any EventTransport = InProcessEventTransport(), network: InProcessNetwork = InProcessNetwork(),
+  retryPolicy: MartRuntime.RetryPolicy = .quick,
+  _ body: (ServiceHost<InProcessServer>, GRPCClient<InProcessTransport.Client>) async throws -> Void
+) async throws {
+  let host = try ServiceHost(
+    definition: definition, configuration: configuration, serverTransport: network.server(definition.service),
+    upstream: network.client, auth: auth, transport: transport, retryPolicy: retryPolicy, logger: TestBed.logger)
+  try await withServing(host, connect: { network.client(definition.service) }, body)
+}
+
+/// `withHost` over HTTP/2 on a free loopback port, for what only a network shows: the peer's
+/// address, `listeningAddress`.
+public func withHTTP2Host(
+  _ definition: ServiceDefinition, configuration: ServiceConfiguration, auth: AuthConfiguration,
+  transport: any EventTransport = InProcessEventTransport(), retryPolicy: MartRuntime.RetryPolicy = .quick,
+  _ body: (ServiceHost<HTTP2ServerTransport.Posix>, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Void
 ) async throws {
   let host = try ServiceHost(
     definition: definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]), auth: auth,
     transport: transport, retryPolicy: retryPolicy, logger: TestBed.logger)
   let service = definition.service.rawValue
+  try await withServing(
+    host,
+    connect: {
+      guard let address = try await host.server.listeningAddress?.ipv4 else {
+        throw HostNotServing(description: "the \(service) service's gRPC server has no IPv4 address")
+      }
+      return try HTTP2ClientTransport.Posix.mart(Endpoint(host: "127.0.0.1", port: address.port))
+    }, body)
+}
+
+/// Runs `host` while `body` runs, starting `body` once the host serves, with a client over the
+/// transport `connect` makes.
+private func withServing<Server: ServerTransport, Client: ClientTransport>(
+  _ host: ServiceHost<Server>, connect: () async throws -> Client,
+  _ body: (ServiceHost<Server>, GRPCClient<Client>) async throws -> Void
+) async throws {
   try await withServices(host.lifecycleServices) {
-    guard let address = try await host.server.listeningAddress?.ipv4 else {
-      throw HostNotServing(description: "the \(service) service's gRPC server has no IPv4 address")
+    // The board the health service reads: SERVING once the database is migrated.
+    guard await host.health.waitUntilServing() else {
+      throw HostNotServing(description: "the \(host.definition.service.rawValue) service never became SERVING")
     }
-    let serving = await eventually { await healthStatus(port: address.port, service: "") == .serving }
-    guard serving else { throw HostNotServing(description: "the \(service) service never became SERVING") }
-    try await withGRPCClient(
-      transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
-    ) { client in
+    try await withGRPCClient(transport: try await connect()) { client in
       try await body(host, client)
     }
   }
@@ -84,13 +116,13 @@ public func withHost(
 /// `withHost` for `service` on `database`, with `users`' token settings and test key.
 public func withHost(
   _ definition: ServiceDefinition, service: MartService, database: ScratchDatabase, users: TestUsers,
-  transport: any EventTransport = InProcessEventTransport(),
-  _ body: (ServiceHost, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Void
+  transport: any EventTransport = InProcessEventTransport(), network: InProcessNetwork = InProcessNetwork(),
+  _ body: (ServiceHost<InProcessServer>, GRPCClient<InProcessTransport.Client>) async throws -> Void
 ) async throws {
   try await withHost(
     users.withTestKeys(definition),
     configuration: ServiceConfiguration(service: service, port: 0, database: database.configuration),
-    auth: users.auth, transport: transport, body)
+    auth: users.auth, transport: transport, network: network, body)
 }
 
 extension RPCError {

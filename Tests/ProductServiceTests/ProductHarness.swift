@@ -1,8 +1,9 @@
 import Foundation
 import GRPCCore
-import GRPCNIOTransportHTTP2
+import GRPCInProcessTransport
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import PostgresNIO
 import ProductService
@@ -11,7 +12,7 @@ import Testing
 
 /// The product service in-process, on a scratch database, with a gRPC client.
 struct ProductHarness: Sendable {
-  let client: Mart_Product_V1_ProductService.Client<HTTP2ClientTransport.Posix>
+  let client: Mart_Product_V1_ProductService.Client<InProcessTransport.Client>
   let database: PostgresClient
   let admin: Metadata
   let customer: Metadata
@@ -114,24 +115,4 @@ struct ProductHarness: Sendable {
   func outboxEvents() async throws -> [(type: String, payload: [UInt8])] {
     try await EventFixtures.outboxEvents(database)
   }
-}
-
-/// The gRPC error a call failed with.
-func rpcError(_ body: () async throws -> Void) async -> RPCError? {
-  do {
-    try await body()
-    return nil
-  } catch let error as RPCError {
-    return error
-  } catch {
-    Issue.record("expected an RPCError, got \(error)")
-    return nil
-  }
-}
-
-/// The fields an INVALID_ARGUMENT error names (and an issue if the call did not fail so).
-func invalidFields(_ call: () async throws -> Void) async -> [String] {
-  let error = await rpcError(call)
-  #expect(error?.code == .invalidArgument)
-  return error?.badRequestFields ?? []
 }

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import SwiftProtobuf
 import Testing

@@ -1,17 +1,17 @@
 import Foundation
 import GRPCCore
-import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import MartProto
 import MartRuntime
+import MartTestKit
 import MartTestSupport
 import PostgresNIO
 import SwiftProtobuf
 import Testing
 import UserService
 
-/// The user service in-process on a scratch database, called over HTTP/2 loopback with the
-/// generated client, as other services and the gateway call it.
+/// The user service in-process on a scratch database, called with the generated client over the
+/// in-process transport (over HTTP/2 where the caller's address matters).
 @Suite struct UserServiceTests {
   @Test func registerLoginGetMeRefreshLogout() async throws {
     try await withUserService("users_flow") { service in
@@ -137,7 +137,8 @@ import UserService
   }
 
   @Test func repeatedFailuresLockTheAccount() async throws {
-    try await withUserService("users_throttle") { service in
+    // Over HTTP/2: the last address counted is the connection's peer, which in-process has none.
+    try await withUserService("users_throttle", overHTTP2: true) { service in
       _ = try await service.register(email: "erin@example.com")
       for _ in 0..<5 {
         let error = await rpcError {
@@ -565,7 +566,9 @@ let defaultPassword = "correct horse battery staple"
 
 /// A running user service and what a test needs to talk to it.
 struct UserServiceUnderTest: Sendable {
-  let client: Mart_User_V1_UserService.Client<HTTP2ClientTransport.Posix>
+  /// The generated client's protocol: most tests call in-process, the address throttle's over
+  /// HTTP/2.
+  let client: any Mart_User_V1_UserService.ClientProtocol
   /// The service's database, for set-up and for looking behind the API.
   let database: PostgresClient
 
@@ -605,18 +608,28 @@ let testAuth: AuthConfiguration = {
   return auth
 }()
 
+/// Runs the user service on a scratch database, in-process unless `overHTTP2` (for what only a
+/// connection shows: the caller's address).
 func withUserService(
-  _ label: String, options: UserServiceOptions = testOptions,
+  _ label: String, options: UserServiceOptions = testOptions, overHTTP2: Bool = false,
   _ body: @escaping @Sendable (UserServiceUnderTest) async throws -> Void
 ) async throws {
   try await ScratchDatabase.with(label) { database in
     let configuration = ServiceConfiguration(
       service: .user, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
-    try await withHost(
-      UserServiceModule.makeDefinition(options: options), configuration: configuration, auth: testAuth
-    ) { _, grpc in
+    let definition = UserServiceModule.makeDefinition(options: options)
+    let run = { (client: any Mart_User_V1_UserService.ClientProtocol) in
       try await withPostgresClient(database.configuration) { postgres in
-        try await body(UserServiceUnderTest(client: .init(wrapping: grpc), database: postgres))
+        try await body(UserServiceUnderTest(client: client, database: postgres))
+      }
+    }
+    if overHTTP2 {
+      try await withHTTP2Host(definition, configuration: configuration, auth: testAuth) { _, grpc in
+        try await run(Mart_User_V1_UserService.Client(wrapping: grpc))
+      }
+    } else {
+      try await withHost(definition, configuration: configuration, auth: testAuth) { _, grpc in
+        try await run(Mart_User_V1_UserService.Client(wrapping: grpc))
       }
     }
   }
@@ -624,39 +637,6 @@ func withUserService(
 
 func bearer(_ token: String) -> Metadata {
   ["authorization": "Bearer \(token)"]
-}
-
-/// The error a call failed with; nil if it succeeded.
-func rpcError(_ call: () async throws -> Void) async -> RPCError? {
-  do {
-    try await call()
-    return nil
-  } catch let error as RPCError {
-    return error
-  } catch {
-    Issue.record("not an RPCError: \(error)")
-    return nil
-  }
-}
-
-/// The `google.rpc.Status` details of an error (an unreadable one is a test failure).
-func details(_ error: RPCError?) -> [ErrorDetails] {
-  do {
-    return try error?.unpackGoogleRPCStatus()?.details ?? []
-  } catch {
-    Issue.record("unreadable status details: \(error)")
-    return []
-  }
-}
-
-/// The `google.rpc.ErrorInfo` reason of an error.
-func reason(_ error: RPCError?) -> String? {
-  details(error).compactMap(\.errorInfo).first?.reason
-}
-
-/// The fields a `google.rpc.BadRequest` names.
-func fields(_ error: RPCError?) -> [String] {
-  details(error).compactMap(\.badRequest).flatMap { $0.violations.map(\.field) }
 }
 
 func decodeClaims(_ token: String) throws -> AccessTokenClaims {

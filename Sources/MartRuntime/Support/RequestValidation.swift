@@ -102,9 +102,9 @@ public struct RequestValidation: Sendable {
   /// Whether `text` has control characters (other than the tab, line feed and carriage return
   /// that `allowingNewlines` permits).
   public static func containsControlCharacters(_ text: String, allowingNewlines: Bool = false) -> Bool {
-    text.unicodeScalars.contains { scalar in
+    text.unicodeScalars.contains { (scalar: Unicode.Scalar) -> Bool in
       if allowingNewlines, scalar == "\n" || scalar == "\r" || scalar == "\t" { return false }
-      return scalar.properties.generalCategory == .control
+      return scalar.isControlCharacter
     }
   }
 }

@@ -1,0 +1,86 @@
+import Hummingbird
+import MartRuntime
+
+/// The gateway's own endpoints, answered before any route: `/healthz`, `/readyz` (every service
+/// SERVING on grpc.health.v1), `/metrics`, `/openapi.json` and `/docs`. They answer GET and HEAD;
+/// OPTIONS gets 204 with `Allow`, any other method 405. They have no quota and need no token.
+struct BuiltInEndpointsMiddleware: RouterMiddleware {
+  typealias Context = GatewayRequestContext
+
+  let upstreams: Upstreams
+  let instruments: GatewayInstruments
+
+  /// Path → the operation name in the access log and the metrics.
+  static let endpoints = [
+    "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", APIDocumentation.openAPIPath: "openapi",
+    APIDocumentation.docsPath: "docs",
+  ]
+  static let methods = ["GET", "HEAD", "OPTIONS"]
+
+  func handle(
+    _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+  ) async throws -> Response {
+    let path = request.uri.path
+    guard let operation = Self.endpoints[path] else { return try await next(request, context) }
+    context.exchange.name(operation: operation, route: path)
+    switch request.method {
+    case .get, .head:
+      return await response(path)
+    case .options:
+      return Self.allow(Self.methods)
+    default:
+      throw GatewayError.methodNotAllowed(request.method.rawValue, allowed: Self.methods)
+    }
+  }
+
+  private func response(_ path: String) async -> Response {
+    switch path {
+    case "/healthz":
+      return Self.json(#"{"status":"ok"}"#, status: .ok)
+    case "/readyz":
+      return await readiness()
+    case "/metrics":
+      var headers = HTTPFields()
+      headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+      return Response(
+        status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: instruments.exposition())))
+    case APIDocumentation.openAPIPath:
+      return APIDocumentation.openAPIDocument()
+    default:
+      return APIDocumentation.docsPage()
+    }
+  }
+
+  /// Ready when every upstream service reports SERVING on grpc.health.v1.
+  private func readiness() async -> Response {
+    let upstreams = self.upstreams
+    let statuses = await withTaskGroup(of: (MartService, HealthStatus).self) { group in
+      for service in upstreams.clients.keys {
+        group.addTask { (service, await upstreams.health(of: service)) }
+      }
+      return await group.reduce(into: [MartService: HealthStatus]()) { $0[$1.0] = $1.1 }
+    }
+    let ready = statuses.values.allSatisfy { $0 == .serving }
+    let services = statuses.sorted { $0.key.rawValue < $1.key.rawValue }.map {
+      JSONMember(key: $0.key.rawValue, value: .string($0.value == .serving ? "SERVING" : "NOT_SERVING"))
+    }
+    let body = JSONValue.object([
+      JSONMember(key: "services", value: .object(services)),
+      JSONMember(key: "status", value: .string(ready ? "ready" : "not ready")),
+    ])
+    return Self.json(body.serialized, status: ready ? .ok : .serviceUnavailable)
+  }
+
+  static func json(_ text: String, status: HTTPResponse.Status) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+  }
+
+  /// 204 with `Allow`: the answer to a plain `OPTIONS`.
+  static func allow(_ methods: [String]) -> Response {
+    var headers = HTTPFields()
+    headers[.allow] = methods.joined(separator: ", ")
+    return Response(status: .noContent, headers: headers)
+  }
+}

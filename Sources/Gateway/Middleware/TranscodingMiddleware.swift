@@ -1,0 +1,113 @@
+import GRPCCore
+import HTTPTypes
+import Hummingbird
+import Logging
+import MartProto
+import MartRuntime
+
+/// The last step: the body (at most `maxBodyBytes`, JSON), transcoded with the path and query
+/// into the route's request message, the gRPC call with the route's deadline and the call's
+/// metadata (token, request id, traceparent, client address), and the answer as proto3 JSON.
+/// It answers every request that reaches it and never calls `next`.
+struct TranscodingMiddleware: RouterMiddleware {
+  typealias Context = GatewayRequestContext
+
+  let upstreams: Upstreams
+  let maxBodyBytes: Int
+  let logger: Logger
+
+  func handle(
+    _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+  ) async throws -> Response {
+    let matched = try context.matchedRoute()
+    let compiled = matched.compiled
+    let route = compiled.route
+    let body = try await Self.readBody(request, limit: maxBodyBytes)
+    let transcoded = try compiled.transcoder.transcode(
+      bindings: matched.bindings, query: request.uri.query, body: body, contentType: request.headers[.contentType],
+      headers: { name in HTTPField.Name(name).flatMap { request.headers[$0] } },
+      clientAddress: context.clientAddress?.description)
+
+    var metadata = Metadata()
+    if let authorization = request.headers[.authorization] {
+      metadata.addString(authorization, forKey: "authorization")
+    }
+    metadata.addString(context.requestID, forKey: "x-request-id")
+    if let traceparent = context.traceparent { metadata.addString(traceparent, forKey: "traceparent") }
+    if let address = context.clientAddress { metadata.addString(address.description, forKey: "x-mart-client-ip") }
+    var options = CallOptions.defaults
+    options.timeout = compiled.deadline
+    // Fail fast when the service cannot be reached (503), rather than waiting out the deadline.
+    options.waitForReady = false
+
+    guard let client = upstreams.clients[route.upstream] else {
+      throw GatewayError(
+        .serviceUnavailable, code: .unavailable, message: "the \(route.upstream.rawValue) service is not configured")
+    }
+    let json: [UInt8]
+    do {
+      json = try await route.rpc.call(
+        bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client, metadata: metadata,
+        options: options)
+    } catch let error as GatewayRequestDecodingError {
+      throw GatewayError.badRequest("the request does not match \(route.requestMessage): \(error.description)")
+    } catch let error as RPCError {
+      let mapped = GatewayError.upstream(error, service: route.upstream.rawValue, requestID: context.requestID)
+      if mapped.code == .internal {
+        logger.warning(
+          "upstream call failed",
+          metadata: [
+            "operation": .string(route.operationID), "code": .string("\(error.code)"), "error": .string(error.message),
+          ])
+      }
+      throw mapped
+    } catch {
+      logger.error(
+        "gateway call failed", metadata: ["operation": .string(route.operationID), "error": .string("\(error)")])
+      throw GatewayError.internalError(requestID: context.requestID)
+    }
+
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    let payload = compiled.responseField.map { Self.extract(field: $0, from: json) } ?? json
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: payload)))
+  }
+
+  /// The body, up to `limit` bytes (413 beyond, without reading further).
+  static func readBody(_ request: Request, limit: Int) async throws(GatewayError) -> [UInt8] {
+    if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
+      throw .contentTooLarge(limit: limit)
+    }
+    var bytes: [UInt8] = []
+    do {
+      for try await buffer in request.body {
+        guard bytes.count + buffer.readableBytes <= limit else { throw GatewayError.contentTooLarge(limit: limit) }
+        bytes.append(contentsOf: buffer.readableBytesView)
+      }
+    } catch let error as GatewayError {
+      throw error
+    } catch {
+      throw .badRequest("the request body could not be read")
+    }
+    return bytes
+  }
+
+  /// The value of the `response_body` field in the response JSON; its default when absent.
+  static func extract(field: (jsonName: String, schema: FieldSchema?), from json: [UInt8]) -> [UInt8] {
+    if case .object(let members) = try? JSONParser.parse(json, maximumDepth: 200),
+      let member = members.first(where: { $0.key == field.jsonName })
+    {
+      return Array(member.value.serialized.utf8)
+    }
+    guard let schema = field.schema else { return Array("null".utf8) }
+    if schema.isRepeated && !schema.isMap { return Array("[]".utf8) }
+    switch schema.kind {
+    case _ where schema.isMap: return Array("{}".utf8)
+    case .string, .bytes: return Array("\"\"".utf8)
+    case .bool: return Array("false".utf8)
+    case .int32, .uint32, .float, .double: return Array("0".utf8)
+    case .int64, .uint64: return Array("\"0\"".utf8)
+    case .enumeration, .message: return Array("null".utf8)
+    }
+  }
+}
