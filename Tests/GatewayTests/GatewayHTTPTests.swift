@@ -46,14 +46,18 @@ import Testing
   }
 
   @Test func theClientAddressIsPassedOnAndForwardedForTrustedOnlyFromProxies() async throws {
-    // Over a real socket the peer is 127.0.0.1.
+    // Over a real socket the peer is loopback: 127.0.0.1, or ::1 where "localhost" (which
+    // HummingbirdTesting's live server and client both use) resolves to IPv6 first, as in a
+    // bare Debian root without an /etc/hosts.
+    let loopback = ["127.0.0.1", "::1"]
     try await withGateway(.live) { gateway, client in
       var headers = gateway.headers(token: gateway.customerToken)
       headers[.forwardedFor] = "203.0.113.9"
       let direct = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
-      #expect(try direct.json()["fullName"] as? String == "127.0.0.1", "an untrusted peer's header is ignored")
+      let seen = try direct.json()["fullName"] as? String
+      #expect(loopback.contains(seen ?? ""), "an untrusted peer's header is ignored, got \(seen ?? "nothing")")
     }
-    try await withGateway(.live, trustedProxies: ["127.0.0.0/8"]) { gateway, client in
+    try await withGateway(.live, trustedProxies: ["127.0.0.0/8", "::1/128"]) { gateway, client in
       var headers = gateway.headers(token: gateway.customerToken)
       headers[.forwardedFor] = "6.6.6.6, 203.0.113.9"
       let proxied = try await client.execute(uri: "/v1/users/me", method: .get, headers: headers)
