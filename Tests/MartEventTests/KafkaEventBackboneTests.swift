@@ -5,6 +5,7 @@ import MartRuntime
 import MartTestSupport
 import PostgresNIO
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -66,11 +67,19 @@ import Testing
           properties: [
             "message.timeout.ms": "3000"
           ])
-        let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: TestBed.logger)
+        // The relay's failed attempts, counted from its log: wait for one, not for time.
+        let failedAttempts = Mutex(0)
+        let sink = TextOutputStreamSink { line in
+          if line.contains("outbox relay cannot publish") { failedAttempts.withLock { $0 += 1 } }
+        }
+        let relayLogger = Logger(label: "mart.test") {
+          JSONLogHandler(label: $0, service: "order", level: .warning, stream: sink)
+        }
+        let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: relayLogger)
         let events = (0..<30).map { EventFixtures.orderPlaced(order: "agg-\($0 % 3)", number: $0) }
         try await withServices([transport, relay]) {
           try await EventFixtures.append(events, to: client)
-          try await Task.sleep(for: .seconds(4))
+          #expect(await eventually(attempts: 600) { failedAttempts.withLock { $0 } >= 1 })
           #expect(try await EventFixtures.unpublishedCount(client) == 30)
 
           // The broker comes up: everything kept in the outbox goes out.
