@@ -100,10 +100,29 @@ let package = Package(
       ],
       swiftSettings: strictSwift
     ),
-    // Shared machinery: configuration, logging, lifecycle, PostgreSQL, migrations, gRPC, health.
+    // The runtime core, for every process including the gateway: configuration, logging, tokens,
+    // gRPC clients and serving, health, statuses and validation. No PostgreSQL, no librdkafka.
+    .target(
+      name: "MartCore",
+      dependencies: [
+        "MartProto",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      swiftSettings: strictSwift
+    ),
+    // What a service runs on, over the core: PostgreSQL, migrations, the events (outbox, relay,
+    // consumers, Kafka and in-process transports) and the ServiceHost that puts them together.
     .target(
       name: "MartRuntime",
       dependencies: [
+        "MartCore",
         "MartProto",
         "Kafka",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -124,7 +143,7 @@ let package = Package(
     .target(
       name: "Gateway",
       dependencies: [
-        "MartRuntime",
+        "MartCore",
         "MartProto",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

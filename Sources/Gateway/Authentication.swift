@@ -1,8 +1,8 @@
 import Foundation
 import GRPCCore
 import Hummingbird
+import MartCore
 import MartProto
-import MartRuntime
 
 // Token checks at the edge, so that a call without a valid token, or with the wrong role, is
 // refused before it costs a service anything. The service checks the token again (it trusts no

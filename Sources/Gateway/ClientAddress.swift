@@ -1,5 +1,5 @@
 import Foundation
-import MartRuntime
+import MartCore
 import NIOCore
 
 // Who the client is, by address: the key of anonymous rate limiting, and what the user service

@@ -1,5 +1,5 @@
 import Foundation
-import MartRuntime
+import MartCore
 
 // The generated route table, compiled once at start-up: each route's path template parsed, its
 // transcoder built from the schemas, and its quota and deadline looked up in the settings, so that

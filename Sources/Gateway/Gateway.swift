@@ -1,7 +1,7 @@
 import GRPCNIOTransportHTTP2
 import Hummingbird
 import Logging
-import MartRuntime
+import MartCore
 import Prometheus
 import ServiceLifecycle
 

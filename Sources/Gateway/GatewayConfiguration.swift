@@ -1,5 +1,5 @@
 import Foundation
-import MartRuntime
+import MartCore
 
 // The gateway's settings: where it listens and where the services are (environment, like every
 // Mart process), and the edge policy (body limit, deadlines, rate limits, CORS, trusted proxies,

@@ -1,8 +1,8 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import MartCore
 import MartProto
-import MartRuntime
 import NIOCore
 import Synchronization
 

@@ -3,7 +3,7 @@
 // Foundation's JSONSerialization would lose what the walk needs: the exact text of numbers (int64
 // precision), the order and repetition of keys, and a position for syntax errors.
 
-import MartRuntime
+import MartCore
 
 /// A parsed JSON value. Numbers keep their literal text.
 indirect enum JSONValue: Equatable, Sendable {

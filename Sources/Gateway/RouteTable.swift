@@ -1,7 +1,7 @@
 import GRPCCore
 import GRPCProtobuf
+import MartCore
 import MartProto
-import MartRuntime
 import SwiftProtobuf
 
 // The contract between the generated route table (Generated/GatewayRoutes.swift, written by

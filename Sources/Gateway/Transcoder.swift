@@ -1,5 +1,5 @@
 import Foundation
-import MartRuntime
+import MartCore
 
 // HTTP → proto3 JSON of the request message, by google.api.http's rules: the body (the whole
 // message for `body: "*"`, one field for `body: "field"`, nothing for `body: ""`), the path

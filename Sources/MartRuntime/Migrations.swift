@@ -293,13 +293,3 @@ public enum SQLStatementSplitter {
     return statements
   }
 }
-
-extension StringProtocol {
-  func trimmingWhitespace() -> String {
-    let scalars = Array(unicodeScalars)
-    guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
-      let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
-    else { return "" }
-    return String(String.UnicodeScalarView(scalars[first...last]))
-  }
-}

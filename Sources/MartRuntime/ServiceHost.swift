@@ -72,7 +72,7 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
   public init<Upstream: ClientTransport>(
     definition: ServiceDefinition, configuration: ServiceConfiguration, serverTransport: Transport,
     upstream: (MartService) throws -> Upstream, auth: AuthConfiguration, transport: any EventTransport,
-    retryPolicy: RetryPolicy = RetryPolicy(), logger baseLogger: Logger? = nil
+    retryPolicy: MartCore.RetryPolicy = MartCore.RetryPolicy(), logger baseLogger: Logger? = nil
   ) throws {
     var logger = baseLogger ?? Logger(label: "mart.\(definition.service.rawValue)")
     logger[metadataKey: "component"] = .string(definition.service.rawValue)
@@ -156,7 +156,7 @@ extension ServiceHost where Transport == HTTP2ServerTransport.Posix {
   /// services at their addresses in `directory`.
   public init(
     definition: ServiceDefinition, configuration: ServiceConfiguration, directory: ServiceDirectory,
-    auth: AuthConfiguration, transport: any EventTransport, retryPolicy: RetryPolicy = RetryPolicy(),
+    auth: AuthConfiguration, transport: any EventTransport, retryPolicy: MartCore.RetryPolicy = MartCore.RetryPolicy(),
     logger: Logger? = nil
   ) throws {
     try self.init(

@@ -15,7 +15,7 @@ import Testing
 /// The event backbone against the real broker (Tansu) and real PostgreSQL. Each test has topics
 /// and groups of its own (a topic prefix), so the tests can share one broker.
 @Suite struct KafkaEventBackboneTests {
-  static let fastRetry = RetryPolicy(
+  static let fastRetry = MartCore.RetryPolicy(
     maximumAttempts: 3, initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(100))
 
   func consumer(

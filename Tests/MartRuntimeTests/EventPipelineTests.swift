@@ -10,7 +10,7 @@ import Testing
 /// Outbox → relay → transport → consumer → inbox, with the in-process transport and real
 /// PostgreSQL. The same suite runs over Kafka in KafkaEventTransportTests.
 @Suite struct EventPipelineTests {
-  static let fastRetry = RetryPolicy(
+  static let fastRetry = MartCore.RetryPolicy(
     maximumAttempts: 3, initialBackoff: .milliseconds(10), maximumBackoff: .milliseconds(50))
 
   @Test func everyEventIsAppliedOnceInOrderPerAggregate() async throws {

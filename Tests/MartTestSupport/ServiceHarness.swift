@@ -54,9 +54,9 @@ public struct HostNotServing: Error, CustomStringConvertible {
   public var description: String
 }
 
-extension MartRuntime.RetryPolicy {
+extension MartCore.RetryPolicy {
   /// Quick retries, so that a test of a failing event handler does not wait long.
-  public static let quick = MartRuntime.RetryPolicy(
+  public static let quick = MartCore.RetryPolicy(
     maximumAttempts: 3, initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(100))
 }
 
@@ -66,7 +66,7 @@ extension MartRuntime.RetryPolicy {
 public func withHost(
   _ definition: ServiceDefinition, configuration: ServiceConfiguration, auth: AuthConfiguration,
   transport: any EventTransport = InProcessEventTransport(), network: InProcessNetwork = InProcessNetwork(),
-  retryPolicy: MartRuntime.RetryPolicy = .quick,
+  retryPolicy: MartCore.RetryPolicy = .quick,
   _ body: (ServiceHost<InProcessServer>, GRPCClient<InProcessTransport.Client>) async throws -> Void
 ) async throws {
   let host = try ServiceHost(
@@ -79,7 +79,7 @@ public func withHost(
 /// address, `listeningAddress`.
 public func withHTTP2Host(
   _ definition: ServiceDefinition, configuration: ServiceConfiguration, auth: AuthConfiguration,
-  transport: any EventTransport = InProcessEventTransport(), retryPolicy: MartRuntime.RetryPolicy = .quick,
+  transport: any EventTransport = InProcessEventTransport(), retryPolicy: MartCore.RetryPolicy = .quick,
   _ body: (ServiceHost<HTTP2ServerTransport.Posix>, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Void
 ) async throws {
   let host = try ServiceHost(

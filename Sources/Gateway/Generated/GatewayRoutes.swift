@@ -5,7 +5,7 @@
 // mart.api.v1.access options in proto/.
 
 import MartProto
-import MartRuntime
+import MartCore
 
 extension GatewayRouteTable {
   /// Every HTTP binding of every Mart RPC, in proto order (file, service, method, binding).

@@ -1,5 +1,5 @@
 import Hummingbird
-import MartRuntime
+import MartCore
 
 /// The gateway's own endpoints, answered before any route: `/healthz`, `/readyz` (every service
 /// SERVING on grpc.health.v1), `/metrics`, `/openapi.json` and `/docs`. They answer GET and HEAD;

@@ -1,6 +1,6 @@
 import Foundation
 import Hummingbird
-import MartRuntime
+import MartCore
 
 /// Gives the request its id and trace: `X-Request-Id` if it is one we can pass on, else a new
 /// UUID, echoed on the answer; a valid W3C `traceparent`. Both are bound as MartRuntime's
@@ -16,10 +16,10 @@ struct RequestIDMiddleware: RouterMiddleware {
     let requestID = Self.acceptedRequestID(request.headers[.requestID]) ?? UUID().uuidString.lowercased()
     context.requestID = requestID
     context.traceparent = request.headers[.traceparent].flatMap {
-      MartRuntime.RequestContext.traceID(fromTraceparent: $0) == nil ? nil : $0
+      MartCore.RequestContext.traceID(fromTraceparent: $0) == nil ? nil : $0
     }
-    var response = try await MartRuntime.RequestContext.$requestID.withValue(requestID) {
-      try await MartRuntime.RequestContext.$traceparent.withValue(context.traceparent) {
+    var response = try await MartCore.RequestContext.$requestID.withValue(requestID) {
+      try await MartCore.RequestContext.$traceparent.withValue(context.traceparent) {
         try await next(request, context)
       }
     }

@@ -2,8 +2,8 @@ import GRPCCore
 import HTTPTypes
 import Hummingbird
 import Logging
+import MartCore
 import MartProto
-import MartRuntime
 
 /// The last step: the body (at most `maxBodyBytes`, JSON), transcoded with the path and query
 /// into the route's request message, the gRPC call with the route's deadline and the call's

@@ -45,25 +45,6 @@ public struct EventConsumerDefinition: Sendable {
   }
 }
 
-/// How often and how patiently a failing handler is retried before its event is dead-lettered.
-public struct RetryPolicy: Sendable {
-  public var maximumAttempts: Int
-  public var initialBackoff: Duration
-  public var maximumBackoff: Duration
-
-  public init(
-    maximumAttempts: Int = 5, initialBackoff: Duration = .milliseconds(200), maximumBackoff: Duration = .seconds(10)
-  ) {
-    self.maximumAttempts = max(1, maximumAttempts)
-    self.initialBackoff = initialBackoff
-    self.maximumBackoff = maximumBackoff
-  }
-
-  func backoff(afterAttempt attempt: Int) -> Duration {
-    min(initialBackoff * (1 << min(attempt - 1, 16)), maximumBackoff)
-  }
-}
-
 /// Headers a dead-lettered record carries besides its original ones.
 public enum DeadLetterHeader {
   public static let error = "mart_dlq_error"
@@ -86,12 +67,12 @@ public struct EventConsumer: Service {
   public let service: MartService
   let database: PostgresClient
   let transport: any EventTransport
-  let retry: RetryPolicy
+  let retry: MartCore.RetryPolicy
   let logger: Logger
 
   public init(
     definition: EventConsumerDefinition, service: MartService, database: PostgresClient,
-    transport: any EventTransport, retry: RetryPolicy = RetryPolicy(), logger: Logger
+    transport: any EventTransport, retry: MartCore.RetryPolicy = MartCore.RetryPolicy(), logger: Logger
   ) {
     self.definition = definition
     self.service = service

@@ -6,7 +6,7 @@ import Synchronization
 /// No wake-up is lost: a waiter takes the generation before it checks, and sleeps only while no
 /// broadcast has come since, so a change between its check and its sleep wakes it at once.
 /// Cancellation wakes a waiter too; it then returns and its caller looks at `Task.isCancelled`.
-final class AsyncCondition: Sendable {
+package final class AsyncCondition: Sendable {
   private struct State {
     var generation = 0
     var nextID = 0
@@ -15,10 +15,10 @@ final class AsyncCondition: Sendable {
 
   private let state = Mutex(State())
 
-  init() {}
+  package init() {}
 
   /// Wakes every waiter; call it after changing the state they check.
-  func broadcast() {
+  package func broadcast() {
     let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
       state.generation += 1
       defer { state.waiters = [:] }
@@ -28,7 +28,7 @@ final class AsyncCondition: Sendable {
   }
 
   /// Returns once `ready()` holds (checked again after every broadcast), or the task is cancelled.
-  func wait(until ready: () -> Bool) async {
+  package func wait(until ready: () -> Bool) async {
     while !Task.isCancelled {
       let (generation, id) = state.withLock { state -> (Int, Int) in
         state.nextID += 1
