@@ -32,7 +32,7 @@ public struct ReservationSweeper: Service {
       } catch {
         logger.warning(
           "sweeping expired reservations failed; retrying next round",
-          metadata: ["error": "\(MigrationRunner.describe(error.unwrappingTransactionError))"])
+          metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
       }
       do {
         try await cancelWhenGracefulShutdown { try await Task.sleep(for: settings.sweepInterval) }

@@ -72,7 +72,7 @@ public struct DatabaseSupervisor: Service {
         logger.warning(
           error is SchemaNotReady ? "waiting for migrations; not serving" : "database unavailable; retrying",
           metadata: [
-            "error": "\(MigrationRunner.describe(error))", "attempt": "\(failures)",
+            "error": "\(APIStatus.redactedDescription(of: error))", "attempt": "\(failures)",
             "retry_in": "\(delay)",
           ])
         try? await Task.sleep(for: delay)

@@ -148,7 +148,7 @@ public struct MigrationRunner: Sendable {
             try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
           } catch {
             throw MigrationError.migrationFailed(
-              version: next.version, name: next.name, reason: Self.describe(error))
+              version: next.version, name: next.name, reason: APIStatus.redactedDescription(of: error))
           }
         }
         try await connection.query(
@@ -174,14 +174,6 @@ public struct MigrationRunner: Sendable {
       }
     }
     return recorded.keys.max() ?? 0
-  }
-
-  /// The server's message for a PostgreSQL error, or the error's description.
-  public static func describe(_ error: any Error) -> String {
-    if let psql = error as? PSQLError, let message = psql.serverInfo?[.message] {
-      return message
-    }
-    return String(describing: error)
   }
 }
 

@@ -134,7 +134,8 @@ struct Migrate: AsyncParsableCommand {
           let report = try await runner.migrate(client)
           print("\(service.rawValue): schema version \(report.currentVersion), applied \(report.applied)")
         } catch {
-          FileHandle.standardError.write(Data("mart: \(service.rawValue): \(MigrationRunner.describe(error))\n".utf8))
+          FileHandle.standardError.write(
+            Data("mart: \(service.rawValue): \(APIStatus.redactedDescription(of: error))\n".utf8))
           throw ExitCode.failure
         }
       }

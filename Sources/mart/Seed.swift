@@ -99,7 +99,8 @@ func withMigratedDatabase<Result: Sendable>(
       _ = try await MigrationRunner(migrations: configuration.service.definition.migrations, logger: logger)
         .migrate(database)
     } catch {
-      fail(1, "cannot migrate the \(configuration.service.rawValue) database: \(MigrationRunner.describe(error))")
+      fail(
+        1, "cannot migrate the \(configuration.service.rawValue) database: \(APIStatus.redactedDescription(of: error))")
     }
     return try await body(database)
   }

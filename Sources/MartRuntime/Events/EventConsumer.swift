@@ -191,7 +191,7 @@ public struct EventConsumer: Service {
         return
       } catch {
         if error is CancellationError || Task.isCancelled { throw CancellationError() }
-        let reason = MigrationRunner.describe(error.unwrappingTransactionError)
+        let reason = APIStatus.redactedDescription(of: error)
         if error.isDatabaseUnavailable {
           // Not the event's fault: wait for the database without spending an attempt.
           attempt -= 1

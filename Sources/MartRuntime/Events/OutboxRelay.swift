@@ -70,7 +70,7 @@ public struct OutboxRelay: Service {
       } catch {
         if Task.isCancelled { return }
         failures += 1
-        logger.debug("outbox listener lost", metadata: ["error": "\(MigrationRunner.describe(error))"])
+        logger.debug("outbox listener lost", metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
       }
       try? await Task.sleep(for: backoff(after: max(failures, 1)))
     }
