@@ -22,7 +22,7 @@ enum SwiftEmitter {
     out += """
 
       import MartProto
-      import MartRuntime
+      import MartCore
 
       extension GatewayRouteTable {
         /// Every HTTP binding of every Mart RPC, in proto order (file, service, method, binding).
