@@ -29,7 +29,8 @@ proto: ## Regenerate Sources/MartProto from proto/ (protoc + our release-built p
 proto-check: ## Fail when the committed generated code differs from proto/
 	@scripts/gen-proto.sh --check
 
-lint: ## swift-format lint of Sources/ and Tests/ (generated code excluded)
+lint: ## swift-format lint of Sources/ and Tests/ (generated code excluded); the gateway links no database or Kafka
+	@scripts/check-modules.sh
 	@swift format lint --strict --recursive $$(ls -d Sources/*/ Tests/*/ | grep -v MartProto)
 
 format: ## Rewrite Sources/ and Tests/ in swift-format style

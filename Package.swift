@@ -117,27 +117,54 @@ let package = Package(
       ],
       swiftSettings: strictSwift
     ),
-    // What a service runs on, over the core: PostgreSQL, migrations, the events (outbox, relay,
-    // consumers, Kafka and in-process transports) and the ServiceHost that puts them together.
+    // Persistence, over the core: the connection pool, the supervisor that waits out an
+    // unreachable database, migrations, and the interceptor that maps database errors to statuses.
     .target(
-      name: "MartRuntime",
+      name: "MartDatabase",
       dependencies: [
         "MartCore",
-        "MartProto",
-        "Kafka",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
-        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "PostgresNIO", package: "postgres-nio"),
+      ],
+      swiftSettings: strictSwift
+    ),
+    // Domain events, over persistence: the outbox written in the caller's transaction, the relay,
+    // idempotent consumers with their inbox, and the Kafka and in-process transports.
+    .target(
+      name: "MartEvents",
+      dependencies: [
+        "MartCore",
+        "MartDatabase",
+        "MartProto",
+        "Kafka",
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "PostgresNIO", package: "postgres-nio"),
-        .product(name: "Crypto", package: "swift-crypto"),
       ],
-      resources: [.embedInCode("Events/event_tables.sql")],
+      resources: [.embedInCode("event_tables.sql")],
+      swiftSettings: strictSwift
+    ),
+    // What a service runs on: the ServiceHost that puts the core, persistence and events together
+    // in one process. A service imports this module alone (it re-exports the three below it).
+    .target(
+      name: "MartRuntime",
+      dependencies: [
+        "MartCore",
+        "MartDatabase",
+        "MartEvents",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "PostgresNIO", package: "postgres-nio"),
+      ],
       swiftSettings: strictSwift
     ),
     .target(

@@ -9,7 +9,7 @@
 #   Sources/MartProto/*.pb.swift, *.grpc.swift   messages and gRPC stubs (public)
 #   Sources/MartProto/MartAccessPolicies.swift   the access level of every RPC      }
 #   Sources/Gateway/Generated/                   route table and openapi.json       } by our own
-#   Sources/MartRuntime/Events/Generated/        event topics, DomainEvent          } plugin
+#   Sources/MartEvents/Generated/        event topics, DomainEvent          } plugin
 #                                                conformances, DomainEvents.all     }
 #   Sources/protoc-gen-mart-gateway/Generated/   the options that plugin reads (internal)
 #
@@ -24,7 +24,7 @@
 # prebuilt one). It reads the google.api.http and mart.api.v1.access options of every Mart RPC,
 # and every message of every mart/<domain>/v1/events.proto with that file's
 # mart.api.v1.event_topic option, and writes MartAccessPolicies.swift,
-# Sources/Gateway/Generated/ and Sources/MartRuntime/Events/Generated/ in one invocation. After
+# Sources/Gateway/Generated/ and Sources/MartEvents/Generated/ in one invocation. After
 # building it, this script checks that it refuses a bad events.proto (an event without
 # `EventMetadata metadata = 1`, a file without a topic), so that the guard against unregistered
 # or metadata-less events cannot silently stop working.
@@ -51,7 +51,7 @@ readonly PLUGIN_PROTOS=(google/api/http.proto google/api/annotations.proto googl
 # layout).
 readonly ACCESS_POLICIES=$OUT_DIR/MartAccessPolicies.swift
 readonly GATEWAY_OUT_DIR=Sources/Gateway/Generated
-readonly EVENTS_OUT_DIR=Sources/MartRuntime/Events/Generated
+readonly EVENTS_OUT_DIR=Sources/MartEvents/Generated
 
 usage() {
   sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'

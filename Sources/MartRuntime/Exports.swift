@@ -1,3 +1,6 @@
-// A service imports MartRuntime and gets the core with it: the core's types (configuration,
-// tokens, statuses, validation) are part of every service's API, so one import is enough.
+// A service imports MartRuntime and gets the layers below it: the core (configuration, tokens,
+// statuses, validation), persistence and events are all part of every service's API, so one
+// import is enough.
 @_exported import MartCore
+@_exported import MartDatabase
+@_exported import MartEvents

@@ -9,7 +9,7 @@ import SwiftProtobufPluginLibrary
 ///   schemas of the messages it accepts;
 /// - `Sources/MartProto/MartAccessPolicies.swift`: the access level of every Mart RPC;
 /// - `Sources/Gateway/Generated/openapi.json`: the OpenAPI 3.1 document of the HTTP API;
-/// - `Sources/MartRuntime/Events/Generated/MartDomainEvents.swift`: the event topics, every domain
+/// - `Sources/MartEvents/Generated/MartDomainEvents.swift`: the event topics, every domain
 ///   event with its `DomainEvent` conformance and topic, and `DomainEvents.all`.
 ///
 /// All four come from one invocation over every proto file (paths are relative to the output
@@ -24,7 +24,7 @@ struct MartGatewayGenerator: CodeGenerator {
   static let routesFile = "Sources/Gateway/Generated/GatewayRoutes.swift"
   static let accessPoliciesFile = "Sources/MartProto/MartAccessPolicies.swift"
   static let openAPIFile = "Sources/Gateway/Generated/openapi.json"
-  static let domainEventsFile = "Sources/MartRuntime/Events/Generated/MartDomainEvents.swift"
+  static let domainEventsFile = "Sources/MartEvents/Generated/MartDomainEvents.swift"
 
   var supportedFeatures: [Google_Protobuf_Compiler_CodeGeneratorResponse.Feature] { [.proto3Optional] }
 

@@ -129,7 +129,7 @@ enum SwiftEmitter {
     return out
   }
 
-  /// `Sources/MartRuntime/Events/Generated/MartDomainEvents.swift`: the topics, the list of events
+  /// `Sources/MartEvents/Generated/MartDomainEvents.swift`: the topics, the list of events
   /// and each event's `DomainEvent` conformance with its topic. The protocol, `DomainEvents.byName`
   /// and the topic helpers are hand-written next to it (`Events/DomainEvents.swift`).
   static func domainEvents(_ model: DomainEventModel) -> String {

@@ -1,3 +1,4 @@
+import MartCore
 import Synchronization
 
 /// Delivers events between services in one process, with the semantics of one-partition Kafka

@@ -1,4 +1,5 @@
 import Logging
+import MartCore
 import PostgresNIO
 
 /// One versioned schema change: the contents of `Migrations/NNNN_name.sql` in a service's target.

@@ -1,4 +1,5 @@
 import Logging
+import MartCore
 import ServiceLifecycle
 
 public enum EventTransports {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MartCore
 import NIOCore
 import NIOSSL
 import PostgresNIO

@@ -1,4 +1,5 @@
 import Logging
+import MartCore
 import PostgresNIO
 import ServiceLifecycle
 import Synchronization

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import MartCore
+import MartDatabase
 import MartProto
 import PostgresNIO
 import SwiftProtobuf

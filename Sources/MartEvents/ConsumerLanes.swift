@@ -1,3 +1,4 @@
+import MartCore
 import Synchronization
 
 /// A counting semaphore for tasks: `acquire()` waits while `limit` permits are out.

@@ -1,3 +1,4 @@
+import MartCore
 import Synchronization
 
 /// A level-triggered wake-up between tasks: `signal()` any number of times; `wait(upTo:)` returns

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCProtobuf
 import Logging
+import MartCore
 import PostgresNIO
 
 extension APIStatus {
