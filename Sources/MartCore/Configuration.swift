@@ -184,6 +184,7 @@ public enum LogFormat: String, Sendable {
 /// | `MART_<SERVICE>_ADDRESS` | `127.0.0.1:<port>`: where other processes reach the service |
 /// | `MART_<SERVICE>_DATABASE_URL` | `postgres://mart@127.0.0.1:5432/mart_<service>` |
 /// | `MART_DATABASE_CHECK_INTERVAL` | `5s` |
+/// | `MART_DATABASE_CHECK_TIMEOUT` | `5s` |
 /// | `MART_AUTO_MIGRATE` | `true` |
 /// | `MART_GATEWAY_PORT` | `8000` |
 /// | `MART_LOG_LEVEL` / `MART_LOG_FORMAT` | `info` / `json` |
@@ -195,18 +196,23 @@ public struct ServiceConfiguration: Sendable {
   public var database: DatabaseConfiguration
   /// How often a healthy service re-checks its database (health turns NOT_SERVING on failure).
   public var databaseCheckInterval: Duration
+  /// How long one of those checks may take before the database counts as unavailable; also how
+  /// long an unreachable database at startup holds each attempt before it is logged and retried.
+  public var databaseCheckTimeout: Duration
   /// Apply pending migrations at start-up; when false, the service waits (NOT_SERVING) for `mart migrate`.
   public var autoMigrate: Bool
 
   public init(
     service: MartService, bindHost: String = "127.0.0.1", port: Int, database: DatabaseConfiguration,
-    databaseCheckInterval: Duration = .seconds(5), autoMigrate: Bool = true
+    databaseCheckInterval: Duration = .seconds(5), databaseCheckTimeout: Duration = .seconds(5),
+    autoMigrate: Bool = true
   ) {
     self.service = service
     self.bindHost = bindHost
     self.port = port
     self.database = database
     self.databaseCheckInterval = databaseCheckInterval
+    self.databaseCheckTimeout = databaseCheckTimeout
     self.autoMigrate = autoMigrate
   }
 
@@ -222,6 +228,7 @@ public struct ServiceConfiguration: Sendable {
           "\(prefix)_DATABASE_URL",
           default: "postgres://mart@127.0.0.1:5432/\(service.defaultDatabaseName)")),
       databaseCheckInterval: try env.duration("MART_DATABASE_CHECK_INTERVAL", default: .seconds(5)),
+      databaseCheckTimeout: try env.duration("MART_DATABASE_CHECK_TIMEOUT", default: .seconds(5)),
       autoMigrate: try env.bool("MART_AUTO_MIGRATE", default: true)
     )
   }

@@ -18,18 +18,19 @@ public struct DatabaseSupervisor: Service {
   public let onHealthChange: @Sendable (Bool) -> Void
   let logger: Logger
   /// How long a health query may take before the database counts as unavailable.
-  var queryTimeout: Duration = .seconds(5)
+  public let queryTimeout: Duration
   var initialBackoff: Duration = .milliseconds(200)
   var maximumBackoff: Duration = .seconds(10)
 
   public init(
     client: PostgresClient, migrations: MigrationRunner, autoMigrate: Bool, checkInterval: Duration,
-    logger: Logger, onHealthChange: @escaping @Sendable (Bool) -> Void
+    queryTimeout: Duration = .seconds(5), logger: Logger, onHealthChange: @escaping @Sendable (Bool) -> Void
   ) {
     self.client = client
     self.migrations = migrations
     self.autoMigrate = autoMigrate
     self.checkInterval = checkInterval
+    self.queryTimeout = queryTimeout
     self.logger = logger
     self.onHealthChange = onHealthChange
   }
@@ -44,13 +45,15 @@ public struct DatabaseSupervisor: Service {
     var failures = 0
     while !Task.isCancelled {
       do {
+        // Reachable within the timeout? Checked before migrating too: the pool keeps a query
+        // waiting while it retries a refused connection, so without this an unreachable
+        // database at startup would hold the first migration attempt, unlogged, for minutes.
+        try await withTimeout(queryTimeout) {
+          _ = try await client.query("SELECT 1", logger: logger)
+        }
         if !healthy {
           // (Re)connected: make sure the schema is the one this build expects before serving.
           try await ensureSchema()
-        } else {
-          try await withTimeout(queryTimeout) {
-            _ = try await client.query("SELECT 1", logger: logger)
-          }
         }
         if !healthy {
           logger.info("database ready", metadata: ["attempts": "\(failures + 1)"])

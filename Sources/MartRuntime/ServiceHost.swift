@@ -106,6 +106,7 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       migrations: try MigrationRunner(migrations: definition.migrations, logger: logger),
       autoMigrate: configuration.autoMigrate,
       checkInterval: configuration.databaseCheckInterval,
+      queryTimeout: configuration.databaseCheckTimeout,
       logger: logger
     ) { healthy in
       ready.set(open: healthy)

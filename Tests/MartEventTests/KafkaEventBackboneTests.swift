@@ -131,14 +131,27 @@ import Testing
 
         let second = try ChildProcess.probe(environment: environment)
         #expect(await eventually(attempts: 1200) { try await EventFixtures.effects(client).count >= count })
-        // Let any redelivered duplicates arrive before looking.
-        try await Task.sleep(for: .seconds(1))
+        // One end marker per order, so on every partition the events used: a duplicate the second
+        // probe was redelivered comes before its partition's marker, so once every marker is
+        // applied every duplicate has been seen. Waiting on the markers, not on time.
+        let aggregates = 7
+        let markers = (0..<aggregates).map { EventFixtures.orderPlaced(order: "o\($0)", number: count + $0) }
+        let markerTransport = try TestBed.kafkaTransport(prefix: prefix)
+        let markerRelay = OutboxRelay(
+          service: .order, database: client, transport: markerTransport, logger: TestBed.logger)
+        try await withServices([markerTransport, markerRelay]) {
+          try await EventFixtures.append(markers, to: client)
+          #expect(
+            await eventually(attempts: 1200) {
+              try await EventFixtures.effects(client).count >= count + aggregates
+            })
+        }
         second.signal(SIGTERM)
         #expect(await second.waitForExit() == 0, "\(second.standardError.suffix(1500))")
 
         let effects = try await EventFixtures.effects(client)
-        #expect(effects.count == count)
-        #expect(Set(effects.map(\.eventID)).count == count)
+        #expect(effects.count == count + aggregates)
+        #expect(Set(effects.map(\.eventID)).count == count + aggregates)
       }
     }
   }

@@ -4,6 +4,7 @@ import MartProto
 import MartRuntime
 import MartTestSupport
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 @Suite struct ServiceHealthTests {
@@ -54,18 +55,27 @@ import Testing
     // A database name that does not exist yet: every attempt fails until it is created.
     let database = ScratchDatabase(configuration: admin.withDatabase("t_late_\(UInt32.random(in: 0...UInt32.max))"))
     let configuration = ServiceConfiguration(
-      service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200))
+      service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: .milliseconds(200),
+      databaseCheckTimeout: .milliseconds(500))
+    // The supervisor's failed attempts, counted from its log: wait for two, not for time.
+    let failedAttempts = Mutex(0)
+    let sink = TextOutputStreamSink { line in
+      if line.contains("database unavailable; retrying") { failedAttempts.withLock { $0 += 1 } }
+    }
+    let logger = Logger(label: "mart.test") {
+      JSONLogHandler(label: $0, service: "inventory", level: .warning, stream: sink)
+    }
     let host = try ServiceHost(
       definition: Self.definition, configuration: configuration, directory: ServiceDirectory(endpoints: [:]),
-      auth: .ephemeral(), transport: InProcessEventTransport(), logger: TestBed.logger)
+      auth: .ephemeral(), transport: InProcessEventTransport(), logger: logger)
     let group = ServiceGroup(
       configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }
       let address = try #require(try await host.server.listeningAddress?.ipv4)
       let name = MartService.inventory.grpcServiceName
-      #expect(await eventually { await healthStatus(port: address.port, service: name) == .notServing })
-      try await Task.sleep(for: .seconds(1))
+      // Failed, retried and failed again: the process is still up and says NOT_SERVING.
+      #expect(await eventually(attempts: 600) { failedAttempts.withLock { $0 } >= 2 })
       #expect(await healthStatus(port: address.port, service: name) == .notServing)
       try await database.recreate()
       #expect(await eventually { await healthStatus(port: address.port, service: name) == .serving })
