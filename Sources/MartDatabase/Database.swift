@@ -27,9 +27,12 @@ extension DatabaseConfiguration {
 }
 
 extension Error {
-  /// The error a `withTransaction` closure threw, unwrapped from `PostgresTransactionError`.
+  /// What failed inside a `PostgresTransactionError`: the closure's error, or else the
+  /// COMMIT's (a deferred constraint checked at commit fails there).
   public var unwrappingTransactionError: any Error {
-    if let transactionError = self as? PostgresTransactionError, let inner = transactionError.closureError {
+    if let transactionError = self as? PostgresTransactionError,
+      let inner = transactionError.closureError ?? transactionError.commitError
+    {
       return inner
     }
     return self
@@ -64,4 +67,11 @@ extension PostgresTextEnum {
     guard let value = Self(rawValue: text) else { throw PostgresDecodingError.Code.failure }
     self = value
   }
+}
+
+/// A statement that did not return what it must have (an INSERT ... RETURNING without its row):
+/// a bug or a broken schema, answered as INTERNAL.
+public struct PostgresStoreError: Error, CustomStringConvertible {
+  public var description: String
+  public init(_ description: String) { self.description = description }
 }

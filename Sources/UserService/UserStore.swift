@@ -490,15 +490,16 @@ struct UserStore: Sendable {
         try await connection.query(
           "UPDATE addresses SET is_default = false WHERE user_id = \(userID) AND is_default", logger: logger)
       }
-      let lines = input.lines
+      let address = input.address
+      let lines = address.lines
       let line2: String? = lines.count > 1 ? lines[1] : nil
       let line3: String? = lines.count > 2 ? lines[2] : nil
       let rows = try await connection.query(
         """
         INSERT INTO addresses (user_id, label, recipient_name, line1, line2, line3, city, region, postal_code,
                                country_code, phone, is_default)
-        VALUES (\(userID), \(input.label), \(input.recipientName), \(lines.first ?? ""), \(line2), \(line3),
-                \(input.city), \(input.region), \(input.postalCode), \(input.countryCode), \(input.phone),
+        VALUES (\(userID), \(input.label), \(address.recipientName), \(lines.first ?? ""), \(line2), \(line3),
+                \(address.city), \(address.region), \(address.postalCode), \(address.countryCode), \(address.phone),
                 \(makeDefault))
         RETURNING \(unescaped: AddressRecord.columns)
         """, logger: logger)
@@ -537,10 +538,4 @@ struct UserStore: Sendable {
     for try await row in rows.decode(UserRecord.Row.self) where result == nil { result = UserRecord(row) }
     return result
   }
-}
-
-/// A statement that did not return what it must have.
-struct PostgresStoreError: Error, CustomStringConvertible {
-  var description: String
-  init(_ description: String) { self.description = description }
 }

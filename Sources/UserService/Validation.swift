@@ -67,77 +67,28 @@ enum Validation {
     return .success(name)
   }
 
-  /// An E.164 number (`+` and 7 to 15 digits, no leading zero), or nil for an empty one.
+  /// An E.164 number, or nil for an empty one (the rule is `RequestValidation.phone`).
   static func phone(_ raw: String, field: String) -> Result<String?, FieldViolation> {
-    let phone = raw.trimmingCharacters(in: .whitespaces)
-    if phone.isEmpty { return .success(nil) }
-    let digits = phone.utf8.dropFirst()
-    guard phone.utf8.first == UInt8(ascii: "+"), (7...15).contains(digits.count),
-      digits.allSatisfy({ (0x30...0x39).contains($0) }), digits.first != UInt8(ascii: "0")
-    else { return .failure(FieldViolation(field, "must be an E.164 phone number such as +27821234567")) }
+    var validation = RequestValidation()
+    let phone = validation.phone(raw, field: field)
+    if let violation = validation.violations.first { return .failure(violation) }
     return .success(phone)
   }
 
-  /// A validated address, as the addresses table stores it.
+  /// A validated address book entry, as the addresses table stores it.
   struct AddressInput: Sendable {
     var label: String?
-    var recipientName: String
-    var lines: [String]
-    var city: String
-    var region: String?
-    var postalCode: String?
-    var countryCode: String
-    var phone: String?
+    var address: PostalAddress
   }
 
   static func address(_ request: Mart_User_V1_AddAddressRequest) throws -> AddressInput {
     guard request.hasAddress else { throw APIStatus.invalid("address", "is required") }
-    let address = request.address
-    var violations: [FieldViolation] = []
-    func text(_ raw: String, field: String, required: Bool, maximum: Int) -> String? {
-      let value = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-      if value.isEmpty {
-        if required { violations.append(FieldViolation(field, "is required")) }
-        return nil
-      }
-      if value.unicodeScalars.count > maximum {
-        violations.append(FieldViolation(field, "must be at most \(maximum) characters"))
-      } else if RequestValidation.containsControlCharacters(value) {
-        violations.append(FieldViolation(field, "must not contain control characters"))
-      }
-      return value
-    }
-    let label = text(request.label, field: "label", required: false, maximum: 50)
-    let recipient = text(address.recipientName, field: "address.recipient_name", required: true, maximum: 200)
-    let lines = address.lines.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-    if lines.isEmpty || lines.count > 3 {
-      violations.append(FieldViolation("address.lines", "must have one to three street lines"))
-    } else if lines.contains(where: \.isEmpty) {
-      violations.append(FieldViolation("address.lines", "must not contain empty lines"))
-    } else if lines.contains(where: { line in
-      line.unicodeScalars.count > 200 || RequestValidation.containsControlCharacters(line)
-    }) {
-      violations.append(
-        FieldViolation("address.lines", "each line must be 1 to 200 characters, without control characters"))
-    }
-    let city = text(address.city, field: "address.city", required: true, maximum: 100)
-    let region = text(address.region, field: "address.region", required: false, maximum: 100)
-    let postalCode = text(address.postalCode, field: "address.postal_code", required: false, maximum: 20)
-    let country = address.countryCode.trimmingCharacters(in: .whitespaces).uppercased()
-    if country.isEmpty {
-      violations.append(FieldViolation("address.country_code", "is required"))
-    } else if !(country.utf8.count == 2 && country.utf8.allSatisfy { (0x41...0x5A).contains($0) }) {
-      violations.append(FieldViolation("address.country_code", "must be a two-letter ISO 3166-1 code such as ZA"))
-    }
-    var phone: String?
-    switch Self.phone(address.phone, field: "address.phone") {
-    case .success(let value): phone = value
-    case .failure(let violation): violations.append(violation)
-    }
-    guard violations.isEmpty, let recipient, let city else { throw APIStatus.invalid(violations) }
-    return AddressInput(
-      label: label, recipientName: recipient, lines: lines, city: city, region: region, postalCode: postalCode,
-      countryCode: country, phone: phone)
+    var validation = RequestValidation()
+    let label = validation.text(request.label, field: "label", maximum: 50)
+    let address = PostalAddress.validated(request.address, field: "address", into: &validation)
+    try validation.check()
+    guard let address else { throw APIStatus.invalid("address", "is not a valid address") }
+    return AddressInput(label: label.isEmpty ? nil : label, address: address)
   }
 }
 
