@@ -56,26 +56,9 @@ public struct OutboxRelay: Service {
     }
   }
 
-  /// Keeps a LISTEN connection open, re-establishing it after failures.
   private func listen() async {
-    var failures = 0
-    while !Task.isCancelled {
-      do {
-        try await database.withConnection { connection in
-          try await connection.listen(on: Outbox.channel) { notifications in
-            failures = 0
-            // Anything committed before LISTEN took effect is caught by this first look.
-            wakeup.signal()
-            for try await _ in notifications { wakeup.signal() }
-          }
-        }
-      } catch {
-        if Task.isCancelled { return }
-        failures += 1
-        logger.debug("outbox listener lost", metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
-      }
-      try? await Task.sleep(for: backoff(after: max(failures, 1)))
-    }
+    await Wakeup.listen(
+      on: Outbox.channel, database: database, wakeup: wakeup, maximumBackoff: options.maximumBackoff, logger: logger)
   }
 
   private func relay() async {

@@ -1,15 +1,17 @@
+import Logging
 import MartCore
+import PostgresNIO
 import Synchronization
 
 /// A level-triggered wake-up between tasks: `signal()` any number of times; `wait(upTo:)` returns
 /// at once if signalled since the last wait, otherwise on the next signal or after the timeout.
-final class Wakeup: Sendable {
+package final class Wakeup: Sendable {
   private let pending = Atomic<Bool>(false)
   private let signalled = AsyncCondition()
 
-  init() {}
+  package init() {}
 
-  func signal() {
+  package func signal() {
     pending.store(true, ordering: .releasing)
     signalled.broadcast()
   }
@@ -18,7 +20,7 @@ final class Wakeup: Sendable {
   ///
   /// The signal is consumed before the caller looks at what it announces, so a signal that comes
   /// after this returns is kept for the next wait and nothing committed meanwhile is overlooked.
-  func wait(upTo timeout: Duration) async {
+  package func wait(upTo timeout: Duration) async {
     await withTaskGroup(of: Void.self) { group in
       group.addTask { await self.signalled.wait { self.pending.load(ordering: .acquiring) } }
       group.addTask { try? await Task.sleep(for: timeout) }
@@ -26,5 +28,34 @@ final class Wakeup: Sendable {
       group.cancelAll()
     }
     pending.store(false, ordering: .releasing)
+  }
+}
+
+extension Wakeup {
+  /// Signals `wakeup` on every PostgreSQL notification on `channel` (a `NOTIFY` is delivered at
+  /// commit, so a waiter wakes for committed work only), and once whenever the LISTEN
+  /// connection is (re)established, which catches what was committed while there was none.
+  /// Keeps the connection open, re-establishing it after failures, until cancelled.
+  package static func listen(
+    on channel: String, database: PostgresClient, wakeup: Wakeup, maximumBackoff: Duration, logger: Logger
+  ) async {
+    var failures = 0
+    while !Task.isCancelled {
+      do {
+        try await database.withConnection { connection in
+          try await connection.listen(on: channel) { notifications in
+            failures = 0
+            wakeup.signal()
+            for try await _ in notifications { wakeup.signal() }
+          }
+        }
+      } catch {
+        if Task.isCancelled { return }
+        failures += 1
+        logger.debug(
+          "listener lost", metadata: ["channel": "\(channel)", "error": "\(APIStatus.redactedDescription(of: error))"])
+      }
+      try? await Task.sleep(for: min(.milliseconds(100) * (1 << min(max(failures, 1) - 1, 16)), maximumBackoff))
+    }
   }
 }
