@@ -23,6 +23,7 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
   static let maximumMovementPageSize = 200
   static let maximumNoteLength = 1000
   static let maximumReasonLength = 200
+  static let maximumReservationSeconds: Double = 7 * 24 * 3600
 
   func getStock(
     request: Mart_Inventory_V1_GetStockRequest, context: ServerContext
@@ -87,7 +88,16 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     request: Mart_Inventory_V1_ReserveStockRequest, context: ServerContext
   ) async throws -> Mart_Inventory_V1_ReserveStockResponse {
     let (orderID, lines) = try Self.reservation(request)
-    switch try await store.reserve(orderID: orderID, lines: lines, ttl: settings.reservationTTL) {
+    var ttl = settings.reservationTTL
+    if request.hasExpireTime {
+      // The caller's expiry (the order service holds stock past its payment deadline).
+      let seconds = request.expireTime.date.timeIntervalSinceNow
+      guard seconds > 0, seconds <= Self.maximumReservationSeconds else {
+        throw APIStatus.invalid("expire_time", "must be in the future, at most 7 days ahead")
+      }
+      ttl = .milliseconds(Int64(seconds * 1000))
+    }
+    switch try await store.reserve(orderID: orderID, lines: lines, ttl: ttl) {
     case .reserved(let reservation):
       return .with { $0.reservation = reservation.proto }
     case .short(let short):

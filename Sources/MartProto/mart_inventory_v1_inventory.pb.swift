@@ -620,9 +620,25 @@ public nonisolated struct Mart_Inventory_V1_ReserveStockRequest: Sendable {
   /// The lines; each product at most once, quantity > 0.
   public var lines: [Mart_Inventory_V1_ReservationLine] = []
 
+  /// When the reservation lapses (the sweeper then releases it). Unset: the
+  /// inventory service's MART_INVENTORY_RESERVATION_TTL from now. The order
+  /// service sets it past the order's payment deadline, so that stock held
+  /// for an order outlives the time the customer has to pay. At most 7 days
+  /// ahead; in the past: INVALID_ARGUMENT.
+  public var expireTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_expireTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_expireTime = newValue}
+  }
+  /// Returns true if `expireTime` has been explicitly set.
+  public var hasExpireTime: Bool {self._expireTime != nil}
+  /// Clears the value of `expireTime`. Subsequent reads from it will return its default value.
+  public mutating func clearExpireTime() {self._expireTime = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _expireTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 /// Response of ReserveStock: either the reservation or the short lines.
@@ -1320,7 +1336,7 @@ nonisolated extension Mart_Inventory_V1_ListMovementsResponse: SwiftProtobuf.Mes
 
 nonisolated extension Mart_Inventory_V1_ReserveStockRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReserveStockRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}order_id\0\u{1}lines\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}order_id\0\u{1}lines\0\u{3}expire_time\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1330,24 +1346,33 @@ nonisolated extension Mart_Inventory_V1_ReserveStockRequest: SwiftProtobuf.Messa
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.orderID) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.lines) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._expireTime) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.orderID.isEmpty {
       try visitor.visitSingularStringField(value: self.orderID, fieldNumber: 1)
     }
     if !self.lines.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.lines, fieldNumber: 2)
     }
+    try { if let v = self._expireTime {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Inventory_V1_ReserveStockRequest, rhs: Mart_Inventory_V1_ReserveStockRequest) -> Bool {
     if lhs.orderID != rhs.orderID {return false}
     if lhs.lines != rhs.lines {return false}
+    if lhs._expireTime != rhs._expireTime {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -153,28 +153,35 @@ extension Mart_Order_V1_OrderService {
     /// > Orders. Access levels: customer (own orders), admin (any order), internal
     /// > (other Mart services, no HTTP mapping).
     /// > 
-    /// > Lifecycle: CreateOrder prices the lines (ProductService.BatchGetProducts),
-    /// > then reserves stock (InventoryService.ReserveStock): PENDING ->
-    /// > AWAITING_PAYMENT. A PaymentSucceeded event moves it to PAID (the stock
-    /// > stays reserved). When an admin ships it, the order service commits the
-    /// > reservation (InventoryService.CommitReservation): SHIPPED, then
-    /// > DELIVERED. CancelOrder or the payment deadline moves PENDING /
-    /// > AWAITING_PAYMENT / PAID to CANCELLED: the order service releases the
-    /// > reservation (InventoryService.ReleaseReservation) and, if it was paid, the
-    /// > payment service refunds it on the OrderCancelled event. A full refund of
-    /// > a shipped or delivered order (PaymentRefunded event) moves it to
-    /// > REFUNDED; returned goods go back to stock through AdjustStock (RETURN).
+    /// > Lifecycle (a saga orchestrated by the order service, each step persisted in
+    /// > the order database before it is acted on): CreateOrder prices the lines
+    /// > (ProductService.BatchGetProducts) and stores the order, PENDING. The saga
+    /// > reserves the stock (InventoryService.ReserveStock, held past the payment
+    /// > deadline): AWAITING_PAYMENT, or CANCELLED (OUT_OF_STOCK). A
+    /// > PaymentSucceeded event commits the reservation
+    /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
+    /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
+    /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
+    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
+    /// > so and the payment service refunds it, which moves it to REFUNDED.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
         /// Handle the "CreateOrder" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order for the signed-in customer. Customer. Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-        /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-        /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-        /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-        /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+        /// > Places an order for the signed-in customer. Customer. Prices, totals and
+        /// > the shipping fee come from the catalogue and the shop's rules, never from
+        /// > the client. Answers as soon as the order is stored: PENDING, with its
+        /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+        /// > the timeline). Idempotent by `request_id` (over HTTP, the
+        /// > `Idempotency-Key` header): the same key and request within the key's
+        /// > lifetime (24 h by default) return the same order; the same key with
+        /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+        /// > while the first is still being processed, ABORTED
+        /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+        /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+        /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+        /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Order_V1_CreateOrderRequest` messages.
@@ -319,28 +326,35 @@ extension Mart_Order_V1_OrderService {
     /// > Orders. Access levels: customer (own orders), admin (any order), internal
     /// > (other Mart services, no HTTP mapping).
     /// > 
-    /// > Lifecycle: CreateOrder prices the lines (ProductService.BatchGetProducts),
-    /// > then reserves stock (InventoryService.ReserveStock): PENDING ->
-    /// > AWAITING_PAYMENT. A PaymentSucceeded event moves it to PAID (the stock
-    /// > stays reserved). When an admin ships it, the order service commits the
-    /// > reservation (InventoryService.CommitReservation): SHIPPED, then
-    /// > DELIVERED. CancelOrder or the payment deadline moves PENDING /
-    /// > AWAITING_PAYMENT / PAID to CANCELLED: the order service releases the
-    /// > reservation (InventoryService.ReleaseReservation) and, if it was paid, the
-    /// > payment service refunds it on the OrderCancelled event. A full refund of
-    /// > a shipped or delivered order (PaymentRefunded event) moves it to
-    /// > REFUNDED; returned goods go back to stock through AdjustStock (RETURN).
+    /// > Lifecycle (a saga orchestrated by the order service, each step persisted in
+    /// > the order database before it is acted on): CreateOrder prices the lines
+    /// > (ProductService.BatchGetProducts) and stores the order, PENDING. The saga
+    /// > reserves the stock (InventoryService.ReserveStock, held past the payment
+    /// > deadline): AWAITING_PAYMENT, or CANCELLED (OUT_OF_STOCK). A
+    /// > PaymentSucceeded event commits the reservation
+    /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
+    /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
+    /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
+    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
+    /// > so and the payment service refunds it, which moves it to REFUNDED.
     public protocol ServiceProtocol: Mart_Order_V1_OrderService.StreamingServiceProtocol {
         /// Handle the "CreateOrder" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order for the signed-in customer. Customer. Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-        /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-        /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-        /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-        /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+        /// > Places an order for the signed-in customer. Customer. Prices, totals and
+        /// > the shipping fee come from the catalogue and the shop's rules, never from
+        /// > the client. Answers as soon as the order is stored: PENDING, with its
+        /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+        /// > the timeline). Idempotent by `request_id` (over HTTP, the
+        /// > `Idempotency-Key` header): the same key and request within the key's
+        /// > lifetime (24 h by default) return the same order; the same key with
+        /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+        /// > while the first is still being processed, ABORTED
+        /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+        /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+        /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+        /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CreateOrderRequest` message.
@@ -483,28 +497,35 @@ extension Mart_Order_V1_OrderService {
     /// > Orders. Access levels: customer (own orders), admin (any order), internal
     /// > (other Mart services, no HTTP mapping).
     /// > 
-    /// > Lifecycle: CreateOrder prices the lines (ProductService.BatchGetProducts),
-    /// > then reserves stock (InventoryService.ReserveStock): PENDING ->
-    /// > AWAITING_PAYMENT. A PaymentSucceeded event moves it to PAID (the stock
-    /// > stays reserved). When an admin ships it, the order service commits the
-    /// > reservation (InventoryService.CommitReservation): SHIPPED, then
-    /// > DELIVERED. CancelOrder or the payment deadline moves PENDING /
-    /// > AWAITING_PAYMENT / PAID to CANCELLED: the order service releases the
-    /// > reservation (InventoryService.ReleaseReservation) and, if it was paid, the
-    /// > payment service refunds it on the OrderCancelled event. A full refund of
-    /// > a shipped or delivered order (PaymentRefunded event) moves it to
-    /// > REFUNDED; returned goods go back to stock through AdjustStock (RETURN).
+    /// > Lifecycle (a saga orchestrated by the order service, each step persisted in
+    /// > the order database before it is acted on): CreateOrder prices the lines
+    /// > (ProductService.BatchGetProducts) and stores the order, PENDING. The saga
+    /// > reserves the stock (InventoryService.ReserveStock, held past the payment
+    /// > deadline): AWAITING_PAYMENT, or CANCELLED (OUT_OF_STOCK). A
+    /// > PaymentSucceeded event commits the reservation
+    /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
+    /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
+    /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
+    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
+    /// > so and the payment service refunds it, which moves it to REFUNDED.
     public protocol SimpleServiceProtocol: Mart_Order_V1_OrderService.ServiceProtocol {
         /// Handle the "CreateOrder" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order for the signed-in customer. Customer. Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-        /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-        /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-        /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-        /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+        /// > Places an order for the signed-in customer. Customer. Prices, totals and
+        /// > the shipping fee come from the catalogue and the shop's rules, never from
+        /// > the client. Answers as soon as the order is stored: PENDING, with its
+        /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+        /// > the timeline). Idempotent by `request_id` (over HTTP, the
+        /// > `Idempotency-Key` header): the same key and request within the key's
+        /// > lifetime (24 h by default) return the same order; the same key with
+        /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+        /// > while the first is still being processed, ABORTED
+        /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+        /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+        /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+        /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
         ///
         /// - Parameters:
         ///   - request: A `Mart_Order_V1_CreateOrderRequest` message.
@@ -911,28 +932,35 @@ extension Mart_Order_V1_OrderService {
     /// > Orders. Access levels: customer (own orders), admin (any order), internal
     /// > (other Mart services, no HTTP mapping).
     /// > 
-    /// > Lifecycle: CreateOrder prices the lines (ProductService.BatchGetProducts),
-    /// > then reserves stock (InventoryService.ReserveStock): PENDING ->
-    /// > AWAITING_PAYMENT. A PaymentSucceeded event moves it to PAID (the stock
-    /// > stays reserved). When an admin ships it, the order service commits the
-    /// > reservation (InventoryService.CommitReservation): SHIPPED, then
-    /// > DELIVERED. CancelOrder or the payment deadline moves PENDING /
-    /// > AWAITING_PAYMENT / PAID to CANCELLED: the order service releases the
-    /// > reservation (InventoryService.ReleaseReservation) and, if it was paid, the
-    /// > payment service refunds it on the OrderCancelled event. A full refund of
-    /// > a shipped or delivered order (PaymentRefunded event) moves it to
-    /// > REFUNDED; returned goods go back to stock through AdjustStock (RETURN).
+    /// > Lifecycle (a saga orchestrated by the order service, each step persisted in
+    /// > the order database before it is acted on): CreateOrder prices the lines
+    /// > (ProductService.BatchGetProducts) and stores the order, PENDING. The saga
+    /// > reserves the stock (InventoryService.ReserveStock, held past the payment
+    /// > deadline): AWAITING_PAYMENT, or CANCELLED (OUT_OF_STOCK). A
+    /// > PaymentSucceeded event commits the reservation
+    /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
+    /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
+    /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
+    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
+    /// > so and the payment service refunds it, which moves it to REFUNDED.
     public protocol ClientProtocol: Sendable {
         /// Call the "CreateOrder" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order for the signed-in customer. Customer. Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-        /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-        /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-        /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-        /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+        /// > Places an order for the signed-in customer. Customer. Prices, totals and
+        /// > the shipping fee come from the catalogue and the shop's rules, never from
+        /// > the client. Answers as soon as the order is stored: PENDING, with its
+        /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+        /// > the timeline). Idempotent by `request_id` (over HTTP, the
+        /// > `Idempotency-Key` header): the same key and request within the key's
+        /// > lifetime (24 h by default) return the same order; the same key with
+        /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+        /// > while the first is still being processed, ABORTED
+        /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+        /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+        /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+        /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CreateOrderRequest` message.
@@ -1110,17 +1138,17 @@ extension Mart_Order_V1_OrderService {
     /// > Orders. Access levels: customer (own orders), admin (any order), internal
     /// > (other Mart services, no HTTP mapping).
     /// > 
-    /// > Lifecycle: CreateOrder prices the lines (ProductService.BatchGetProducts),
-    /// > then reserves stock (InventoryService.ReserveStock): PENDING ->
-    /// > AWAITING_PAYMENT. A PaymentSucceeded event moves it to PAID (the stock
-    /// > stays reserved). When an admin ships it, the order service commits the
-    /// > reservation (InventoryService.CommitReservation): SHIPPED, then
-    /// > DELIVERED. CancelOrder or the payment deadline moves PENDING /
-    /// > AWAITING_PAYMENT / PAID to CANCELLED: the order service releases the
-    /// > reservation (InventoryService.ReleaseReservation) and, if it was paid, the
-    /// > payment service refunds it on the OrderCancelled event. A full refund of
-    /// > a shipped or delivered order (PaymentRefunded event) moves it to
-    /// > REFUNDED; returned goods go back to stock through AdjustStock (RETURN).
+    /// > Lifecycle (a saga orchestrated by the order service, each step persisted in
+    /// > the order database before it is acted on): CreateOrder prices the lines
+    /// > (ProductService.BatchGetProducts) and stores the order, PENDING. The saga
+    /// > reserves the stock (InventoryService.ReserveStock, held past the payment
+    /// > deadline): AWAITING_PAYMENT, or CANCELLED (OUT_OF_STOCK). A
+    /// > PaymentSucceeded event commits the reservation
+    /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
+    /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
+    /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
+    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
+    /// > so and the payment service refunds it, which moves it to REFUNDED.
     public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
         private let client: GRPCCore.GRPCClient<Transport>
 
@@ -1136,12 +1164,19 @@ extension Mart_Order_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order for the signed-in customer. Customer. Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-        /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-        /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-        /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-        /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+        /// > Places an order for the signed-in customer. Customer. Prices, totals and
+        /// > the shipping fee come from the catalogue and the shop's rules, never from
+        /// > the client. Answers as soon as the order is stored: PENDING, with its
+        /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+        /// > the timeline). Idempotent by `request_id` (over HTTP, the
+        /// > `Idempotency-Key` header): the same key and request within the key's
+        /// > lifetime (24 h by default) return the same order; the same key with
+        /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+        /// > while the first is still being processed, ABORTED
+        /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+        /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+        /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+        /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CreateOrderRequest` message.
@@ -1393,12 +1428,19 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Places an order for the signed-in customer. Customer. Idempotent by
-    /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-    /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-    /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-    /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-    /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+    /// > Places an order for the signed-in customer. Customer. Prices, totals and
+    /// > the shipping fee come from the catalogue and the shop's rules, never from
+    /// > the client. Answers as soon as the order is stored: PENDING, with its
+    /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+    /// > the timeline). Idempotent by `request_id` (over HTTP, the
+    /// > `Idempotency-Key` header): the same key and request within the key's
+    /// > lifetime (24 h by default) return the same order; the same key with
+    /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+    /// > while the first is still being processed, ABORTED
+    /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+    /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+    /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+    /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Order_V1_CreateOrderRequest` message.
@@ -1614,12 +1656,19 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Places an order for the signed-in customer. Customer. Idempotent by
-    /// > `request_id`. Errors: FAILED_PRECONDITION with ErrorInfo reason
-    /// > INSUFFICIENT_STOCK (and a PreconditionFailure per short product),
-    /// > PRODUCT_ARCHIVED or CURRENCY_MISMATCH; NOT_FOUND (unknown product);
-    /// > INVALID_ARGUMENT (VALIDATION_FAILED). On success the order is
-    /// > AWAITING_PAYMENT (or PENDING if the reservation is still in progress).
+    /// > Places an order for the signed-in customer. Customer. Prices, totals and
+    /// > the shipping fee come from the catalogue and the shop's rules, never from
+    /// > the client. Answers as soon as the order is stored: PENDING, with its
+    /// > `payment_deadline`; the saga then reserves the stock (watch the status or
+    /// > the timeline). Idempotent by `request_id` (over HTTP, the
+    /// > `Idempotency-Key` header): the same key and request within the key's
+    /// > lifetime (24 h by default) return the same order; the same key with
+    /// > another request is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED; HTTP 422);
+    /// > while the first is still being processed, ABORTED
+    /// > (IDEMPOTENCY_KEY_IN_FLIGHT; HTTP 409). Without a key, two identical
+    /// > calls place two orders. Errors: NOT_FOUND (unknown product, naming the
+    /// > item); FAILED_PRECONDITION with ErrorInfo reason PRODUCT_ARCHIVED or
+    /// > CURRENCY_MISMATCH; INVALID_ARGUMENT (VALIDATION_FAILED).
     ///
     /// - Parameters:
     ///   - message: request message to send.

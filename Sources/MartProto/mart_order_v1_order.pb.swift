@@ -471,6 +471,10 @@ public nonisolated struct Mart_Order_V1_TimelineEntry: Sendable {
   /// Clears the value of `createTime`. Subsequent reads from it will return its default value.
   public mutating func clearCreateTime() {self._createTime = nil}
 
+  /// The entry's id: increasing within an order (the `id:` of the live status
+  /// stream, so `Last-Event-ID` resumes after it).
+  public var id: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// What happened.
@@ -509,6 +513,20 @@ public nonisolated struct Mart_Order_V1_TimelineEntry: Sendable {
 
     /// Money was refunded (partly or fully).
     case refunded // = 10
+
+    /// A successful payment arrived; the stock is being committed.
+    case paymentReceived // = 11
+
+    /// The reservation was released (a compensation: the order was cancelled
+    /// before it shipped).
+    case stockReleased // = 12
+
+    /// The reservation became a sale (the order was paid).
+    case stockCommitted // = 13
+
+    /// A saga step failed and will be retried (the message says which and
+    /// why); a compensation is never dropped.
+    case stepRetrying // = 14
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -528,6 +546,10 @@ public nonisolated struct Mart_Order_V1_TimelineEntry: Sendable {
       case 8: self = .shipped
       case 9: self = .delivered
       case 10: self = .refunded
+      case 11: self = .paymentReceived
+      case 12: self = .stockReleased
+      case 13: self = .stockCommitted
+      case 14: self = .stepRetrying
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -545,6 +567,10 @@ public nonisolated struct Mart_Order_V1_TimelineEntry: Sendable {
       case .shipped: return 8
       case .delivered: return 9
       case .refunded: return 10
+      case .paymentReceived: return 11
+      case .stockReleased: return 12
+      case .stockCommitted: return 13
+      case .stepRetrying: return 14
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -562,6 +588,10 @@ public nonisolated struct Mart_Order_V1_TimelineEntry: Sendable {
       .shipped,
       .delivered,
       .refunded,
+      .paymentReceived,
+      .stockReleased,
+      .stockCommitted,
+      .stepRetrying,
     ]
 
   }
@@ -597,7 +627,7 @@ public nonisolated struct Mart_Order_V1_CreateOrderItem: Sendable {
   /// The product.
   public var productID: String = String()
 
-  /// Units, 1 to 100.
+  /// Units, 1 to 999.
   public var quantity: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -611,7 +641,8 @@ public nonisolated struct Mart_Order_V1_CreateOrderRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The items; at most 50, each product at most once.
+  /// The items: 1 to 50, each product at most once (a product on two items
+  /// is INVALID_ARGUMENT naming the second, not merged).
   public var items: [Mart_Order_V1_CreateOrderItem] = []
 
   /// Where to ship. Required.
@@ -630,8 +661,9 @@ public nonisolated struct Mart_Order_V1_CreateOrderRequest: Sendable {
   /// Optional note for the shop.
   public var customerNote: String = String()
 
-  /// Client-generated idempotency key (UUID): a retry with the same key
-  /// returns the order created by the first call.
+  /// Client-generated idempotency key (a UUID is best; 1 to 200 printable
+  /// characters): a retry with the same key returns the order created by the
+  /// first call. Over HTTP the `Idempotency-Key` header sets it.
   public var requestID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1118,7 +1150,7 @@ nonisolated extension Mart_Order_V1_Shipment: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Mart_Order_V1_TimelineEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TimelineEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}status\0\u{1}message\0\u{1}actor\0\u{3}create_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}status\0\u{1}message\0\u{1}actor\0\u{3}create_time\0\u{1}id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1131,6 +1163,7 @@ nonisolated extension Mart_Order_V1_TimelineEntry: SwiftProtobuf.Message, SwiftP
       case 3: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.actor) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.id) }()
       default: break
       }
     }
@@ -1156,6 +1189,9 @@ nonisolated extension Mart_Order_V1_TimelineEntry: SwiftProtobuf.Message, SwiftP
     try { if let v = self._createTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1165,13 +1201,14 @@ nonisolated extension Mart_Order_V1_TimelineEntry: SwiftProtobuf.Message, SwiftP
     if lhs.message != rhs.message {return false}
     if lhs.actor != rhs.actor {return false}
     if lhs._createTime != rhs._createTime {return false}
+    if lhs.id != rhs.id {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
 nonisolated extension Mart_Order_V1_TimelineEntry.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}PLACED\0\u{1}STOCK_RESERVED\0\u{1}STOCK_RESERVATION_FAILED\0\u{1}PAYMENT_STARTED\0\u{1}PAYMENT_FAILED\0\u{1}PAID\0\u{1}CANCELLED\0\u{1}SHIPPED\0\u{1}DELIVERED\0\u{1}REFUNDED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}PLACED\0\u{1}STOCK_RESERVED\0\u{1}STOCK_RESERVATION_FAILED\0\u{1}PAYMENT_STARTED\0\u{1}PAYMENT_FAILED\0\u{1}PAID\0\u{1}CANCELLED\0\u{1}SHIPPED\0\u{1}DELIVERED\0\u{1}REFUNDED\0\u{1}PAYMENT_RECEIVED\0\u{1}STOCK_RELEASED\0\u{1}STOCK_COMMITTED\0\u{1}STEP_RETRYING\0")
 }
 
 nonisolated extension Mart_Order_V1_OrderTimeline: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
