@@ -149,6 +149,15 @@ struct GatewayError: Error, Sendable {
     }
   }
 
+  /// The HTTP status for an upstream error: by its code, except where its ErrorInfo reason has a
+  /// status of its own by an HTTP standard: an idempotency key reused for another request is 422
+  /// (draft-ietf-httpapi-idempotency-key-header, section 2.7), which no gRPC code maps to.
+  static func httpStatus(for code: Google_Rpc_Code, details: [Google_Protobuf_Any]) -> HTTPResponse.Status {
+    let reasons = details.compactMap { try? Google_Rpc_ErrorInfo(unpackingAny: $0).reason }
+    if reasons.contains("IDEMPOTENCY_KEY_REUSED") { return .unprocessableContent }
+    return httpStatus(for: code)
+  }
+
   /// An error from the upstream service, as the client sees it: its code mapped to HTTP, its message
   /// and details (from `grpc-status-details-bin`) passed on; but for a failure on our side
   /// (INTERNAL, UNKNOWN, DATA_LOSS) nothing beyond the request id, and for an unreachable service
@@ -187,7 +196,8 @@ struct GatewayError: Error, Sendable {
       break
     }
     if message.isEmpty { message = "request failed" }
-    return GatewayError(httpStatus(for: code), code: code, message: message, details: details, headers: headers)
+    return GatewayError(
+      httpStatus(for: code, details: details), code: code, message: message, details: details, headers: headers)
   }
 }
 
