@@ -13,7 +13,12 @@ let extraServiceDependencies: [String: [Target.Dependency]] = [
   "UserService": [
     .product(name: "Crypto", package: "swift-crypto"),
     .product(name: "CryptoExtras", package: "swift-crypto"),
-  ]
+  ],
+  // SHA-256 of a CreateOrder request, bound to its idempotency key; metrics of the saga.
+  "OrderService": [
+    .product(name: "Crypto", package: "swift-crypto"),
+    .product(name: "Metrics", package: "swift-metrics"),
+  ],
 ]
 
 /// Every service library has the same shape and the same dependencies.
@@ -272,6 +277,15 @@ let package = Package(
       name: "InventoryServiceTests",
       dependencies: testDependencies + [
         "InventoryService", "ProductService", "UserService", "MartTestKit",
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+      ],
+      swiftSettings: strictSwift),
+    // Orders in-process with the real catalogue and inventory: pricing, idempotency, the saga
+    // (reservation, payment, deadline, cancellation), ownership and the schema's checks.
+    .testTarget(
+      name: "OrderServiceTests",
+      dependencies: testDependencies + [
+        "OrderService", "InventoryService", "ProductService", "MartTestKit",
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
       swiftSettings: strictSwift),

@@ -115,6 +115,14 @@ public struct EnvironmentReader: Sendable {
     return value
   }
 
+  public func nonNegativeInteger(_ name: String, default defaultValue: Int) throws -> Int {
+    guard let raw = string(name) else { return defaultValue }
+    guard let value = Int(raw), value >= 0 else {
+      throw ConfigurationError(variable: name, value: raw, reason: "expected a whole number, zero or more")
+    }
+    return value
+  }
+
   public func bool(_ name: String, default defaultValue: Bool) throws -> Bool {
     guard let raw = string(name) else { return defaultValue }
     switch raw.lowercased() {

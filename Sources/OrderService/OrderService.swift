@@ -1,19 +1,47 @@
 import GRPCCore
+import Logging
 import MartRuntime
+import PostgresNIO
 
-/// The order service as the runtime runs it: its schema and its gRPC handlers.
+/// The order service as the runtime runs it: its schema, its gRPC handlers, its payment-event
+/// consumer, and the saga worker that moves orders along.
 ///
-/// Shape shared by every service: `OrderService.swift` (this definition), the gRPC handlers,
-/// the SQL store, the event handlers, and `Migrations/NNNN_name.sql` (embedded in the binary).
+/// Shape shared by every service: `OrderService.swift` (this definition), the gRPC handlers
+/// (`OrderRPCService.swift`), the SQL store (`OrderStore.swift`), the event handlers
+/// (`OrderEventHandlers.swift`), and `Migrations/NNNN_name.sql` (embedded in the binary); and,
+/// for this service, the saga (`OrderSaga.swift`).
 public enum OrderServiceModule {
-  public static let definition = ServiceDefinition(
-    service: .order,
-    migrations: [
-      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
-      .eventTables(version: 2),
-    ],
-    // The business RPCs of mart.order.v1 are registered here as they are implemented; until then
-    // the server offers grpc.health.v1 only and answers UNIMPLEMENTED for everything else.
-    makeRPCServices: { _ in [] }
-  )
+  /// The service with its settings read from the environment (`OrderSettings`).
+  public static let definition = makeDefinition()
+
+  /// The service with these settings (nil: read from the environment when the host is built).
+  public static func makeDefinition(settings: OrderSettings? = nil) -> ServiceDefinition {
+    ServiceDefinition(
+      service: .order,
+      migrations: [
+        Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
+        .eventTables(version: 2),
+        Migration(version: 3, name: "saga", embedded: PackageResources._003_saga_sql),
+      ],
+      makeRPCServices: { context in
+        [
+          OrderRPCService(
+            store: store(context), product: context.clients.product,
+            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger)
+        ]
+      },
+      makeConsumers: { context in [OrderEventHandlers.payments(store: store(context), logger: context.logger)] },
+      makeBackgroundServices: { context in
+        [
+          OrderSaga(
+            store: store(context), inventory: context.clients.inventory,
+            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger)
+        ]
+      }
+    )
+  }
+
+  static func store(_ context: ServiceContext) -> OrderStore {
+    OrderStore(database: context.database, outbox: context.outbox, logger: context.logger)
+  }
 }

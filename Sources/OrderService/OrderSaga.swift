@@ -1,0 +1,301 @@
+import Foundation
+import GRPCCore
+import Logging
+import MartProto
+import MartRuntime
+import Metrics
+import PostgresNIO
+import ServiceLifecycle
+
+/// The order saga's worker: performs the steps the order database says are due.
+///
+/// A step is a row of `order_saga_steps`, written in the transaction of the change that calls
+/// for it (see OrderStore), so it is persisted before it is acted on. The worker leases due
+/// steps, performs each (a call to the inventory service, idempotent by order id), and records
+/// the outcome with the order's row locked, marking the step done in that same transaction. A
+/// step that fails is retried with capped exponential backoff, never dropped; its failures are
+/// in the step's row, the order's timeline and the `mart_order_saga_step_failures_total`
+/// counter. A worker that dies mid-step leaves the step leased; when the lease passes it runs
+/// again. Timeouts are steps with a due time, so they survive restarts too.
+///
+/// Woken by `NOTIFY` when a transaction that schedules a step commits, and otherwise looks every
+/// `sagaPollInterval` (for steps that come due by time, and as a safety net).
+public struct OrderSaga: Service {
+  static let channel = "mart_order_saga"
+  static let batchSize = 32
+
+  let store: OrderStore
+  let inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol
+  let settings: OrderSettings
+  let logger: Logger
+  private let wakeup = Wakeup()
+
+  init(
+    store: OrderStore, inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol, settings: OrderSettings,
+    logger: Logger
+  ) {
+    self.store = store
+    self.inventory = inventory
+    self.settings = settings
+    var logger = logger
+    logger[metadataKey: "component"] = "order-saga"
+    self.logger = logger
+  }
+
+  public func run() async throws {
+    await cancelWhenGracefulShutdown {
+      await withDiscardingTaskGroup { group in
+        group.addTask {
+          await Wakeup.listen(
+            on: Self.channel, database: store.database, wakeup: wakeup, maximumBackoff: .seconds(10), logger: logger)
+        }
+        group.addTask { await work() }
+      }
+    }
+  }
+
+  private func work() async {
+    var lastPrune = ContinuousClock.now - .seconds(3600)
+    while !Task.isCancelled {
+      var leased = 0
+      do {
+        let steps = try await store.leaseDueSteps(limit: Self.batchSize, lease: settings.stepLease)
+        leased = steps.count
+        // Steps of one batch belong to different orders or are of different kinds; each records
+        // its outcome under its order's lock, so they may run side by side.
+        await withDiscardingTaskGroup { group in
+          for step in steps { group.addTask { await perform(step) } }
+        }
+        if ContinuousClock.now - lastPrune > .seconds(600) {
+          try await store.pruneKeys(olderThan: settings.idempotencyKeyTTL)
+          lastPrune = .now
+        }
+      } catch {
+        if Task.isCancelled { return }
+        logger.warning(
+          "could not take due saga steps; retrying", metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
+      }
+      if leased == Self.batchSize { continue }
+      await wakeup.wait(upTo: settings.sagaPollInterval)
+    }
+  }
+
+  /// Performs one leased step and records its outcome, or its failure.
+  func perform(_ step: SagaStepRecord) async {
+    do {
+      switch step.kind {
+      case .reserveStock: try await reserveStock(step.orderID)
+      case .commitStock: try await commitStock(step.orderID)
+      case .releaseStock: try await releaseStock(step.orderID)
+      case .paymentDeadline: try await paymentDeadlinePassed(step.orderID)
+      }
+      Counter(label: "mart_order_saga_steps_total", dimensions: [("kind", step.kind.rawValue)]).increment()
+    } catch {
+      let reason = APIStatus.redactedDescription(of: error.unwrappingTransactionError)
+      let backoff = min(.milliseconds(200) * (1 << min(Int(step.attempts), 16)), settings.maximumStepBackoff)
+      logger.warning(
+        "saga step failed; retrying",
+        metadata: [
+          "order_id": "\(step.orderID.lowercasedString)", "step": "\(step.kind.rawValue)",
+          "attempt": "\(step.attempts + 1)", "retry_in": "\(backoff)", "error": "\(reason)",
+        ])
+      Counter(label: "mart_order_saga_step_failures_total", dimensions: [("kind", step.kind.rawValue)]).increment()
+      do {
+        try await store.recordFailure(of: step, error: reason, backoff: backoff)
+      } catch {
+        // The lease runs out and the step is taken again: still not dropped.
+        logger.warning(
+          "could not record a saga step's failure",
+          metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
+      }
+    }
+  }
+
+  // MARK: Steps
+
+  /// Reserves the order's stock, all or nothing, held past the payment deadline: AWAITING_PAYMENT
+  /// (and the deadline scheduled), or CANCELLED (OUT_OF_STOCK) naming the short lines.
+  func reserveStock(_ orderID: UUID) async throws {
+    guard let order = try await store.order(orderID) else { return }
+    guard order.status == .pending else {
+      // Moved on while the step waited (cancelled): nothing to reserve. A release is scheduled
+      // with the cancellation, in case a reservation was made after all.
+      try await store.change(orderID) { try await $0.finish(.reserveStock) }
+      return
+    }
+    let expiry = order.paymentDeadline.addingTimeInterval(settings.reservationGrace.timeInterval)
+    let response = try await inventory.reserveStock(
+      .with {
+        $0.orderID = orderID.lowercasedString
+        $0.lines = order.lines.map { line in
+          .with {
+            $0.productID = line.productID.lowercasedString
+            $0.quantity = Int32(clamping: line.quantity)
+          }
+        }
+        $0.expireTime = .init(date: expiry)
+      }, options: Self.callOptions)
+    switch response.outcome {
+    case .reservation:
+      try await store.change(orderID) { change in
+        try await change.finish(.reserveStock)
+        switch change.order.status {
+        case .pending:
+          try await change.update { $0.status = .awaitingPayment }
+          try await change.note(.stockReserved, "Stock reserved for \(order.itemCount) item(s)", actor: .system)
+          try await change.schedule(.paymentDeadline, at: change.order.paymentDeadline)
+          if change.order.paymentReceivedAt != nil { try await change.schedule(.commitStock) }
+        case .cancelled:
+          // Cancelled while the reservation was being made: give the stock back.
+          try await change.schedule(.releaseStock)
+        default:
+          break
+        }
+      }
+    case .insufficientStock(let insufficient):
+      let skus = Dictionary(order.lines.map { ($0.productID.lowercasedString, $0.sku) }) { first, _ in first }
+      let short = insufficient.shortLines.map {
+        "\(skus[$0.productID] ?? $0.productID) (ordered \($0.requested), available \($0.available))"
+      }
+      let note = "Out of stock: " + short.joined(separator: ", ")
+      try await store.change(orderID) { change in
+        try await change.finish(.reserveStock)
+        guard change.order.status == .pending else { return }
+        try await change.note(.stockReservationFailed, note, actor: .system)
+        try await change.cancel(reason: .outOfStock, note: note, actor: .system, releaseStock: false)
+      }
+    case nil:
+      throw RPCError(code: .internalError, message: "ReserveStock answered without an outcome")
+    }
+  }
+
+  /// Turns the reservation into a sale once the payment is in: PAID.
+  func commitStock(_ orderID: UUID) async throws {
+    guard let order = try await store.order(orderID) else { return }
+    guard order.status == .awaitingPayment, order.paymentReceivedAt != nil else {
+      try await store.change(orderID) { try await $0.finish(.commitStock) }
+      return
+    }
+    do {
+      _ = try await inventory.commitReservation(
+        .with { $0.orderID = orderID.lowercasedString }, options: Self.callOptions)
+    } catch let error as RPCError where error.code == .failedPrecondition || error.code == .notFound {
+      // The reservation lapsed before the payment was recorded (the grace was too short, or the
+      // saga was down that long): the stock may be sold to someone else. Cancel, and say the
+      // order was paid, so that the payment service refunds it.
+      try await store.change(orderID) { change in
+        try await change.finish(.commitStock)
+        guard change.order.status == .awaitingPayment else { return }
+        try await change.cancel(
+          reason: .outOfStock, note: "The stock reservation lapsed before the payment was recorded; refunding",
+          actor: .system, releaseStock: false)
+      }
+      return
+    }
+    try await store.change(orderID) { change in
+      try await change.finish(.commitStock)
+      guard change.order.status == .awaitingPayment, let received = change.order.paymentReceivedAt else { return }
+      try await change.note(.stockCommitted, "Stock committed", actor: .system)
+      try await change.update {
+        $0.status = .paid
+        $0.paidAt = received
+      }
+      let paid = change.order
+      try await change.note(.paid, "Paid \(Self.format(paid.totalMinor, paid.currency))", actor: .system)
+      try await change.publish(
+        Mart_Order_V1_OrderPaid.with {
+          $0.orderID = paid.id.lowercasedString
+          $0.orderNumber = paid.number
+          $0.userID = paid.userID.lowercasedString
+          $0.paymentID = paid.paymentID?.lowercasedString ?? ""
+          $0.amount = paid.money(paid.paidAmountMinor ?? paid.totalMinor)
+          $0.payTime = .init(date: received)
+        })
+    }
+  }
+
+  /// Gives the reservation back (the order was cancelled before it shipped). Nothing reserved
+  /// (NOT_FOUND) is done too.
+  func releaseStock(_ orderID: UUID) async throws {
+    let released: Bool
+    do {
+      _ = try await inventory.releaseReservation(
+        .with {
+          $0.orderID = orderID.lowercasedString
+          $0.reason = "order cancelled"
+        }, options: Self.callOptions)
+      released = true
+    } catch let error as RPCError where error.code == .notFound {
+      released = false
+    }
+    try await store.change(orderID) { change in
+      try await change.finish(.releaseStock)
+      if released { try await change.note(.stockReleased, "Stock released", actor: .system) }
+    }
+  }
+
+  /// The payment deadline: an order still unpaid is cancelled (PAYMENT_TIMEOUT) and its stock
+  /// released. A payment received in time (even if its stock is still being committed) stands.
+  func paymentDeadlinePassed(_ orderID: UUID) async throws {
+    try await store.change(orderID) { change in
+      try await change.finish(.paymentDeadline)
+      guard [.pending, .awaitingPayment].contains(change.order.status), change.order.paymentReceivedAt == nil
+      else { return }
+      try await change.cancel(
+        reason: .paymentTimeout, note: "Not paid by the payment deadline", actor: .system, releaseStock: true)
+    }
+  }
+
+  static var callOptions: CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = .seconds(10)
+    return options
+  }
+
+  /// An amount for a timeline message, e.g. "ZAR 1234.50" (ISO 4217's zero-decimal currencies
+  /// without decimals).
+  static func format(_ minor: Int64, _ currency: String) -> String {
+    let sign = minor < 0 ? "-" : ""
+    let units = minor.magnitude
+    if zeroDecimalCurrencies.contains(currency) { return "\(currency) \(sign)\(units)" }
+    let cents = units % 100
+    return "\(currency) \(sign)\(units / 100).\(cents < 10 ? "0" : "")\(cents)"
+  }
+
+  static let zeroDecimalCurrencies: Set<String> = [
+    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+  ]
+}
+
+extension OrderChange {
+  /// Cancels the order: CANCELLED with its reason, the timeline entry, OrderCancelled (saying
+  /// whether it was paid, so that the payment service refunds), no more payment deadline, and
+  /// the reservation released if there may be one.
+  mutating func cancel(reason: CancelReason, note: String?, actor: Actor, releaseStock: Bool) async throws {
+    let now = Date()
+    try await update {
+      $0.status = .cancelled
+      $0.cancelReason = reason
+      $0.cancelNote = note
+      $0.cancelledAt = now
+    }
+    let order = self.order
+    try await self.note(.cancelled, "Cancelled: \(note ?? reason.rawValue)", actor: actor)
+    try await finish(.paymentDeadline)
+    try await finish(.commitStock)
+    if releaseStock { try await schedule(.releaseStock) }
+    try await publish(
+      Mart_Order_V1_OrderCancelled.with {
+        $0.orderID = order.id.lowercasedString
+        $0.orderNumber = order.number
+        $0.userID = order.userID.lowercasedString
+        $0.reason = reason.proto
+        $0.note = note ?? ""
+        $0.wasPaid = order.paymentID != nil
+        $0.paymentID = order.paymentID?.lowercasedString ?? ""
+        if let paid = order.paidAmountMinor { $0.paidAmount = order.money(paid) }
+        $0.lines = order.lines.map { $0.proto(currency: order.currency) }
+        $0.cancelTime = .init(date: now)
+      })
+  }
+}
