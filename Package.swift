@@ -304,7 +304,7 @@ let package = Package(
     .testTarget(
       name: "EdgeTests",
       dependencies: testDependencies + [
-        "Gateway", "UserService", "ProductService", "InventoryService",
+        "Gateway", "UserService", "ProductService", "InventoryService", "OrderService",
         .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: strictSwift),

@@ -8,6 +8,7 @@ import Logging
 import MartProto
 import MartRuntime
 import MartTestSupport
+import OrderService
 import PostgresNIO
 import ProductService
 import ServiceLifecycle
@@ -425,12 +426,18 @@ final class QuotaClock: Sendable {
 /// With `catalog`, the product and inventory services run too, each on a scratch database, with
 /// the same token settings (they verify user tokens against the user service's JWKS) and one
 /// in-process event transport, so that ProductCreated reaches the inventory service.
-func withEdge(catalog: Bool = false, _ body: (Edge) async throws -> Void) async throws {
+/// With `orders`, the order service too (and the catalogue, which it calls).
+func withEdge(catalog: Bool = false, orders: Bool = false, _ body: (Edge) async throws -> Void) async throws {
   try await ScratchDatabase.with("edge") { database in
-    guard catalog else { return try await withEdge(user: database, catalog: nil, body) }
+    guard catalog || orders else { return try await withEdge(user: database, catalog: nil, orders: nil, body) }
     try await ScratchDatabase.with("edge_product") { product in
       try await ScratchDatabase.with("edge_inventory") { inventory in
-        try await withEdge(user: database, catalog: (product, inventory), body)
+        guard orders else {
+          return try await withEdge(user: database, catalog: (product, inventory), orders: nil, body)
+        }
+        try await ScratchDatabase.with("edge_order") { order in
+          try await withEdge(user: database, catalog: (product, inventory), orders: order, body)
+        }
       }
     }
   }
@@ -438,7 +445,7 @@ func withEdge(catalog: Bool = false, _ body: (Edge) async throws -> Void) async 
 
 private func withEdge(
   user database: ScratchDatabase, catalog: (product: ScratchDatabase, inventory: ScratchDatabase)?,
-  _ body: (Edge) async throws -> Void
+  orders: ScratchDatabase?, _ body: (Edge) async throws -> Void
 ) async throws {
   let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
   try Data(
@@ -483,27 +490,41 @@ private func withEdge(
             service: .inventory, port: 0, database: catalog.inventory.configuration),
           directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
     }
-    try await withServing(hosts[...], ports: userPorts) { ports in
-      var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
-      for (service, port) in ports {
-        environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+    try await withServing(hosts[...], ports: userPorts) { catalogPorts in
+      // The order service calls the catalogue, so it starts once the catalogue listens.
+      var orderHosts: [ServiceHost<HTTP2ServerTransport.Posix>] = []
+      if let orders {
+        var endpoints = directory.endpoints
+        for (service, port) in catalogPorts { endpoints[service] = .init(host: "127.0.0.1", port: port) }
+        orderHosts.append(
+          try ServiceHost(
+            definition: OrderServiceModule.makeDefinition(settings: OrderSettings()),
+            configuration: ServiceConfiguration(service: .order, port: 0, database: orders.configuration),
+            directory: ServiceDirectory(endpoints: endpoints), auth: auth, transport: transport,
+            logger: TestBed.logger))
       }
-      let (listening, announce) = AsyncStream.makeStream(of: Int.self)
-      let quotaClock = QuotaClock()
-      let gateway = try Gateway.makeServices(
-        configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger,
-        onListening: { port in
-          announce.yield(port)
-          announce.finish()
-        }, rateLimitClock: quotaClock.reading)
-      try await withServices(gateway) {
-        var ports = listening.makeAsyncIterator()
-        let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
-        let edge = Edge(
-          gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration, quotaClock: quotaClock)
-        let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
-        #expect(up)
-        try await body(edge)
+      try await withServing(orderHosts[...], ports: catalogPorts) { ports in
+        var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
+        for (service, port) in ports {
+          environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+        }
+        let (listening, announce) = AsyncStream.makeStream(of: Int.self)
+        let quotaClock = QuotaClock()
+        let gateway = try Gateway.makeServices(
+          configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger,
+          onListening: { port in
+            announce.yield(port)
+            announce.finish()
+          }, rateLimitClock: quotaClock.reading)
+        try await withServices(gateway) {
+          var ports = listening.makeAsyncIterator()
+          let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
+          let edge = Edge(
+            gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration, quotaClock: quotaClock)
+          let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
+          #expect(up)
+          try await body(edge)
+        }
       }
     }
   }
