@@ -14,6 +14,7 @@ import SwiftProtobuf
 /// | `MART_ORDER_DEFAULT_PAYMENT_PROVIDER` | `sandbox`: the provider of an order that names none |
 /// | `MART_ORDER_IDEMPOTENCY_KEY_TTL` | `24h`: how long an `Idempotency-Key` (request_id) is remembered |
 /// | `MART_ORDER_SAGA_POLL_INTERVAL` | `500ms`: how often the saga worker looks for due steps it was not woken for |
+/// | `MART_ORDER_SAGA_STEP_LEASE` | `30s`: how long a step stays with the worker that took it before another may |
 public struct OrderSettings: Sendable {
   public var paymentWindow: Duration
   public var reservationGrace: Duration
@@ -67,7 +68,8 @@ public struct OrderSettings: Sendable {
       },
       defaultPaymentProvider: defaultProvider,
       idempotencyKeyTTL: try env.duration("MART_ORDER_IDEMPOTENCY_KEY_TTL", default: defaults.idempotencyKeyTTL),
-      sagaPollInterval: try env.duration("MART_ORDER_SAGA_POLL_INTERVAL", default: defaults.sagaPollInterval))
+      sagaPollInterval: try env.duration("MART_ORDER_SAGA_POLL_INTERVAL", default: defaults.sagaPollInterval),
+      stepLease: try env.duration("MART_ORDER_SAGA_STEP_LEASE", default: defaults.stepLease))
   }
 
   /// The shipping fee of an order with this subtotal: the flat fee, or nothing from the
