@@ -193,9 +193,9 @@ public nonisolated struct Mart_Order_V1_OrderPaid: Sendable {
   fileprivate var _payTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
-/// An order was cancelled (the order service has already released the stock
-/// reservation). Key: order_id. Consumers: payment (refunds when `was_paid`),
-/// notification.
+/// An order was cancelled (the order service releases the stock reservation).
+/// Key: order_id. Consumers: notification. A refund that is due is asked for
+/// with OrderRefundRequested, not inferred from `was_paid`.
 public nonisolated struct Mart_Order_V1_OrderCancelled: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -379,6 +379,56 @@ public nonisolated struct Mart_Order_V1_OrderDelivered: Sendable {
 
   fileprivate var _metadata: Mart_Common_V1_EventMetadata? = nil
   fileprivate var _deliverTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+/// The order service asks for a successful payment to be refunded in full: it
+/// arrived for an order that no longer takes one (cancelled at its payment
+/// deadline, say, or already paid by another payment), or a paid order was
+/// cancelled. Key: order_id. Consumer: payment, which refunds it (idempotently
+/// per payment) and answers with PaymentRefunded.
+public nonisolated struct Mart_Order_V1_OrderRefundRequested: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var metadata: Mart_Common_V1_EventMetadata {
+    get {_metadata ?? Mart_Common_V1_EventMetadata()}
+    set {_metadata = newValue}
+  }
+  /// Returns true if `metadata` has been explicitly set.
+  public var hasMetadata: Bool {self._metadata != nil}
+  /// Clears the value of `metadata`. Subsequent reads from it will return its default value.
+  public mutating func clearMetadata() {self._metadata = nil}
+
+  public var orderID: String = String()
+
+  public var orderNumber: String = String()
+
+  public var userID: String = String()
+
+  /// The payment to refund.
+  public var paymentID: String = String()
+
+  /// How much: what the payment took.
+  public var amount: Mart_Common_V1_Money {
+    get {_amount ?? Mart_Common_V1_Money()}
+    set {_amount = newValue}
+  }
+  /// Returns true if `amount` has been explicitly set.
+  public var hasAmount: Bool {self._amount != nil}
+  /// Clears the value of `amount`. Subsequent reads from it will return its default value.
+  public mutating func clearAmount() {self._amount = nil}
+
+  /// Why, for the refund's record, e.g. "payment arrived after the order was
+  /// cancelled".
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _metadata: Mart_Common_V1_EventMetadata? = nil
+  fileprivate var _amount: Mart_Common_V1_Money? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -883,6 +933,70 @@ nonisolated extension Mart_Order_V1_OrderDelivered: SwiftProtobuf.Message, Swift
     if lhs.orderNumber != rhs.orderNumber {return false}
     if lhs.userID != rhs.userID {return false}
     if lhs._deliverTime != rhs._deliverTime {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_Order_V1_OrderRefundRequested: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OrderRefundRequested"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}order_id\0\u{3}order_number\0\u{3}user_id\0\u{3}payment_id\0\u{1}amount\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._metadata) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.orderID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.orderNumber) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.paymentID) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._amount) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._metadata {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.orderID.isEmpty {
+      try visitor.visitSingularStringField(value: self.orderID, fieldNumber: 2)
+    }
+    if !self.orderNumber.isEmpty {
+      try visitor.visitSingularStringField(value: self.orderNumber, fieldNumber: 3)
+    }
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 4)
+    }
+    if !self.paymentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.paymentID, fieldNumber: 5)
+    }
+    try { if let v = self._amount {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_Order_V1_OrderRefundRequested, rhs: Mart_Order_V1_OrderRefundRequested) -> Bool {
+    if lhs._metadata != rhs._metadata {return false}
+    if lhs.orderID != rhs.orderID {return false}
+    if lhs.orderNumber != rhs.orderNumber {return false}
+    if lhs.userID != rhs.userID {return false}
+    if lhs.paymentID != rhs.paymentID {return false}
+    if lhs._amount != rhs._amount {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

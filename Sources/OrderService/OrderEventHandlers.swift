@@ -20,6 +20,13 @@ enum OrderEventHandlers {
       }
       try await change.recordPayment(paymentID, amountMinor: event.amount.amountMinor, logger: logger)
     }
+    handlers.on(Mart_Payment_V1_PaymentRefunded.self) { received, connection in
+      let event = received.event
+      let (orderID, paymentID) = try ids(event.orderID, event.paymentID, event: received.envelope.id)
+      guard var change = try await store.change(orderID, on: connection) else { return }
+      try await change.recordRefund(
+        of: paymentID, amountMinor: event.amount.amountMinor, full: event.fullyRefunded, reason: event.reason)
+    }
     handlers.on(Mart_Payment_V1_PaymentFailed.self) { received, connection in
       let event = received.event
       let (orderID, _) = try ids(event.orderID, event.paymentID, event: received.envelope.id)
@@ -49,32 +56,62 @@ enum OrderEventHandlers {
 extension OrderChange {
   /// A successful payment: recorded once (a duplicate event, or the same payment again, changes
   /// nothing); the deadline no longer applies; the stock is committed next, and the order turns
-  /// PAID when it is.
+  /// PAID when it is. A payment the order no longer takes (it was cancelled, at its deadline
+  /// say, or another payment paid it) is refunded: OrderRefundRequested, and the timeline says so.
   mutating func recordPayment(_ paymentID: UUID, amountMinor: Int64, logger: Logger) async throws {
-    if let recorded = order.paymentID {
-      if recorded != paymentID {
-        logger.error(
-          "a second successful payment for one order",
-          metadata: ["order_id": "\(order.id.lowercasedString)", "payment_id": "\(paymentID.lowercasedString)"])
-      }
-      return
-    }
+    if order.paymentID == paymentID { return }
+    let timeline = try await store.timeline(of: order.id, on: connection)
+    let refunding = "\(paymentID.lowercasedString)"
+    if timeline.contains(where: { $0.kind == .paymentReceived && $0.message.contains(refunding) }) { return }
     switch order.status {
-    case .pending, .awaitingPayment:
+    case .pending where order.paymentID == nil, .awaitingPayment where order.paymentID == nil:
       let now = Date()
       try await update {
         $0.paymentID = paymentID
         $0.paymentReceivedAt = now
         $0.paidAmountMinor = amountMinor
       }
-      try await note(.paymentReceived, "Payment received", actor: .system)
+      try await note(.paymentReceived, "Payment \(refunding) received", actor: .system)
       try await finish(.paymentDeadline)
       // A PENDING order's reservation is still being made: its outcome schedules the commit.
       if order.status == .awaitingPayment { try await schedule(.commitStock) }
-    case .cancelled, .paid, .shipped, .delivered, .refunded:
-      logger.error(
-        "a successful payment for an order that no longer takes one",
-        metadata: ["order_id": "\(order.id.lowercasedString)", "status": "\(order.status.rawValue)"])
+    default:
+      let why =
+        order.status == .cancelled
+        ? "payment arrived after the order was cancelled" : "the order was already paid by another payment"
+      logger.warning(
+        "refunding a payment the order does not take",
+        metadata: ["order_id": "\(order.id.lowercasedString)", "payment_id": "\(refunding)", "reason": "\(why)"])
+      try await note(.paymentReceived, "Payment \(refunding) received, but \(why): refunding it", actor: .system)
+      let order = self.order
+      try await publish(
+        Mart_Order_V1_OrderRefundRequested.with {
+          $0.orderID = order.id.lowercasedString
+          $0.orderNumber = order.number
+          $0.userID = order.userID.lowercasedString
+          $0.paymentID = refunding
+          $0.amount = order.money(amountMinor)
+          $0.reason = why
+        })
     }
+  }
+
+  /// A refund the payment service made: in the timeline; a full refund of the order's own
+  /// payment once it was paid (shipped, delivered) makes it REFUNDED.
+  mutating func recordRefund(of paymentID: UUID, amountMinor: Int64, full: Bool, reason: String) async throws {
+    let amount = OrderSaga.format(amountMinor, order.currency)
+    let ownPayment = order.paymentID == paymentID
+    if full {
+      let now = Date()
+      let becomesRefunded = ownPayment && [.paid, .shipped, .delivered].contains(order.status)
+      try await update {
+        // A cancelled order stays CANCELLED (final); its refund time and timeline say the rest.
+        if becomesRefunded { $0.status = .refunded }
+        if ownPayment || $0.status == .cancelled { $0.refundedAt = now }
+      }
+    }
+    try await note(
+      .refunded, "Refunded \(amount) of payment \(paymentID.lowercasedString)\(reason.isEmpty ? "" : ": \(reason)")",
+      actor: .system)
   }
 }

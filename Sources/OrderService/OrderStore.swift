@@ -201,7 +201,13 @@ struct OrderStore: Sendable {
 
   /// The order's timeline, oldest first, after entry `afterID` when given.
   func timeline(of orderID: UUID, afterID: Int64? = nil) async throws -> [TimelineRecord] {
-    let rows = try await database.query(
+    try await database.withConnection { try await timeline(of: orderID, afterID: afterID, on: $0) }
+  }
+
+  func timeline(of orderID: UUID, afterID: Int64? = nil, on connection: PostgresConnection) async throws
+    -> [TimelineRecord]
+  {
+    let rows = try await connection.query(
       """
       SELECT \(unescaped: TimelineRecord.columns) FROM order_timeline
       WHERE order_id = \(orderID) AND (\(afterID)::int8 IS NULL OR id > \(afterID))

@@ -158,9 +158,32 @@ struct OrderHarness: Sendable {
       $0.provider = .sandbox
       $0.amount = order.total
     }
+    try await publish(event, id: eventID, subject: order.id, times: times)
+  }
+
+  /// Publishes a PaymentRefunded as the payment service's relay would.
+  func paymentRefunded(_ order: Mart_Order_V1_Order, paymentID: UUID, amountMinor: Int64) async throws {
+    let event = Mart_Payment_V1_PaymentRefunded.with {
+      $0.paymentID = paymentID.uuidString.lowercased()
+      $0.refundID = UUID().uuidString.lowercased()
+      $0.orderID = order.id
+      $0.userID = order.userID
+      $0.provider = .sandbox
+      $0.amount = .with {
+        $0.currencyCode = order.total.currencyCode
+        $0.amountMinor = amountMinor
+      }
+      $0.refundedTotal = $0.amount
+      $0.fullyRefunded = true
+      $0.reason = "payment arrived after the order was cancelled"
+    }
+    try await publish(event, id: UUID(), subject: order.id)
+  }
+
+  private func publish<Event: DomainEvent>(_ event: Event, id: UUID, subject: String, times: Int = 1) async throws {
     let envelope = EventEnvelope(
-      id: eventID, type: Mart_Payment_V1_PaymentSucceeded.protoMessageName, source: "/mart/payment",
-      subject: order.id, time: Date(), topic: EventTopic.payments.name, payload: try event.serializedBytes())
+      id: id, type: Event.protoMessageName, source: "/mart/payment", subject: subject, time: Date(),
+      topic: Event.topic.name, payload: try event.serializedBytes())
     _ = await transport.publish(Array(repeating: OutgoingRecord(envelope), count: times))
   }
 }

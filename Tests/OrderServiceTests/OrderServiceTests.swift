@@ -113,6 +113,42 @@ import Testing
     }
   }
 
+  /// A payment that succeeds after the deadline cancelled the order is refunded, never made PAID
+  /// with stock that was given back; its refund is recorded when the payment service reports it.
+  @Test func aLatePaymentIsRefundedNotAccepted() async throws {
+    let settings = OrderSettings(paymentWindow: .milliseconds(500), sagaPollInterval: .milliseconds(100))
+    try await OrderHarness.run("order_late", settings: settings) { mart in
+      let item = try await mart.product(sku: "LATE", price: 1500, onHand: 5)
+      let placed = try await mart.place([(item, 1)])
+      #expect(try await mart.waitFor(placed.id, .cancelled) == .cancelled)
+      let paymentID = UUID()
+      try await mart.paymentSucceeded(placed, paymentID: paymentID, times: 2)
+      _ = await eventually {
+        try await EventFixtures.outboxEvents(mart.orderDatabase).contains {
+          $0.type == "mart.order.v1.OrderRefundRequested"
+        }
+      }
+      let refunds = try await EventFixtures.outboxEvents(mart.orderDatabase).filter {
+        $0.type == "mart.order.v1.OrderRefundRequested"
+      }
+      #expect(refunds.count == 1)
+      let request = try Mart_Order_V1_OrderRefundRequested(serializedBytes: try #require(refunds.first).payload)
+      #expect(request.paymentID == paymentID.uuidString.lowercased())
+      #expect(request.amount.amountMinor == 1500)
+      let late = try await mart.order(placed.id)
+      #expect(late.status == .cancelled && late.cancelReason == .paymentTimeout)
+      _ = await eventually { try await mart.stock(item).reserved == 0 }
+      #expect(try await mart.stock(item).onHand == 5)
+
+      try await mart.paymentRefunded(placed, paymentID: paymentID, amountMinor: 1500)
+      _ = await eventually { try await mart.timelineKinds(placed.id).contains(.refunded) }
+      let kinds = try await mart.timelineKinds(placed.id)
+      #expect(kinds.filter { $0 == .paymentReceived }.count == 1)
+      #expect(kinds.last == .refunded)
+      #expect(try await mart.order(placed.id).status == .cancelled)
+    }
+  }
+
   @Test func theCustomerCancelsAnUnpaidOrderAndOthersCannotSeeIt() async throws {
     try await OrderHarness.run("order_cancel") { mart in
       let item = try await mart.product(sku: "CANCEL-ME", price: 2000, onHand: 4)
@@ -290,6 +326,15 @@ import Testing
       let stock = try await mart.stock(item)
       #expect(stock.reserved == 0)
       #expect(stock.onHand == 200 - Int32(outcomes[.paid, default: 0]))
+      // Every order the cancellation won had its payment arrive after: each is refunded.
+      let cancelled = outcomes[.cancelled, default: 0]
+      func refundRequests() async throws -> Int {
+        try await EventFixtures.outboxEvents(mart.orderDatabase).filter {
+          $0.type == "mart.order.v1.OrderRefundRequested"
+        }.count
+      }
+      _ = await eventually { try await refundRequests() == cancelled }
+      #expect(try await refundRequests() == cancelled)
     }
   }
 }

@@ -33,6 +33,7 @@ extension DomainEvents {
     Mart_Order_V1_OrderCancelled.self,
     Mart_Order_V1_OrderShipped.self,
     Mart_Order_V1_OrderDelivered.self,
+    Mart_Order_V1_OrderRefundRequested.self,
     Mart_Payment_V1_PaymentSucceeded.self,
     Mart_Payment_V1_PaymentFailed.self,
     Mart_Payment_V1_PaymentRefunded.self,
@@ -88,6 +89,10 @@ extension Mart_Order_V1_OrderShipped: DomainEvent {
 }
 
 extension Mart_Order_V1_OrderDelivered: DomainEvent {
+  public static var topic: EventTopic { .`orders` }
+}
+
+extension Mart_Order_V1_OrderRefundRequested: DomainEvent {
   public static var topic: EventTopic { .`orders` }
 }
 
