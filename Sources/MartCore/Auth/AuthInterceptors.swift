@@ -49,9 +49,20 @@ public struct ServerAuthInterceptor: ServerInterceptor {
     guard Self.allows(access, caller) else {
       throw RPCError(code: .permissionDenied, message: "this method is not open to the caller's roles")
     }
-    return try await Caller.$current.withValue(caller) {
+    var response = try await Caller.$current.withValue(caller) {
       try await next(request, context)
     }
+    // The handler writes its responses in the producer, which grpc runs after this returns:
+    // outside the task-local's scope. Bind the caller there too, or a streaming handler (and
+    // anything it calls) would not know who is calling.
+    if case .success(var contents) = response.accepted {
+      let produce = contents.producer
+      contents.producer = { writer in
+        try await Caller.$current.withValue(caller) { try await produce(writer) }
+      }
+      response.accepted = .success(contents)
+    }
+    return response
   }
 
   /// Whether a verified caller may call a method with this access level.
