@@ -61,7 +61,9 @@ public enum Gateway {
       RouteMatchMiddleware(matcher: matcher)
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))
-      TranscodingMiddleware(upstreams: upstreams, maxBodyBytes: settings.maxBodyBytes, logger: logger)
+      TranscodingMiddleware(
+        upstreams: upstreams, maxBodyBytes: settings.maxBodyBytes, streamHeartbeat: settings.streamHeartbeat,
+        logger: logger)
     }
     return Application(
       router: router,

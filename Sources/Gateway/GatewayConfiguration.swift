@@ -66,6 +66,9 @@ extension GatewayConfiguration {
 public struct GatewaySettings: Sendable {
   /// Largest request body accepted (413 beyond).
   public var maxBodyBytes = 1 << 20
+  /// How often a Server-Sent Events stream that has nothing to say sends a comment line, so that
+  /// proxies and clients do not take it for dead.
+  public var streamHeartbeat: Duration = .seconds(15)
   /// The gRPC deadline of a call, unless its route has its own (by operationID).
   public var defaultDeadline: Duration = .seconds(10)
   public var routeDeadlines: [String: Duration] = [:]
@@ -156,6 +159,8 @@ extension GatewaySettings {
       switch key {
       case "maxBodyBytes":
         maxBodyBytes = try reader.positiveInteger(value, key)
+      case "streamHeartbeat":
+        streamHeartbeat = try reader.duration(value, key)
       case "deadlines":
         for (subkey, subvalue) in try reader.object(value, key) {
           switch subkey {

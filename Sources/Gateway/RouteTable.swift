@@ -3,6 +3,7 @@ import GRPCProtobuf
 import MartCore
 import MartProto
 import SwiftProtobuf
+import Synchronization
 
 // The contract between the generated route table (Generated/GatewayRoutes.swift, written by
 // protoc-gen-mart-gateway from the google.api.http annotations in proto/) and the gateway's
@@ -50,22 +51,56 @@ public struct GatewayRoute: Sendable {
   }
 }
 
-/// A unary RPC whose request and response types are known statically, called through a
-/// type-erased route. The gateway builds the request from proto3 JSON and reads the response back
-/// as proto3 JSON, so that the runtime needs no dynamic messages.
+/// An RPC whose request and response types are known statically, called through a type-erased
+/// route. The gateway builds the request from proto3 JSON and reads the responses back as proto3
+/// JSON, so that the runtime needs no dynamic messages.
 public protocol GatewayRPC: Sendable {
   /// The RPC's gRPC method descriptor (`mart.user.v1.UserService/Register`).
   var descriptor: MethodDescriptor { get }
 
+  /// Whether the RPC answers with a stream of messages (served as Server-Sent Events or NDJSON).
+  var isServerStreaming: Bool { get }
+
   /// Builds the request from two parts of proto3 JSON, the body's (nil: none) and that of the path
-  /// and query parameters, calls the method on `client`, and returns the response as proto3 JSON
-  /// (lowerCamelCase names). Each part is decoded on its own and the two messages are merged
-  /// (protobuf merge: the parameters win), so that the body is decoded exactly as the client wrote
-  /// it. A request that cannot be decoded throws `GatewayRequestDecodingError`.
+  /// and query parameters, calls the method on `client`, and hands each response to `each` as
+  /// proto3 JSON (lowerCamelCase names): once for a unary RPC, once per message for a stream.
+  /// Each part is decoded on its own and the two messages are merged (protobuf merge: the
+  /// parameters win), so that the body is decoded exactly as the client wrote it. A request that
+  /// cannot be decoded throws `GatewayRequestDecodingError`.
   func call(
     bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
+    options: CallOptions, each: @escaping @Sendable ([UInt8]) async throws -> Void
+  ) async throws
+}
+
+extension GatewayRPC {
+  /// The one response of a unary RPC, as proto3 JSON.
+  public func call(
+    bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
     options: CallOptions
-  ) async throws -> [UInt8]
+  ) async throws -> [UInt8] {
+    let response = Mutex<[UInt8]>([])
+    try await call(
+      bodyJSON: bodyJSON, parametersJSON: parametersJSON, client: client, metadata: metadata, options: options
+    ) { json in response.withLock { $0 = json } }
+    return response.withLock { $0 }
+  }
+
+  /// The request message from the body's JSON and the parameters' JSON (see `call`).
+  static func request<Request: SwiftProtobuf.Message>(
+    _: Request.Type, bodyJSON: [UInt8]?, parametersJSON: [UInt8]
+  ) throws(GatewayRequestDecodingError) -> Request {
+    var decoding = JSONDecodingOptions()
+    decoding.ignoreUnknownFields = false
+    do {
+      var request = try bodyJSON.map { try Request(jsonUTF8Bytes: $0, options: decoding) } ?? Request()
+      let parameters = try Request(jsonUTF8Bytes: parametersJSON, options: decoding)
+      try request.merge(serializedBytes: parameters.serializedBytes() as [UInt8])
+      return request
+    } catch {
+      throw GatewayRequestDecodingError(description: String(describing: error))
+    }
+  }
 }
 
 /// The request JSON did not decode as the request message: the client's mistake, not the gateway's.
@@ -73,11 +108,12 @@ public struct GatewayRequestDecodingError: Error, CustomStringConvertible {
   public var description: String
 }
 
-/// `GatewayRPC` for a generated request/response pair.
+/// `GatewayRPC` for a generated unary request/response pair.
 public struct UnaryGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable>:
   GatewayRPC
 {
   public let descriptor: MethodDescriptor
+  public var isServerStreaming: Bool { false }
 
   public init(service: String, method: String) {
     self.descriptor = MethodDescriptor(fullyQualifiedService: service, method: method)
@@ -85,18 +121,9 @@ public struct UnaryGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Respons
 
   public func call(
     bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
-    options: CallOptions
-  ) async throws -> [UInt8] {
-    var decoding = JSONDecodingOptions()
-    decoding.ignoreUnknownFields = false
-    var request: Request
-    do {
-      request = try bodyJSON.map { try Request(jsonUTF8Bytes: $0, options: decoding) } ?? Request()
-      let parameters = try Request(jsonUTF8Bytes: parametersJSON, options: decoding)
-      try request.merge(serializedBytes: parameters.serializedBytes() as [UInt8])
-    } catch {
-      throw GatewayRequestDecodingError(description: String(describing: error))
-    }
+    options: CallOptions, each: @escaping @Sendable ([UInt8]) async throws -> Void
+  ) async throws {
+    let request = try Self.request(Request.self, bodyJSON: bodyJSON, parametersJSON: parametersJSON)
     let response = try await client.unary(
       request: ClientRequest(message: request, metadata: metadata),
       descriptor: descriptor,
@@ -106,7 +133,37 @@ public struct UnaryGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Respons
     ) { response in
       try response.message
     }
-    return try response.jsonUTF8Bytes()
+    try await each(try response.jsonUTF8Bytes())
+  }
+}
+
+/// `GatewayRPC` for a generated server-streaming request/response pair.
+public struct ServerStreamingGatewayRPC<
+  Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable
+>: GatewayRPC {
+  public let descriptor: MethodDescriptor
+  public var isServerStreaming: Bool { true }
+
+  public init(service: String, method: String) {
+    self.descriptor = MethodDescriptor(fullyQualifiedService: service, method: method)
+  }
+
+  public func call(
+    bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
+    options: CallOptions, each: @escaping @Sendable ([UInt8]) async throws -> Void
+  ) async throws {
+    let request = try Self.request(Request.self, bodyJSON: bodyJSON, parametersJSON: parametersJSON)
+    try await client.serverStreaming(
+      request: ClientRequest(message: request, metadata: metadata),
+      descriptor: descriptor,
+      serializer: ProtobufSerializer<Request>(),
+      deserializer: ProtobufDeserializer<Response>(),
+      options: options
+    ) { response in
+      for try await message in response.messages {
+        try await each(try message.jsonUTF8Bytes())
+      }
+    }
   }
 }
 

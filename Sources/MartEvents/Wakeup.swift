@@ -32,12 +32,23 @@ package final class Wakeup: Sendable {
 }
 
 extension Wakeup {
-  /// Signals `wakeup` on every PostgreSQL notification on `channel` (a `NOTIFY` is delivered at
-  /// commit, so a waiter wakes for committed work only), and once whenever the LISTEN
-  /// connection is (re)established, which catches what was committed while there was none.
-  /// Keeps the connection open, re-establishing it after failures, until cancelled.
+  /// Signals `wakeup` on every PostgreSQL notification on `channel` (see `listen(on:...)`).
   package static func listen(
     on channel: String, database: PostgresClient, wakeup: Wakeup, maximumBackoff: Duration, logger: Logger
+  ) async {
+    await listen(on: channel, database: database, maximumBackoff: maximumBackoff, logger: logger) { _ in
+      wakeup.signal()
+    }
+  }
+
+  /// Calls `notified` with the payload of every PostgreSQL notification on `channel` (a
+  /// `NOTIFY` is delivered at commit, so a listener hears of committed work only), and with nil
+  /// whenever the LISTEN connection is (re)established, which stands for whatever was committed
+  /// while there was none. Keeps the connection open, re-establishing it after failures, until
+  /// cancelled.
+  package static func listen(
+    on channel: String, database: PostgresClient, maximumBackoff: Duration, logger: Logger,
+    notified: @escaping @Sendable (String?) -> Void
   ) async {
     var failures = 0
     while !Task.isCancelled {
@@ -45,8 +56,8 @@ extension Wakeup {
         try await database.withConnection { connection in
           try await connection.listen(on: channel) { notifications in
             failures = 0
-            wakeup.signal()
-            for try await _ in notifications { wakeup.signal() }
+            notified(nil)
+            for try await notification in notifications { notified(notification.payload) }
           }
         }
       } catch {

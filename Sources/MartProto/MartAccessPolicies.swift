@@ -27,6 +27,7 @@ public enum MartAccessPolicies {
     "mart.order.v1.OrderService/ShipOrder": .admin,
     "mart.order.v1.OrderService/DeliverOrder": .admin,
     "mart.order.v1.OrderService/GetOrderTimeline": .user,
+    "mart.order.v1.OrderService/WatchOrder": .user,
     "mart.payment.v1.PaymentService/CreatePayment": .user,
     "mart.payment.v1.PaymentService/GetPayment": .user,
     "mart.payment.v1.PaymentService/ListOrderPayments": .user,

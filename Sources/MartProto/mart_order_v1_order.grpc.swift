@@ -113,6 +113,19 @@ public enum Mart_Order_V1_OrderService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "WatchOrder" metadata.
+        public enum WatchOrder: Sendable {
+            /// Request type for "WatchOrder".
+            public typealias Input = Mart_Order_V1_WatchOrderRequest
+            /// Response type for "WatchOrder".
+            public typealias Output = Mart_Order_V1_OrderStatusEvent
+            /// Descriptor for "WatchOrder".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.order.v1.OrderService"),
+                method: "WatchOrder",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "mart.order.v1.OrderService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateOrder.descriptor,
@@ -121,7 +134,8 @@ public enum Mart_Order_V1_OrderService: Sendable {
             CancelOrder.descriptor,
             ShipOrder.descriptor,
             DeliverOrder.descriptor,
-            GetOrderTimeline.descriptor
+            GetOrderTimeline.descriptor,
+            WatchOrder.descriptor
         ]
     }
 }
@@ -311,6 +325,31 @@ extension Mart_Order_V1_OrderService {
             request: GRPCCore.StreamingServerRequest<Mart_Order_V1_GetOrderTimelineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderTimeline>
+
+        /// Handle the "WatchOrder" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams the order's status changes as they happen: those after
+        /// > `last_event_id` first (all of them when it is empty), then each new one,
+        /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+        /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+        /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+        /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+        /// > it) and a comment line every 15 s while nothing changes; otherwise one
+        /// > JSON object per line (application/x-ndjson).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_Order_V1_WatchOrderRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_Order_V1_OrderStatusEvent` messages.
+        func watchOrder(
+            request: GRPCCore.StreamingServerRequest<Mart_Order_V1_WatchOrderRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderStatusEvent>
     }
 
     /// Service protocol for the "mart.order.v1.OrderService" service.
@@ -484,6 +523,31 @@ extension Mart_Order_V1_OrderService {
             request: GRPCCore.ServerRequest<Mart_Order_V1_GetOrderTimelineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_Order_V1_OrderTimeline>
+
+        /// Handle the "WatchOrder" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams the order's status changes as they happen: those after
+        /// > `last_event_id` first (all of them when it is empty), then each new one,
+        /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+        /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+        /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+        /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+        /// > it) and a comment line every 15 s while nothing changes; otherwise one
+        /// > JSON object per line (application/x-ndjson).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Order_V1_WatchOrderRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_Order_V1_OrderStatusEvent` messages.
+        func watchOrder(
+            request: GRPCCore.ServerRequest<Mart_Order_V1_WatchOrderRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderStatusEvent>
     }
 
     /// Simple service protocol for the "mart.order.v1.OrderService" service.
@@ -655,6 +719,32 @@ extension Mart_Order_V1_OrderService {
             request: Mart_Order_V1_GetOrderTimelineRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Mart_Order_V1_OrderTimeline
+
+        /// Handle the "WatchOrder" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams the order's status changes as they happen: those after
+        /// > `last_event_id` first (all of them when it is empty), then each new one,
+        /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+        /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+        /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+        /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+        /// > it) and a comment line every 15 s while nothing changes; otherwise one
+        /// > JSON object per line (application/x-ndjson).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_Order_V1_WatchOrderRequest` message.
+        ///   - response: A response stream of `Mart_Order_V1_OrderStatusEvent` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func watchOrder(
+            request: Mart_Order_V1_WatchOrderRequest,
+            response: GRPCCore.RPCWriter<Mart_Order_V1_OrderStatusEvent>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -734,6 +824,17 @@ extension Mart_Order_V1_OrderService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Order_V1_OrderTimeline>(),
             handler: { request, context in
                 try await self.getOrderTimeline(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Mart_Order_V1_OrderService.Method.WatchOrder.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Order_V1_WatchOrderRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Order_V1_OrderStatusEvent>(),
+            handler: { request, context in
+                try await self.watchOrder(
                     request: request,
                     context: context
                 )
@@ -820,6 +921,17 @@ extension Mart_Order_V1_OrderService.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func watchOrder(
+        request: GRPCCore.StreamingServerRequest<Mart_Order_V1_WatchOrderRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderStatusEvent> {
+        let response = try await self.watchOrder(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -914,6 +1026,23 @@ extension Mart_Order_V1_OrderService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func watchOrder(
+        request: GRPCCore.ServerRequest<Mart_Order_V1_WatchOrderRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderStatusEvent> {
+        return GRPCCore.StreamingServerResponse<Mart_Order_V1_OrderStatusEvent>(
+            metadata: [:],
+            producer: { writer in
+                try await self.watchOrder(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -1124,6 +1253,36 @@ extension Mart_Order_V1_OrderService {
             deserializer: some GRPCCore.MessageDeserializer<Mart_Order_V1_OrderTimeline>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Order_V1_OrderTimeline>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WatchOrder" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams the order's status changes as they happen: those after
+        /// > `last_event_id` first (all of them when it is empty), then each new one,
+        /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+        /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+        /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+        /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+        /// > it) and a comment line every 15 s while nothing changes; otherwise one
+        /// > JSON object per line (application/x-ndjson).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Order_V1_WatchOrderRequest` message.
+        ///   - serializer: A serializer for `Mart_Order_V1_WatchOrderRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Order_V1_OrderStatusEvent` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func watchOrder<Result>(
+            request: GRPCCore.ClientRequest<Mart_Order_V1_WatchOrderRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Order_V1_WatchOrderRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Order_V1_OrderStatusEvent>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Mart_Order_V1_OrderStatusEvent>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1418,6 +1577,45 @@ extension Mart_Order_V1_OrderService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "WatchOrder" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams the order's status changes as they happen: those after
+        /// > `last_event_id` first (all of them when it is empty), then each new one,
+        /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+        /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+        /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+        /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+        /// > it) and a comment line every 15 s while nothing changes; otherwise one
+        /// > JSON object per line (application/x-ndjson).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Order_V1_WatchOrderRequest` message.
+        ///   - serializer: A serializer for `Mart_Order_V1_WatchOrderRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Order_V1_OrderStatusEvent` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func watchOrder<Result>(
+            request: GRPCCore.ClientRequest<Mart_Order_V1_WatchOrderRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Order_V1_WatchOrderRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Order_V1_OrderStatusEvent>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Mart_Order_V1_OrderStatusEvent>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Mart_Order_V1_OrderService.Method.WatchOrder.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1643,6 +1841,40 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Order_V1_GetOrderTimelineRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Order_V1_OrderTimeline>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchOrder" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams the order's status changes as they happen: those after
+    /// > `last_event_id` first (all of them when it is empty), then each new one,
+    /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+    /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+    /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+    /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+    /// > it) and a comment line every 15 s while nothing changes; otherwise one
+    /// > JSON object per line (application/x-ndjson).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_Order_V1_WatchOrderRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchOrder<Result>(
+        request: GRPCCore.ClientRequest<Mart_Order_V1_WatchOrderRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Mart_Order_V1_OrderStatusEvent>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.watchOrder(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Order_V1_WatchOrderRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Order_V1_OrderStatusEvent>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1898,6 +2130,44 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
             metadata: metadata
         )
         return try await self.getOrderTimeline(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchOrder" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams the order's status changes as they happen: those after
+    /// > `last_event_id` first (all of them when it is empty), then each new one,
+    /// > ending after a final status (CANCELLED, REFUNDED) or DELIVERED. Customer
+    /// > (own; someone else's reads as NOT_FOUND) or admin. Over HTTP, with
+    /// > `Accept: text/event-stream`, Server-Sent Events: one event per change,
+    /// > `id:` its `event_id` (so a reconnect with `Last-Event-ID` resumes after
+    /// > it) and a comment line every 15 s while nothing changes; otherwise one
+    /// > JSON object per line (application/x-ndjson).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchOrder<Result>(
+        _ message: Mart_Order_V1_WatchOrderRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Mart_Order_V1_OrderStatusEvent>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_Order_V1_WatchOrderRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.watchOrder(
             request: request,
             options: options,
             onResponse: handleResponse

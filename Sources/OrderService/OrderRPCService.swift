@@ -14,6 +14,7 @@ import SwiftProtobuf
 struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
   let store: OrderStore
   let product: any Mart_Product_V1_ProductService.ClientProtocol
+  let signals: OrderTimelineSignals
   let settings: OrderSettings
   let logger: Logger
 
@@ -155,6 +156,46 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
     return .with {
       $0.orderID = order.id.lowercasedString
       $0.entries = entries.map(\.proto)
+    }
+  }
+
+  /// The order's status changes: those after `last_event_id`, then each new one as its timeline
+  /// entry commits, until a final status (or DELIVERED). A change is a timeline entry whose
+  /// status differs from the entry before it (the first, PLACED, is one).
+  func watchOrder(
+    request: Mart_Order_V1_WatchOrderRequest, response: RPCWriter<Mart_Order_V1_OrderStatusEvent>,
+    context: ServerContext
+  ) async throws {
+    var validation = RequestValidation()
+    let id = validation.uuid(request.orderID, field: "order_id")
+    var after: Int64?
+    if !request.lastEventID.isEmpty {
+      after = Int64(request.lastEventID)
+      if after == nil { validation.add("last_event_id", "must be an event_id this stream sent") }
+    }
+    try validation.check()
+    guard let id else { throw APIStatus.invalid("order_id", "must be a UUID") }
+    _ = try await visibleOrder(id)
+    defer { signals.forget(id) }
+    var sent = after ?? 0
+    while !Task.isCancelled {
+      let mark = signals.mark(id)
+      let entries = try await store.timeline(of: id)
+      var previous: OrderStatus?
+      for entry in entries {
+        defer { previous = entry.status }
+        guard entry.id > sent else { continue }
+        sent = entry.id
+        guard entry.status != previous else { continue }
+        try await response.write(
+          .with {
+            $0.eventID = "\(entry.id)"
+            $0.status = entry.status.proto
+            $0.entry = entry.proto
+          })
+      }
+      if let last = entries.last?.status, last.isTerminal || last == .delivered { return }
+      await signals.wait(for: id, since: mark, upTo: .seconds(30))
     }
   }
 

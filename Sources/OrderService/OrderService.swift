@@ -16,7 +16,9 @@ public enum OrderServiceModule {
 
   /// The service with these settings (nil: read from the environment when the host is built).
   public static func makeDefinition(settings: OrderSettings? = nil) -> ServiceDefinition {
-    ServiceDefinition(
+    // Shared by the WatchOrder handler and the listener that feeds it.
+    let signals = OrderTimelineSignals()
+    return ServiceDefinition(
       service: .order,
       migrations: [
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
@@ -26,7 +28,7 @@ public enum OrderServiceModule {
       makeRPCServices: { context in
         [
           OrderRPCService(
-            store: store(context), product: context.clients.product,
+            store: store(context), product: context.clients.product, signals: signals,
             settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger)
         ]
       },
@@ -35,7 +37,8 @@ public enum OrderServiceModule {
         [
           OrderSaga(
             store: store(context), inventory: context.clients.inventory,
-            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger)
+            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger),
+          OrderTimelineListener(signals: signals, database: context.database, logger: context.logger),
         ]
       }
     )

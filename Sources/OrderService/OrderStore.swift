@@ -292,6 +292,9 @@ struct OrderStore: Sendable {
       INSERT INTO order_timeline (order_id, kind, status, message, actor)
       VALUES (\(order.id), \(kind.rawValue), \(order.status.rawValue), \(message), \(actor.stored))
       """, logger: logger)
+    // Watchers of the order (WatchOrder, in any process) hear of it at commit.
+    try await connection.query(
+      "SELECT pg_notify(\(OrderTimelineSignals.channel), \(order.id.lowercasedString))", logger: logger)
   }
 
   func publish<Event: DomainEvent>(_ event: Event, of order: OrderRecord, on connection: PostgresConnection)

@@ -164,8 +164,12 @@ struct APIModel {
 
     var bindings: [HTTPBinding] = []
     if options.hasGoogle_Api_http {
-      if method.clientStreaming || method.serverStreaming {
-        problems.append("rpc \(name) is streaming and has a google.api.http rule (only unary RPCs can be routed)")
+      // Server streaming is served as Server-Sent Events or NDJSON; a client stream has no
+      // HTTP/1.1 form the gateway offers.
+      if method.clientStreaming {
+        problems.append(
+          "rpc \(name) is client streaming and has a google.api.http rule (only unary and server-streaming RPCs can be routed)"
+        )
       }
       let rule = options.Google_Api_http
       let rules = [rule] + rule.additionalBindings

@@ -92,7 +92,19 @@ enum OpenAPIEmitter {
     }
 
     var success: JSON = ["description": "OK"]
-    if let field = binding.responseBodyField {
+    if method.serverStreaming {
+      // One message per event: Server-Sent Events when the client accepts them (the `id:` is the
+      // message's event_id, and Last-Event-ID resumes), else one JSON object per line.
+      let description =
+        "A stream of \(method.outputType.name) messages: Server-Sent Events (`Accept: text/event-stream`; "
+        + "`data:` is the message as JSON, `id:` its `eventId`; a comment line every 15 s while idle; a "
+        + "reconnect with `Last-Event-ID` resumes) or newline-delimited JSON."
+      success["description"] = .string(description)
+      success["content"] = [
+        "text/event-stream": ["schema": ["type": "string"]],
+        "application/x-ndjson": ["schema": ref(method.outputType)],
+      ]
+    } else if let field = binding.responseBodyField {
       success["content"] =
         isHttpBody(field) ? ["*/*": [:]] : ["application/json": ["schema": fieldSchema(field, annotated: false)]]
     } else {

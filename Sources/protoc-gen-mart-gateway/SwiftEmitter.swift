@@ -45,7 +45,7 @@ enum SwiftEmitter {
               requestMessage: \(literal(method.inputType.fullName)),
               responseMessage: \(literal(method.outputType.fullName)),
               operationID: \(literal(binding.operationID)),
-              rpc: UnaryGatewayRPC<\(request), \(response)>(
+              rpc: \(method.serverStreaming ? "ServerStreamingGatewayRPC" : "UnaryGatewayRPC")<\(request), \(response)>(
                 service: \(literal(method.service.fullName)),
                 method: \(literal(method.name))
               )

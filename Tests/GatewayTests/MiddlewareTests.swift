@@ -284,7 +284,7 @@ import Testing
       routes: GatewayRouteTable.routes, schemas: .generated, settings: GatewaySettings())
     let middleware = TranscodingMiddleware(
       upstreams: try ServiceClients(directory: ServiceDirectory(endpoints: [:]), services: []), maxBodyBytes: 8,
-      logger: TestBed.logger)
+      streamHeartbeat: .seconds(15), logger: TestBed.logger)
     let login = try routed(.post, "/v1/auth/login", matcher)
     let tooLarge = await refusal { _ in
       try await middleware.handle(

@@ -149,6 +149,52 @@ import Testing
     }
   }
 
+  /// WatchOrder streams each status change as it commits, ends after a final status, and resumes
+  /// after the event a client last saw.
+  @Test func watchingAnOrderStreamsEachStatusChangeAndResumes() async throws {
+    try await OrderHarness.run("order_watch") { mart in
+      let item = try await mart.product(sku: "WATCHED", price: 1000, onHand: 5)
+      let placed = try await mart.place([(item, 1)])
+      let (changes, seen) = AsyncStream.makeStream(of: Mart_Order_V1_OrderStatusEvent.self)
+      async let watching: Void = mart.orders.watchOrder(
+        .with { $0.orderID = placed.id }, metadata: mart.customer
+      ) { response in
+        defer { seen.finish() }
+        for try await event in response.messages { seen.yield(event) }
+      }
+      var events = changes.makeAsyncIterator()
+      let first = try #require(await events.next())
+      #expect(first.status == .pending && first.entry.kind == .placed)
+      let second = try #require(await events.next())
+      #expect(second.status == .awaitingPayment && second.entry.kind == .stockReserved)
+      // Live: the cancellation arrives while the stream is open, and the stream ends after it.
+      _ = try await mart.orders.cancelOrder(.with { $0.orderID = placed.id }, metadata: mart.customer)
+      let third = try #require(await events.next())
+      #expect(third.status == .cancelled && third.entry.kind == .cancelled)
+      let after = await events.next()
+      #expect(after == nil)
+      try await watching
+      #expect(Int(first.eventID) ?? 0 < Int(second.eventID) ?? 0)
+
+      // A reconnect after the second event gets the rest only.
+      let resumed = try await mart.orders.watchOrder(
+        .with {
+          $0.orderID = placed.id
+          $0.lastEventID = second.eventID
+        }, metadata: mart.customer
+      ) { response in try await response.messages.reduce(into: []) { $0.append($1) } }
+      #expect(resumed.map(\.status) == [.cancelled])
+
+      let stranger = try mart.users.bearer(roles: ["customer"])
+      let strangerWatches = await rpcError {
+        try await mart.orders.watchOrder(.with { $0.orderID = placed.id }, metadata: stranger) { response in
+          for try await _ in response.messages {}
+        }
+      }
+      #expect(strangerWatches?.code == .notFound)
+    }
+  }
+
   @Test func theCustomerCancelsAnUnpaidOrderAndOthersCannotSeeIt() async throws {
     try await OrderHarness.run("order_cancel") { mart in
       let item = try await mart.product(sku: "CANCEL-ME", price: 2000, onHand: 4)

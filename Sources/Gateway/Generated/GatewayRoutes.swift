@@ -236,6 +236,21 @@ extension GatewayRouteTable {
       )
     ),
     GatewayRoute(
+      httpMethod: "GET",
+      pathTemplate: "/v1/orders/{order_id}:watch",
+      body: "",
+      responseBody: "",
+      access: .user,
+      upstream: .order,
+      requestMessage: "mart.order.v1.WatchOrderRequest",
+      responseMessage: "mart.order.v1.OrderStatusEvent",
+      operationID: "OrderService_WatchOrder",
+      rpc: ServerStreamingGatewayRPC<Mart_Order_V1_WatchOrderRequest, Mart_Order_V1_OrderStatusEvent>(
+        service: "mart.order.v1.OrderService",
+        method: "WatchOrder"
+      )
+    ),
+    GatewayRoute(
       httpMethod: "POST",
       pathTemplate: "/v1/orders/{order_id}/payments",
       body: "*",
@@ -801,6 +816,13 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "carrier", jsonName: "carrier", kind: .string),
         FieldSchema(protoName: "tracking_number", jsonName: "trackingNumber", kind: .string),
         FieldSchema(protoName: "tracking_url", jsonName: "trackingUrl", kind: .string),
+      ]
+    ),
+    "mart.order.v1.WatchOrderRequest": MessageSchema(
+      fullName: "mart.order.v1.WatchOrderRequest",
+      fields: [
+        FieldSchema(protoName: "order_id", jsonName: "orderId", kind: .string),
+        FieldSchema(protoName: "last_event_id", jsonName: "lastEventId", kind: .string),
       ]
     ),
     "mart.payment.v1.CreatePaymentRequest": MessageSchema(

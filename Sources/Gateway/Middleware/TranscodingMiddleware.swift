@@ -14,6 +14,7 @@ struct TranscodingMiddleware: RouterMiddleware {
 
   let upstreams: Upstreams
   let maxBodyBytes: Int
+  let streamHeartbeat: Duration
   let logger: Logger
 
   func handle(
@@ -36,7 +37,8 @@ struct TranscodingMiddleware: RouterMiddleware {
     if let traceparent = context.traceparent { metadata.addString(traceparent, forKey: "traceparent") }
     if let address = context.clientAddress { metadata.addString(address.description, forKey: "x-mart-client-ip") }
     var options = CallOptions.defaults
-    options.timeout = compiled.deadline
+    // A stream lasts as long as what it watches; a unary call has its route's deadline.
+    options.timeout = route.rpc.isServerStreaming ? nil : compiled.deadline
     // Fail fast when the service cannot be reached (503), rather than waiting out the deadline.
     options.waitForReady = false
 
@@ -44,15 +46,44 @@ struct TranscodingMiddleware: RouterMiddleware {
       throw GatewayError(
         .serviceUnavailable, code: .unavailable, message: "the \(route.upstream.rawValue) service is not configured")
     }
+    let callMetadata = metadata
+    let callOptions = options
+    let call: StreamingResponse.Call = { each in
+      try await route.rpc.call(
+        bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client,
+        metadata: callMetadata, options: callOptions, each: each)
+    }
+    let mapError = { @Sendable (error: any Error) in mapped(error, route: route, requestID: context.requestID) }
+    if route.rpc.isServerStreaming {
+      return try await StreamingResponse.make(
+        call, format: .negotiated(accept: request.headers[.accept]), heartbeat: streamHeartbeat,
+        mapError: mapError)
+    }
     let json: [UInt8]
     do {
       json = try await route.rpc.call(
         bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client, metadata: metadata,
         options: options)
-    } catch let error as GatewayRequestDecodingError {
-      throw GatewayError.badRequest("the request does not match \(route.requestMessage): \(error.description)")
-    } catch let error as RPCError {
-      let mapped = GatewayError.upstream(error, service: route.upstream.rawValue, requestID: context.requestID)
+    } catch {
+      throw mapError(error)
+    }
+
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    let payload = compiled.responseField.map { Self.extract(field: $0, from: json) } ?? json
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: payload)))
+  }
+
+  /// What a failed call answers: the client's undecodable request is 400, an upstream status is
+  /// mapped (and logged when it is a failure on our side), anything else is INTERNAL.
+  private func mapped(_ error: any Error, route: GatewayRoute, requestID: String) -> GatewayError {
+    switch error {
+    case let error as GatewayError:
+      return error
+    case let error as GatewayRequestDecodingError:
+      return GatewayError.badRequest("the request does not match \(route.requestMessage): \(error.description)")
+    case let error as RPCError:
+      let mapped = GatewayError.upstream(error, service: route.upstream.rawValue, requestID: requestID)
       if mapped.code == .internal {
         logger.warning(
           "upstream call failed",
@@ -60,17 +91,12 @@ struct TranscodingMiddleware: RouterMiddleware {
             "operation": .string(route.operationID), "code": .string("\(error.code)"), "error": .string(error.message),
           ])
       }
-      throw mapped
-    } catch {
+      return mapped
+    default:
       logger.error(
         "gateway call failed", metadata: ["operation": .string(route.operationID), "error": .string("\(error)")])
-      throw GatewayError.internalError(requestID: context.requestID)
+      return GatewayError.internalError(requestID: requestID)
     }
-
-    var headers = HTTPFields()
-    headers[.contentType] = "application/json"
-    let payload = compiled.responseField.map { Self.extract(field: $0, from: json) } ?? json
-    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: payload)))
   }
 
   /// The body, up to `limit` bytes (413 beyond, without reading further).
