@@ -85,6 +85,8 @@ public struct GatewaySettings: Sendable {
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
     // draft-ietf-httpapi-idempotency-key-header: the key of a retried POST.
     "OrderService_CreateOrder": ["request_id": "Idempotency-Key"],
+    // Server-Sent Events: a reconnecting client names the last event it saw.
+    "OrderService_WatchOrder": ["last_event_id": "Last-Event-ID"],
   ]
   /// A request field the gateway fills with the client's address, by operationID.
   public var clientIPFields: [String: String] = ["PaymentService_PayfastWebhook": "source_ip"]
@@ -130,7 +132,9 @@ public struct CORSSettings: Sendable {
   /// Exact origins (`https://shop.example.com`), or `*` for any. Empty: no CORS headers at all.
   public var allowedOrigins: [String] = []
   public var allowedMethods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-  public var allowedHeaders = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", "traceparent"]
+  public var allowedHeaders = [
+    "Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-Id", "traceparent",
+  ]
   public var exposedHeaders = ["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"]
   public var allowCredentials = false
   /// How long a browser may cache a preflight answer.

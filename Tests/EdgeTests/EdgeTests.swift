@@ -452,6 +452,7 @@ private func withEdge(
     """
     {
       "maxBodyBytes": 16384,
+      "streamHeartbeat": "50ms",
       "rateLimits": {
         "default": { "limit": 1000, "window": "60s" },
         "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "10s" } }

@@ -82,4 +82,89 @@ import Testing
       #expect(kinds.prefix(3) == ["PLACED", "STOCK_RESERVED", "CANCELLED"])
     }
   }
+
+  /// The live status stream as Server-Sent Events: each change as it happens with its id, a
+  /// comment while idle, the end after a final status; a reconnect with Last-Event-ID resumes;
+  /// NDJSON for a client that does not ask for events; someone else's order is 404.
+  @Test func theOrderStatusStreamIsServerSentEventsAndResumes() async throws {
+    try await withEdge(orders: true) { edge in
+      let admin = try await edge.admin()
+      let created = try await edge.call(
+        "POST", "/v1/products",
+        json: ["sku": "SSE-1", "name": "Streamed", "price": ["currencyCode": "ZAR", "amountMinor": 500]], token: admin)
+      let productID = try #require(try created.json()["id"] as? String)
+      let stocked = await eventually {
+        try await edge.call(
+          "POST", "/v1/products/\(productID)/stock:adjust", json: ["quantityDelta": 5, "reason": "RESTOCK"],
+          token: admin
+        ).status == 200
+      }
+      #expect(stocked)
+      let (customer, _) = try await edge.register()
+      let placed = try await edge.call(
+        "POST", "/v1/orders",
+        json: [
+          "items": [["productId": productID, "quantity": 1]],
+          "shippingAddress": ["recipientName": "R", "lines": ["1 Main Road"], "city": "Durban", "countryCode": "ZA"],
+        ], token: customer)
+      let orderID = try #require(try placed.json()["id"] as? String)
+      let awaiting = await eventually {
+        try await edge.call("GET", "/v1/orders/\(orderID)", token: customer).json()["status"] as? String
+          == "AWAITING_PAYMENT"
+      }
+      #expect(awaiting)
+
+      // Open while the order waits for payment; it is cancelled meanwhile, which ends the stream.
+      let watching = Task {
+        try await edge.call(
+          "GET", "/v1/orders/\(orderID):watch", token: customer, headers: ["Accept": "text/event-stream"])
+      }
+      // Long enough for the stream to open and idle through a few heartbeats (50 ms here).
+      try await Task.sleep(for: .milliseconds(700))
+      let cancelled = try await edge.call("POST", "/v1/orders/\(orderID):cancel", json: [:], token: customer)
+      #expect(cancelled.status == 200, "\(cancelled.text)")
+      let stream = try await watching.value
+      #expect(stream.status == 200)
+      #expect(stream.headers["content-type"] == "text/event-stream")
+      let events = Self.events(stream.text)
+      #expect(events.map(\.status) == ["PENDING", "AWAITING_PAYMENT", "CANCELLED"])
+      #expect(stream.text.contains(": keep-alive"))
+      let second = try #require(events.dropFirst().first?.id)
+
+      let resumed = try await edge.call(
+        "GET", "/v1/orders/\(orderID):watch", token: customer,
+        headers: ["Accept": "text/event-stream", "Last-Event-ID": second])
+      #expect(Self.events(resumed.text).map(\.status) == ["CANCELLED"])
+
+      let lines = try await edge.call("GET", "/v1/orders/\(orderID):watch", token: customer)
+      #expect(lines.headers["content-type"] == "application/x-ndjson")
+      let statuses = lines.text.split(separator: "\n").compactMap { line in
+        (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["status"] as? String
+      }
+      #expect(statuses == ["PENDING", "AWAITING_PAYMENT", "CANCELLED"])
+
+      let (stranger, _) = try await edge.register()
+      let theirs = try await edge.call(
+        "GET", "/v1/orders/\(orderID):watch", token: stranger, headers: ["Accept": "text/event-stream"])
+      #expect(theirs.status == 404, "\(theirs.text)")
+      try theirs.expectStatusBody(code: 5)
+    }
+  }
+
+  /// The `id:` and the status of each SSE event (comments skipped).
+  static func events(_ text: String) -> [(id: String, status: String)] {
+    text.components(separatedBy: "\n\n").compactMap { block in
+      var id = ""
+      var status: String?
+      for line in block.split(separator: "\n") {
+        if line.hasPrefix("id: ") { id = String(line.dropFirst(4)) }
+        if line.hasPrefix("data: "),
+          let object = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+        {
+          status = object["status"] as? String
+        }
+      }
+      return status.map { (id, $0) }
+    }
+  }
 }
