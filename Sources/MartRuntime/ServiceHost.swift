@@ -92,13 +92,14 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       logger: logger, auth: auth, clients: clients)
     let userKeys = definition.makeUserKeyProvider?(context) ?? JWKSKeyProvider.userService(clients)
     let verifier = TokenVerifier(configuration: auth, userKeys: userKeys)
-    // The relay and the consumers need the migrated schema: they wait for this.
+    // The relay, the consumers and the RPCs need the migrated schema: they wait for, or are
+    // refused by, this.
     let ready = ReadinessGate()
     let server = GRPCServer(
       transport: serverTransport,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
       interceptors: [
-        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger),
+        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger), ReadinessInterceptor(gate: ready),
         ServerAuthInterceptor(verifier: verifier),
       ])
     let supervisor = DatabaseSupervisor(
@@ -223,4 +224,23 @@ public func runUntilSignalled(
   configuration.maximumGracefulShutdownDuration = .seconds(30)
   let group = ServiceGroup(configuration: configuration)
   try await group.run()
+}
+
+/// Refuses a service's RPCs with UNAVAILABLE (which callers retry) while its database is not
+/// reachable and migrated, instead of letting them fail on a missing table as INTERNAL: the
+/// server listens from the start, so that health checks see NOT_SERVING rather than nothing.
+/// Health checks themselves always pass.
+struct ReadinessInterceptor: ServerInterceptor {
+  let gate: ReadinessGate
+
+  func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingServerRequest<Input>,
+    context: ServerContext,
+    next: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    guard gate.isOpen || context.descriptor.service.fullyQualifiedService == "grpc.health.v1.Health" else {
+      throw RPCError(code: .unavailable, message: "the service is starting: its database is not ready yet; retry")
+    }
+    return try await next(request, context)
+  }
 }

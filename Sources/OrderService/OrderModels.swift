@@ -28,6 +28,8 @@ public struct OrderSettings: Sendable {
   public var stepLease: Duration
   /// The longest wait between two attempts of a failing step.
   public var maximumStepBackoff: Duration
+  /// How long a step's call to another service may take before the attempt counts as failed.
+  public var stepTimeout: Duration
   /// How long a request may hold its idempotency key in flight before a retry may take it over
   /// (a process that died mid-request must not block the key until it expires).
   public var inFlightKeyLease: Duration
@@ -38,7 +40,7 @@ public struct OrderSettings: Sendable {
     defaultPaymentProvider: PaymentProvider = .sandbox,
     idempotencyKeyTTL: Duration = .seconds(24 * 3600), sagaPollInterval: Duration = .milliseconds(500),
     stepLease: Duration = .seconds(30), maximumStepBackoff: Duration = .seconds(60),
-    inFlightKeyLease: Duration = .seconds(60)
+    stepTimeout: Duration = .seconds(10), inFlightKeyLease: Duration = .seconds(60)
   ) {
     self.paymentWindow = paymentWindow
     self.reservationGrace = reservationGrace
@@ -49,6 +51,7 @@ public struct OrderSettings: Sendable {
     self.sagaPollInterval = sagaPollInterval
     self.stepLease = stepLease
     self.maximumStepBackoff = maximumStepBackoff
+    self.stepTimeout = stepTimeout
     self.inFlightKeyLease = inFlightKeyLease
   }
 

@@ -134,7 +134,7 @@ public struct OrderSaga: Service {
           }
         }
         $0.expireTime = .init(date: expiry)
-      }, options: Self.callOptions)
+      }, options: callOptions)
     switch response.outcome {
     case .reservation:
       try await store.change(orderID) { change in
@@ -178,7 +178,7 @@ public struct OrderSaga: Service {
     }
     do {
       _ = try await inventory.commitReservation(
-        .with { $0.orderID = orderID.lowercasedString }, options: Self.callOptions)
+        .with { $0.orderID = orderID.lowercasedString }, options: callOptions)
     } catch let error as RPCError where error.code == .failedPrecondition || error.code == .notFound {
       // The reservation lapsed before the payment was recorded (the grace was too short, or the
       // saga was down that long): the stock may be sold to someone else. Cancel, and say the
@@ -223,7 +223,7 @@ public struct OrderSaga: Service {
         .with {
           $0.orderID = orderID.lowercasedString
           $0.reason = "order cancelled"
-        }, options: Self.callOptions)
+        }, options: callOptions)
       released = true
     } catch let error as RPCError where error.code == .notFound {
       released = false
@@ -246,9 +246,12 @@ public struct OrderSaga: Service {
     }
   }
 
-  static var callOptions: CallOptions {
+  var callOptions: CallOptions {
     var options = CallOptions.defaults
-    options.timeout = .seconds(10)
+    options.timeout = settings.stepTimeout
+    // An unreachable service fails the attempt at once (it is retried with backoff), rather than
+    // holding the step until the timeout.
+    options.waitForReady = false
     return options
   }
 

@@ -21,17 +21,20 @@ struct OrderHarness: Sendable {
   let products: Mart_Product_V1_ProductService.Client<InProcessTransport.Client>
   let inventory: Mart_Inventory_V1_InventoryService.Client<InProcessTransport.Client>
   let orderDatabase: PostgresClient
-  let transport: InProcessEventTransport
+  let transport: any EventTransport
   let users: TestUsers
   let admin: Metadata
   let customerID: UUID
   let customer: Metadata
 
+  /// Runs the three services with `settings`, their events on `transport` (in-process unless
+  /// given, e.g. the test broker's, which the caller runs).
   static func run(
-    _ label: String, settings: OrderSettings = OrderSettings(), _ body: (OrderHarness) async throws -> Void
+    _ label: String, settings: OrderSettings = OrderSettings(),
+    transport: any EventTransport = InProcessEventTransport(),
+    _ body: (OrderHarness) async throws -> Void
   ) async throws {
     let users = try TestUsers()
-    let transport = InProcessEventTransport()
     let network = InProcessNetwork()
     let customerID = UUID()
     func configuration(_ service: MartService, _ database: ScratchDatabase) -> ServiceConfiguration {
