@@ -108,61 +108,41 @@ public struct GatewayRequestDecodingError: Error, CustomStringConvertible {
   public var description: String
 }
 
-/// `GatewayRPC` for a generated unary request/response pair.
-public struct UnaryGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable>:
+/// `GatewayRPC` for a generated request/response pair: a unary RPC, or a server-streaming one.
+public struct ProtobufGatewayRPC<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable>:
   GatewayRPC
 {
   public let descriptor: MethodDescriptor
-  public var isServerStreaming: Bool { false }
+  public let isServerStreaming: Bool
 
-  public init(service: String, method: String) {
+  public init(service: String, method: String, serverStreaming: Bool = false) {
     self.descriptor = MethodDescriptor(fullyQualifiedService: service, method: method)
+    self.isServerStreaming = serverStreaming
   }
 
   public func call(
     bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
     options: CallOptions, each: @escaping @Sendable ([UInt8]) async throws -> Void
   ) async throws {
-    let request = try Self.request(Request.self, bodyJSON: bodyJSON, parametersJSON: parametersJSON)
-    let response = try await client.unary(
-      request: ClientRequest(message: request, metadata: metadata),
-      descriptor: descriptor,
-      serializer: ProtobufSerializer<Request>(),
-      deserializer: ProtobufDeserializer<Response>(),
-      options: options
-    ) { response in
-      try response.message
-    }
-    try await each(try response.jsonUTF8Bytes())
-  }
-}
-
-/// `GatewayRPC` for a generated server-streaming request/response pair.
-public struct ServerStreamingGatewayRPC<
-  Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable
->: GatewayRPC {
-  public let descriptor: MethodDescriptor
-  public var isServerStreaming: Bool { true }
-
-  public init(service: String, method: String) {
-    self.descriptor = MethodDescriptor(fullyQualifiedService: service, method: method)
-  }
-
-  public func call(
-    bodyJSON: [UInt8]?, parametersJSON: [UInt8], client: GRPCClient<some ClientTransport>, metadata: Metadata,
-    options: CallOptions, each: @escaping @Sendable ([UInt8]) async throws -> Void
-  ) async throws {
-    let request = try Self.request(Request.self, bodyJSON: bodyJSON, parametersJSON: parametersJSON)
-    try await client.serverStreaming(
-      request: ClientRequest(message: request, metadata: metadata),
-      descriptor: descriptor,
-      serializer: ProtobufSerializer<Request>(),
-      deserializer: ProtobufDeserializer<Response>(),
-      options: options
-    ) { response in
-      for try await message in response.messages {
-        try await each(try message.jsonUTF8Bytes())
+    let request = ClientRequest(
+      message: try Self.request(Request.self, bodyJSON: bodyJSON, parametersJSON: parametersJSON), metadata: metadata)
+    let serializer = ProtobufSerializer<Request>()
+    let deserializer = ProtobufDeserializer<Response>()
+    if isServerStreaming {
+      try await client.serverStreaming(
+        request: request, descriptor: descriptor, serializer: serializer, deserializer: deserializer, options: options
+      ) { response in
+        for try await message in response.messages {
+          try await each(try message.jsonUTF8Bytes())
+        }
       }
+    } else {
+      let response = try await client.unary(
+        request: request, descriptor: descriptor, serializer: serializer, deserializer: deserializer, options: options
+      ) { response in
+        try response.message
+      }
+      try await each(try response.jsonUTF8Bytes())
     }
   }
 }

@@ -96,15 +96,11 @@ struct AddressRecord: Sendable {
       $0.id = id.uuidString.lowercased()
       $0.userID = userID.uuidString.lowercased()
       $0.label = label ?? ""
-      $0.address = .with {
-        $0.recipientName = recipientName
-        $0.lines = lines
-        $0.city = city
-        $0.region = region ?? ""
-        $0.postalCode = postalCode ?? ""
-        $0.countryCode = countryCode
-        $0.phone = phone ?? ""
-      }
+      $0.address =
+        PostalAddress(
+          recipientName: recipientName, lines: lines, city: city, region: region, postalCode: postalCode,
+          countryCode: countryCode, phone: phone
+        ).proto
       $0.isDefault = isDefault
       $0.createTime = Google_Protobuf_Timestamp(date: createdAt)
     }

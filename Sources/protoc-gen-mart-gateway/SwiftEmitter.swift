@@ -45,9 +45,9 @@ enum SwiftEmitter {
               requestMessage: \(literal(method.inputType.fullName)),
               responseMessage: \(literal(method.outputType.fullName)),
               operationID: \(literal(binding.operationID)),
-              rpc: \(method.serverStreaming ? "ServerStreamingGatewayRPC" : "UnaryGatewayRPC")<\(request), \(response)>(
+              rpc: ProtobufGatewayRPC<\(request), \(response)>(
                 service: \(literal(method.service.fullName)),
-                method: \(literal(method.name))
+                method: \(literal(method.name))\(method.serverStreaming ? ",\n        serverStreaming: true" : "")
               )
             ),
 

@@ -62,7 +62,7 @@ import Testing
     GatewayRoute(
       httpMethod: method, pathTemplate: template, body: body, responseBody: "", access: .public, upstream: .user,
       requestMessage: "test.Request", responseMessage: "test.Request", operationID: "Test_Op",
-      rpc: UnaryGatewayRPC<Mart_User_V1_GetMeRequest, Mart_User_V1_User>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_GetMeRequest, Mart_User_V1_User>(
         service: "mart.user.v1.UserService", method: "GetMe"))
   }
 

@@ -20,7 +20,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.inventory.v1.GetStockRequest",
       responseMessage: "mart.inventory.v1.Stock",
       operationID: "InventoryService_GetStock",
-      rpc: UnaryGatewayRPC<Mart_Inventory_V1_GetStockRequest, Mart_Inventory_V1_Stock>(
+      rpc: ProtobufGatewayRPC<Mart_Inventory_V1_GetStockRequest, Mart_Inventory_V1_Stock>(
         service: "mart.inventory.v1.InventoryService",
         method: "GetStock"
       )
@@ -35,7 +35,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.inventory.v1.AdjustStockRequest",
       responseMessage: "mart.inventory.v1.AdjustStockResponse",
       operationID: "InventoryService_AdjustStock",
-      rpc: UnaryGatewayRPC<Mart_Inventory_V1_AdjustStockRequest, Mart_Inventory_V1_AdjustStockResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Inventory_V1_AdjustStockRequest, Mart_Inventory_V1_AdjustStockResponse>(
         service: "mart.inventory.v1.InventoryService",
         method: "AdjustStock"
       )
@@ -50,7 +50,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.inventory.v1.ListMovementsRequest",
       responseMessage: "mart.inventory.v1.ListMovementsResponse",
       operationID: "InventoryService_ListMovements",
-      rpc: UnaryGatewayRPC<Mart_Inventory_V1_ListMovementsRequest, Mart_Inventory_V1_ListMovementsResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Inventory_V1_ListMovementsRequest, Mart_Inventory_V1_ListMovementsResponse>(
         service: "mart.inventory.v1.InventoryService",
         method: "ListMovements"
       )
@@ -65,7 +65,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.notification.v1.ListMyNotificationsRequest",
       responseMessage: "mart.notification.v1.ListMyNotificationsResponse",
       operationID: "NotificationService_ListMyNotifications",
-      rpc: UnaryGatewayRPC<Mart_Notification_V1_ListMyNotificationsRequest, Mart_Notification_V1_ListMyNotificationsResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_ListMyNotificationsRequest, Mart_Notification_V1_ListMyNotificationsResponse>(
         service: "mart.notification.v1.NotificationService",
         method: "ListMyNotifications"
       )
@@ -80,7 +80,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.notification.v1.GetMyPreferencesRequest",
       responseMessage: "mart.notification.v1.NotificationPreferences",
       operationID: "NotificationService_GetMyPreferences",
-      rpc: UnaryGatewayRPC<Mart_Notification_V1_GetMyPreferencesRequest, Mart_Notification_V1_NotificationPreferences>(
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_GetMyPreferencesRequest, Mart_Notification_V1_NotificationPreferences>(
         service: "mart.notification.v1.NotificationService",
         method: "GetMyPreferences"
       )
@@ -95,7 +95,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.notification.v1.UpdateMyPreferencesRequest",
       responseMessage: "mart.notification.v1.NotificationPreferences",
       operationID: "NotificationService_UpdateMyPreferences",
-      rpc: UnaryGatewayRPC<Mart_Notification_V1_UpdateMyPreferencesRequest, Mart_Notification_V1_NotificationPreferences>(
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_UpdateMyPreferencesRequest, Mart_Notification_V1_NotificationPreferences>(
         service: "mart.notification.v1.NotificationService",
         method: "UpdateMyPreferences"
       )
@@ -110,7 +110,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.notification.v1.ListDeliveriesRequest",
       responseMessage: "mart.notification.v1.ListDeliveriesResponse",
       operationID: "NotificationService_ListDeliveries",
-      rpc: UnaryGatewayRPC<Mart_Notification_V1_ListDeliveriesRequest, Mart_Notification_V1_ListDeliveriesResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_ListDeliveriesRequest, Mart_Notification_V1_ListDeliveriesResponse>(
         service: "mart.notification.v1.NotificationService",
         method: "ListDeliveries"
       )
@@ -125,7 +125,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.notification.v1.SendTestNotificationRequest",
       responseMessage: "mart.notification.v1.SendTestNotificationResponse",
       operationID: "NotificationService_SendTestNotification",
-      rpc: UnaryGatewayRPC<Mart_Notification_V1_SendTestNotificationRequest, Mart_Notification_V1_SendTestNotificationResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_SendTestNotificationRequest, Mart_Notification_V1_SendTestNotificationResponse>(
         service: "mart.notification.v1.NotificationService",
         method: "SendTestNotification"
       )
@@ -140,7 +140,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.CreateOrderRequest",
       responseMessage: "mart.order.v1.Order",
       operationID: "OrderService_CreateOrder",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_CreateOrderRequest, Mart_Order_V1_Order>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_CreateOrderRequest, Mart_Order_V1_Order>(
         service: "mart.order.v1.OrderService",
         method: "CreateOrder"
       )
@@ -155,7 +155,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.GetOrderRequest",
       responseMessage: "mart.order.v1.Order",
       operationID: "OrderService_GetOrder",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_GetOrderRequest, Mart_Order_V1_Order>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_GetOrderRequest, Mart_Order_V1_Order>(
         service: "mart.order.v1.OrderService",
         method: "GetOrder"
       )
@@ -170,7 +170,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.ListOrdersRequest",
       responseMessage: "mart.order.v1.ListOrdersResponse",
       operationID: "OrderService_ListOrders",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_ListOrdersRequest, Mart_Order_V1_ListOrdersResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_ListOrdersRequest, Mart_Order_V1_ListOrdersResponse>(
         service: "mart.order.v1.OrderService",
         method: "ListOrders"
       )
@@ -185,7 +185,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.CancelOrderRequest",
       responseMessage: "mart.order.v1.Order",
       operationID: "OrderService_CancelOrder",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_CancelOrderRequest, Mart_Order_V1_Order>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_CancelOrderRequest, Mart_Order_V1_Order>(
         service: "mart.order.v1.OrderService",
         method: "CancelOrder"
       )
@@ -200,7 +200,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.ShipOrderRequest",
       responseMessage: "mart.order.v1.Order",
       operationID: "OrderService_ShipOrder",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_ShipOrderRequest, Mart_Order_V1_Order>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_ShipOrderRequest, Mart_Order_V1_Order>(
         service: "mart.order.v1.OrderService",
         method: "ShipOrder"
       )
@@ -215,7 +215,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.DeliverOrderRequest",
       responseMessage: "mart.order.v1.Order",
       operationID: "OrderService_DeliverOrder",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_DeliverOrderRequest, Mart_Order_V1_Order>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_DeliverOrderRequest, Mart_Order_V1_Order>(
         service: "mart.order.v1.OrderService",
         method: "DeliverOrder"
       )
@@ -230,7 +230,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.GetOrderTimelineRequest",
       responseMessage: "mart.order.v1.OrderTimeline",
       operationID: "OrderService_GetOrderTimeline",
-      rpc: UnaryGatewayRPC<Mart_Order_V1_GetOrderTimelineRequest, Mart_Order_V1_OrderTimeline>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_GetOrderTimelineRequest, Mart_Order_V1_OrderTimeline>(
         service: "mart.order.v1.OrderService",
         method: "GetOrderTimeline"
       )
@@ -245,9 +245,10 @@ extension GatewayRouteTable {
       requestMessage: "mart.order.v1.WatchOrderRequest",
       responseMessage: "mart.order.v1.OrderStatusEvent",
       operationID: "OrderService_WatchOrder",
-      rpc: ServerStreamingGatewayRPC<Mart_Order_V1_WatchOrderRequest, Mart_Order_V1_OrderStatusEvent>(
+      rpc: ProtobufGatewayRPC<Mart_Order_V1_WatchOrderRequest, Mart_Order_V1_OrderStatusEvent>(
         service: "mart.order.v1.OrderService",
-        method: "WatchOrder"
+        method: "WatchOrder",
+        serverStreaming: true
       )
     ),
     GatewayRoute(
@@ -260,7 +261,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.CreatePaymentRequest",
       responseMessage: "mart.payment.v1.CreatePaymentResponse",
       operationID: "PaymentService_CreatePayment",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_CreatePaymentRequest, Mart_Payment_V1_CreatePaymentResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_CreatePaymentRequest, Mart_Payment_V1_CreatePaymentResponse>(
         service: "mart.payment.v1.PaymentService",
         method: "CreatePayment"
       )
@@ -275,7 +276,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.GetPaymentRequest",
       responseMessage: "mart.payment.v1.Payment",
       operationID: "PaymentService_GetPayment",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_GetPaymentRequest, Mart_Payment_V1_Payment>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_GetPaymentRequest, Mart_Payment_V1_Payment>(
         service: "mart.payment.v1.PaymentService",
         method: "GetPayment"
       )
@@ -290,7 +291,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.ListOrderPaymentsRequest",
       responseMessage: "mart.payment.v1.ListOrderPaymentsResponse",
       operationID: "PaymentService_ListOrderPayments",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_ListOrderPaymentsRequest, Mart_Payment_V1_ListOrderPaymentsResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_ListOrderPaymentsRequest, Mart_Payment_V1_ListOrderPaymentsResponse>(
         service: "mart.payment.v1.PaymentService",
         method: "ListOrderPayments"
       )
@@ -305,7 +306,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.RefundPaymentRequest",
       responseMessage: "mart.payment.v1.RefundPaymentResponse",
       operationID: "PaymentService_RefundPayment",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_RefundPaymentRequest, Mart_Payment_V1_RefundPaymentResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_RefundPaymentRequest, Mart_Payment_V1_RefundPaymentResponse>(
         service: "mart.payment.v1.PaymentService",
         method: "RefundPayment"
       )
@@ -320,7 +321,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.StripeWebhookRequest",
       responseMessage: "mart.payment.v1.WebhookResponse",
       operationID: "PaymentService_StripeWebhook",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_StripeWebhookRequest, Mart_Payment_V1_WebhookResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_StripeWebhookRequest, Mart_Payment_V1_WebhookResponse>(
         service: "mart.payment.v1.PaymentService",
         method: "StripeWebhook"
       )
@@ -335,7 +336,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.payment.v1.PayfastWebhookRequest",
       responseMessage: "mart.payment.v1.WebhookResponse",
       operationID: "PaymentService_PayfastWebhook",
-      rpc: UnaryGatewayRPC<Mart_Payment_V1_PayfastWebhookRequest, Mart_Payment_V1_WebhookResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Payment_V1_PayfastWebhookRequest, Mart_Payment_V1_WebhookResponse>(
         service: "mart.payment.v1.PaymentService",
         method: "PayfastWebhook"
       )
@@ -350,7 +351,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.CreateProductRequest",
       responseMessage: "mart.product.v1.Product",
       operationID: "ProductService_CreateProduct",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_CreateProductRequest, Mart_Product_V1_Product>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_CreateProductRequest, Mart_Product_V1_Product>(
         service: "mart.product.v1.ProductService",
         method: "CreateProduct"
       )
@@ -365,7 +366,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.GetProductRequest",
       responseMessage: "mart.product.v1.Product",
       operationID: "ProductService_GetProduct",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_GetProductRequest, Mart_Product_V1_Product>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_GetProductRequest, Mart_Product_V1_Product>(
         service: "mart.product.v1.ProductService",
         method: "GetProduct"
       )
@@ -380,7 +381,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.ListProductsRequest",
       responseMessage: "mart.product.v1.ListProductsResponse",
       operationID: "ProductService_ListProducts",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_ListProductsRequest, Mart_Product_V1_ListProductsResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_ListProductsRequest, Mart_Product_V1_ListProductsResponse>(
         service: "mart.product.v1.ProductService",
         method: "ListProducts"
       )
@@ -395,7 +396,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.UpdateProductRequest",
       responseMessage: "mart.product.v1.Product",
       operationID: "ProductService_UpdateProduct",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_UpdateProductRequest, Mart_Product_V1_Product>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_UpdateProductRequest, Mart_Product_V1_Product>(
         service: "mart.product.v1.ProductService",
         method: "UpdateProduct"
       )
@@ -410,7 +411,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.ArchiveProductRequest",
       responseMessage: "mart.product.v1.Product",
       operationID: "ProductService_ArchiveProduct",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_ArchiveProductRequest, Mart_Product_V1_Product>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_ArchiveProductRequest, Mart_Product_V1_Product>(
         service: "mart.product.v1.ProductService",
         method: "ArchiveProduct"
       )
@@ -425,7 +426,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.CreateCategoryRequest",
       responseMessage: "mart.product.v1.Category",
       operationID: "ProductService_CreateCategory",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_CreateCategoryRequest, Mart_Product_V1_Category>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_CreateCategoryRequest, Mart_Product_V1_Category>(
         service: "mart.product.v1.ProductService",
         method: "CreateCategory"
       )
@@ -440,7 +441,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.product.v1.ListCategoriesRequest",
       responseMessage: "mart.product.v1.ListCategoriesResponse",
       operationID: "ProductService_ListCategories",
-      rpc: UnaryGatewayRPC<Mart_Product_V1_ListCategoriesRequest, Mart_Product_V1_ListCategoriesResponse>(
+      rpc: ProtobufGatewayRPC<Mart_Product_V1_ListCategoriesRequest, Mart_Product_V1_ListCategoriesResponse>(
         service: "mart.product.v1.ProductService",
         method: "ListCategories"
       )
@@ -455,7 +456,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.RegisterRequest",
       responseMessage: "mart.user.v1.RegisterResponse",
       operationID: "UserService_Register",
-      rpc: UnaryGatewayRPC<Mart_User_V1_RegisterRequest, Mart_User_V1_RegisterResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_RegisterRequest, Mart_User_V1_RegisterResponse>(
         service: "mart.user.v1.UserService",
         method: "Register"
       )
@@ -470,7 +471,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.LoginRequest",
       responseMessage: "mart.user.v1.LoginResponse",
       operationID: "UserService_Login",
-      rpc: UnaryGatewayRPC<Mart_User_V1_LoginRequest, Mart_User_V1_LoginResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_LoginRequest, Mart_User_V1_LoginResponse>(
         service: "mart.user.v1.UserService",
         method: "Login"
       )
@@ -485,7 +486,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.RefreshRequest",
       responseMessage: "mart.user.v1.RefreshResponse",
       operationID: "UserService_Refresh",
-      rpc: UnaryGatewayRPC<Mart_User_V1_RefreshRequest, Mart_User_V1_RefreshResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_RefreshRequest, Mart_User_V1_RefreshResponse>(
         service: "mart.user.v1.UserService",
         method: "Refresh"
       )
@@ -500,7 +501,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.LogoutRequest",
       responseMessage: "mart.user.v1.LogoutResponse",
       operationID: "UserService_Logout",
-      rpc: UnaryGatewayRPC<Mart_User_V1_LogoutRequest, Mart_User_V1_LogoutResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_LogoutRequest, Mart_User_V1_LogoutResponse>(
         service: "mart.user.v1.UserService",
         method: "Logout"
       )
@@ -515,7 +516,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.GetMeRequest",
       responseMessage: "mart.user.v1.User",
       operationID: "UserService_GetMe",
-      rpc: UnaryGatewayRPC<Mart_User_V1_GetMeRequest, Mart_User_V1_User>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_GetMeRequest, Mart_User_V1_User>(
         service: "mart.user.v1.UserService",
         method: "GetMe"
       )
@@ -530,7 +531,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.UpdateMeRequest",
       responseMessage: "mart.user.v1.User",
       operationID: "UserService_UpdateMe",
-      rpc: UnaryGatewayRPC<Mart_User_V1_UpdateMeRequest, Mart_User_V1_User>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_UpdateMeRequest, Mart_User_V1_User>(
         service: "mart.user.v1.UserService",
         method: "UpdateMe"
       )
@@ -545,7 +546,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.ListMyAddressesRequest",
       responseMessage: "mart.user.v1.ListMyAddressesResponse",
       operationID: "UserService_ListMyAddresses",
-      rpc: UnaryGatewayRPC<Mart_User_V1_ListMyAddressesRequest, Mart_User_V1_ListMyAddressesResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_ListMyAddressesRequest, Mart_User_V1_ListMyAddressesResponse>(
         service: "mart.user.v1.UserService",
         method: "ListMyAddresses"
       )
@@ -560,7 +561,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.AddAddressRequest",
       responseMessage: "mart.user.v1.UserAddress",
       operationID: "UserService_AddAddress",
-      rpc: UnaryGatewayRPC<Mart_User_V1_AddAddressRequest, Mart_User_V1_UserAddress>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_AddAddressRequest, Mart_User_V1_UserAddress>(
         service: "mart.user.v1.UserService",
         method: "AddAddress"
       )
@@ -575,7 +576,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.DeleteAddressRequest",
       responseMessage: "mart.user.v1.DeleteAddressResponse",
       operationID: "UserService_DeleteAddress",
-      rpc: UnaryGatewayRPC<Mart_User_V1_DeleteAddressRequest, Mart_User_V1_DeleteAddressResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_DeleteAddressRequest, Mart_User_V1_DeleteAddressResponse>(
         service: "mart.user.v1.UserService",
         method: "DeleteAddress"
       )
@@ -590,7 +591,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.ListUsersRequest",
       responseMessage: "mart.user.v1.ListUsersResponse",
       operationID: "UserService_ListUsers",
-      rpc: UnaryGatewayRPC<Mart_User_V1_ListUsersRequest, Mart_User_V1_ListUsersResponse>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_ListUsersRequest, Mart_User_V1_ListUsersResponse>(
         service: "mart.user.v1.UserService",
         method: "ListUsers"
       )
@@ -605,7 +606,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.GetUserRequest",
       responseMessage: "mart.user.v1.User",
       operationID: "UserService_GetUser",
-      rpc: UnaryGatewayRPC<Mart_User_V1_GetUserRequest, Mart_User_V1_User>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_GetUserRequest, Mart_User_V1_User>(
         service: "mart.user.v1.UserService",
         method: "GetUser"
       )
@@ -620,7 +621,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.SetRolesRequest",
       responseMessage: "mart.user.v1.User",
       operationID: "UserService_SetRoles",
-      rpc: UnaryGatewayRPC<Mart_User_V1_SetRolesRequest, Mart_User_V1_User>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_SetRolesRequest, Mart_User_V1_User>(
         service: "mart.user.v1.UserService",
         method: "SetRoles"
       )
@@ -635,7 +636,7 @@ extension GatewayRouteTable {
       requestMessage: "mart.user.v1.GetJwksRequest",
       responseMessage: "mart.user.v1.JsonWebKeySet",
       operationID: "UserService_GetJwks",
-      rpc: UnaryGatewayRPC<Mart_User_V1_GetJwksRequest, Mart_User_V1_JsonWebKeySet>(
+      rpc: ProtobufGatewayRPC<Mart_User_V1_GetJwksRequest, Mart_User_V1_JsonWebKeySet>(
         service: "mart.user.v1.UserService",
         method: "GetJwks"
       )
