@@ -348,6 +348,8 @@ struct SagaStepRecord: Sendable, Equatable {
   var orderID: UUID
   var kind: SagaStepKind
   var attempts: Int32
+  /// Which arming of the step this lease is for (see `OrderStore.complete`).
+  var generation: Int64
 }
 
 /// A validated CreateOrder, before pricing.

@@ -84,10 +84,10 @@ public struct OrderSaga: Service {
   func perform(_ step: SagaStepRecord) async {
     do {
       switch step.kind {
-      case .reserveStock: try await reserveStock(step.orderID)
-      case .commitStock: try await commitStock(step.orderID)
-      case .releaseStock: try await releaseStock(step.orderID)
-      case .paymentDeadline: try await paymentDeadlinePassed(step.orderID)
+      case .reserveStock: try await reserveStock(step)
+      case .commitStock: try await commitStock(step)
+      case .releaseStock: try await releaseStock(step)
+      case .paymentDeadline: try await paymentDeadlinePassed(step)
       }
       Counter(label: "mart_order_saga_steps_total", dimensions: [("kind", step.kind.rawValue)]).increment()
     } catch {
@@ -115,12 +115,13 @@ public struct OrderSaga: Service {
 
   /// Reserves the order's stock, all or nothing, held past the payment deadline: AWAITING_PAYMENT
   /// (and the deadline scheduled), or CANCELLED (OUT_OF_STOCK) naming the short lines.
-  func reserveStock(_ orderID: UUID) async throws {
+  func reserveStock(_ step: SagaStepRecord) async throws {
+    let orderID = step.orderID
     guard let order = try await store.order(orderID) else { return }
     guard order.status == .pending else {
       // Moved on while the step waited (cancelled): nothing to reserve. A release is scheduled
       // with the cancellation, in case a reservation was made after all.
-      try await store.change(orderID) { try await $0.finish(.reserveStock) }
+      try await store.change(orderID) { try await $0.complete(step) }
       return
     }
     let expiry = order.paymentDeadline.addingTimeInterval(settings.reservationGrace.timeInterval)
@@ -138,7 +139,7 @@ public struct OrderSaga: Service {
     switch response.outcome {
     case .reservation:
       try await store.change(orderID) { change in
-        try await change.finish(.reserveStock)
+        try await change.complete(step)
         switch change.order.status {
         case .pending:
           try await change.update { $0.status = .awaitingPayment }
@@ -159,7 +160,7 @@ public struct OrderSaga: Service {
       }
       let note = "Out of stock: " + short.joined(separator: ", ")
       try await store.change(orderID) { change in
-        try await change.finish(.reserveStock)
+        try await change.complete(step)
         guard change.order.status == .pending else { return }
         try await change.note(.stockReservationFailed, note, actor: .system)
         try await change.cancel(reason: .outOfStock, note: note, actor: .system, releaseStock: false)
@@ -170,10 +171,11 @@ public struct OrderSaga: Service {
   }
 
   /// Turns the reservation into a sale once the payment is in: PAID.
-  func commitStock(_ orderID: UUID) async throws {
+  func commitStock(_ step: SagaStepRecord) async throws {
+    let orderID = step.orderID
     guard let order = try await store.order(orderID) else { return }
     guard order.status == .awaitingPayment, order.paymentReceivedAt != nil else {
-      try await store.change(orderID) { try await $0.finish(.commitStock) }
+      try await store.change(orderID) { try await $0.complete(step) }
       return
     }
     do {
@@ -184,7 +186,7 @@ public struct OrderSaga: Service {
       // saga was down that long): the stock may be sold to someone else. Cancel, and say the
       // order was paid, so that the payment service refunds it.
       try await store.change(orderID) { change in
-        try await change.finish(.commitStock)
+        try await change.complete(step)
         guard change.order.status == .awaitingPayment else { return }
         try await change.cancel(
           reason: .outOfStock, note: "The stock reservation lapsed before the payment was recorded; refunding",
@@ -193,7 +195,7 @@ public struct OrderSaga: Service {
       return
     }
     try await store.change(orderID) { change in
-      try await change.finish(.commitStock)
+      try await change.complete(step)
       guard change.order.status == .awaitingPayment, let received = change.order.paymentReceivedAt else { return }
       try await change.note(.stockCommitted, "Stock committed", actor: .system)
       try await change.update {
@@ -216,7 +218,8 @@ public struct OrderSaga: Service {
 
   /// Gives the reservation back (the order was cancelled before it shipped). Nothing reserved
   /// (NOT_FOUND) is done too.
-  func releaseStock(_ orderID: UUID) async throws {
+  func releaseStock(_ step: SagaStepRecord) async throws {
+    let orderID = step.orderID
     let released: Bool
     do {
       _ = try await inventory.releaseReservation(
@@ -229,16 +232,17 @@ public struct OrderSaga: Service {
       released = false
     }
     try await store.change(orderID) { change in
-      try await change.finish(.releaseStock)
+      try await change.complete(step)
       if released { try await change.note(.stockReleased, "Stock released", actor: .system) }
     }
   }
 
   /// The payment deadline: an order still unpaid is cancelled (PAYMENT_TIMEOUT) and its stock
   /// released. A payment received in time (even if its stock is still being committed) stands.
-  func paymentDeadlinePassed(_ orderID: UUID) async throws {
+  func paymentDeadlinePassed(_ step: SagaStepRecord) async throws {
+    let orderID = step.orderID
     try await store.change(orderID) { change in
-      try await change.finish(.paymentDeadline)
+      try await change.complete(step)
       guard [.pending, .awaitingPayment].contains(change.order.status), change.order.paymentReceivedAt == nil
       else { return }
       try await change.cancel(

@@ -24,6 +24,8 @@ public enum OrderServiceModule {
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
         Migration(version: 3, name: "saga", embedded: PackageResources._003_saga_sql),
+        Migration(
+          version: 4, name: "saga_step_generation", embedded: PackageResources._004_saga_step_generation_sql),
       ],
       makeRPCServices: { context in
         [

@@ -316,7 +316,8 @@ struct OrderStore: Sendable {
       """
       INSERT INTO order_saga_steps (order_id, kind, due_at) VALUES (\(orderID), \(kind.rawValue), COALESCE(\(dueAt), now()))
       ON CONFLICT (order_id, kind) DO UPDATE
-        SET due_at = EXCLUDED.due_at, done_at = NULL, attempts = 0, last_error = NULL
+        SET due_at = EXCLUDED.due_at, done_at = NULL, attempts = 0, last_error = NULL,
+            generation = order_saga_steps.generation + 1
       """, logger: logger)
     // Delivered at commit: the saga worker wakes for it then, not a poll interval later.
     if dueAt == nil { try await connection.query("SELECT pg_notify(\(OrderSaga.channel), '')", logger: logger) }
@@ -331,6 +332,16 @@ struct OrderStore: Sendable {
       """, logger: logger)
   }
 
+  /// Marks the step a worker leased done, unless it was armed again meanwhile (then it must run
+  /// again, and stays due).
+  func complete(_ step: SagaStepRecord, on connection: PostgresConnection) async throws {
+    try await connection.query(
+      """
+      UPDATE order_saga_steps SET done_at = now()
+      WHERE id = \(step.id) AND generation = \(step.generation) AND done_at IS NULL
+      """, logger: logger)
+  }
+
   /// Takes up to `limit` due steps for `lease`: until then no other worker takes them; after it,
   /// any worker does (this one died, or is slow).
   func leaseDueSteps(limit: Int, lease: Duration) async throws -> [SagaStepRecord] {
@@ -340,11 +351,13 @@ struct OrderStore: Sendable {
       WHERE id IN (
         SELECT id FROM order_saga_steps WHERE done_at IS NULL AND due_at <= now()
         ORDER BY due_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-      RETURNING id, order_id, kind, attempts
+      RETURNING id, order_id, kind, attempts, generation
       """, logger: logger)
     var steps: [SagaStepRecord] = []
-    for try await (id, orderID, kind, attempts) in rows.decode((Int64, UUID, SagaStepKind, Int32).self) {
-      steps.append(SagaStepRecord(id: id, orderID: orderID, kind: kind, attempts: attempts))
+    for try await (id, orderID, kind, attempts, generation) in rows.decode(
+      (Int64, UUID, SagaStepKind, Int32, Int64).self)
+    {
+      steps.append(SagaStepRecord(id: id, orderID: orderID, kind: kind, attempts: attempts, generation: generation))
     }
     return steps
   }
@@ -354,6 +367,9 @@ struct OrderStore: Sendable {
   /// is visible where the order is.
   func recordFailure(of step: SagaStepRecord, error: String, backoff: Duration) async throws {
     try await database.withTransaction(logger: logger) { connection in
+      // The order's row first, as every change of the order takes it: the other order would
+      // deadlock with a change that re-arms this step.
+      try await connection.query("SELECT 1 FROM orders WHERE id = \(step.orderID) FOR UPDATE", logger: logger)
       try await connection.query(
         """
         UPDATE order_saga_steps
@@ -447,5 +463,9 @@ struct OrderChange: Sendable {
 
   func finish(_ kind: SagaStepKind) async throws {
     try await store.finish(kind, for: order.id, on: connection)
+  }
+
+  func complete(_ step: SagaStepRecord) async throws {
+    try await store.complete(step, on: connection)
   }
 }
