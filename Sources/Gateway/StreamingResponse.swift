@@ -80,13 +80,21 @@ enum StreamingResponse {
     }
     output.onTermination = { _ in upstream.cancel() }
 
-    // The first message, or the error that came instead, decides the status line.
-    for await outcome in started {
-      if let error = outcome {
-        upstream.cancel()
-        throw error
-      }
-      break
+    // The first message, or the error that came instead, decides the status line. A request
+    // abandoned meanwhile ends the upstream call rather than leaving it to run unread.
+    let first = await withTaskCancellationHandler {
+      var outcomes = started.makeAsyncIterator()
+      return await outcomes.next()
+    } onCancel: {
+      upstream.cancel()
+    }
+    if Task.isCancelled {
+      upstream.cancel()
+      throw CancellationError()
+    }
+    if case .some(.some(let error)) = first {
+      upstream.cancel()
+      throw error
     }
 
     var headers = HTTPFields()
