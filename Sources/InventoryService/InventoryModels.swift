@@ -31,14 +31,6 @@ public struct InventorySettings: Sendable {
   }
 }
 
-extension Duration {
-  /// Whole microseconds (what PostgreSQL intervals hold).
-  var microseconds: Int64 {
-    let (seconds, attoseconds) = components
-    return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
-  }
-}
-
 extension Int32 {
   /// A stored quantity in the proto's int32 (the schema caps quantities at Int32.max).
   init(quantity: Int64) {

@@ -299,3 +299,14 @@ public struct ProcessConfiguration: Sendable {
       initialBackoff: try env.duration("MART_EVENT_RETRY_BACKOFF", default: .milliseconds(200)))
   }
 }
+
+extension Duration {
+  /// Whole microseconds (what PostgreSQL intervals hold).
+  public var microseconds: Int64 {
+    let (seconds, attoseconds) = components
+    return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+  }
+
+  /// Seconds, for Foundation's dates.
+  public var timeInterval: Double { Double(microseconds) / 1_000_000 }
+}

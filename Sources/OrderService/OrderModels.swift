@@ -83,16 +83,6 @@ public struct OrderSettings: Sendable {
   }
 }
 
-extension Duration {
-  /// Whole microseconds (what PostgreSQL intervals hold).
-  var microseconds: Int64 {
-    let (seconds, attoseconds) = components
-    return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
-  }
-
-  var timeInterval: TimeInterval { Double(microseconds) / 1_000_000 }
-}
-
 // MARK: Stored enums
 
 public enum PaymentProvider: String, PostgresTextEnum {
@@ -353,19 +343,13 @@ struct SagaStepRecord: Sendable, Equatable {
 }
 
 /// A validated CreateOrder, before pricing.
-struct OrderRequest: Sendable, Equatable {
+struct OrderRequest: Sendable {
   /// Product and quantity, one line per product, in the order the client listed them.
   var items: [(productID: UUID, quantity: Int64)]
   var shippingAddress: PostalAddress
   var paymentProvider: PaymentProvider?
   var customerNote: String?
   var idempotencyKey: String?
-
-  static func == (lhs: OrderRequest, rhs: OrderRequest) -> Bool {
-    lhs.items.elementsEqual(rhs.items) { $0.productID == $1.productID && $0.quantity == $1.quantity }
-      && lhs.shippingAddress == rhs.shippingAddress && lhs.paymentProvider == rhs.paymentProvider
-      && lhs.customerNote == rhs.customerNote && lhs.idempotencyKey == rhs.idempotencyKey
-  }
 }
 
 /// Where a page of ListOrders starts: the last order returned (newest first).

@@ -97,10 +97,21 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
           unitPriceMinor: price.amountMinor, quantity: item.quantity))
     }
     guard let currency else { throw APIStatus.invalid("items", "must name at least one product") }
-    let subtotal = lines.reduce(Int64(0)) { $0.addingReportingOverflow($1.lineTotalMinor).partialValue }
+    // Each line fits (checked above); the sum and the fee must too: a client's huge order is
+    // refused, never wrapped around nor a crash.
+    var subtotal: Int64 = 0
+    for line in lines {
+      let (sum, overflow) = subtotal.addingReportingOverflow(line.lineTotalMinor)
+      guard !overflow else { throw APIStatus.invalid("items", "make a total beyond what an order can hold") }
+      subtotal = sum
+    }
+    let shippingFee = settings.shippingFee(subtotalMinor: subtotal)
+    guard !subtotal.addingReportingOverflow(shippingFee).overflow else {
+      throw APIStatus.invalid("items", "make a total beyond what an order can hold")
+    }
     return try await store.place(
-      userID: userID, request: input, lines: lines, currency: currency,
-      shippingFeeMinor: settings.shippingFee(subtotalMinor: subtotal),
+      userID: userID, request: input, lines: lines, currency: currency, subtotalMinor: subtotal,
+      shippingFeeMinor: shippingFee,
       provider: input.paymentProvider ?? settings.defaultPaymentProvider, paymentWindow: settings.paymentWindow)
   }
 

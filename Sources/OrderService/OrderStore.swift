@@ -101,10 +101,9 @@ struct OrderStore: Sendable {
   /// event and the saga's first step (reserve the stock, due now), all in one transaction; and
   /// binds the idempotency key, if any, to it.
   func place(
-    userID: UUID, request: OrderRequest, lines: [OrderLineRecord], currency: String, shippingFeeMinor: Int64,
-    provider: PaymentProvider, paymentWindow: Duration
+    userID: UUID, request: OrderRequest, lines: [OrderLineRecord], currency: String, subtotalMinor subtotal: Int64,
+    shippingFeeMinor: Int64, provider: PaymentProvider, paymentWindow: Duration
   ) async throws -> OrderRecord {
-    let subtotal = lines.reduce(Int64(0)) { $0 + $1.lineTotalMinor }
     let address = request.shippingAddress
     let addressLines = address.lines
     let line2: String? = addressLines.count > 1 ? addressLines[1] : nil

@@ -53,7 +53,8 @@ import Testing
               productID: productID, sku: "CRASH", name: "Crash", imageURL: nil, unitPriceMinor: 100, quantity: 2)
             for _ in 0..<count {
               _ = try await store.place(
-                userID: UUID(), request: request, lines: [line], currency: "ZAR", shippingFeeMinor: 0,
+                userID: UUID(), request: request, lines: [line], currency: "ZAR", subtotalMinor: 200,
+                shippingFeeMinor: 0,
                 provider: .sandbox, paymentWindow: .seconds(8))
             }
 
