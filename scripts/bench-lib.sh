@@ -59,7 +59,7 @@ JSON
   inventory_port=$((port + 3))
   MART_GATEWAY_PORT=$port MART_USER_PORT=$user_port MART_PRODUCT_PORT=$product_port \
     MART_INVENTORY_PORT=$inventory_port MART_ORDER_PORT=$((port + 4)) MART_PAYMENT_PORT=$((port + 5)) \
-    MART_NOTIFICATION_PORT=$((port + 6)) MART_GATEWAY_CONFIG=$bench_dir/gateway.json MART_LOG_LEVEL=warning \
+    MART_NOTIFICATION_PORT=$((port + 6)) MART_GATEWAY_CONFIG=$bench_dir/gateway.json MART_LOG_LEVEL=warning MART_PAYMENT_SANDBOX_ENABLED=true \
     "$bin/mart" dev >"$bench_dir/mart.log" 2>&1 &
   mart_pid=$!
   for _ in $(seq 1 300); do

@@ -23,6 +23,9 @@ fi
 swift build --product mart
 bin="$(swift build --show-bin-path)/mart"
 export MART_LOG_FORMAT="${MART_LOG_FORMAT:-text}"
+# On this machine orders are paid with the sandbox provider (no money moves); Stripe and PayFast
+# come on when their keys are in the environment (README: "Payments").
+export MART_PAYMENT_SANDBOX_ENABLED="${MART_PAYMENT_SANDBOX_ENABLED:-true}"
 port=${MART_GATEWAY_PORT:-8000}
 echo "mart: starting; gateway on http://127.0.0.1:$port (Ctrl-C stops everything)"
 # Not exec: the trap above must stop the cluster after the mart has drained.

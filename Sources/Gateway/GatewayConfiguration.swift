@@ -85,6 +85,8 @@ public struct GatewaySettings: Sendable {
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
     // draft-ietf-httpapi-idempotency-key-header: the key of a retried POST.
     "OrderService_CreateOrder": ["request_id": "Idempotency-Key"],
+    "PaymentService_CreatePayment": ["request_id": "Idempotency-Key"],
+    "PaymentService_RefundPayment": ["request_id": "Idempotency-Key"],
     // Server-Sent Events: a reconnecting client names the last event it saw.
     "OrderService_WatchOrder": ["last_event_id": "Last-Event-ID"],
   ]

@@ -374,26 +374,12 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
     }
     let note = validation.text(
       request.customerNote, field: "customer_note", maximum: maximumNoteLength, allowingNewlines: true)
-    let key = idempotencyKey(request.requestID, into: &validation)
+    let key = validation.idempotencyKey(request.requestID, maximum: maximumKeyLength)
     try validation.check()
     guard let address else { throw APIStatus.invalid("shipping_address", "is not a valid address") }
     return OrderRequest(
       items: items, shippingAddress: address, paymentProvider: provider, customerNote: note.isEmpty ? nil : note,
       idempotencyKey: key)
-  }
-
-  /// The idempotency key: `request_id`, or the `Idempotency-Key` header the gateway put there,
-  /// which is a Structured Fields string (draft-ietf-httpapi-idempotency-key-header), so its
-  /// quotes are not part of the key.
-  static func idempotencyKey(_ raw: String, into validation: inout RequestValidation) -> String? {
-    var key = raw.trimmingCharacters(in: .whitespaces)
-    if key.count >= 2, key.hasPrefix("\""), key.hasSuffix("\"") { key = String(key.dropFirst().dropLast()) }
-    if key.isEmpty { return nil }
-    if key.unicodeScalars.count > maximumKeyLength || RequestValidation.containsControlCharacters(key) {
-      validation.add("request_id", "must be 1 to \(maximumKeyLength) printable characters (a UUID is best)")
-      return nil
-    }
-    return key
   }
 
   /// SHA-256 of the request as the key binds it: everything but the key itself, serialised

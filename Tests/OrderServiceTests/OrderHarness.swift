@@ -7,6 +7,7 @@ import MartRuntime
 import MartTestKit
 import MartTestSupport
 import OrderService
+import PaymentService
 import PostgresNIO
 import ProductService
 import Testing
@@ -21,6 +22,9 @@ struct OrderHarness: Sendable {
   let products: Mart_Product_V1_ProductService.Client<InProcessTransport.Client>
   let inventory: Mart_Inventory_V1_InventoryService.Client<InProcessTransport.Client>
   let orderDatabase: PostgresClient
+  /// The payment service, when the harness runs it (`payments:`).
+  let payments: Mart_Payment_V1_PaymentService.Client<InProcessTransport.Client>?
+  let paymentDatabase: PostgresClient?
   let transport: any EventTransport
   let users: TestUsers
   let admin: Metadata
@@ -28,10 +32,11 @@ struct OrderHarness: Sendable {
   let customer: Metadata
 
   /// Runs the three services with `settings`, their events on `transport` (in-process unless
-  /// given, e.g. the test broker's, which the caller runs).
+  /// given, e.g. the test broker's, which the caller runs); and the payment service with
+  /// `payments`, when given.
   static func run(
     _ label: String, settings: OrderSettings = OrderSettings(),
-    transport: any EventTransport = InProcessEventTransport(),
+    transport: any EventTransport = InProcessEventTransport(), payments paymentSettings: PaymentSettings? = nil,
     _ body: (OrderHarness) async throws -> Void
   ) async throws {
     let users = try TestUsers()
@@ -58,13 +63,27 @@ struct OrderHarness: Sendable {
                 configuration: configuration(.order, orderDatabase), auth: users.auth, transport: transport,
                 network: network
               ) { orderHost, orderGRPC in
-                try await body(
+                func harness(_ payment: (ServiceHost<InProcessServer>, GRPCClient<InProcessTransport.Client>)?)
+                  throws -> OrderHarness
+                {
                   OrderHarness(
                     orders: .init(wrapping: orderGRPC), products: .init(wrapping: productGRPC),
                     inventory: .init(wrapping: inventoryGRPC), orderDatabase: orderHost.database,
+                    payments: payment.map { .init(wrapping: $0.1) }, paymentDatabase: payment?.0.database,
                     transport: transport, users: users,
                     admin: try users.bearer(roles: ["customer", "admin"]), customerID: customerID,
-                    customer: try users.bearer(roles: ["customer"], subject: customerID)))
+                    customer: try users.bearer(roles: ["customer"], subject: customerID))
+                }
+                guard let paymentSettings else { return try await body(try harness(nil)) }
+                try await ScratchDatabase.with("\(label)_pay") { paymentDatabase in
+                  try await withHost(
+                    users.withTestKeys(PaymentServiceModule.makeDefinition(settings: paymentSettings)),
+                    configuration: configuration(.payment, paymentDatabase), auth: users.auth, transport: transport,
+                    network: network
+                  ) { paymentHost, paymentGRPC in
+                    try await body(try harness((paymentHost, paymentGRPC)))
+                  }
+                }
               }
             }
           }

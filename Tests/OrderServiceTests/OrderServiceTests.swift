@@ -331,7 +331,7 @@ import Testing
       var refused = false
       do {
         try await mart.orderDatabase.withTransaction(logger: TestBed.logger) { connection in
-          try await connection.query(
+          _ = try await connection.query(
             "UPDATE order_lines SET unit_price_minor = 1, line_total_minor = 2 WHERE order_id = \(id)",
             logger: TestBed.logger)
         }

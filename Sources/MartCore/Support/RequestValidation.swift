@@ -94,6 +94,20 @@ public struct RequestValidation: Sendable {
     return ids
   }
 
+  /// A client's idempotency key: `field` (`request_id`), or the `Idempotency-Key` header the
+  /// gateway put there, which is a Structured Fields string (draft-ietf-httpapi-idempotency-key-
+  /// header), so its quotes are not part of the key. nil when there is none (or it is invalid).
+  public mutating func idempotencyKey(_ raw: String, field: String = "request_id", maximum: Int = 200) -> String? {
+    var key = raw.trimmingCharacters(in: .whitespaces)
+    if key.count >= 2, key.hasPrefix("\""), key.hasSuffix("\"") { key = String(key.dropFirst().dropLast()) }
+    if key.isEmpty { return nil }
+    if key.unicodeScalars.count > maximum || Self.containsControlCharacters(key) {
+      add(field, "must be 1 to \(maximum) printable characters (a UUID is best)")
+      return nil
+    }
+    return key
+  }
+
   /// Whether `code` is an upper-case three-letter ISO-4217 code.
   public static func isCurrencyCode(_ code: String) -> Bool {
     code.utf8.count == 3 && code.utf8.allSatisfy { (0x41...0x5A).contains($0) }
