@@ -18,7 +18,7 @@ ALTER TABLE payments
   -- a superseded checkout the customer completed anyway). It succeeded, so it is recorded as
   -- such, but it is not the order's payment: it is refunded in full automatically.
   ADD COLUMN surplus boolean NOT NULL DEFAULT false,
-  CONSTRAINT payments_surplus_took_money CHECK (
+  ADD CONSTRAINT payments_surplus_took_money CHECK (
     NOT surplus OR status IN ('succeeded', 'partially_refunded', 'refunded'));
 
 ALTER TABLE refunds
