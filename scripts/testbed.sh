@@ -439,6 +439,8 @@ write_env() {
         # for a chance of about 2^-32). Never a fixed key: there are no built-in secrets.
         printf 'export MART_SERVICE_TOKEN_KEY=%s\n' "$(head -c 32 /dev/urandom | base64 -w0)"
         printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
+        # Stripe's API on loopback (each payment test starts its own, on a port of its own).
+        printf 'export MART_LOCALSTRIPE_BIN=%s\n' "$CACHE/venv-localstripe/bin/localstripe"
         printf 'export MART_PG_BIN=%s\n' "$PG_BIN"
         printf 'export MART_PG_DATA=%s\n' "$PGDATA_DIR"
         printf 'export MART_PG_PORT=%s\n' "$pgport"

@@ -16,7 +16,8 @@ enum PaymentEventHandlers {
     handlers.on(Mart_Order_V1_OrderRefundRequested.self) { received, connection in
       let event = received.event
       guard let paymentID = UUID(uuidString: event.paymentID) else {
-        throw InvalidEvent(description: "OrderRefundRequested \(received.envelope.id.lowercasedString) lacks a payment id")
+        throw InvalidEvent(
+          description: "OrderRefundRequested \(received.envelope.id.lowercasedString) lacks a payment id")
       }
       try await refundInFull(
         paymentID, reason: event.reason.isEmpty ? "refund requested by the order service" : event.reason,

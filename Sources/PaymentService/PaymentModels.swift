@@ -64,7 +64,9 @@ public struct PaymentSettings: Sendable {
   static func networks(_ env: EnvironmentReader, _ name: String) throws -> [IPNetwork]? {
     guard let items = list(env, name) else { return nil }
     return try items.map { item in
-      guard let network = IPNetwork(item) ?? IPAddress(item).map({ IPNetwork(containing: $0, prefixLength: $0.isIPv4 ? 32 : 128) })
+      guard
+        let network = IPNetwork(item)
+          ?? IPAddress(item).map({ IPNetwork(containing: $0, prefixLength: $0.isIPv4 ? 32 : 128) })
       else {
         throw ConfigurationError(variable: name, value: item, reason: "expected an IP address or CIDR range")
       }
@@ -181,7 +183,8 @@ public struct PayFastSettings: Sendable {
     }
     let base = env.string("MART_PAYMENT_PAYFAST_BASE_URL", default: modeURL)
     guard let url = URL(string: base), url.scheme == "https" || url.scheme == "http", url.host != nil else {
-      throw ConfigurationError(variable: "MART_PAYMENT_PAYFAST_BASE_URL", value: base, reason: "expected an http(s) URL")
+      throw ConfigurationError(
+        variable: "MART_PAYMENT_PAYFAST_BASE_URL", value: base, reason: "expected an http(s) URL")
     }
     self.init(
       merchantID: id, merchantKey: key, passphrase: env.string("MART_PAYMENT_PAYFAST_PASSPHRASE"), baseURL: url,

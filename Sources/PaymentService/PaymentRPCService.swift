@@ -161,7 +161,8 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
   private func checkedURL(_ raw: String, field: String, into validation: inout RequestValidation) -> String? {
     let text = raw.trimmingCharacters(in: .whitespaces)
     guard !text.isEmpty else { return nil }
-    guard text.count <= 2000, !RequestValidation.containsControlCharacters(text), let origin = ReturnURL.origin(of: text)
+    guard text.count <= 2000, !RequestValidation.containsControlCharacters(text),
+      let origin = ReturnURL.origin(of: text)
     else {
       validation.add(field, "must be an absolute http(s) URL")
       return nil

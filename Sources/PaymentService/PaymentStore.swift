@@ -44,7 +44,9 @@ struct PaymentStore: Sendable {
   }
 
   func payment(provider: PaymentProviderKind, providerPaymentID: String) async throws -> PaymentRecord? {
-    try await database.withConnection { try await payment(provider: provider, providerPaymentID: providerPaymentID, on: $0) }
+    try await database.withConnection {
+      try await payment(provider: provider, providerPaymentID: providerPaymentID, on: $0)
+    }
   }
 
   func payment(provider: PaymentProviderKind, providerPaymentID: String, on connection: PostgresConnection)

@@ -26,7 +26,8 @@ extension PaymentRPCService {
       logger.warning("refused a Stripe webhook", metadata: ["reason": "\(error.description)"])
       throw APIStatus.status(
         .invalidArgument, "the Stripe-Signature header does not verify: \(error.description)",
-        reason: "INVALID_WEBHOOK_SIGNATURE", metadata: ["field": "signature"])
+        reason: "INVALID_WEBHOOK_SIGNATURE", metadata: ["field": "signature"],
+        extra: [.badRequest(violations: [.init(field: "signature", description: error.description)])])
     }
     guard let event = try? JSONDecoder().decode(StripeObjects.Event.self, from: Data(body)) else {
       throw APIStatus.invalid("http_body", "is not a Stripe event")
@@ -75,9 +76,11 @@ extension PaymentRPCService {
     } else {
       payment = try await store.payment(provider: .stripe, providerPaymentID: intent.id)
     }
-    guard let payment, payment.provider == .stripe, payment.providerPaymentID == nil || payment.providerPaymentID == intent.id
+    guard let payment, payment.provider == .stripe,
+      payment.providerPaymentID == nil || payment.providerPaymentID == intent.id
     else {
-      logger.warning("a Stripe webhook for a PaymentIntent of no payment here", metadata: ["payment_intent": "\(intent.id)"])
+      logger.warning(
+        "a Stripe webhook for a PaymentIntent of no payment here", metadata: ["payment_intent": "\(intent.id)"])
       return
     }
     guard let outcome = intent.outcome else { return }
@@ -124,7 +127,9 @@ extension PaymentRPCService {
     let source = Self.sourceAddress(
       claimed: request.sourceIp, peer: context.remotePeer, trustedProxies: settings.trustedProxies)
     guard let source, config.sourceRanges.contains(where: { $0.contains(source) }) else {
-      logger.warning("refused a PayFast ITN from outside PayFast's ranges", metadata: ["source": "\(source?.description ?? "unknown")"])
+      logger.warning(
+        "refused a PayFast ITN from outside PayFast's ranges",
+        metadata: ["source": "\(source?.description ?? "unknown")"])
       throw APIStatus.status(
         .permissionDenied, "the notification does not come from PayFast's addresses",
         reason: "INVALID_WEBHOOK_SIGNATURE", metadata: ["field": "source_ip"])
@@ -178,7 +183,7 @@ extension PaymentRPCService {
   static func refusedITN(_ why: String, field: String) -> GoogleRPCStatus {
     APIStatus.status(
       .invalidArgument, "the PayFast notification was refused: \(why)", reason: "INVALID_WEBHOOK_SIGNATURE",
-      metadata: ["field": field])
+      metadata: ["field": field], extra: [.badRequest(violations: [.init(field: field, description: why)])])
   }
 
   /// The webhook caller's address: what the gateway says it saw, when the call comes from a
@@ -187,8 +192,9 @@ extension PaymentRPCService {
   static func sourceAddress(claimed: String, peer: String, trustedProxies: [IPNetwork]) -> IPAddress? {
     let peerAddress = peerAddress(peer)
     let trusted =
-      peer.hasPrefix("in-process:") || peerAddress.map { address in trustedProxies.contains { $0.contains(address) } }
-      ?? false
+      peer.hasPrefix("in-process:")
+      || peerAddress.map { address in trustedProxies.contains { $0.contains(address) } }
+        ?? false
     if trusted, let claimed = IPAddress(claimed.trimmingCharacters(in: .whitespaces)) { return claimed }
     return peerAddress
   }

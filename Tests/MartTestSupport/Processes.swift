@@ -89,3 +89,50 @@ public func freePort() throws -> Int {
   guard bound else { throw POSIXError(.EADDRINUSE) }
   return Int(UInt16(bigEndian: address.sin_port))
 }
+
+/// localstripe (PyPI), Stripe's API on a loopback port of its own, for one test: it keeps
+/// everything in memory, so each test counts only its own PaymentIntents.
+public struct LocalStripe: Sendable {
+  public let url: String
+  public let process: ChildProcess
+
+  public struct Unavailable: Error, CustomStringConvertible {
+    public var description: String
+  }
+
+  /// Starts one and waits until it answers.
+  public static func start() async throws -> LocalStripe {
+    guard let binary = ProcessInfo.processInfo.environment["MART_LOCALSTRIPE_BIN"], !binary.isEmpty else {
+      throw Unavailable(description: "MART_LOCALSTRIPE_BIN is not set: run the tests through `make test`")
+    }
+    let port = try freePort()
+    let process = try ChildProcess(
+      URL(fileURLWithPath: binary), ["--port", "\(port)", "--from-scratch"],
+      environment: ProcessInfo.processInfo.environment)
+    let url = "http://127.0.0.1:\(port)"
+    for _ in 0..<200 {
+      if !process.process.isRunning {
+        throw Unavailable(description: "localstripe exited: \(process.standardError.suffix(2000))")
+      }
+      if await tcpConnects(port: port) { return LocalStripe(url: url, process: process) }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    throw Unavailable(description: "localstripe does not listen on \(url)")
+  }
+
+  static func tcpConnects(port: Int) async -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let result = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
+    }
+    return result == 0
+  }
+}

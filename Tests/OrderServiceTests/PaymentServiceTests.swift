@@ -42,7 +42,8 @@ import Testing
   }
 
   static func store(_ mart: OrderHarness) throws -> PaymentStore {
-    PaymentStore(database: try #require(mart.paymentDatabase), outbox: Outbox(service: .payment), logger: TestBed.logger)
+    PaymentStore(
+      database: try #require(mart.paymentDatabase), outbox: Outbox(service: .payment), logger: TestBed.logger)
   }
 
   @Test func sandboxPaymentPaysTheOrderOnceAndOnlyForItsOwner() async throws {

@@ -10,18 +10,47 @@ import Testing
 /// Payfast/payfast-php-sdk `tests/PaymentIntegrations/NotificationTest.php`), and the parsing
 /// around them.
 @Suite struct PaymentSignatureTests {
-  static let payload = Array("{\"id\":\"evt_1Mart\",\"object\":\"event\",\"type\":\"payment_intent.succeeded\",\"data\":{\"object\":{\"id\":\"pi_1Mart\",\"object\":\"payment_intent\",\"amount\":123450,\"currency\":\"pkr\",\"status\":\"succeeded\",\"metadata\":{\"order_id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"payment_id\":\"7c9e6679-7425-40de-944b-e07fc1f90ae7\"}}}}".utf8)
-  static let changedPayload = Array("{\"id\":\"evt_1Mart\",\"object\":\"event\",\"type\":\"payment_intent.succeeded\",\"data\":{\"object\":{\"id\":\"pi_1Mart\",\"object\":\"payment_intent\",\"amount\":123451,\"currency\":\"pkr\",\"status\":\"succeeded\",\"metadata\":{\"order_id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"payment_id\":\"7c9e6679-7425-40de-944b-e07fc1f90ae7\"}}}}".utf8)
+  static let payload = Array(
+    "{\"id\":\"evt_1Mart\",\"object\":\"event\",\"type\":\"payment_intent.succeeded\",\"data\":{\"object\":{\"id\":\"pi_1Mart\",\"object\":\"payment_intent\",\"amount\":123450,\"currency\":\"pkr\",\"status\":\"succeeded\",\"metadata\":{\"order_id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"payment_id\":\"7c9e6679-7425-40de-944b-e07fc1f90ae7\"}}}}"
+      .utf8)
+  static let changedPayload = Array(
+    "{\"id\":\"evt_1Mart\",\"object\":\"event\",\"type\":\"payment_intent.succeeded\",\"data\":{\"object\":{\"id\":\"pi_1Mart\",\"object\":\"payment_intent\",\"amount\":123451,\"currency\":\"pkr\",\"status\":\"succeeded\",\"metadata\":{\"order_id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"payment_id\":\"7c9e6679-7425-40de-944b-e07fc1f90ae7\"}}}}"
+      .utf8)
 
   static let stripeCases: [(String, String, String, [UInt8], Bool)] = [
-    ("valid, one v1", "whsec_test_mart_0123456789abcdef", "t=1764892800,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, true),
-    ("valid, second v1 matches (rotation)", "whsec_test_mart_0123456789abcdef", "t=1764892800,v1=0000000000000000000000000000000000000000000000000000000000000000,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, true),
-    ("valid for the rotated secret only", "whsec_test_mart_rotated_fedcba9876543210", "t=1764892800,v1=95ff6581e1842b3df3b3f0c416af06dc8bfa5adc8df3c85e2734ace54cf4b730", payload, true),
-    ("wrong secret", "whsec_test_mart_0123456789abcdef", "t=1764892800,v1=95ff6581e1842b3df3b3f0c416af06dc8bfa5adc8df3c85e2734ace54cf4b730", payload, false),
-    ("body changed by one byte", "whsec_test_mart_0123456789abcdef", "t=1764892800,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", changedPayload, false),
-    ("timestamp changed", "whsec_test_mart_0123456789abcdef", "t=1764892801,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false),
-    ("v0 only (not a v1 scheme)", "whsec_test_mart_0123456789abcdef", "t=1764892800,v0=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false),
-    ("no timestamp", "whsec_test_mart_0123456789abcdef", "v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false),
+    (
+      "valid, one v1", "whsec_test_mart_0123456789abcdef",
+      "t=1764892800,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, true
+    ),
+    (
+      "valid, second v1 matches (rotation)", "whsec_test_mart_0123456789abcdef",
+      "t=1764892800,v1=0000000000000000000000000000000000000000000000000000000000000000,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd",
+      payload, true
+    ),
+    (
+      "valid for the rotated secret only", "whsec_test_mart_rotated_fedcba9876543210",
+      "t=1764892800,v1=95ff6581e1842b3df3b3f0c416af06dc8bfa5adc8df3c85e2734ace54cf4b730", payload, true
+    ),
+    (
+      "wrong secret", "whsec_test_mart_0123456789abcdef",
+      "t=1764892800,v1=95ff6581e1842b3df3b3f0c416af06dc8bfa5adc8df3c85e2734ace54cf4b730", payload, false
+    ),
+    (
+      "body changed by one byte", "whsec_test_mart_0123456789abcdef",
+      "t=1764892800,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", changedPayload, false
+    ),
+    (
+      "timestamp changed", "whsec_test_mart_0123456789abcdef",
+      "t=1764892801,v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false
+    ),
+    (
+      "v0 only (not a v1 scheme)", "whsec_test_mart_0123456789abcdef",
+      "t=1764892800,v0=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false
+    ),
+    (
+      "no timestamp", "whsec_test_mart_0123456789abcdef",
+      "v1=25533c61f9e2c03f06be34a30df2918f24980b33f72a3884bd0978017be724bd", payload, false
+    ),
     ("garbage header", "whsec_test_mart_0123456789abcdef", "nonsense", payload, false),
   ]
 
@@ -49,7 +78,8 @@ import Testing
     let header = Self.stripeCases[0].2
     let secrets = [Self.stripeCases[0].1]
     try StripeSignature.verify(
-      header: header, payload: Self.payload, secrets: secrets, tolerance: .seconds(300), now: now.addingTimeInterval(299))
+      header: header, payload: Self.payload, secrets: secrets, tolerance: .seconds(300),
+      now: now.addingTimeInterval(299))
     #expect(throws: StripeSignature.Failure.timestampOutsideTolerance) {
       try StripeSignature.verify(
         header: header, payload: Self.payload, secrets: secrets, tolerance: .seconds(300),
@@ -66,8 +96,21 @@ import Testing
     #expect(made == header)
   }
 
-  static let payfastA = [("m_payment_id", "1234"), ("pf_payment_id", "1221576"), ("payment_status", "COMPLETE"), ("item_name", "Order#123"), ("item_description", ""), ("amount_gross", "10.00"), ("amount_fee", "-0.23"), ("amount_net", "9.77"), ("custom_str1", ""), ("custom_str2", ""), ("custom_str3", ""), ("custom_str4", ""), ("custom_str5", ""), ("custom_int1", ""), ("custom_int2", ""), ("custom_int3", ""), ("custom_int4", ""), ("custom_int5", ""), ("name_first", "First"), ("name_last", "Last"), ("email_address", "test@test.com"), ("merchant_id", "10000100")]
-  static let payfastB = [("m_payment_id", "000000020"), ("pf_payment_id", "1579137"), ("payment_status", "COMPLETE"), ("item_name", "Order #000000020"), ("item_description", ""), ("amount_gross", "15.00"), ("amount_fee", "-2.30"), ("amount_net", "12.70"), ("custom_str1", ""), ("custom_str2", ""), ("custom_str3", ""), ("custom_str4", ""), ("custom_str5", ""), ("custom_int1", ""), ("custom_int2", ""), ("custom_int3", ""), ("custom_int4", ""), ("custom_int5", ""), ("name_first", "Tom"), ("name_last", "Tom"), ("email_address", "lindley+user1@appinlet.com"), ("merchant_id", "10027938")]
+  static let payfastA = [
+    ("m_payment_id", "1234"), ("pf_payment_id", "1221576"), ("payment_status", "COMPLETE"), ("item_name", "Order#123"),
+    ("item_description", ""), ("amount_gross", "10.00"), ("amount_fee", "-0.23"), ("amount_net", "9.77"),
+    ("custom_str1", ""), ("custom_str2", ""), ("custom_str3", ""), ("custom_str4", ""), ("custom_str5", ""),
+    ("custom_int1", ""), ("custom_int2", ""), ("custom_int3", ""), ("custom_int4", ""), ("custom_int5", ""),
+    ("name_first", "First"), ("name_last", "Last"), ("email_address", "test@test.com"), ("merchant_id", "10000100"),
+  ]
+  static let payfastB = [
+    ("m_payment_id", "000000020"), ("pf_payment_id", "1579137"), ("payment_status", "COMPLETE"),
+    ("item_name", "Order #000000020"), ("item_description", ""), ("amount_gross", "15.00"), ("amount_fee", "-2.30"),
+    ("amount_net", "12.70"), ("custom_str1", ""), ("custom_str2", ""), ("custom_str3", ""), ("custom_str4", ""),
+    ("custom_str5", ""), ("custom_int1", ""), ("custom_int2", ""), ("custom_int3", ""), ("custom_int4", ""),
+    ("custom_int5", ""), ("name_first", "Tom"), ("name_last", "Tom"), ("email_address", "lindley+user1@appinlet.com"),
+    ("merchant_id", "10027938"),
+  ]
 
   @Test func payfastPublishedVectors() {
     #expect(PayFastSignature.signature(Self.payfastA, passphrase: "jt7NOE43FZPn") == "ac4c3e993d31b5b9d525dc0087051437")
@@ -113,7 +156,8 @@ import Testing
       PaymentRPCService.sourceAddress(claimed: "197.97.145.145", peer: "ipv4:203.0.113.9:5000", trustedProxies: trusted)
         == IPAddress("203.0.113.9"))
     #expect(
-      PaymentRPCService.sourceAddress(claimed: "197.97.145.145", peer: "ipv6:[2001:db8::5]:443", trustedProxies: trusted)
+      PaymentRPCService.sourceAddress(
+        claimed: "197.97.145.145", peer: "ipv6:[2001:db8::5]:443", trustedProxies: trusted)
         == IPAddress("2001:db8::5"))
     #expect(PaymentRPCService.sourceAddress(claimed: "", peer: "unix:/tmp/x", trustedProxies: trusted) == nil)
   }

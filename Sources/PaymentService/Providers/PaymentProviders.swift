@@ -140,7 +140,8 @@ struct ProviderHTTP: Sendable {
 /// `application/x-www-form-urlencoded` as the providers read it.
 enum FormEncoding {
   /// Characters kept as they are (RFC 3986 unreserved).
-  static let unreserved = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+  static let unreserved = CharacterSet(
+    charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 
   static func encode(_ fields: [(String, String)]) -> String {
     fields.map { "\(escape($0.0))=\(escape($0.1))" }.joined(separator: "&")

@@ -47,7 +47,8 @@ enum StripeSignature {
     var matched = false
     for secret in secrets {
       let key = SymmetricKey(data: Array(secret.utf8))
-      for signature in signatures where HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: key) {
+      for signature in signatures
+      where HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: key) {
         // isValidAuthenticationCode compares in constant time.
         matched = true
       }

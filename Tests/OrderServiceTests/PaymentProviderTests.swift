@@ -1,0 +1,263 @@
+import AsyncHTTPClient
+import Foundation
+import GRPCCore
+import Hummingbird
+import MartProto
+import MartRuntime
+import MartTestKit
+import MartTestSupport
+import NIOCore
+import Testing
+
+@testable import PaymentService
+
+// Note: no closure literal inside `#expect(...)` in these tests (see InventoryHarness).
+
+/// The real providers' paths against servers on loopback that speak their wire formats:
+/// localstripe for Stripe's API, and a PayFast stand-in (written here) for ITN validation.
+@Suite(.serialized) struct PaymentProviderTests {
+  // MARK: Stripe
+
+  /// A Stripe event, signed as Stripe signs it.
+  static func stripeEvent(_ id: String, _ type: String, intent: String, secret: String) -> (Data, String) {
+    let body = Data(
+      """
+      {"id":"\(id)","object":"event","type":"\(type)","data":{"object":{"id":"\(intent)","object":"payment_intent","status":"succeeded","amount":1}}}
+      """.utf8)
+    let header = StripeSignature.header(
+      payload: [UInt8](body), secret: secret, timestamp: Int64(Date().timeIntervalSince1970))
+    return (body, header)
+  }
+
+  static func stripeAPI(_ stripe: LocalStripe, _ path: String, _ form: [(String, String)]?) async throws -> [String:
+    Any]
+  {
+    var request = HTTPClientRequest(url: stripe.url + path)
+    request.headers.add(name: "Authorization", value: "Bearer sk_test_mart")
+    if let form {
+      request.method = .POST
+      request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+      request.body = .bytes(ByteBuffer(string: FormEncoding.encode(form)))
+    }
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+    let body = try await response.body.collect(upTo: 1 << 20)
+    return (try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any]) ?? [:]
+  }
+
+  @Test func stripePaymentIsConfirmedByStripeNotByTheWebhooksWord() async throws {
+    let stripe = try await LocalStripe.start()
+    defer { stripe.process.signal(SIGKILL) }
+    let secret = "whsec_test_\(UUID().uuidString)"
+    let settings = PaymentSettings(
+      sandboxEnabled: false,
+      stripe: StripeSettings(
+        secretKey: "sk_test_mart", publishableKey: "pk_test_mart", webhookSecrets: ["whsec_old_rotated", secret],
+        apiBase: try #require(URL(string: stripe.url))),
+      providerTimeout: .seconds(10))
+    try await OrderHarness.run("pay_stripe", payments: settings) { mart in
+      let payments = try #require(mart.payments)
+      let order = try await PaymentServiceTests.awaitingOrder(mart, sku: "PAY-STRIPE")
+      let created = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "k1", provider: .stripe)
+      #expect(created.payment.status == .pending)
+      let intent = created.payment.providerPaymentID
+      #expect(intent.hasPrefix("pi_"))
+      #expect(created.nextAction.stripeConfirm.publishableKey == "pk_test_mart")
+      #expect(created.nextAction.stripeConfirm.clientSecret.hasPrefix(intent))
+      // A retry with the key answers with the same PaymentIntent and makes none.
+      let replayed = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "k1", provider: .stripe)
+      #expect(replayed.payment.id == created.payment.id)
+      #expect(replayed.nextAction.stripeConfirm.clientSecret == created.nextAction.stripeConfirm.clientSecret)
+
+      func deliver(_ event: (Data, String)) async throws {
+        _ = try await payments.stripeWebhook(
+          .with {
+            $0.httpBody = .with {
+              $0.contentType = "application/json"
+              $0.data = event.0
+            }
+            $0.signature = event.1
+          })
+      }
+      func status() async throws -> Mart_Payment_V1_Payment.Status {
+        try await payments.getPayment(.with { $0.paymentID = created.payment.id }, metadata: mart.admin).status
+      }
+
+      // Signed with a secret that is not ours: refused, body unread.
+      let forged = await rpcError {
+        try await deliver(Self.stripeEvent("evt_forged", "payment_intent.succeeded", intent: intent, secret: "whsec_x"))
+      }
+      #expect(forged?.code == .invalidArgument)
+      #expect(reason(forged) == "INVALID_WEBHOOK_SIGNATURE")
+      // Correctly signed, but the customer has not paid: Stripe, asked again, says so.
+      try await deliver(Self.stripeEvent("evt_early", "payment_intent.succeeded", intent: intent, secret: secret))
+      #expect(try await status() == .pending)
+
+      // The customer confirms with Stripe (as Stripe.js would), and Stripe's event arrives twice.
+      let method = try await Self.stripeAPI(
+        stripe, "/v1/payment_methods",
+        [
+          ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
+          ("card[exp_year]", "2031"), ("card[cvc]", "123"),
+        ])
+      let methodID = try #require(method["id"] as? String)
+      _ = try await Self.stripeAPI(stripe, "/v1/payment_intents/\(intent)", [("payment_method", methodID)])
+      let confirmed = try await Self.stripeAPI(stripe, "/v1/payment_intents/\(intent)/confirm", [])
+      #expect(confirmed["status"] as? String == "succeeded")
+      let succeeded = Self.stripeEvent("evt_paid", "payment_intent.succeeded", intent: intent, secret: secret)
+      try await deliver(succeeded)
+      try await deliver(succeeded)
+      #expect(try await status() == .succeeded)
+      #expect(try await mart.waitFor(order.id, .paid) == .paid)
+      let received = try await mart.timelineKinds(order.id).filter { $0 == .paymentReceived }
+      #expect(received.count == 1)
+
+      // One PaymentIntent at Stripe for all of it.
+      let intents = try await Self.stripeAPI(stripe, "/v1/payment_intents", nil)
+      #expect((intents["data"] as? [Any])?.count == 1)
+
+      // Refunded through Stripe, with the refund recorded.
+      let refund = try await payments.refundPayment(
+        .with {
+          $0.paymentID = created.payment.id
+          $0.reason = "customer changed their mind"
+        }, metadata: mart.admin)
+      #expect(refund.refund.status == .succeeded)
+      #expect(refund.refund.providerRefundID.hasPrefix("re_"))
+      #expect(refund.payment.status == .refunded)
+      #expect(try await mart.waitFor(order.id, .refunded) == .refunded)
+    }
+  }
+
+  // MARK: PayFast
+
+  /// PayFast's validation endpoint: answers `verdict` and remembers what it was asked.
+  actor FakePayFast {
+    var verdict = "VALID"
+    var asked: [String] = []
+    func answer(_ body: String) -> String {
+      asked.append(body)
+      return verdict
+    }
+    func set(_ verdict: String) { self.verdict = verdict }
+  }
+
+  static func withFakePayFast(_ body: (FakePayFast, Int) async throws -> Void) async throws {
+    let fake = FakePayFast()
+    let router = Router()
+    router.post("/eng/query/validate") { request, _ -> String in
+      let body = try await request.body.collect(upTo: 1 << 16)
+      return await fake.answer(String(buffer: body))
+    }
+    let (ports, announce) = AsyncStream.makeStream(of: Int.self)
+    let app = Application(
+      router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+      onServerRunning: { channel in
+        announce.yield(channel.localAddress?.port ?? 0)
+        announce.finish()
+      }, logger: TestBed.logger)
+    try await withServices([app]) {
+      var iterator = ports.makeAsyncIterator()
+      let port = try #require(await iterator.next())
+      try await body(fake, port)
+    }
+  }
+
+  static let passphrase = "jt7NOE43FZPn"
+
+  /// An ITN as PayFast posts it, signed (blanks included, in this order).
+  static func itn(
+    _ payment: Mart_Payment_V1_Payment, pfPaymentID: String = "1221576", status: String = "COMPLETE",
+    gross: String? = nil, merchant: String = "10000100"
+  ) -> [(String, String)] {
+    let amount = gross ?? PayFastAmount.format(payment.amount.amountMinor)
+    var fields: [(String, String)] = [
+      ("m_payment_id", payment.id), ("pf_payment_id", pfPaymentID), ("payment_status", status),
+      ("item_name", "Order #1"), ("item_description", ""), ("amount_gross", amount), ("amount_fee", "-2.30"),
+      ("amount_net", amount), ("custom_str1", payment.orderID), ("custom_str2", ""), ("custom_int1", ""),
+      ("name_first", "Thandi"), ("name_last", "Nkosi"), ("email_address", "thandi+shop@example.com"),
+      ("merchant_id", merchant),
+    ]
+    fields.append(("signature", PayFastSignature.signature(fields, passphrase: passphrase)))
+    return fields
+  }
+
+  @Test func payfastITNChangesNothingUntilAllFourChecksPass() async throws {
+    try await Self.withFakePayFast { fake, port in
+      let settings = PaymentSettings(
+        sandboxEnabled: false,
+        payfast: PayFastSettings(
+          merchantID: "10000100", merchantKey: "46f0cd694581a", passphrase: Self.passphrase,
+          baseURL: try #require(URL(string: "http://127.0.0.1:\(port)")),
+          notifyURL: "https://shop.example/v1/webhooks/payfast"),
+        allowedReturnOrigins: ["https://shop.example"])
+      try await OrderHarness.run("pay_payfast", payments: settings) { mart in
+        let payments = try #require(mart.payments)
+        let order = try await PaymentServiceTests.awaitingOrder(mart, sku: "PAY-PF")
+        let created = try await payments.createPayment(
+          .with {
+            $0.orderID = order.id
+            $0.provider = .payfast
+            $0.returnURL = "https://shop.example/paid"
+            $0.cancelURL = "https://shop.example/cancelled"
+          }, metadata: mart.customer)
+        let form = created.nextAction.redirectForm
+        #expect(form.redirectURL == "http://127.0.0.1:\(port)/eng/process")
+        let names = form.formFields.map(\.name)
+        #expect(
+          names == [
+            "merchant_id", "merchant_key", "return_url", "cancel_url", "notify_url", "name_first", "name_last",
+            "m_payment_id", "amount", "item_name", "custom_str1", "signature",
+          ])
+        let formFields = form.formFields.dropLast().map { ($0.name, $0.value) }
+        #expect(form.formFields.last?.value == PayFastSignature.signature(formFields, passphrase: Self.passphrase))
+        let amount = formFields.first { $0.0 == "amount" }?.1
+        #expect(amount == PayFastAmount.format(order.total.amountMinor))
+
+        let payment = created.payment
+        func deliver(_ fields: [(String, String)], from address: String = "197.97.145.145") async throws {
+          _ = try await payments.payfastWebhook(
+            .with {
+              $0.httpBody = .with {
+                $0.contentType = "application/x-www-form-urlencoded"
+                $0.data = Data(PayFastSignature.parameterString(fields).utf8)
+              }
+              $0.sourceIp = address
+            })
+        }
+        func status() async throws -> Mart_Payment_V1_Payment.Status {
+          try await payments.getPayment(.with { $0.paymentID = payment.id }, metadata: mart.admin).status
+        }
+
+        // 1. A field changed after signing.
+        var tampered = Self.itn(payment)
+        tampered[2].1 = "COMPLETE "
+        #expect(reason(await rpcError { try await deliver(tampered) }) == "INVALID_WEBHOOK_SIGNATURE")
+        // 2. From outside PayFast's ranges.
+        let foreign = await rpcError { try await deliver(Self.itn(payment), from: "203.0.113.7") }
+        #expect(foreign?.code == .permissionDenied)
+        // 3. Signed, but for another amount.
+        let wrongAmount = await rpcError { try await deliver(Self.itn(payment, gross: "1.00")) }
+        #expect(fields(wrongAmount) == ["amount_gross"])
+        // 4. PayFast does not confirm it.
+        await fake.set("INVALID")
+        #expect(reason(await rpcError { try await deliver(Self.itn(payment)) }) == "INVALID_WEBHOOK_SIGNATURE")
+        #expect(try await status() == .pending)
+
+        // All four pass: paid, once, however often PayFast sends it.
+        await fake.set("VALID")
+        try await deliver(Self.itn(payment))
+        try await deliver(Self.itn(payment))
+        #expect(try await status() == .succeeded)
+        #expect(try await mart.waitFor(order.id, .paid) == .paid)
+        let read = try await payments.getPayment(.with { $0.paymentID = payment.id }, metadata: mart.admin)
+        #expect(read.providerPaymentID == "1221576")
+        // What was validated is the parameter string PayFast posted, without the passphrase.
+        let asked = await fake.asked
+        #expect(asked.last == PayFastSignature.parameterString(Array(Self.itn(payment).dropLast())))
+        #expect(asked.allSatisfy { !$0.contains("passphrase") })
+        let received = try await mart.timelineKinds(order.id).filter { $0 == .paymentReceived }
+        #expect(received.count == 1)
+      }
+    }
+  }
+}
