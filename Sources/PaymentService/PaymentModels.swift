@@ -90,13 +90,14 @@ public struct StripeSettings: Sendable {
   public var publishableKey: String
   /// The webhook endpoint's signing secrets; two while one is being rotated.
   public var webhookSecrets: [String]
-  public var apiBase: URL
+  /// `https://api.stripe.com`, or a stand-in such as localstripe.
+  public var apiBase: String
   /// How old a webhook's signed timestamp may be.
   public var webhookTolerance: Duration
 
   public init(
     secretKey: String, publishableKey: String, webhookSecrets: [String],
-    apiBase: URL = URL(string: "https://api.stripe.com")!, webhookTolerance: Duration = .seconds(300)
+    apiBase: String = "https://api.stripe.com", webhookTolerance: Duration = .seconds(300)
   ) {
     self.secretKey = secretKey
     self.publishableKey = publishableKey
@@ -127,7 +128,7 @@ public struct StripeSettings: Sendable {
       throw ConfigurationError(variable: "MART_PAYMENT_STRIPE_API_BASE", value: base, reason: "expected an http(s) URL")
     }
     self.init(
-      secretKey: secret, publishableKey: publishable, webhookSecrets: webhook, apiBase: url,
+      secretKey: secret, publishableKey: publishable, webhookSecrets: webhook, apiBase: url.absoluteString,
       webhookTolerance: try env.duration("MART_PAYMENT_STRIPE_WEBHOOK_TOLERANCE", default: .seconds(300)))
   }
 }
@@ -139,7 +140,7 @@ public struct PayFastSettings: Sendable {
   /// The passphrase set on the merchant account, if any (it salts every signature).
   public var passphrase: String?
   /// `https://sandbox.payfast.co.za` or `https://www.payfast.co.za` (or a test server).
-  public var baseURL: URL
+  public var baseURL: String
   /// Where PayFast posts the ITN: this mart's public `/v1/webhooks/payfast`.
   public var notifyURL: String
   /// Where ITNs may come from: PayFast's published ranges unless configured.
@@ -151,7 +152,7 @@ public struct PayFastSettings: Sendable {
   ].compactMap(IPNetwork.init)
 
   public init(
-    merchantID: String, merchantKey: String, passphrase: String?, baseURL: URL, notifyURL: String,
+    merchantID: String, merchantKey: String, passphrase: String?, baseURL: String, notifyURL: String,
     sourceRanges: [IPNetwork] = PayFastSettings.publishedRanges
   ) {
     self.merchantID = merchantID
@@ -187,7 +188,8 @@ public struct PayFastSettings: Sendable {
         variable: "MART_PAYMENT_PAYFAST_BASE_URL", value: base, reason: "expected an http(s) URL")
     }
     self.init(
-      merchantID: id, merchantKey: key, passphrase: env.string("MART_PAYMENT_PAYFAST_PASSPHRASE"), baseURL: url,
+      merchantID: id, merchantKey: key, passphrase: env.string("MART_PAYMENT_PAYFAST_PASSPHRASE"),
+      baseURL: url.absoluteString,
       notifyURL: notify,
       sourceRanges: try PaymentSettings.networks(env, "MART_PAYMENT_PAYFAST_SOURCE_RANGES") ?? Self.publishedRanges)
   }

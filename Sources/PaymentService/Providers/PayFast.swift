@@ -87,7 +87,7 @@ struct PayFastProvider: PaymentProviderClient {
   var validateURL: String { url("/eng/query/validate") }
 
   private func url(_ path: String) -> String {
-    var base = settings.baseURL.absoluteString
+    var base = settings.baseURL
     while base.hasSuffix("/") { base.removeLast() }
     return base + path
   }

@@ -252,7 +252,7 @@ struct StripeProvider: PaymentProviderClient {
   private var authorization: (String, String) { ("Authorization", "Bearer \(settings.secretKey)") }
 
   private func url(_ path: String) -> String {
-    var base = settings.apiBase.absoluteString
+    var base = settings.apiBase
     while base.hasSuffix("/") { base.removeLast() }
     return base + path
   }
