@@ -128,6 +128,105 @@ import Testing
     }
   }
 
+  /// Stripe's idempotency layer in front of localstripe, which lacks it: a request with an
+  /// Idempotency-Key seen before gets the first answer again (docs.stripe.com/api/idempotent_requests),
+  /// and the first PaymentIntent creation answers only after `delay`, after our client gave up.
+  actor IdempotentStripe {
+    let upstream: String
+    let delay: Duration
+    var answers: [String: (UInt, Data)] = [:]
+    var createKeys: [String] = []
+    var delayed = false
+
+    init(upstream: String, delay: Duration) {
+      self.upstream = upstream
+      self.delay = delay
+    }
+
+    func handle(method: HTTPRequest.Method, path: String, key: String?, body: ByteBuffer) async throws -> (UInt, Data) {
+      let creates = method == .post && path == "/v1/payment_intents"
+      if creates { createKeys.append(key ?? "") }
+      if let key, let earlier = answers[key] { return earlier }
+      var request = HTTPClientRequest(url: upstream + path)
+      request.method = method == .post ? .POST : .GET
+      request.headers.add(name: "Authorization", value: "Bearer sk_test_mart")
+      request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+      if method == .post { request.body = .bytes(body) }
+      let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+      let answer = (response.status.code, Data(buffer: try await response.body.collect(upTo: 1 << 20)))
+      if let key { answers[key] = answer }
+      if creates, !delayed {
+        delayed = true
+        try await Task.sleep(for: delay)
+      }
+      return answer
+    }
+  }
+
+  @Test func stripeTimeoutLeavesThePaymentPendingAndTheRetryChargesOnce() async throws {
+    let stripe = try await LocalStripe.start()
+    defer { stripe.process.signal(SIGKILL) }
+    let standIn = IdempotentStripe(upstream: stripe.url, delay: .seconds(3))
+    let router = Router()
+    router.post("**") { request, _ -> Response in try await Self.forward(request, to: standIn) }
+    router.get("**") { request, _ -> Response in try await Self.forward(request, to: standIn) }
+    let (ports, announce) = AsyncStream.makeStream(of: Int.self)
+    let app = Application(
+      router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+      onServerRunning: { channel in
+        announce.yield(channel.localAddress?.port ?? 0)
+        announce.finish()
+      }, logger: TestBed.logger)
+    try await withServices([app]) {
+      var iterator = ports.makeAsyncIterator()
+      let port = try #require(await iterator.next())
+      let settings = PaymentSettings(
+        sandboxEnabled: false,
+        stripe: StripeSettings(
+          secretKey: "sk_test_mart", publishableKey: "pk_test_mart", webhookSecrets: ["whsec_test"],
+          apiBase: "http://127.0.0.1:\(port)"),
+        providerTimeout: .seconds(1), maximumRetryBackoff: .seconds(1))
+      try await OrderHarness.run("pay_stripe_timeout", payments: settings) { mart in
+        let order = try await PaymentServiceTests.awaitingOrder(mart, sku: "PAY-STRIPE-T")
+        let timedOut = await rpcError {
+          _ = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "t1", provider: .stripe)
+        }
+        #expect(timedOut?.code == .unavailable)
+        #expect(reason(timedOut) == "PAYMENT_PROVIDER_UNAVAILABLE")
+        // The order is not failed by it.
+        #expect(try await mart.order(order.id).status == .awaitingPayment)
+        let payments = try #require(mart.payments)
+        let listed = try await payments.listOrderPayments(.with { $0.orderID = order.id }, metadata: mart.customer)
+        #expect(listed.payments.map(\.status) == [.pending])
+
+        // The client's retry (and the worker's) carry the same key: one PaymentIntent.
+        var retried: Mart_Payment_V1_CreatePaymentResponse?
+        _ = await eventually {
+          retried = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "t1", provider: .stripe)
+          return true
+        }
+        let answer = try #require(retried)
+        #expect(answer.payment.id == listed.payments.first?.id)
+        #expect(answer.payment.providerPaymentID.hasPrefix("pi_"))
+        #expect(!answer.nextAction.stripeConfirm.clientSecret.isEmpty)
+        let keys = await standIn.createKeys
+        #expect(keys.count >= 2)
+        #expect(Set(keys) == ["mart-payment-\(answer.payment.id)-create"])
+        let intents = try await Self.stripeAPI(stripe, "/v1/payment_intents", nil)
+        #expect((intents["data"] as? [Any])?.count == 1)
+      }
+    }
+  }
+
+  static func forward(_ request: Request, to standIn: IdempotentStripe) async throws -> Response {
+    let body = try await request.body.collect(upTo: 1 << 16)
+    let (status, data) = try await standIn.handle(
+      method: request.method, path: request.uri.path, key: request.headers.first { $0.name.canonicalName == "idempotency-key" }?.value, body: body)
+    return Response(
+      status: .init(code: Int(status)), headers: [.contentType: "application/json"],
+      body: .init(byteBuffer: ByteBuffer(data: data)))
+  }
+
   // MARK: PayFast
 
   /// PayFast's validation endpoint: answers `verdict` and remembers what it was asked.
