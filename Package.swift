@@ -320,8 +320,9 @@ let package = Package(
     .testTarget(
       name: "EdgeTests",
       dependencies: testDependencies + [
-        "Gateway", "UserService", "ProductService", "InventoryService", "OrderService",
+        "Gateway", "UserService", "ProductService", "InventoryService", "OrderService", "PaymentService",
         .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
       ],
       swiftSettings: strictSwift),
     .testTarget(

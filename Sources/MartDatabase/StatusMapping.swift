@@ -13,13 +13,13 @@ extension APIStatus {
   public static func mapped(_ error: any Error, method: String, logger: Logger) -> RPCError {
     switch error {
     case let status as GoogleRPCStatus: return RPCError(status)
-    case let rpcError as RPCError: return rpcError
+    case let rpcError as RPCError: return rpcError.withoutTransportMetadata
     case is CancellationError: return RPCError(code: .cancelled, message: "the call was cancelled")
     default: break
     }
     let unwrapped = error.unwrappingTransactionError
     if let status = unwrapped as? GoogleRPCStatus { return RPCError(status) }
-    if let rpcError = unwrapped as? RPCError { return rpcError }
+    if let rpcError = unwrapped as? RPCError { return rpcError.withoutTransportMetadata }
     if error.isDatabaseUnavailable {
       logger.warning(
         "database unavailable", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])
@@ -78,6 +78,8 @@ public struct StatusMappingInterceptor: ServerInterceptor {
       // UNKNOWN with the original as its cause. Map that cause as if it had been thrown here.
       if error.code == .unknown, let cause = error.cause, !(cause is RPCError) {
         response.accepted = .failure(APIStatus.mapped(cause, method: method, logger: logger))
+      } else {
+        response.accepted = .failure(error.withoutTransportMetadata)
       }
     case .success(var contents):
       let produce = contents.producer
@@ -91,6 +93,29 @@ public struct StatusMappingInterceptor: ServerInterceptor {
       response.accepted = .success(contents)
     }
     return response
+  }
+}
+
+extension RPCError {
+  /// The error as this service answers it: its code, message and `google.rpc` details, without
+  /// the transport's entries an upstream call's error carries (the other service's trailers, or
+  /// the headers of its trailers-only response). Passed on, a second `content-type` or
+  /// `grpc-status` among our trailers breaks the response, and the caller sees UNAVAILABLE
+  /// instead of, say, the upstream's NOT_FOUND.
+  public var withoutTransportMetadata: RPCError {
+    var kept = Metadata()
+    for entry in metadata {
+      let key = entry.key.lowercased()
+      let transport =
+        key.hasPrefix(":") || key == "content-type" || key == "te" || key == "user-agent"
+        || (key.hasPrefix("grpc-") && key != "grpc-status-details-bin")
+      guard !transport else { continue }
+      switch entry.value {
+      case .string(let value): kept.addString(value, forKey: entry.key)
+      case .binary(let value): kept.addBinary(value, forKey: entry.key)
+      }
+    }
+    return RPCError(code: code, message: message, metadata: kept, cause: cause)
   }
 }
 

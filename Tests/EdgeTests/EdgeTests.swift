@@ -9,6 +9,7 @@ import MartProto
 import MartRuntime
 import MartTestSupport
 import OrderService
+import PaymentService
 import PostgresNIO
 import ProductService
 import ServiceLifecycle
@@ -427,16 +428,28 @@ final class QuotaClock: Sendable {
 /// the same token settings (they verify user tokens against the user service's JWKS) and one
 /// in-process event transport, so that ProductCreated reaches the inventory service.
 /// With `orders`, the order service too (and the catalogue, which it calls).
-func withEdge(catalog: Bool = false, orders: Bool = false, _ body: (Edge) async throws -> Void) async throws {
+func withEdge(
+  catalog: Bool = false, orders: Bool = false, payments: PaymentSettings? = nil, _ body: (Edge) async throws -> Void
+) async throws {
+  let orders = orders || payments != nil
   try await ScratchDatabase.with("edge") { database in
-    guard catalog || orders else { return try await withEdge(user: database, catalog: nil, orders: nil, body) }
+    guard catalog || orders else {
+      return try await withEdge(user: database, catalog: nil, orders: nil, payments: nil, body)
+    }
     try await ScratchDatabase.with("edge_product") { product in
       try await ScratchDatabase.with("edge_inventory") { inventory in
         guard orders else {
-          return try await withEdge(user: database, catalog: (product, inventory), orders: nil, body)
+          return try await withEdge(user: database, catalog: (product, inventory), orders: nil, payments: nil, body)
         }
         try await ScratchDatabase.with("edge_order") { order in
-          try await withEdge(user: database, catalog: (product, inventory), orders: order, body)
+          guard let payments else {
+            return try await withEdge(
+              user: database, catalog: (product, inventory), orders: order, payments: nil, body)
+          }
+          try await ScratchDatabase.with("edge_payment") { payment in
+            try await withEdge(
+              user: database, catalog: (product, inventory), orders: order, payments: (payment, payments), body)
+          }
         }
       }
     }
@@ -445,7 +458,8 @@ func withEdge(catalog: Bool = false, orders: Bool = false, _ body: (Edge) async 
 
 private func withEdge(
   user database: ScratchDatabase, catalog: (product: ScratchDatabase, inventory: ScratchDatabase)?,
-  orders: ScratchDatabase?, _ body: (Edge) async throws -> Void
+  orders: ScratchDatabase?, payments: (database: ScratchDatabase, settings: PaymentSettings)?,
+  _ body: (Edge) async throws -> Void
 ) async throws {
   let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
   try Data(
@@ -504,27 +518,44 @@ private func withEdge(
             directory: ServiceDirectory(endpoints: endpoints), auth: auth, transport: transport,
             logger: TestBed.logger))
       }
-      try await withServing(orderHosts[...], ports: catalogPorts) { ports in
-        var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
-        for (service, port) in ports {
-          environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+      try await withServing(orderHosts[...], ports: catalogPorts) { orderPorts in
+        // The payment service calls the order service (for an order's total).
+        var paymentHosts: [ServiceHost<HTTP2ServerTransport.Posix>] = []
+        if let payments {
+          var endpoints = directory.endpoints
+          for (service, port) in orderPorts { endpoints[service] = .init(host: "127.0.0.1", port: port) }
+          paymentHosts.append(
+            try ServiceHost(
+              definition: PaymentServiceModule.makeDefinition(settings: payments.settings),
+              configuration: ServiceConfiguration(
+                service: .payment, port: 0, database: payments.database.configuration),
+              directory: ServiceDirectory(endpoints: endpoints), auth: auth, transport: transport,
+              logger: TestBed.logger))
         }
-        let (listening, announce) = AsyncStream.makeStream(of: Int.self)
-        let quotaClock = QuotaClock()
-        let gateway = try Gateway.makeServices(
-          configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)), logger: TestBed.logger,
-          onListening: { port in
-            announce.yield(port)
-            announce.finish()
-          }, rateLimitClock: quotaClock.reading)
-        try await withServices(gateway) {
-          var ports = listening.makeAsyncIterator()
-          let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
-          let edge = Edge(
-            gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration, quotaClock: quotaClock)
-          let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
-          #expect(up)
-          try await body(edge)
+        try await withServing(paymentHosts[...], ports: orderPorts) { ports in
+          var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
+          for (service, port) in ports {
+            environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
+          }
+          let (listening, announce) = AsyncStream.makeStream(of: Int.self)
+          let quotaClock = QuotaClock()
+          let gateway = try Gateway.makeServices(
+            configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)),
+            logger: TestBed.logger,
+            onListening: { port in
+              announce.yield(port)
+              announce.finish()
+            }, rateLimitClock: quotaClock.reading)
+          try await withServices(gateway) {
+            var ports = listening.makeAsyncIterator()
+            let gatewayPort = try #require(await ports.next(), "the gateway is not listening")
+            let edge = Edge(
+              gatewayPort: gatewayPort, userPort: userPort, userDatabase: database.configuration, quotaClock: quotaClock
+            )
+            let up = await eventually { (try? await edge.call("GET", "/healthz").status) == 200 }
+            #expect(up)
+            try await body(edge)
+          }
         }
       }
     }

@@ -31,6 +31,28 @@ import Testing
     }
   }
 
+  /// An upstream call's error, rethrown by a handler, loses the other service's transport
+  /// entries (which, sent again as our trailers, broke the response into UNAVAILABLE) and keeps
+  /// its code, message and details.
+  @Test func anUpstreamErrorIsPassedOnWithoutItsTransportMetadata() async throws {
+    var upstream = Metadata()
+    upstream.addString("application/grpc", forKey: "content-type")
+    upstream.addString("5", forKey: "grpc-status")
+    upstream.addString("x", forKey: "grpc-message")
+    upstream.addBinary([1, 2, 3], forKey: "grpc-status-details-bin")
+    upstream.addString("kept", forKey: "x-custom")
+    let trailers = upstream
+    let error = await thrown { throw RPCError(code: .notFound, message: "order not found", metadata: trailers) }
+    let mapped = try #require(error as? RPCError)
+    #expect(mapped.code == .notFound)
+    #expect(mapped.message == "order not found")
+    #expect(Array(mapped.metadata[binaryValues: "grpc-status-details-bin"]) == [[1, 2, 3]])
+    #expect(Array(mapped.metadata[stringValues: "x-custom"]) == ["kept"])
+    for key in ["content-type", "grpc-status", "grpc-message"] {
+      #expect(Array(mapped.metadata[stringValues: key]).isEmpty, "\(key)")
+    }
+  }
+
   func thrown(by next: @escaping @Sendable () async throws -> StreamingServerResponse<String>) async -> (any Error)? {
     do {
       _ = try await call(next)

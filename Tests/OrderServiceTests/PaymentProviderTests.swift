@@ -221,7 +221,8 @@ import Testing
   static func forward(_ request: Request, to standIn: IdempotentStripe) async throws -> Response {
     let body = try await request.body.collect(upTo: 1 << 16)
     let (status, data) = try await standIn.handle(
-      method: request.method, path: request.uri.path, key: request.headers.first { $0.name.canonicalName == "idempotency-key" }?.value, body: body)
+      method: request.method, path: request.uri.path,
+      key: request.headers.first { $0.name.canonicalName == "idempotency-key" }?.value, body: body)
     return Response(
       status: .init(code: Int(status)), headers: [.contentType: "application/json"],
       body: .init(byteBuffer: ByteBuffer(data: data)))
