@@ -72,6 +72,7 @@ struct StockRecord: Sendable, Equatable {
 /// The movement kinds and adjustment reasons as stored.
 enum MovementKind: String, PostgresTextEnum {
   case adjustment, reservation, release, commit
+  case `return`
 
   var proto: Mart_Inventory_V1_StockMovement.Kind {
     switch self {
@@ -79,6 +80,7 @@ enum MovementKind: String, PostgresTextEnum {
     case .reservation: .reservation
     case .release: .release
     case .commit: .commit
+    case .return: .return
     }
   }
 
@@ -88,6 +90,7 @@ enum MovementKind: String, PostgresTextEnum {
     case .reservation: self = .reservation
     case .release: self = .release
     case .commit: self = .commit
+    case .return: self = .return
     case .unspecified, .UNRECOGNIZED: return nil
     }
   }
@@ -166,13 +169,14 @@ struct LineRecord: Sendable, Equatable, Hashable {
 }
 
 enum ReservationStatus: String, PostgresTextEnum {
-  case active, released, committed
+  case active, released, committed, returned
 
   var proto: Mart_Inventory_V1_Reservation.Status {
     switch self {
     case .active: .active
     case .released: .released
     case .committed: .committed
+    case .returned: .returned
     }
   }
 }

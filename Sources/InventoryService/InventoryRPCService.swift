@@ -123,6 +123,17 @@ struct InventoryRPCService: Mart_Inventory_V1_InventoryService.SimpleServiceProt
     return try await store.commit(orderID: orderID).proto
   }
 
+  func returnReservation(
+    request: Mart_Inventory_V1_ReturnReservationRequest, context: ServerContext
+  ) async throws -> Mart_Inventory_V1_Reservation {
+    var validation = RequestValidation()
+    let orderID = validation.uuid(request.orderID, field: "order_id")
+    let reason = validation.text(request.reason, field: "reason", maximum: 500)
+    try validation.check()
+    guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
+    return try await store.returnToStock(orderID: orderID, reason: reason.isEmpty ? "order cancelled" : reason).proto
+  }
+
   // MARK: Validation
 
   static func adjustment(_ request: Mart_Inventory_V1_AdjustStockRequest, actor: UUID) throws -> Adjustment {

@@ -20,6 +20,7 @@ public enum InventoryServiceModule {
       migrations: [
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
+        Migration(version: 3, name: "returns", embedded: PackageResources._003_returns_sql),
       ],
       makeRPCServices: { context in
         [

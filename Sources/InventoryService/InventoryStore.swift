@@ -241,7 +241,7 @@ struct InventoryStore: Sendable {
         throw APIStatus.notFound("no reservation for order \(orderID.lowercasedString)")
       }
       switch reservation.status {
-      case .committed: return reservation
+      case .committed, .returned: return reservation
       case .released: throw Self.notActive(reservation, action: "commit")
       case .active: break
       }
@@ -270,9 +270,31 @@ struct InventoryStore: Sendable {
       }
       switch reservation.status {
       case .released: return reservation
-      case .committed: throw Self.notActive(reservation, action: "release")
+      case .committed, .returned: throw Self.notActive(reservation, action: "release")
       case .active: return try await releaseLocked(reservation, reason: reason, on: connection)
       }
+    }
+  }
+
+  /// Puts a committed reservation's units back on hand (a paid order cancelled before it
+  /// shipped). NOT_FOUND without one; a returned one is returned unchanged; FAILED_PRECONDITION
+  /// (RESERVATION_NOT_ACTIVE) for one that was never committed.
+  func returnToStock(orderID: UUID, reason: String) async throws -> ReservationRecord {
+    try await database.withTransaction(logger: logger) { connection in
+      guard let reservation = try await reservation(orderID, lock: true, on: connection) else {
+        throw APIStatus.notFound("no reservation for order \(orderID.lowercasedString)")
+      }
+      switch reservation.status {
+      case .returned: return reservation
+      case .active, .released: throw Self.notActive(reservation, action: "return")
+      case .committed: break
+      }
+      let productIDs = reservation.lines.map(\.productID)
+      _ = try await lockStock(productIDs, on: connection)
+      _ = try await changeStock(
+        productIDs, quantities: reservation.lines.map(\.quantity), onHandSign: 1, reservedSign: 0, kind: .return,
+        orderID: orderID, note: reason, on: connection)
+      return try await setStatus(reservation, .returned, reason: nil, on: connection)
     }
   }
 
@@ -354,7 +376,7 @@ struct InventoryStore: Sendable {
   /// movement per product. The rows must be locked already.
   private func changeStock(
     _ productIDs: [UUID], quantities: [Int64], onHandSign: Int64, reservedSign: Int64, kind: MovementKind,
-    orderID: UUID, on connection: PostgresConnection
+    orderID: UUID, note: String? = nil, on connection: PostgresConnection
   ) async throws -> [StockRecord] {
     let onHandDeltas = quantities.map { $0 * onHandSign }
     let reservedDeltas = quantities.map { $0 * reservedSign }
@@ -377,9 +399,9 @@ struct InventoryStore: Sendable {
     try await connection.query(
       """
       INSERT INTO stock_movements (product_id, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
-                                   order_id)
+                                   order_id, note)
       SELECT m.product_id, \(kind.rawValue), m.on_hand_delta, m.reserved_delta, m.on_hand_after, m.reserved_after,
-             \(orderID)
+             \(orderID), \(note)
       FROM unnest(\(productIDs)::uuid[], \(onHandDeltas)::bigint[], \(reservedDeltas)::bigint[],
                   \(onHandAfter)::bigint[], \(reservedAfter)::bigint[])
         AS m(product_id, on_hand_delta, reserved_delta, on_hand_after, reserved_after)

@@ -15,6 +15,7 @@ public enum MartAccessPolicies {
     "mart.inventory.v1.InventoryService/ReserveStock": .internal,
     "mart.inventory.v1.InventoryService/ReleaseReservation": .internal,
     "mart.inventory.v1.InventoryService/CommitReservation": .internal,
+    "mart.inventory.v1.InventoryService/ReturnReservation": .internal,
     "mart.notification.v1.NotificationService/ListMyNotifications": .user,
     "mart.notification.v1.NotificationService/GetMyPreferences": .user,
     "mart.notification.v1.NotificationService/UpdateMyPreferences": .user,

@@ -114,6 +114,19 @@ public enum Mart_Inventory_V1_InventoryService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReturnReservation" metadata.
+        public enum ReturnReservation: Sendable {
+            /// Request type for "ReturnReservation".
+            public typealias Input = Mart_Inventory_V1_ReturnReservationRequest
+            /// Response type for "ReturnReservation".
+            public typealias Output = Mart_Inventory_V1_Reservation
+            /// Descriptor for "ReturnReservation".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.inventory.v1.InventoryService"),
+                method: "ReturnReservation",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "mart.inventory.v1.InventoryService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             GetStock.descriptor,
@@ -122,7 +135,8 @@ public enum Mart_Inventory_V1_InventoryService: Sendable {
             ListMovements.descriptor,
             ReserveStock.descriptor,
             ReleaseReservation.descriptor,
-            CommitReservation.descriptor
+            CommitReservation.descriptor,
+            ReturnReservation.descriptor
         ]
     }
 }
@@ -298,6 +312,28 @@ extension Mart_Inventory_V1_InventoryService {
             request: GRPCCore.StreamingServerRequest<Mart_Inventory_V1_CommitReservationRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_Inventory_V1_Reservation>
+
+        /// Handle the "ReturnReservation" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Compensation after a sale: a paid order was cancelled before it shipped,
+        /// > so its committed units go back on the shelf (on_hand up). Internal.
+        /// > Idempotent: returning a returned reservation answers it unchanged.
+        /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+        /// > never committed.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_Inventory_V1_ReturnReservationRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_Inventory_V1_Reservation` messages.
+        func returnReservation(
+            request: GRPCCore.StreamingServerRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_Inventory_V1_Reservation>
     }
 
     /// Service protocol for the "mart.inventory.v1.InventoryService" service.
@@ -457,6 +493,28 @@ extension Mart_Inventory_V1_InventoryService {
             request: GRPCCore.ServerRequest<Mart_Inventory_V1_CommitReservationRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation>
+
+        /// Handle the "ReturnReservation" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Compensation after a sale: a paid order was cancelled before it shipped,
+        /// > so its committed units go back on the shelf (on_hand up). Internal.
+        /// > Idempotent: returning a returned reservation answers it unchanged.
+        /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+        /// > never committed.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Inventory_V1_ReturnReservationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_Inventory_V1_Reservation` message.
+        func returnReservation(
+            request: GRPCCore.ServerRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation>
     }
 
     /// Simple service protocol for the "mart.inventory.v1.InventoryService" service.
@@ -614,6 +672,28 @@ extension Mart_Inventory_V1_InventoryService {
             request: Mart_Inventory_V1_CommitReservationRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Mart_Inventory_V1_Reservation
+
+        /// Handle the "ReturnReservation" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Compensation after a sale: a paid order was cancelled before it shipped,
+        /// > so its committed units go back on the shelf (on_hand up). Internal.
+        /// > Idempotent: returning a returned reservation answers it unchanged.
+        /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+        /// > never committed.
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_Inventory_V1_ReturnReservationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_Inventory_V1_Reservation` to respond with.
+        func returnReservation(
+            request: Mart_Inventory_V1_ReturnReservationRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_Inventory_V1_Reservation
     }
 }
 
@@ -698,6 +778,17 @@ extension Mart_Inventory_V1_InventoryService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Mart_Inventory_V1_InventoryService.Method.ReturnReservation.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Inventory_V1_ReturnReservationRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Inventory_V1_Reservation>(),
+            handler: { request, context in
+                try await self.returnReservation(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -775,6 +866,17 @@ extension Mart_Inventory_V1_InventoryService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Mart_Inventory_V1_Reservation> {
         let response = try await self.commitReservation(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func returnReservation(
+        request: GRPCCore.StreamingServerRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_Inventory_V1_Reservation> {
+        let response = try await self.returnReservation(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -869,6 +971,19 @@ extension Mart_Inventory_V1_InventoryService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation> {
         return GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation>(
             message: try await self.commitReservation(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func returnReservation(
+        request: GRPCCore.ServerRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation> {
+        return GRPCCore.ServerResponse<Mart_Inventory_V1_Reservation>(
+            message: try await self.returnReservation(
                 request: request.message,
                 context: context
             ),
@@ -1066,6 +1181,33 @@ extension Mart_Inventory_V1_InventoryService {
         func commitReservation<Result>(
             request: GRPCCore.ClientRequest<Mart_Inventory_V1_CommitReservationRequest>,
             serializer: some GRPCCore.MessageSerializer<Mart_Inventory_V1_CommitReservationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Inventory_V1_Reservation>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Inventory_V1_Reservation>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReturnReservation" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Compensation after a sale: a paid order was cancelled before it shipped,
+        /// > so its committed units go back on the shelf (on_hand up). Internal.
+        /// > Idempotent: returning a returned reservation answers it unchanged.
+        /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+        /// > never committed.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Inventory_V1_ReturnReservationRequest` message.
+        ///   - serializer: A serializer for `Mart_Inventory_V1_ReturnReservationRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Inventory_V1_Reservation` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func returnReservation<Result>(
+            request: GRPCCore.ClientRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Inventory_V1_ReturnReservationRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Mart_Inventory_V1_Reservation>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Inventory_V1_Reservation>) async throws -> Result
@@ -1349,6 +1491,44 @@ extension Mart_Inventory_V1_InventoryService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReturnReservation" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Compensation after a sale: a paid order was cancelled before it shipped,
+        /// > so its committed units go back on the shelf (on_hand up). Internal.
+        /// > Idempotent: returning a returned reservation answers it unchanged.
+        /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+        /// > never committed.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Inventory_V1_ReturnReservationRequest` message.
+        ///   - serializer: A serializer for `Mart_Inventory_V1_ReturnReservationRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Inventory_V1_Reservation` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func returnReservation<Result>(
+            request: GRPCCore.ClientRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Inventory_V1_ReturnReservationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Inventory_V1_Reservation>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Inventory_V1_Reservation>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_Inventory_V1_InventoryService.Method.ReturnReservation.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1567,6 +1747,39 @@ extension Mart_Inventory_V1_InventoryService.ClientProtocol {
         try await self.commitReservation(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Inventory_V1_CommitReservationRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Inventory_V1_Reservation>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReturnReservation" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Compensation after a sale: a paid order was cancelled before it shipped,
+    /// > so its committed units go back on the shelf (on_hand up). Internal.
+    /// > Idempotent: returning a returned reservation answers it unchanged.
+    /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+    /// > never committed.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_Inventory_V1_ReturnReservationRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func returnReservation<Result>(
+        request: GRPCCore.ClientRequest<Mart_Inventory_V1_ReturnReservationRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Inventory_V1_Reservation>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.returnReservation(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Inventory_V1_ReturnReservationRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Inventory_V1_Reservation>(),
             options: options,
             onResponse: handleResponse
@@ -1817,6 +2030,43 @@ extension Mart_Inventory_V1_InventoryService.ClientProtocol {
             metadata: metadata
         )
         return try await self.commitReservation(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReturnReservation" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Compensation after a sale: a paid order was cancelled before it shipped,
+    /// > so its committed units go back on the shelf (on_hand up). Internal.
+    /// > Idempotent: returning a returned reservation answers it unchanged.
+    /// > Errors: NOT_FOUND, FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) if it was
+    /// > never committed.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func returnReservation<Result>(
+        _ message: Mart_Inventory_V1_ReturnReservationRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Inventory_V1_Reservation>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_Inventory_V1_ReturnReservationRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.returnReservation(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -248,6 +248,10 @@ public nonisolated struct Mart_Inventory_V1_StockMovement: Sendable {
 
     /// A reservation was committed as a sale (on_hand and reserved down).
     case commit // = 4
+
+    /// A committed sale came back: the order was cancelled before shipping
+    /// (on_hand up).
+    case `return` // = 5
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -261,6 +265,7 @@ public nonisolated struct Mart_Inventory_V1_StockMovement: Sendable {
       case 2: self = .reservation
       case 3: self = .release
       case 4: self = .commit
+      case 5: self = .return
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -272,6 +277,7 @@ public nonisolated struct Mart_Inventory_V1_StockMovement: Sendable {
       case .reservation: return 2
       case .release: return 3
       case .commit: return 4
+      case .return: return 5
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -283,6 +289,7 @@ public nonisolated struct Mart_Inventory_V1_StockMovement: Sendable {
       .reservation,
       .release,
       .commit,
+      .return,
     ]
 
   }
@@ -411,6 +418,9 @@ public nonisolated struct Mart_Inventory_V1_Reservation: Sendable {
 
     /// Turned into a sale.
     case committed // = 3
+
+    /// The sale was undone before shipping: its units are back in stock.
+    case returned // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -423,6 +433,7 @@ public nonisolated struct Mart_Inventory_V1_Reservation: Sendable {
       case 1: self = .active
       case 2: self = .released
       case 3: self = .committed
+      case 4: self = .returned
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -433,6 +444,7 @@ public nonisolated struct Mart_Inventory_V1_Reservation: Sendable {
       case .active: return 1
       case .released: return 2
       case .committed: return 3
+      case .returned: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -443,6 +455,7 @@ public nonisolated struct Mart_Inventory_V1_Reservation: Sendable {
       .active,
       .released,
       .committed,
+      .returned,
     ]
 
   }
@@ -727,6 +740,23 @@ public nonisolated struct Mart_Inventory_V1_CommitReservationRequest: Sendable {
   public init() {}
 }
 
+/// Request for ReturnReservation.
+public nonisolated struct Mart_Inventory_V1_ReturnReservationRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The order whose committed reservation goes back into stock.
+  public var orderID: String = String()
+
+  /// Why, for the audit trail, e.g. "order cancelled after payment".
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "mart.inventory.v1"
@@ -884,7 +914,7 @@ nonisolated extension Mart_Inventory_V1_StockMovement: SwiftProtobuf.Message, Sw
 }
 
 nonisolated extension Mart_Inventory_V1_StockMovement.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}ADJUSTMENT\0\u{1}RESERVATION\0\u{1}RELEASE\0\u{1}COMMIT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}ADJUSTMENT\0\u{1}RESERVATION\0\u{1}RELEASE\0\u{1}COMMIT\0\u{1}RETURN\0")
 }
 
 nonisolated extension Mart_Inventory_V1_ReservationLine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1025,7 +1055,7 @@ nonisolated extension Mart_Inventory_V1_Reservation: SwiftProtobuf.Message, Swif
 }
 
 nonisolated extension Mart_Inventory_V1_Reservation.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STATUS_UNSPECIFIED\0\u{1}ACTIVE\0\u{1}RELEASED\0\u{1}COMMITTED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STATUS_UNSPECIFIED\0\u{1}ACTIVE\0\u{1}RELEASED\0\u{1}COMMITTED\0\u{1}RETURNED\0")
 }
 
 nonisolated extension Mart_Inventory_V1_GetStockRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1535,6 +1565,41 @@ nonisolated extension Mart_Inventory_V1_CommitReservationRequest: SwiftProtobuf.
 
   public static func ==(lhs: Mart_Inventory_V1_CommitReservationRequest, rhs: Mart_Inventory_V1_CommitReservationRequest) -> Bool {
     if lhs.orderID != rhs.orderID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_Inventory_V1_ReturnReservationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReturnReservationRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}order_id\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.orderID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.orderID.isEmpty {
+      try visitor.visitSingularStringField(value: self.orderID, fieldNumber: 1)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_Inventory_V1_ReturnReservationRequest, rhs: Mart_Inventory_V1_ReturnReservationRequest) -> Bool {
+    if lhs.orderID != rhs.orderID {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

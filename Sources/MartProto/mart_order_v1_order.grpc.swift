@@ -176,8 +176,10 @@ extension Mart_Order_V1_OrderService {
     /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
     /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
     /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
-    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
-    /// > so and the payment service refunds it, which moves it to REFUNDED.
+    /// > (InventoryService.ReleaseReservation); if it was paid, its committed stock
+    /// > goes back on the shelf (InventoryService.ReturnReservation), OrderCancelled
+    /// > says it was paid, and the payment service refunds it, which moves it to
+    /// > REFUNDED.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
         /// Handle the "CreateOrder" method.
         ///
@@ -252,9 +254,11 @@ extension Mart_Order_V1_OrderService {
         /// > Source IDL Documentation:
         /// >
         /// > Cancels an order that has not shipped. Customer (own) or admin.
-        /// > Releases the stock reservation, and refunds the payment if the order was
-        /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-        /// > (INVALID_ORDER_STATUS) once shipped.
+        /// > Releases the stock reservation; a PAID order's stock goes back on the
+        /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+        /// > refund succeeds). Idempotent on a cancelled order. Errors:
+        /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+        /// > payment that just arrived is being committed (retry).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Order_V1_CancelOrderRequest` messages.
@@ -374,8 +378,10 @@ extension Mart_Order_V1_OrderService {
     /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
     /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
     /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
-    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
-    /// > so and the payment service refunds it, which moves it to REFUNDED.
+    /// > (InventoryService.ReleaseReservation); if it was paid, its committed stock
+    /// > goes back on the shelf (InventoryService.ReturnReservation), OrderCancelled
+    /// > says it was paid, and the payment service refunds it, which moves it to
+    /// > REFUNDED.
     public protocol ServiceProtocol: Mart_Order_V1_OrderService.StreamingServiceProtocol {
         /// Handle the "CreateOrder" method.
         ///
@@ -450,9 +456,11 @@ extension Mart_Order_V1_OrderService {
         /// > Source IDL Documentation:
         /// >
         /// > Cancels an order that has not shipped. Customer (own) or admin.
-        /// > Releases the stock reservation, and refunds the payment if the order was
-        /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-        /// > (INVALID_ORDER_STATUS) once shipped.
+        /// > Releases the stock reservation; a PAID order's stock goes back on the
+        /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+        /// > refund succeeds). Idempotent on a cancelled order. Errors:
+        /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+        /// > payment that just arrived is being committed (retry).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CancelOrderRequest` message.
@@ -570,8 +578,10 @@ extension Mart_Order_V1_OrderService {
     /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
     /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
     /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
-    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
-    /// > so and the payment service refunds it, which moves it to REFUNDED.
+    /// > (InventoryService.ReleaseReservation); if it was paid, its committed stock
+    /// > goes back on the shelf (InventoryService.ReturnReservation), OrderCancelled
+    /// > says it was paid, and the payment service refunds it, which moves it to
+    /// > REFUNDED.
     public protocol SimpleServiceProtocol: Mart_Order_V1_OrderService.ServiceProtocol {
         /// Handle the "CreateOrder" method.
         ///
@@ -646,9 +656,11 @@ extension Mart_Order_V1_OrderService {
         /// > Source IDL Documentation:
         /// >
         /// > Cancels an order that has not shipped. Customer (own) or admin.
-        /// > Releases the stock reservation, and refunds the payment if the order was
-        /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-        /// > (INVALID_ORDER_STATUS) once shipped.
+        /// > Releases the stock reservation; a PAID order's stock goes back on the
+        /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+        /// > refund succeeds). Idempotent on a cancelled order. Errors:
+        /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+        /// > payment that just arrived is being committed (retry).
         ///
         /// - Parameters:
         ///   - request: A `Mart_Order_V1_CancelOrderRequest` message.
@@ -1070,8 +1082,10 @@ extension Mart_Order_V1_OrderService {
     /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
     /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
     /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
-    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
-    /// > so and the payment service refunds it, which moves it to REFUNDED.
+    /// > (InventoryService.ReleaseReservation); if it was paid, its committed stock
+    /// > goes back on the shelf (InventoryService.ReturnReservation), OrderCancelled
+    /// > says it was paid, and the payment service refunds it, which moves it to
+    /// > REFUNDED.
     public protocol ClientProtocol: Sendable {
         /// Call the "CreateOrder" method.
         ///
@@ -1161,9 +1175,11 @@ extension Mart_Order_V1_OrderService {
         /// > Source IDL Documentation:
         /// >
         /// > Cancels an order that has not shipped. Customer (own) or admin.
-        /// > Releases the stock reservation, and refunds the payment if the order was
-        /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-        /// > (INVALID_ORDER_STATUS) once shipped.
+        /// > Releases the stock reservation; a PAID order's stock goes back on the
+        /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+        /// > refund succeeds). Idempotent on a cancelled order. Errors:
+        /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+        /// > payment that just arrived is being committed (retry).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CancelOrderRequest` message.
@@ -1306,8 +1322,10 @@ extension Mart_Order_V1_OrderService {
     /// > (InventoryService.CommitReservation): PAID. An admin ships it (SHIPPED) and
     /// > marks it delivered (DELIVERED). CancelOrder before shipping, or the payment
     /// > deadline passing unpaid, moves it to CANCELLED and releases the reservation
-    /// > (InventoryService.ReleaseReservation); if it was paid, OrderCancelled says
-    /// > so and the payment service refunds it, which moves it to REFUNDED.
+    /// > (InventoryService.ReleaseReservation); if it was paid, its committed stock
+    /// > goes back on the shelf (InventoryService.ReturnReservation), OrderCancelled
+    /// > says it was paid, and the payment service refunds it, which moves it to
+    /// > REFUNDED.
     public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
         private let client: GRPCCore.GRPCClient<Transport>
 
@@ -1440,9 +1458,11 @@ extension Mart_Order_V1_OrderService {
         /// > Source IDL Documentation:
         /// >
         /// > Cancels an order that has not shipped. Customer (own) or admin.
-        /// > Releases the stock reservation, and refunds the payment if the order was
-        /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-        /// > (INVALID_ORDER_STATUS) once shipped.
+        /// > Releases the stock reservation; a PAID order's stock goes back on the
+        /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+        /// > refund succeeds). Idempotent on a cancelled order. Errors:
+        /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+        /// > payment that just arrived is being committed (retry).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Order_V1_CancelOrderRequest` message.
@@ -1728,9 +1748,11 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Cancels an order that has not shipped. Customer (own) or admin.
-    /// > Releases the stock reservation, and refunds the payment if the order was
-    /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-    /// > (INVALID_ORDER_STATUS) once shipped.
+    /// > Releases the stock reservation; a PAID order's stock goes back on the
+    /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+    /// > refund succeeds). Idempotent on a cancelled order. Errors:
+    /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+    /// > payment that just arrived is being committed (retry).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Order_V1_CancelOrderRequest` message.
@@ -2002,9 +2024,11 @@ extension Mart_Order_V1_OrderService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Cancels an order that has not shipped. Customer (own) or admin.
-    /// > Releases the stock reservation, and refunds the payment if the order was
-    /// > paid. Idempotent on a cancelled order. Errors: FAILED_PRECONDITION
-    /// > (INVALID_ORDER_STATUS) once shipped.
+    /// > Releases the stock reservation; a PAID order's stock goes back on the
+    /// > shelf and its payment is refunded (CANCELLED, then REFUNDED once the
+    /// > refund succeeds). Idempotent on a cancelled order. Errors:
+    /// > FAILED_PRECONDITION (INVALID_ORDER_STATUS) once shipped; ABORTED while a
+    /// > payment that just arrived is being committed (retry).
     ///
     /// - Parameters:
     ///   - message: request message to send.

@@ -103,9 +103,13 @@ extension OrderChange {
     let ownPayment = order.paymentID == paymentID
     if full {
       let now = Date()
-      let becomesRefunded = ownPayment && [.paid, .shipped, .delivered].contains(order.status)
+      // A paid order cancelled before shipping is REFUNDED too; an order cancelled before it was
+      // paid stays CANCELLED (the refunded money was never the order's), and its refund time and
+      // timeline say the rest.
+      let wasPaid = order.paidAt != nil
+      let becomesRefunded =
+        ownPayment && ([.paid, .shipped, .delivered].contains(order.status) || (order.status == .cancelled && wasPaid))
       try await update {
-        // A cancelled order stays CANCELLED (final); its refund time and timeline say the rest.
         if becomesRefunded { $0.status = .refunded }
         if ownPayment || $0.status == .cancelled { $0.refundedAt = now }
       }

@@ -187,6 +187,7 @@ enum SagaStepKind: String, PostgresTextEnum, CaseIterable {
   case reserveStock = "reserve_stock"
   case commitStock = "commit_stock"
   case releaseStock = "release_stock"
+  case returnStock = "return_stock"
   case paymentDeadline = "payment_deadline"
 }
 

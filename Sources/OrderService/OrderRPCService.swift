@@ -254,7 +254,14 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
           reason: caller.isAdmin && change.order.userID != actorID ? .adminRequest : .customerRequest,
           note: note.isEmpty ? nil : note, actor: .user(actorID), releaseStock: true)
         return change.order.proto
-      case .paid, .shipped, .delivered, .refunded:
+      case .paid:
+        // Not shipped yet: its stock goes back on the shelf and the payment service refunds it
+        // (OrderCancelled says it was paid); REFUNDED once the refund succeeds.
+        try await change.cancel(
+          reason: caller.isAdmin && change.order.userID != actorID ? .adminRequest : .customerRequest,
+          note: note.isEmpty ? nil : note, actor: .user(actorID), releaseStock: false, returnStock: true)
+        return change.order.proto
+      case .shipped, .delivered, .refunded:
         throw Self.invalidStatus(change.order, "cancel")
       }
     }

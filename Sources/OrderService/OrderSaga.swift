@@ -87,6 +87,7 @@ public struct OrderSaga: Service {
       case .reserveStock: try await reserveStock(step)
       case .commitStock: try await commitStock(step)
       case .releaseStock: try await releaseStock(step)
+      case .returnStock: try await returnStock(step)
       case .paymentDeadline: try await paymentDeadlinePassed(step)
       }
       Counter(label: "mart_order_saga_steps_total", dimensions: [("kind", step.kind.rawValue)]).increment()
@@ -237,6 +238,27 @@ public struct OrderSaga: Service {
     }
   }
 
+  /// Puts a cancelled paid order's committed stock back on the shelf. Nothing committed
+  /// (NOT_FOUND) is done too.
+  func returnStock(_ step: SagaStepRecord) async throws {
+    let orderID = step.orderID
+    let returned: Bool
+    do {
+      _ = try await inventory.returnReservation(
+        .with {
+          $0.orderID = orderID.lowercasedString
+          $0.reason = "order cancelled after payment"
+        }, options: callOptions)
+      returned = true
+    } catch let error as RPCError where error.code == .notFound {
+      returned = false
+    }
+    try await store.change(orderID) { change in
+      try await change.complete(step)
+      if returned { try await change.note(.stockReleased, "Stock returned to the shelf", actor: .system) }
+    }
+  }
+
   /// The payment deadline: an order still unpaid is cancelled (PAYMENT_TIMEOUT) and its stock
   /// released. A payment received in time (even if its stock is still being committed) stands.
   func paymentDeadlinePassed(_ step: SagaStepRecord) async throws {
@@ -278,7 +300,9 @@ extension OrderChange {
   /// Cancels the order: CANCELLED with its reason, the timeline entry, OrderCancelled (saying
   /// whether it was paid, so that the payment service refunds), no more payment deadline, and
   /// the reservation released if there may be one.
-  mutating func cancel(reason: CancelReason, note: String?, actor: Actor, releaseStock: Bool) async throws {
+  mutating func cancel(
+    reason: CancelReason, note: String?, actor: Actor, releaseStock: Bool, returnStock: Bool = false
+  ) async throws {
     let now = Date()
     try await update {
       $0.status = .cancelled
@@ -291,6 +315,7 @@ extension OrderChange {
     try await finish(.paymentDeadline)
     try await finish(.commitStock)
     if releaseStock { try await schedule(.releaseStock) }
+    if returnStock { try await schedule(.returnStock) }
     try await publish(
       Mart_Order_V1_OrderCancelled.with {
         $0.orderID = order.id.lowercasedString

@@ -26,6 +26,8 @@ public enum OrderServiceModule {
         Migration(version: 3, name: "saga", embedded: PackageResources._003_saga_sql),
         Migration(
           version: 4, name: "saga_step_generation", embedded: PackageResources._004_saga_step_generation_sql),
+        Migration(
+          version: 5, name: "cancel_after_payment", embedded: PackageResources._005_cancel_after_payment_sql),
       ],
       makeRPCServices: { context in
         [

@@ -299,6 +299,44 @@ import UserService
     }
   }
 
+  /// A paid order cancelled before shipping: its committed units go back on hand, once.
+  @Test func aReturnPutsACommittedSaleBackOnTheShelf() async throws {
+    try await InventoryHarness.run("inventory_return") { service in
+      let product = try await service.product(onHand: 10)
+      let sold = UUID().uuidString
+      _ = try await service.reserve(sold, [(product, 4)])
+      _ = try await service.commit(sold)
+      #expect(try await service.stock(product).onHand == 6)
+      let returned = try await service.client.returnReservation(
+        .with {
+          $0.orderID = sold
+          $0.reason = "order cancelled after payment"
+        }, metadata: service.orders)
+      #expect(returned.status == .returned)
+      let stock = try await service.stock(product)
+      #expect(stock.onHand == 10)
+      #expect(stock.reserved == 0)
+      // Again: nothing more comes back.
+      let again = try await service.client.returnReservation(.with { $0.orderID = sold }, metadata: service.orders)
+      #expect(again.status == .returned)
+      #expect(try await service.stock(product).onHand == 10)
+      #expect(
+        try await service.movements(product).movements.map(\.kind) == [.return, .commit, .reservation, .adjustment])
+      // Only a sale can be returned; a customer cannot call it at all.
+      let active = UUID().uuidString
+      _ = try await service.reserve(active, [(product, 1)])
+      let notSold = await rpcError {
+        _ = try await service.client.returnReservation(.with { $0.orderID = active }, metadata: service.orders)
+      }
+      #expect(notSold?.code == .failedPrecondition)
+      #expect(notSold?.reason == "RESERVATION_NOT_ACTIVE")
+      let byAdmin = await rpcError {
+        _ = try await service.client.returnReservation(.with { $0.orderID = sold }, metadata: service.admin)
+      }
+      #expect(byAdmin?.code == .permissionDenied)
+    }
+  }
+
   @Test func commitSellsAndReleaseGivesBack() async throws {
     try await InventoryHarness.run("inventory_commit") { service in
       let product = try await service.product(onHand: 10)

@@ -223,6 +223,41 @@ import Testing
     }
   }
 
+  /// A paid order cancelled before it ships: its stock goes back on the shelf, the payment
+  /// service refunds it by itself, and the order ends REFUNDED.
+  @Test func cancellingAPaidOrderReturnsItsStockAndRefundsIt() async throws {
+    try await OrderHarness.run("pay_cancel_paid", payments: Self.sandbox) { mart in
+      let payments = try #require(mart.payments)
+      let order = try await Self.awaitingOrder(mart, sku: "PAY-CANCEL", onHand: 10)
+      let paid = try await Self.pay(mart, order, outcome: .succeed)
+      #expect(try await mart.waitFor(order.id, .paid) == .paid)
+      let productID = order.lines[0].productID
+      #expect(try await mart.stock(productID).onHand == 8)
+
+      let cancelled = try await mart.orders.cancelOrder(
+        .with {
+          $0.orderID = order.id
+          $0.note = "changed my mind"
+        }, metadata: mart.customer)
+      #expect(cancelled.status == .cancelled)
+      #expect(try await mart.waitFor(order.id, .refunded) == .refunded)
+      let payment = try await payments.getPayment(.with { $0.paymentID = paid.payment.id }, metadata: mart.customer)
+      #expect(payment.status == .refunded)
+      #expect(payment.refunds.count == 1)
+      #expect(payment.refunds.first?.actorUserID == "")
+      let restocked = await eventually { try await mart.stock(productID).onHand == 10 }
+      #expect(restocked)
+      let kinds = try await mart.timelineKinds(order.id)
+      #expect(kinds.contains(.cancelled))
+      #expect(kinds.contains(.refunded))
+      // Final: a shipped or refunded order cannot be cancelled.
+      let again = await rpcError {
+        _ = try await mart.orders.cancelOrder(.with { $0.orderID = order.id }, metadata: mart.customer)
+      }
+      #expect(again?.code == .failedPrecondition)
+    }
+  }
+
   /// Two successes racing for one order (two webhooks, two providers): one capture; the other
   /// payment is recorded as a surplus and refunded by itself. Run several times.
   @Test func concurrentSuccessesCaptureOnceAndRefundTheSurplus() async throws {

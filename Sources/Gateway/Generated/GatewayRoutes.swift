@@ -1073,8 +1073,8 @@ extension GatewayRouteTable {
     ),
     "mart.inventory.v1.StockMovement.Kind": EnumSchema(
       fullName: "mart.inventory.v1.StockMovement.Kind",
-      values: ["KIND_UNSPECIFIED", "ADJUSTMENT", "RESERVATION", "RELEASE", "COMMIT"],
-      numbers: [0, 1, 2, 3, 4]
+      values: ["KIND_UNSPECIFIED", "ADJUSTMENT", "RESERVATION", "RELEASE", "COMMIT", "RETURN"],
+      numbers: [0, 1, 2, 3, 4, 5]
     ),
     "mart.notification.v1.Channel": EnumSchema(
       fullName: "mart.notification.v1.Channel",
