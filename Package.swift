@@ -350,6 +350,16 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
       ],
       path: "Benchmarks/Reservations", swiftSettings: strictSwift),
+    // `make bench-orders`: orders placed -> PAID per second through the JSON edge (sandbox payments).
+    .executableTarget(
+      name: "OrderFlowBenchmark",
+      dependencies: [
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOFoundationCompat", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ],
+      path: "Benchmarks/OrderFlow", swiftSettings: strictSwift),
     .executableTarget(
       name: "EventBackboneBenchmark", dependencies: testDependencies + ["Kafka"], path: "Benchmarks/EventBackbone",
       swiftSettings: strictSwift),
