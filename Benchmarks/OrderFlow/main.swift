@@ -92,22 +92,22 @@ struct Customer: Sendable {
     guard placedStatus == 200, let orderID = placed["id"] as? String else {
       throw Failure(description: "create_order \(placedStatus)")
     }
-    // Watch the order's status stream; pay when it awaits payment; done when it is PAID.
-    var request = HTTPClientRequest(url: base + "/v1/orders/\(orderID):watch")
-    request.headers.add(name: "Authorization", value: "Bearer \(token)")
-    request.headers.add(name: "Accept", value: "application/x-ndjson")
-    let response = try await client.execute(request, timeout: .seconds(60))
-    guard response.status == .ok else { throw Failure(description: "watch_order \(response.status.code)") }
-    var buffer = ByteBuffer()
-    for try await var chunk in response.body {
-      buffer.writeBuffer(&chunk)
-      while let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-        let length = newline - buffer.readerIndex
-        guard let line = buffer.readData(length: length) else { break }
-        buffer.moveReaderIndex(forwardBy: 1)
-        let event = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] ?? [:]
-        if event["error"] != nil { throw Failure(description: "watch_order stream error") }
-        switch event["status"] as? String {
+    // Watch the order's status stream (in a child task, cancelled once the order is PAID, which
+    // closes the request: a stream left open would hold its upstream call); pay when the order
+    // awaits payment.
+    let (statuses, feed) = AsyncThrowingStream.makeStream(of: String.self)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask {
+        do {
+          try await watch(orderID, into: feed)
+          feed.finish()
+        } catch {
+          feed.finish(throwing: error)
+        }
+      }
+      defer { group.cancelAll() }
+      for try await status in statuses {
+        switch status {
         case "AWAITING_PAYMENT":
           let (paidStatus, payment) = try await timed("create_payment") {
             try await Self.call(
@@ -125,8 +125,30 @@ struct Customer: Sendable {
           break
         }
       }
+      throw Failure(description: "watch_order ended before PAID")
     }
-    throw Failure(description: "watch_order ended before PAID")
+  }
+
+  /// The order's statuses as its NDJSON stream sends them (empty keep-alive lines skipped).
+  func watch(_ orderID: String, into feed: AsyncThrowingStream<String, any Error>.Continuation) async throws {
+    var request = HTTPClientRequest(url: base + "/v1/orders/\(orderID):watch")
+    request.headers.add(name: "Authorization", value: "Bearer \(token)")
+    request.headers.add(name: "Accept", value: "application/x-ndjson")
+    let response = try await client.execute(request, timeout: .seconds(60))
+    guard response.status == .ok else { throw Failure(description: "watch_order \(response.status.code)") }
+    var buffer = ByteBuffer()
+    for try await var chunk in response.body {
+      buffer.writeBuffer(&chunk)
+      while let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+        let length = newline - buffer.readerIndex
+        guard let line = buffer.readData(length: length) else { break }
+        buffer.moveReaderIndex(forwardBy: 1)
+        guard !line.isEmpty else { continue }
+        let event = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] ?? [:]
+        if event["error"] != nil { throw Failure(description: "watch_order stream error") }
+        if let status = event["status"] as? String { feed.yield(status) }
+      }
+    }
   }
 
   func timed<T>(_ kind: String, _ body: () async throws -> T) async throws -> T {

@@ -10,9 +10,11 @@ import Synchronization
 /// ordinary error response (404, 401…) with its `google.rpc.Status` body. Once the stream has
 /// started, an error ends it with a last event carrying the status (`event: error` in SSE, an
 /// `{"error": …}` line in NDJSON). In SSE each message is `data:` (its proto3 JSON, one line) with
-/// `id:` its `eventId` when it has one, so that a reconnect's `Last-Event-ID` resumes after it; a
-/// comment line goes out every `heartbeat` while nothing else does. A client that goes away ends
-/// the upstream call.
+/// `id:` its `eventId` when it has one, so that a reconnect's `Last-Event-ID` resumes after it.
+/// Every `heartbeat` while nothing else goes out, a keep-alive does: a comment line in SSE, an empty
+/// line in NDJSON (which readers skip). It keeps proxies from closing an idle stream, and it is how
+/// a client that went away is noticed: the write fails and the upstream call ends. Without it, a
+/// stream abandoned while its order sat PAID held its upstream call open until the order shipped.
 enum StreamingResponse {
   /// Runs the upstream call, handing each message (proto3 JSON) to its argument.
   typealias Call = @Sendable (_ each: @escaping @Sendable ([UInt8]) async throws -> Void) async throws -> Void
@@ -103,7 +105,6 @@ enum StreamingResponse {
     if let buffering = HTTPField.Name("X-Accel-Buffering") { headers[buffering] = "no" }
     let body = ResponseBody { writer in
       let beats = Task {
-        guard format == .serverSentEvents else { return }
         while !Task.isCancelled {
           try? await Task.sleep(for: heartbeat)
           if Task.isCancelled { return }
@@ -119,7 +120,7 @@ enum StreamingResponse {
         case .message(let json):
           try await writer.write(ByteBuffer(bytes: encode(json, format: format)))
         case .heartbeat:
-          try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+          try await writer.write(ByteBuffer(string: format == .serverSentEvents ? ": keep-alive\n\n" : "\n"))
         case .failed(let error):
           try await writer.write(ByteBuffer(bytes: encode(error: error, format: format)))
           try await writer.finish(nil)

@@ -28,10 +28,20 @@ public struct GRPCServerService<Transport: ServerTransport>: Service {
 
 extension HTTP2ServerTransport.Posix {
   /// Plaintext HTTP/2 on `host:port` (port 0 picks a free port; see `listeningAddress`).
+  ///
+  /// A caller (the gateway above all) multiplexes every call on one connection, and server-streaming
+  /// calls such as WatchOrder stay open for minutes. Left unset, HTTP/2's concurrent-stream limit is
+  /// swift-nio-http2's 100, so a hundred open streams made every further call on the connection
+  /// wait (measured: CreateOrder timing out behind 100 order watchers). The limit is raised well
+  /// past what a connection carries; the gateway's rate limits bound what a client can open.
+  public static let maximumConcurrentStreams = 16_384
+
   public static func mart(host: String, port: Int) -> HTTP2ServerTransport.Posix {
-    .http2NIOPosix(
+    var config = HTTP2ServerTransport.Posix.Config.defaults
+    config.http2.maxConcurrentStreams = maximumConcurrentStreams
+    return .http2NIOPosix(
       address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
-      transportSecurity: .plaintext)
+      transportSecurity: .plaintext, config: config)
   }
 }
 
