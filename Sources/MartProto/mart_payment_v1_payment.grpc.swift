@@ -210,7 +210,9 @@ extension Mart_Payment_V1_PaymentService {
         /// >
         /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
         /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+        /// > is left, a payment that took no money, or a PayFast payment, which is
+        /// > refunded from PayFast's dashboard).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Payment_V1_RefundPaymentRequest` messages.
@@ -229,9 +231,11 @@ extension Mart_Payment_V1_PaymentService {
         /// > Source IDL Documentation:
         /// >
         /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-        /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-        /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-        /// > (Stripe retries anything but 2xx).
+        /// > header, checked against the raw body before it is parsed. Errors:
+        /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+        /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+        /// > about the event; it delivers it again). Unknown or duplicate events
+        /// > succeed (Stripe retries anything but 2xx).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Payment_V1_StripeWebhookRequest` messages.
@@ -252,7 +256,10 @@ extension Mart_Payment_V1_PaymentService {
         /// > PayFast ITN (instant transaction notification) endpoint. Public;
         /// > authenticated by the `signature` form field (MD5 over the other fields
         /// > plus passphrase), the source address and a server-to-server validation
-        /// > call to PayFast. Must answer 200 quickly.
+        /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+        /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+        /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+        /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Payment_V1_PayfastWebhookRequest` messages.
@@ -350,7 +357,9 @@ extension Mart_Payment_V1_PaymentService {
         /// >
         /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
         /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+        /// > is left, a payment that took no money, or a PayFast payment, which is
+        /// > refunded from PayFast's dashboard).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_RefundPaymentRequest` message.
@@ -369,9 +378,11 @@ extension Mart_Payment_V1_PaymentService {
         /// > Source IDL Documentation:
         /// >
         /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-        /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-        /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-        /// > (Stripe retries anything but 2xx).
+        /// > header, checked against the raw body before it is parsed. Errors:
+        /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+        /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+        /// > about the event; it delivers it again). Unknown or duplicate events
+        /// > succeed (Stripe retries anything but 2xx).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_StripeWebhookRequest` message.
@@ -392,7 +403,10 @@ extension Mart_Payment_V1_PaymentService {
         /// > PayFast ITN (instant transaction notification) endpoint. Public;
         /// > authenticated by the `signature` form field (MD5 over the other fields
         /// > plus passphrase), the source address and a server-to-server validation
-        /// > call to PayFast. Must answer 200 quickly.
+        /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+        /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+        /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+        /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_PayfastWebhookRequest` message.
@@ -488,7 +502,9 @@ extension Mart_Payment_V1_PaymentService {
         /// >
         /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
         /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+        /// > is left, a payment that took no money, or a PayFast payment, which is
+        /// > refunded from PayFast's dashboard).
         ///
         /// - Parameters:
         ///   - request: A `Mart_Payment_V1_RefundPaymentRequest` message.
@@ -507,9 +523,11 @@ extension Mart_Payment_V1_PaymentService {
         /// > Source IDL Documentation:
         /// >
         /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-        /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-        /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-        /// > (Stripe retries anything but 2xx).
+        /// > header, checked against the raw body before it is parsed. Errors:
+        /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+        /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+        /// > about the event; it delivers it again). Unknown or duplicate events
+        /// > succeed (Stripe retries anything but 2xx).
         ///
         /// - Parameters:
         ///   - request: A `Mart_Payment_V1_StripeWebhookRequest` message.
@@ -530,7 +548,10 @@ extension Mart_Payment_V1_PaymentService {
         /// > PayFast ITN (instant transaction notification) endpoint. Public;
         /// > authenticated by the `signature` form field (MD5 over the other fields
         /// > plus passphrase), the source address and a server-to-server validation
-        /// > call to PayFast. Must answer 200 quickly.
+        /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+        /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+        /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+        /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
         ///
         /// - Parameters:
         ///   - request: A `Mart_Payment_V1_PayfastWebhookRequest` message.
@@ -870,7 +891,9 @@ extension Mart_Payment_V1_PaymentService {
         /// >
         /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
         /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+        /// > is left, a payment that took no money, or a PayFast payment, which is
+        /// > refunded from PayFast's dashboard).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_RefundPaymentRequest` message.
@@ -894,9 +917,11 @@ extension Mart_Payment_V1_PaymentService {
         /// > Source IDL Documentation:
         /// >
         /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-        /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-        /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-        /// > (Stripe retries anything but 2xx).
+        /// > header, checked against the raw body before it is parsed. Errors:
+        /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+        /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+        /// > about the event; it delivers it again). Unknown or duplicate events
+        /// > succeed (Stripe retries anything but 2xx).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_StripeWebhookRequest` message.
@@ -922,7 +947,10 @@ extension Mart_Payment_V1_PaymentService {
         /// > PayFast ITN (instant transaction notification) endpoint. Public;
         /// > authenticated by the `signature` form field (MD5 over the other fields
         /// > plus passphrase), the source address and a server-to-server validation
-        /// > call to PayFast. Must answer 200 quickly.
+        /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+        /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+        /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+        /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_PayfastWebhookRequest` message.
@@ -1081,7 +1109,9 @@ extension Mart_Payment_V1_PaymentService {
         /// >
         /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
         /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+        /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+        /// > is left, a payment that took no money, or a PayFast payment, which is
+        /// > refunded from PayFast's dashboard).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_RefundPaymentRequest` message.
@@ -1116,9 +1146,11 @@ extension Mart_Payment_V1_PaymentService {
         /// > Source IDL Documentation:
         /// >
         /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-        /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-        /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-        /// > (Stripe retries anything but 2xx).
+        /// > header, checked against the raw body before it is parsed. Errors:
+        /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+        /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+        /// > about the event; it delivers it again). Unknown or duplicate events
+        /// > succeed (Stripe retries anything but 2xx).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_StripeWebhookRequest` message.
@@ -1155,7 +1187,10 @@ extension Mart_Payment_V1_PaymentService {
         /// > PayFast ITN (instant transaction notification) endpoint. Public;
         /// > authenticated by the `signature` form field (MD5 over the other fields
         /// > plus passphrase), the source address and a server-to-server validation
-        /// > call to PayFast. Must answer 200 quickly.
+        /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+        /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+        /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+        /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Payment_V1_PayfastWebhookRequest` message.
@@ -1287,7 +1322,9 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// >
     /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
     /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-    /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+    /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+    /// > is left, a payment that took no money, or a PayFast payment, which is
+    /// > refunded from PayFast's dashboard).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Payment_V1_RefundPaymentRequest` message.
@@ -1317,9 +1354,11 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-    /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-    /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-    /// > (Stripe retries anything but 2xx).
+    /// > header, checked against the raw body before it is parsed. Errors:
+    /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+    /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+    /// > about the event; it delivers it again). Unknown or duplicate events
+    /// > succeed (Stripe retries anything but 2xx).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Payment_V1_StripeWebhookRequest` message.
@@ -1351,7 +1390,10 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// > PayFast ITN (instant transaction notification) endpoint. Public;
     /// > authenticated by the `signature` form field (MD5 over the other fields
     /// > plus passphrase), the source address and a server-to-server validation
-    /// > call to PayFast. Must answer 200 quickly.
+    /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+    /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+    /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+    /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Payment_V1_PayfastWebhookRequest` message.
@@ -1489,7 +1531,9 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// >
     /// > Refunds a succeeded payment, fully or partly. Admin (the payment service
     /// > also refunds by itself on OrderCancelled for paid orders). Idempotent by
-    /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED).
+    /// > `request_id`. Errors: FAILED_PRECONDITION (REFUND_NOT_ALLOWED: more than
+    /// > is left, a payment that took no money, or a PayFast payment, which is
+    /// > refunded from PayFast's dashboard).
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1523,9 +1567,11 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Stripe webhook endpoint. Public; authenticated by the Stripe-Signature
-    /// > header, checked against the raw body. Errors: UNAUTHENTICATED
-    /// > (INVALID_WEBHOOK_SIGNATURE). Unknown or duplicate events succeed
-    /// > (Stripe retries anything but 2xx).
+    /// > header, checked against the raw body before it is parsed. Errors:
+    /// > INVALID_ARGUMENT (INVALID_WEBHOOK_SIGNATURE: a bad signature or a
+    /// > timestamp outside the tolerance), UNAVAILABLE (Stripe could not be asked
+    /// > about the event; it delivers it again). Unknown or duplicate events
+    /// > succeed (Stripe retries anything but 2xx).
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1561,7 +1607,10 @@ extension Mart_Payment_V1_PaymentService.ClientProtocol {
     /// > PayFast ITN (instant transaction notification) endpoint. Public;
     /// > authenticated by the `signature` form field (MD5 over the other fields
     /// > plus passphrase), the source address and a server-to-server validation
-    /// > call to PayFast. Must answer 200 quickly.
+    /// > call to PayFast. Must answer 200 quickly. Errors: INVALID_ARGUMENT
+    /// > (INVALID_WEBHOOK_SIGNATURE: bad signature, another merchant or amount,
+    /// > not confirmed by PayFast), PERMISSION_DENIED (from outside PayFast's
+    /// > addresses), UNAVAILABLE (PayFast could not confirm it; it retries).
     ///
     /// - Parameters:
     ///   - message: request message to send.

@@ -240,6 +240,12 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
       throw APIStatus.invalid("amount.currency_code", "must be the payment's currency, \(payment.currency)")
     }
     _ = try calls.client(payment.provider)
+    guard payment.provider != .payfast else {
+      throw APIStatus.status(
+        .failedPrecondition,
+        "PayFast payments are refunded from the PayFast merchant dashboard: this mart holds no PayFast API credentials",
+        reason: "REFUND_NOT_ALLOWED", metadata: ["provider": payment.provider.rawValue])
+    }
     switch try await store.requestRefund(
       of: paymentID, amountMinor: request.hasAmount ? request.amount.amountMinor : nil,
       reason: reason.isEmpty ? nil : reason, actorUserID: actorID, requestID: key)

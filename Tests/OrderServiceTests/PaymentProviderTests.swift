@@ -357,6 +357,12 @@ import Testing
         #expect(asked.allSatisfy { !$0.contains("passphrase") })
         let received = try await mart.timelineKinds(order.id).filter { $0 == .paymentReceived }
         #expect(received.count == 1)
+        // PayFast's refunds are made in its dashboard; the mart says so rather than pretending.
+        let refund = await rpcError {
+          _ = try await payments.refundPayment(.with { $0.paymentID = payment.id }, metadata: mart.admin)
+        }
+        #expect(refund?.code == .failedPrecondition)
+        #expect(reason(refund) == "REFUND_NOT_ALLOWED")
       }
     }
   }
