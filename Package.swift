@@ -322,7 +322,6 @@ let package = Package(
       dependencies: testDependencies + [
         "Gateway", "UserService", "ProductService", "InventoryService", "OrderService", "PaymentService",
         .product(name: "Crypto", package: "swift-crypto"),
-        .product(name: "AsyncHTTPClient", package: "async-http-client"),
       ],
       swiftSettings: strictSwift),
     .testTarget(

@@ -85,27 +85,6 @@ public struct OrderSettings: Sendable {
 
 // MARK: Stored enums
 
-public enum PaymentProvider: String, PostgresTextEnum {
-  case sandbox, stripe, payfast
-
-  var proto: Mart_Common_V1_PaymentProvider {
-    switch self {
-    case .sandbox: .sandbox
-    case .stripe: .stripe
-    case .payfast: .payfast
-    }
-  }
-
-  init?(_ proto: Mart_Common_V1_PaymentProvider) {
-    switch proto {
-    case .sandbox: self = .sandbox
-    case .stripe: self = .stripe
-    case .payfast: self = .payfast
-    case .unspecified, .UNRECOGNIZED: return nil
-    }
-  }
-}
-
 enum OrderStatus: String, PostgresTextEnum, CaseIterable {
   case pending
   case awaitingPayment = "awaiting_payment"

@@ -212,17 +212,10 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
 
   /// The order if the caller may see it: their own, or any for an admin or a service.
   private func visibleOrder(_ id: UUID) async throws -> OrderRecord {
-    guard let order = try await store.order(id, ownerID: try Self.ownerScope()) else {
+    guard let order = try await store.order(id, ownerID: try Caller.ownerScope()) else {
       throw APIStatus.notFound("order \(id.lowercasedString) not found")
     }
     return order
-  }
-
-  /// Whose orders the caller may see: nil for all (admins, services), else their own id.
-  static func ownerScope() throws -> UUID? {
-    let caller = try Caller.required()
-    if caller.isAdmin || caller.isService { return nil }
-    return try Caller.requiredUserID()
   }
 
   // MARK: Changing

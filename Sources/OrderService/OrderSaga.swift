@@ -220,42 +220,43 @@ public struct OrderSaga: Service {
   /// Gives the reservation back (the order was cancelled before it shipped). Nothing reserved
   /// (NOT_FOUND) is done too.
   func releaseStock(_ step: SagaStepRecord) async throws {
-    let orderID = step.orderID
-    let released: Bool
-    do {
+    try await compensate(step, note: "Stock released") { orderID in
       _ = try await inventory.releaseReservation(
         .with {
-          $0.orderID = orderID.lowercasedString
+          $0.orderID = orderID
           $0.reason = "order cancelled"
         }, options: callOptions)
-      released = true
-    } catch let error as RPCError where error.code == .notFound {
-      released = false
-    }
-    try await store.change(orderID) { change in
-      try await change.complete(step)
-      if released { try await change.note(.stockReleased, "Stock released", actor: .system) }
     }
   }
 
   /// Puts a cancelled paid order's committed stock back on the shelf. Nothing committed
   /// (NOT_FOUND) is done too.
   func returnStock(_ step: SagaStepRecord) async throws {
-    let orderID = step.orderID
-    let returned: Bool
-    do {
+    try await compensate(step, note: "Stock returned to the shelf") { orderID in
       _ = try await inventory.returnReservation(
         .with {
-          $0.orderID = orderID.lowercasedString
+          $0.orderID = orderID
           $0.reason = "order cancelled after payment"
         }, options: callOptions)
-      returned = true
+    }
+  }
+
+  /// A stock compensation: the inventory call (idempotent by order id), then the step done and,
+  /// if the inventory had something to give back, the timeline entry.
+  private func compensate(
+    _ step: SagaStepRecord, note: String, _ call: (_ orderID: String) async throws -> Void
+  ) async throws {
+    let orderID = step.orderID
+    let changed: Bool
+    do {
+      try await call(orderID.lowercasedString)
+      changed = true
     } catch let error as RPCError where error.code == .notFound {
-      returned = false
+      changed = false
     }
     try await store.change(orderID) { change in
       try await change.complete(step)
-      if returned { try await change.note(.stockReleased, "Stock returned to the shelf", actor: .system) }
+      if changed { try await change.note(.stockReleased, note, actor: .system) }
     }
   }
 

@@ -209,27 +209,6 @@ enum ReturnURL {
 
 // MARK: Statuses
 
-enum PaymentProviderKind: String, PostgresTextEnum, CaseIterable {
-  case sandbox, stripe, payfast
-
-  var proto: Mart_Common_V1_PaymentProvider {
-    switch self {
-    case .sandbox: .sandbox
-    case .stripe: .stripe
-    case .payfast: .payfast
-    }
-  }
-
-  init?(_ proto: Mart_Common_V1_PaymentProvider) {
-    switch proto {
-    case .sandbox: self = .sandbox
-    case .stripe: self = .stripe
-    case .payfast: self = .payfast
-    case .unspecified, .UNRECOGNIZED: return nil
-    }
-  }
-}
-
 enum PaymentStatus: String, PostgresTextEnum, CaseIterable {
   case pending, processing, succeeded, failed, cancelled
   case partiallyRefunded = "partially_refunded"
@@ -319,7 +298,7 @@ struct PaymentRecord: Sendable {
   var id: UUID
   var orderID: UUID
   var userID: UUID
-  var provider: PaymentProviderKind
+  var provider: PaymentProvider
   var providerPaymentID: String?
   var status: PaymentStatus
   var amountMinor: Int64
@@ -348,7 +327,7 @@ struct PaymentRecord: Sendable {
     """
 
   typealias Row = (
-    UUID, UUID, UUID, PaymentProviderKind, String?, PaymentStatus, Int64, String, Int64,
+    UUID, UUID, UUID, PaymentProvider, String?, PaymentStatus, Int64, String, Int64,
     String?, String?, String?, String?, String?, Date, Date, Date?,
     String?, Date?, Bool, Int32, Int64
   )

@@ -28,9 +28,9 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     let userID = try Caller.requiredUserID()
     var validation = RequestValidation()
     let orderID = validation.uuid(request.orderID, field: "order_id")
-    var provider: PaymentProviderKind?
+    var provider: PaymentProvider?
     if request.provider != .unspecified {
-      provider = PaymentProviderKind(request.provider)
+      provider = PaymentProvider(request.provider)
       if provider == nil { validation.add("provider", "is not a known payment provider") }
     }
     let returnURL = checkedURL(request.returnURL, field: "return_url", into: &validation)
@@ -52,7 +52,7 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     guard order.userID == userID.lowercasedString else {
       throw APIStatus.notFound("order \(orderID.lowercasedString) not found")
     }
-    let kind = provider ?? PaymentProviderKind(order.paymentProvider) ?? .sandbox
+    let kind = provider ?? PaymentProvider(order.paymentProvider) ?? .sandbox
     _ = try calls.client(kind)
     try Self.check(order, for: kind)
     let checkout = Checkout(
@@ -128,7 +128,7 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
   }
 
   /// Whether the order can be paid with this provider now.
-  static func check(_ order: Mart_Order_V1_Order, for kind: PaymentProviderKind) throws {
+  static func check(_ order: Mart_Order_V1_Order, for kind: PaymentProvider) throws {
     switch order.status {
     case .awaitingPayment:
       break
@@ -184,7 +184,7 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     request: Mart_Payment_V1_GetPaymentRequest, context: ServerContext
   ) async throws -> Mart_Payment_V1_Payment {
     let id = try RequestValidation.requiredUUID(request.paymentID, field: "payment_id")
-    guard let payment = try await store.payment(id, ownerID: try Self.ownerScope()) else {
+    guard let payment = try await store.payment(id, ownerID: try Caller.ownerScope()) else {
       throw APIStatus.notFound("payment \(id.lowercasedString) not found")
     }
     return payment.proto
@@ -198,7 +198,7 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     let limit = validation.pageSize(request.pageSize, default: Self.defaultPageSize, maximum: Self.maximumPageSize)
     try validation.check()
     guard let orderID else { throw APIStatus.invalid("order_id", "must be a UUID") }
-    let owner = try Self.ownerScope()
+    let owner = try Caller.ownerScope()
     let fingerprint = PageTokenCodec.fingerprint(["payments", orderID.lowercasedString, owner?.lowercasedString ?? ""])
     let after = try PageTokenCodec.decode(request.pageToken, as: PaymentCursor.self, fingerprint: fingerprint)
     let page = PageTokenCodec.page(
@@ -209,13 +209,6 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
       $0.payments = page.rows.map(\.proto)
       $0.nextPageToken = page.nextPageToken
     }
-  }
-
-  /// Whose payments the caller may see: nil for all (admins, services), else their own id.
-  static func ownerScope() throws -> UUID? {
-    let caller = try Caller.required()
-    if caller.isAdmin || caller.isService { return nil }
-    return try Caller.requiredUserID()
   }
 
   // MARK: Refunding

@@ -43,13 +43,13 @@ struct PaymentStore: Sendable {
     return payment
   }
 
-  func payment(provider: PaymentProviderKind, providerPaymentID: String) async throws -> PaymentRecord? {
+  func payment(provider: PaymentProvider, providerPaymentID: String) async throws -> PaymentRecord? {
     try await database.withConnection {
       try await payment(provider: provider, providerPaymentID: providerPaymentID, on: $0)
     }
   }
 
-  func payment(provider: PaymentProviderKind, providerPaymentID: String, on connection: PostgresConnection)
+  func payment(provider: PaymentProvider, providerPaymentID: String, on connection: PostgresConnection)
     async throws -> PaymentRecord?
   {
     let rows = try await connection.query(
@@ -114,7 +114,7 @@ struct PaymentStore: Sendable {
   struct NewPayment: Sendable {
     var orderID: UUID
     var userID: UUID
-    var provider: PaymentProviderKind
+    var provider: PaymentProvider
     var amountMinor: Int64
     var currency: String
     var orderNumber: String
@@ -220,7 +220,7 @@ struct PaymentStore: Sendable {
   /// Where a webhook's effect came from, so that a redelivered one has none: its row in
   /// `webhook_events` is written in the same transaction as the effect.
   struct WebhookDelivery: Sendable {
-    var provider: PaymentProviderKind
+    var provider: PaymentProvider
     var eventID: String
     var payload: [UInt8]
   }
@@ -245,7 +245,7 @@ struct PaymentStore: Sendable {
     }
   }
 
-  func wasRecorded(provider: PaymentProviderKind, eventID: String) async throws -> Bool {
+  func wasRecorded(provider: PaymentProvider, eventID: String) async throws -> Bool {
     let rows = try await database.query(
       "SELECT true FROM webhook_events WHERE provider = \(provider.rawValue) AND provider_event_id = \(eventID)",
       logger: logger)
@@ -490,7 +490,7 @@ struct PaymentStore: Sendable {
     }
   }
 
-  func refund(provider: PaymentProviderKind, providerRefundID: String) async throws -> RefundRecord? {
+  func refund(provider: PaymentProvider, providerRefundID: String) async throws -> RefundRecord? {
     try await RefundRecord.decode(
       try await database.query(
         """

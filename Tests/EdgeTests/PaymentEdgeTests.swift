@@ -1,8 +1,6 @@
-import AsyncHTTPClient
 import Foundation
 import MartRuntime
 import MartTestSupport
-import NIOCore
 import PaymentService
 import Testing
 
@@ -117,9 +115,9 @@ import Testing
       stripe: StripeSettings(
         secretKey: "sk_test_mart", publishableKey: "pk_test_mart", webhookSecrets: [secret], apiBase: stripe.url))
     try await withEdge(payments: settings) { edge in
-      _ = try await Self.stripe(
-        stripe, "/_config/webhooks/mart",
-        ["url": "http://127.0.0.1:\(edge.gatewayPort)/v1/webhooks/stripe", "secret": secret])
+      _ = try await stripe.call(
+        "/_config/webhooks/mart",
+        form: [("url", "http://127.0.0.1:\(edge.gatewayPort)/v1/webhooks/stripe"), ("secret", secret)])
       let admin = try await edge.admin()
       let kettle = try await Self.stockedProduct(edge, admin: admin, sku: "KETTLE-S", price: 45_000, onHand: 5)
       let (customer, _) = try await edge.register()
@@ -133,15 +131,15 @@ import Testing
       #expect(confirm["publishableKey"] as? String == "pk_test_mart")
 
       // What Stripe.js does in the customer's browser.
-      let method = try await Self.stripe(
-        stripe, "/v1/payment_methods",
-        [
-          "type": "card", "card[number]": "4242424242424242", "card[exp_month]": "12", "card[exp_year]": "2031",
-          "card[cvc]": "123",
+      let method = try await stripe.call(
+        "/v1/payment_methods",
+        form: [
+          ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
+          ("card[exp_year]", "2031"), ("card[cvc]", "123"),
         ])
       let methodID = try #require(method["id"] as? String)
-      _ = try await Self.stripe(stripe, "/v1/payment_intents/\(intent)", ["payment_method": methodID])
-      _ = try await Self.stripe(stripe, "/v1/payment_intents/\(intent)/confirm", [:])
+      _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
+      _ = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
 
       let isPaid = await eventually { try await Self.status(edge, orderID, customer) == "PAID" }
       #expect(isPaid)
@@ -154,20 +152,5 @@ import Testing
         contentType: "application/json", headers: ["Stripe-Signature": "t=1,v1=00"])
       #expect(forged.status == 400, "\(forged.text)")
     }
-  }
-
-  static func stripe(_ stripe: LocalStripe, _ path: String, _ form: [String: String]) async throws -> [String: Any] {
-    var request = HTTPClientRequest(url: stripe.url + path)
-    request.method = .POST
-    request.headers.add(name: "Authorization", value: "Bearer sk_test_mart")
-    request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-    let body = form.map {
-      "\($0.key.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")=\($0.value.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")"
-    }
-    .joined(separator: "&")
-    request.body = .bytes(ByteBuffer(string: body))
-    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-    let data = try await response.body.collect(upTo: 1 << 20)
-    return (try? JSONSerialization.jsonObject(with: Data(buffer: data)) as? [String: Any]) ?? [:]
   }
 }

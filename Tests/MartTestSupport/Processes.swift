@@ -1,5 +1,8 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+  import FoundationNetworking
+#endif
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -118,6 +121,27 @@ public struct LocalStripe: Sendable {
       try await Task.sleep(for: .milliseconds(50))
     }
     throw Unavailable(description: "localstripe does not listen on \(url)")
+  }
+
+  /// Calls localstripe's API as a Stripe client would (form-encoded, the test secret key): a
+  /// POST with `form`, else a GET. The JSON object it answers (empty if it is not one).
+  public func call(_ path: String, form: [(String, String)]? = nil) async throws -> [String: Any] {
+    guard let target = URL(string: url + path) else { throw Unavailable(description: "bad path \(path)") }
+    var request = URLRequest(url: target)
+    request.setValue("Bearer sk_test_mart", forHTTPHeaderField: "Authorization")
+    if let form {
+      var allowed = CharacterSet.alphanumerics
+      allowed.insert(charactersIn: "-._~")
+      request.httpMethod = "POST"
+      request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")
+      request.httpBody = Data(
+        form.map {
+          "\($0.0.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")="
+            + ($0.1.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")
+        }.joined(separator: "&").utf8)
+    }
+    let (data, _) = try await URLSession.shared.data(for: request)
+    return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
   }
 
   static func tcpConnects(port: Int) async -> Bool {

@@ -29,21 +29,6 @@ import Testing
     return (body, header)
   }
 
-  static func stripeAPI(_ stripe: LocalStripe, _ path: String, _ form: [(String, String)]?) async throws -> [String:
-    Any]
-  {
-    var request = HTTPClientRequest(url: stripe.url + path)
-    request.headers.add(name: "Authorization", value: "Bearer sk_test_mart")
-    if let form {
-      request.method = .POST
-      request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-      request.body = .bytes(ByteBuffer(string: FormEncoding.encode(form)))
-    }
-    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-    let body = try await response.body.collect(upTo: 1 << 20)
-    return (try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any]) ?? [:]
-  }
-
   @Test func stripePaymentIsConfirmedByStripeNotByTheWebhooksWord() async throws {
     let stripe = try await LocalStripe.start()
     defer { stripe.process.signal(SIGKILL) }
@@ -93,15 +78,15 @@ import Testing
       #expect(try await status() == .pending)
 
       // The customer confirms with Stripe (as Stripe.js would), and Stripe's event arrives twice.
-      let method = try await Self.stripeAPI(
-        stripe, "/v1/payment_methods",
-        [
+      let method = try await stripe.call(
+        "/v1/payment_methods",
+        form: [
           ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
           ("card[exp_year]", "2031"), ("card[cvc]", "123"),
         ])
       let methodID = try #require(method["id"] as? String)
-      _ = try await Self.stripeAPI(stripe, "/v1/payment_intents/\(intent)", [("payment_method", methodID)])
-      let confirmed = try await Self.stripeAPI(stripe, "/v1/payment_intents/\(intent)/confirm", [])
+      _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
+      let confirmed = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
       #expect(confirmed["status"] as? String == "succeeded")
       let succeeded = Self.stripeEvent("evt_paid", "payment_intent.succeeded", intent: intent, secret: secret)
       try await deliver(succeeded)
@@ -112,7 +97,7 @@ import Testing
       #expect(received.count == 1)
 
       // One PaymentIntent at Stripe for all of it.
-      let intents = try await Self.stripeAPI(stripe, "/v1/payment_intents", nil)
+      let intents = try await stripe.call("/v1/payment_intents")
       #expect((intents["data"] as? [Any])?.count == 1)
 
       // Refunded through Stripe, with the refund recorded.
@@ -170,16 +155,7 @@ import Testing
     let router = Router()
     router.post("**") { request, _ -> Response in try await Self.forward(request, to: standIn) }
     router.get("**") { request, _ -> Response in try await Self.forward(request, to: standIn) }
-    let (ports, announce) = AsyncStream.makeStream(of: Int.self)
-    let app = Application(
-      router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-      onServerRunning: { channel in
-        announce.yield(channel.localAddress?.port ?? 0)
-        announce.finish()
-      }, logger: TestBed.logger)
-    try await withServices([app]) {
-      var iterator = ports.makeAsyncIterator()
-      let port = try #require(await iterator.next())
+    try await Self.withLoopbackServer(router) { port in
       let settings = PaymentSettings(
         sandboxEnabled: false,
         stripe: StripeSettings(
@@ -212,7 +188,7 @@ import Testing
         let keys = await standIn.createKeys
         #expect(keys.count >= 2)
         #expect(Set(keys) == ["mart-payment-\(answer.payment.id)-create"])
-        let intents = try await Self.stripeAPI(stripe, "/v1/payment_intents", nil)
+        let intents = try await stripe.call("/v1/payment_intents")
         #expect((intents["data"] as? [Any])?.count == 1)
       }
     }
@@ -248,6 +224,13 @@ import Testing
       let body = try await request.body.collect(upTo: 1 << 16)
       return await fake.answer(String(buffer: body))
     }
+    try await withLoopbackServer(router) { port in try await body(fake, port) }
+  }
+
+  /// Serves `router` on a free loopback port while `body` runs with that port.
+  static func withLoopbackServer(_ router: Router<BasicRequestContext>, _ body: (Int) async throws -> Void)
+    async throws
+  {
     let (ports, announce) = AsyncStream.makeStream(of: Int.self)
     let app = Application(
       router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
@@ -258,7 +241,7 @@ import Testing
     try await withServices([app]) {
       var iterator = ports.makeAsyncIterator()
       let port = try #require(await iterator.next())
-      try await body(fake, port)
+      try await body(port)
     }
   }
 

@@ -148,6 +148,13 @@ extension Caller {
     return caller
   }
 
+  /// Whose data the caller may read: nil for all (an admin, a service), else their own user id.
+  public static func ownerScope() throws -> UUID? {
+    let caller = try required()
+    if caller.isAdmin || caller.isService { return nil }
+    return try requiredUserID()
+  }
+
   /// The signed-in user's id; PERMISSION_DENIED for a service token.
   public static func requiredUserID() throws -> UUID {
     let caller = try required()

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import MartProto
+import MartRuntime
 import NIOCore
 
 /// PayFast's signatures (developers.payfast.co.za/docs#step_2_signature): the MD5, in lower-case
@@ -81,7 +82,7 @@ enum PayFastAmount {
 struct PayFastProvider: PaymentProviderClient {
   let settings: PayFastSettings
   let http: ProviderHTTP
-  var kind: PaymentProviderKind { .payfast }
+  var kind: PaymentProvider { .payfast }
 
   var processURL: String { url("/eng/process") }
   var validateURL: String { url("/eng/query/validate") }

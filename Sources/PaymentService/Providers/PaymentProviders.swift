@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import MartProto
+import MartRuntime
 import NIOCore
 import NIOHTTP1
 
@@ -46,7 +47,7 @@ enum RefundOutcome: Sendable, Equatable {
 /// One payment provider: how a payment is started and refunded. The webhooks, which differ
 /// most, are the RPC handlers' part (`StripeWebhooks`, `PayFastITN`).
 protocol PaymentProviderClient: Sendable {
-  var kind: PaymentProviderKind { get }
+  var kind: PaymentProvider { get }
   func start(_ payment: PaymentRecord, checkout: Checkout) async throws -> ProviderStart
   func refund(_ refund: RefundRecord, of payment: PaymentRecord) async throws -> RefundOutcome
   /// Withdraws a superseded payment at the provider, so that it can no longer be paid; best
@@ -70,7 +71,7 @@ struct ProviderRefused: Error, CustomStringConvertible {
 /// The sandbox: no network and no money. Its outcomes are chosen by the client
 /// (`sandbox_outcome`), and a success goes through the same code a real webhook takes.
 struct SandboxProvider: PaymentProviderClient {
-  var kind: PaymentProviderKind { .sandbox }
+  var kind: PaymentProvider { .sandbox }
 
   func start(_ payment: PaymentRecord, checkout: Checkout) async throws -> ProviderStart {
     let id = "sbx_" + payment.id.uuidString.replacingOccurrences(of: "-", with: "").lowercased()

@@ -29,7 +29,7 @@ struct ProviderCalls: Sendable {
   }
 
   /// The provider, if it is configured; FAILED_PRECONDITION (PAYMENT_PROVIDER_UNAVAILABLE) if not.
-  func client(_ kind: PaymentProviderKind) throws -> any PaymentProviderClient {
+  func client(_ kind: PaymentProvider) throws -> any PaymentProviderClient {
     let client: (any PaymentProviderClient)? =
       switch kind {
       case .sandbox: sandbox

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
+import MartRuntime
 import NIOCore
 import NIOHTTP1
 
@@ -190,7 +191,7 @@ enum StripeObjects {
 struct StripeProvider: PaymentProviderClient {
   let settings: StripeSettings
   let http: ProviderHTTP
-  var kind: PaymentProviderKind { .stripe }
+  var kind: PaymentProvider { .stripe }
 
   /// The key of the call that creates a payment's PaymentIntent: the same for every attempt of
   /// that call, so Stripe answers a retry with the PaymentIntent it already made.
