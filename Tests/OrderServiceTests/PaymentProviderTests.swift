@@ -204,6 +204,180 @@ import Testing
       body: .init(byteBuffer: ByteBuffer(data: data)))
   }
 
+  /// Stripe's API as a script: PaymentIntents whose status the test sets, and refunds that stay
+  /// pending until the test says otherwise (localstripe's refunds succeed at once and it sends no
+  /// refund events, so this is how a refund confirmed later by its webhook is exercised).
+  actor ScriptedStripe {
+    struct Intent {
+      var amount: String
+      var currency: String
+      var paymentID: String
+      var status = "requires_payment_method"
+      var failure: String?
+    }
+    var intents: [String: Intent] = [:]
+    var refunds: [String: (intent: String, amount: String, status: String)] = [:]
+
+    func setIntent(_ id: String, status: String, failure: String? = nil) {
+      intents[id]?.status = status
+      intents[id]?.failure = failure
+    }
+    func setRefund(_ id: String, status: String) { refunds[id]?.status = status }
+    func intentIDs() -> [String] { intents.keys.sorted() }
+    func refundIDs() -> [String] { refunds.keys.sorted() }
+
+    func handle(post: Bool, path: String, body: String) -> (Int, String) {
+      let form = Dictionary(FormEncoding.decode(body) ?? [], uniquingKeysWith: { first, _ in first })
+      let parts = path.split(separator: "/").map(String.init)
+      switch (post, parts.count > 1 ? parts[1] : "", parts.count) {
+      case (true, "payment_intents", 2):
+        let id = "pi_scripted\(intents.count + 1)"
+        intents[id] = Intent(
+          amount: form["amount"] ?? "0", currency: form["currency"] ?? "", paymentID: form["metadata[payment_id]"] ?? ""
+        )
+        return (200, intentJSON(id))
+      case (false, "payment_intents", 3):
+        return intents[parts[2]] == nil ? (404, #"{"error":{"code":"resource_missing"}}"#) : (200, intentJSON(parts[2]))
+      case (true, "payment_intents", 4) where parts[3] == "cancel":
+        intents[parts[2]]?.status = "canceled"
+        return (200, intentJSON(parts[2]))
+      case (true, "refunds", 2):
+        let id = "re_scripted\(refunds.count + 1)"
+        refunds[id] = (form["payment_intent"] ?? "", form["amount"] ?? "0", "pending")
+        return (200, refundJSON(id))
+      case (false, "refunds", 3):
+        return refunds[parts[2]] == nil ? (404, #"{"error":{"code":"resource_missing"}}"#) : (200, refundJSON(parts[2]))
+      default:
+        return (404, #"{"error":{"code":"resource_missing"}}"#)
+      }
+    }
+
+    func intentJSON(_ id: String) -> String {
+      guard let intent = intents[id] else { return "{}" }
+      let error =
+        intent.failure.map {
+          #","last_payment_error":{"code":"card_declined","decline_code":"\#($0)","message":"Declined"}"#
+        }
+        ?? ""
+      return """
+        {"id":"\(id)","object":"payment_intent","status":"\(intent.status)","amount":\(intent.amount),\
+        "currency":"\(intent.currency)","client_secret":"\(id)_secret_x",\
+        "metadata":{"payment_id":"\(intent.paymentID)"}\(error)}
+        """
+    }
+
+    func refundJSON(_ id: String) -> String {
+      guard let refund = refunds[id] else { return "{}" }
+      return """
+        {"id":"\(id)","object":"refund","status":"\(refund.status)","amount":\(refund.amount),\
+        "payment_intent":"\(refund.intent)"}
+        """
+    }
+  }
+
+  /// A signed Stripe event naming an object (the service re-reads it from Stripe).
+  static func signedEvent(_ id: String, _ type: String, object: String, kind: String, secret: String) -> (Data, String)
+  {
+    let body = Data(
+      #"{"id":"\#(id)","object":"event","type":"\#(type)","data":{"object":{"id":"\#(object)","object":"\#(kind)"}}}"#
+        .utf8)
+    return (
+      body,
+      StripeSignature.header(payload: [UInt8](body), secret: secret, timestamp: Int64(Date().timeIntervalSince1970))
+    )
+  }
+
+  @Test func stripeFailuresLateEventsAndARefundConfirmedByItsWebhook() async throws {
+    let stripe = ScriptedStripe()
+    let router = Router()
+    router.post("**") { request, _ -> Response in
+      let body = String(buffer: try await request.body.collect(upTo: 1 << 16))
+      let (status, json) = await stripe.handle(post: true, path: request.uri.path, body: body)
+      return Response(
+        status: .init(code: status), headers: [.contentType: "application/json"],
+        body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+    router.get("**") { request, _ -> Response in
+      let (status, json) = await stripe.handle(post: false, path: request.uri.path, body: "")
+      return Response(
+        status: .init(code: status), headers: [.contentType: "application/json"],
+        body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+    let secret = "whsec_scripted"
+    try await Self.withLoopbackServer(router) { port in
+      let settings = PaymentSettings(
+        sandboxEnabled: false,
+        stripe: StripeSettings(
+          secretKey: "sk_test_mart", publishableKey: "pk_test_mart", webhookSecrets: [secret],
+          apiBase: "http://127.0.0.1:\(port)"))
+      try await OrderHarness.run("pay_stripe_script", payments: settings) { mart in
+        let payments = try #require(mart.payments)
+        func deliver(_ event: (Data, String)) async throws {
+          _ = try await payments.stripeWebhook(
+            .with {
+              $0.httpBody = .with {
+                $0.contentType = "application/json"
+                $0.data = event.0
+              }
+              $0.signature = event.1
+            })
+        }
+        func payment(_ id: String) async throws -> Mart_Payment_V1_Payment {
+          try await payments.getPayment(.with { $0.paymentID = id }, metadata: mart.admin)
+        }
+        let order = try await PaymentServiceTests.awaitingOrder(mart, sku: "PAY-SCRIPT")
+
+        // Declined: FAILED, with the decline code; the order still awaits payment.
+        let first = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "s1", provider: .stripe)
+        let firstIntent = first.payment.providerPaymentID
+        await stripe.setIntent(firstIntent, status: "requires_payment_method", failure: "insufficient_funds")
+        try await deliver(
+          Self.signedEvent(
+            "evt_f1", "payment_intent.payment_failed", object: firstIntent, kind: "payment_intent", secret: secret))
+        let failed = try await payment(first.payment.id)
+        #expect(failed.status == .failed)
+        #expect(failed.failureCode == "insufficient_funds")
+        _ = await eventually { try await mart.timelineKinds(order.id).contains(.paymentFailed) }
+        #expect(try await mart.order(order.id).status == .awaitingPayment)
+
+        // Retried, and paid.
+        let second = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "s2", provider: .stripe)
+        let secondIntent = second.payment.providerPaymentID
+        #expect(secondIntent != firstIntent)
+        await stripe.setIntent(secondIntent, status: "succeeded")
+        try await deliver(
+          Self.signedEvent(
+            "evt_s2", "payment_intent.succeeded", object: secondIntent, kind: "payment_intent", secret: secret))
+        #expect(try await payment(second.payment.id).status == .succeeded)
+        #expect(try await mart.waitFor(order.id, .paid) == .paid)
+
+        // Late and reordered events change nothing: Stripe, asked again, says succeeded.
+        try await deliver(
+          Self.signedEvent(
+            "evt_late", "payment_intent.payment_failed", object: secondIntent, kind: "payment_intent", secret: secret))
+        try await deliver(
+          Self.signedEvent(
+            "evt_cancel", "payment_intent.canceled", object: firstIntent, kind: "payment_intent", secret: secret))
+        #expect(try await payment(second.payment.id).status == .succeeded)
+        #expect(try await payment(first.payment.id).status == .failed)
+
+        // A refund Stripe takes time over: PENDING until its webhook; then REFUNDED, and the order.
+        let refund = try await payments.refundPayment(.with { $0.paymentID = second.payment.id }, metadata: mart.admin)
+        #expect(refund.refund.status == .pending)
+        #expect(refund.payment.status == .succeeded)
+        let refundID = refund.refund.providerRefundID
+        #expect(refundID.hasPrefix("re_scripted"))
+        await stripe.setRefund(refundID, status: "succeeded")
+        try await deliver(
+          Self.signedEvent("evt_r1", "refund.updated", object: refundID, kind: "refund", secret: secret))
+        let refunded = try await payment(second.payment.id)
+        #expect(refunded.status == .refunded)
+        #expect(refunded.refunds.map(\.status) == [.succeeded])
+        #expect(try await mart.waitFor(order.id, .refunded) == .refunded)
+      }
+    }
+  }
+
   // MARK: PayFast
 
   /// PayFast's validation endpoint: answers `verdict` and remembers what it was asked.
