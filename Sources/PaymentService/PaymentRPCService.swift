@@ -63,12 +63,12 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
         orderID: orderID, userID: userID, provider: kind, amountMinor: order.total.amountMinor,
         currency: order.total.currencyCode, orderNumber: order.number, orderDeadline: order.paymentDeadline.date,
         requestID: key,
-        callDueAfter: kind == .stripe ? settings.providerTimeout + .seconds(5) : nil))
+        callDueAfter: kind == .stripe ? calls.callLease : nil))
     switch creation {
     case .replay(let earlier):
       return try await replay(earlier, returnURL: returnURL, cancelURL: cancelURL, request: request)
-    case .created(let payment, let superseded):
-      await calls.withdraw(superseded)
+    case .created(let payment, _):
+      // Superseded payments are withdrawn at their providers by the worker.
       return try await started(payment, checkout: checkout)
     }
   }
@@ -241,7 +241,8 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     }
     switch try await store.requestRefund(
       of: paymentID, amountMinor: request.hasAmount ? request.amount.amountMinor : nil,
-      reason: reason.isEmpty ? nil : reason, actorUserID: actorID, requestID: key)
+      reason: reason.isEmpty ? nil : reason, actorUserID: actorID, requestID: key,
+      callDueAfter: calls.callLease)
     {
     case .replay(let refund, let payment):
       return .with {

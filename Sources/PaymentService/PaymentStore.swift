@@ -159,8 +159,9 @@ struct PaymentStore: Sendable {
       let superseded = try await PaymentRecord.decode(
         try await connection.query(
           """
-          UPDATE payments SET status = 'cancelled', provider_call_due_at = NULL, updated_at = now(),
-                 failure_message = 'superseded by a newer payment'
+          UPDATE payments SET status = 'cancelled', updated_at = now(),
+                 failure_message = 'superseded by a newer payment',
+                 \(unescaped: Self.withdrawalDue)
           WHERE order_id = \(new.orderID) AND status = 'pending'
           RETURNING \(unescaped: PaymentRecord.columns)
           """, logger: logger))
@@ -177,7 +178,9 @@ struct PaymentStore: Sendable {
       guard let payment = try await PaymentRecord.decode(rows).first else {
         throw PostgresStoreError("INSERT INTO payments returned no row")
       }
-      if dueMicros != nil { try await notifyWorker(on: connection) }
+      if dueMicros != nil || superseded.contains(where: { $0.providerPaymentID != nil }) {
+        try await notifyWorker(on: connection)
+      }
       return .created(payment, superseded: superseded)
     }
   }
@@ -348,14 +351,29 @@ struct PaymentStore: Sendable {
   /// providers to withdraw.
   func cancelOpenPayments(of orderID: UUID, on connection: PostgresConnection) async throws -> [PaymentRecord] {
     try await lockOrder(orderID, on: connection)
-    return try await PaymentRecord.decode(
+    let cancelled = try await PaymentRecord.decode(
       try await connection.query(
         """
-        UPDATE payments SET status = 'cancelled', provider_call_due_at = NULL, updated_at = now(),
-               failure_message = 'the order was cancelled'
+        UPDATE payments SET status = 'cancelled', updated_at = now(),
+               failure_message = 'the order was cancelled',
+               \(unescaped: Self.withdrawalDue)
         WHERE order_id = \(orderID) AND status = 'pending'
         RETURNING \(unescaped: PaymentRecord.columns)
         """, logger: logger))
+    if cancelled.contains(where: { $0.providerPaymentID != nil }) { try await notifyWorker(on: connection) }
+    return cancelled
+  }
+
+  /// A cancelled payment that its provider knows (a Stripe PaymentIntent) is withdrawn there by
+  /// the worker, so that the customer can no longer complete it; money that arrives anyway is a
+  /// surplus or a late payment, and is refunded.
+  static let withdrawalDue = "provider_call_due_at = CASE WHEN provider_payment_id IS NULL THEN NULL ELSE now() END"
+
+  /// The provider call the payment was due for is done (or given up).
+  func finishCall(_ paymentID: UUID) async throws {
+    try await database.query(
+      "UPDATE payments SET provider_call_due_at = NULL, provider_call_error = NULL WHERE id = \(paymentID)",
+      logger: logger)
   }
 
   /// The payment of an order that took its money, if any.
@@ -378,20 +396,23 @@ struct PaymentStore: Sendable {
   }
 
   /// Stores a PENDING refund of `amountMinor` (nil: all that is not yet refunded or being
-  /// refunded), due for its provider call at once. The trigger refuses more than was paid.
+  /// refunded), its provider call due after `callDueAfter`: at once for the worker (nil), or after
+  /// a lease when the caller makes the call itself (so that the worker does not make it too, and
+  /// takes it over only if the caller dies). The trigger refuses more than was paid.
   func requestRefund(
-    of paymentID: UUID, amountMinor: Int64?, reason: String?, actorUserID: UUID?, requestID: String?
+    of paymentID: UUID, amountMinor: Int64?, reason: String?, actorUserID: UUID?, requestID: String?,
+    callDueAfter: Duration? = nil
   ) async throws -> RefundRequest {
     try await database.withTransaction(logger: logger) { connection in
       try await requestRefund(
         of: paymentID, amountMinor: amountMinor, reason: reason, actorUserID: actorUserID, requestID: requestID,
-        on: connection)
+        callDueAfter: callDueAfter, on: connection)
     }
   }
 
   func requestRefund(
     of paymentID: UUID, amountMinor: Int64?, reason: String?, actorUserID: UUID?, requestID: String?,
-    on connection: PostgresConnection
+    callDueAfter: Duration? = nil, on connection: PostgresConnection
   ) async throws -> RefundRequest {
     guard var payment = try await payment(paymentID, lock: true, on: connection) else {
       throw APIStatus.notFound("payment \(paymentID.lowercasedString) not found")
@@ -415,14 +436,15 @@ struct PaymentStore: Sendable {
     let rows = try await connection.query(
       """
       INSERT INTO refunds (payment_id, amount_minor, reason, actor_user_id, request_id, provider_call_due_at)
-      VALUES (\(paymentID), \(amount), \(reason), \(actorUserID), \(requestID), now())
+      VALUES (\(paymentID), \(amount), \(reason), \(actorUserID), \(requestID),
+              now() + \((callDueAfter ?? .zero).microseconds) * interval '1 microsecond')
       RETURNING \(unescaped: RefundRecord.columns)
       """, logger: logger)
     guard let refund = try await RefundRecord.decode(rows).first else {
       throw PostgresStoreError("INSERT INTO refunds returned no row")
     }
     payment.refunds.append(refund)
-    try await notifyWorker(on: connection)
+    if callDueAfter == nil { try await notifyWorker(on: connection) }
     return .created(refund, payment)
   }
 
@@ -527,7 +549,8 @@ struct PaymentStore: Sendable {
         """
         UPDATE payments SET provider_call_due_at = now() + \(lease.microseconds) * interval '1 microsecond'
         WHERE id IN (
-          SELECT id FROM payments WHERE provider_call_due_at <= now() AND status IN ('pending', 'processing')
+          SELECT id FROM payments
+          WHERE provider_call_due_at <= now() AND status IN ('pending', 'processing', 'cancelled')
           ORDER BY provider_call_due_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
         RETURNING \(unescaped: PaymentRecord.columns)
         """, logger: logger))

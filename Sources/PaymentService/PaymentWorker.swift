@@ -6,8 +6,8 @@ import Metrics
 import ServiceLifecycle
 
 /// Makes the provider calls the payment database says are due: a payment's start that timed
-/// out or met a 5xx (or whose process died before recording the answer), and refunds, which
-/// events and admins ask for as rows. Each call carries the idempotency key of its payment or
+/// out or met a 5xx (or whose process died before recording the answer), the withdrawal of a
+/// superseded or cancelled payment, and refunds, which events and admins ask for as rows. Each call carries the idempotency key of its payment or
 /// refund, so a call made twice has one effect. A call that fails again waits longer (capped
 /// backoff); none is dropped. A payment whose order's deadline passed is no longer started.
 ///
@@ -45,8 +45,7 @@ struct PaymentWorker: Service {
   }
 
   private func work() async {
-    // A call in flight holds its row this long; past it, the row is taken again.
-    let lease = settings.providerTimeout * 2 + .seconds(5)
+    let lease = calls.callLease
     while !Task.isCancelled {
       var taken = 0
       do {
@@ -68,9 +67,15 @@ struct PaymentWorker: Service {
     }
   }
 
-  /// Starts a payment whose start is due, or gives it up once its order's deadline has passed.
+  /// Starts a payment whose start is due, or gives it up once its order's deadline has passed;
+  /// withdraws a cancelled one at its provider.
   func start(_ payment: PaymentRecord) async {
     do {
+      if payment.status == .cancelled {
+        await calls.withdraw([payment])
+        try await store.finishCall(payment.id)
+        return
+      }
       if let deadline = payment.orderDeadline, deadline < Date() {
         try await store.apply(.cancelled, to: payment.id)
         return

@@ -223,8 +223,7 @@ import Testing
       intents[id]?.failure = failure
     }
     func setRefund(_ id: String, status: String) { refunds[id]?.status = status }
-    func intentIDs() -> [String] { intents.keys.sorted() }
-    func refundIDs() -> [String] { refunds.keys.sorted() }
+    func status(of intent: String) -> String? { intents[intent]?.status }
 
     func handle(post: Bool, path: String, body: String) -> (Int, String) {
       let form = Dictionary(FormEncoding.decode(body) ?? [], uniquingKeysWith: { first, _ in first })
@@ -327,9 +326,18 @@ import Testing
         }
         let order = try await PaymentServiceTests.awaitingOrder(mart, sku: "PAY-SCRIPT")
 
+        // A checkout superseded by a new one is withdrawn at Stripe, so it can no longer be paid.
+        let abandoned = try await PaymentServiceTests.pay(
+          mart, order, outcome: .unspecified, key: "s0", provider: .stripe)
+
         // Declined: FAILED, with the decline code; the order still awaits payment.
         let first = try await PaymentServiceTests.pay(mart, order, outcome: .unspecified, key: "s1", provider: .stripe)
         let firstIntent = first.payment.providerPaymentID
+        #expect(try await payment(abandoned.payment.id).status == .cancelled)
+        let withdrawn = await eventually {
+          await stripe.status(of: abandoned.payment.providerPaymentID) == "canceled"
+        }
+        #expect(withdrawn)
         await stripe.setIntent(firstIntent, status: "requires_payment_method", failure: "insufficient_funds")
         try await deliver(
           Self.signedEvent(

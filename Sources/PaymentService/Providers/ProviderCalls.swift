@@ -44,6 +44,10 @@ struct ProviderCalls: Sendable {
     return client
   }
 
+  /// How long a call in flight holds its row: past it, the worker takes the call over (its maker
+  /// died, say), with the same idempotency key.
+  var callLease: Duration { settings.providerTimeout * 2 + .seconds(5) }
+
   /// How long to wait before the next attempt of a call that failed `attempts` times.
   func backoff(after attempts: Int32) -> Duration {
     min(.milliseconds(500) * (1 << min(Int(attempts), 16)), settings.maximumRetryBackoff)
