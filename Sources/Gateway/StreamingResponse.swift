@@ -11,8 +11,8 @@ import Synchronization
 /// started, an error ends it with a last event carrying the status (`event: error` in SSE, an
 /// `{"error": …}` line in NDJSON). In SSE each message is `data:` (its proto3 JSON, one line) with
 /// `id:` its `eventId` when it has one, so that a reconnect's `Last-Event-ID` resumes after it.
-/// Every `heartbeat` while nothing else goes out, a keep-alive does: a comment line in SSE, an empty
-/// line in NDJSON (which readers skip). It keeps proxies from closing an idle stream, and it is how
+/// Every `heartbeat` a keep-alive goes out as well: a comment line in SSE, an empty line in NDJSON
+/// (which readers skip). It keeps proxies from closing an idle stream, and it is how
 /// a client that went away is noticed: the write fails and the upstream call ends. Without it, a
 /// stream abandoned while its order sat PAID held its upstream call open until the order shipped.
 enum StreamingResponse {

@@ -342,9 +342,9 @@ public nonisolated struct Mart_Payment_V1_CreatePaymentRequest: Sendable {
   /// Provider; unspecified = the order's chosen provider.
   public var provider: Mart_Common_V1_PaymentProvider = .unspecified
 
-  /// Where the provider sends the customer after paying (PayFast return_url,
-  /// Stripe return_url for redirect-based methods). Must be on an allowed
-  /// origin.
+  /// Where the provider sends the customer after paying (PayFast's
+  /// return_url; Stripe's confirmation is the client's, with Stripe.js). Must
+  /// be on an allowed origin.
   public var returnURL: String = String()
 
   /// Where the provider sends the customer on cancel (PayFast cancel_url).

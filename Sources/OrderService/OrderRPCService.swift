@@ -247,6 +247,11 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
           reason: caller.isAdmin && change.order.userID != actorID ? .adminRequest : .customerRequest,
           note: note.isEmpty ? nil : note, actor: .user(actorID), releaseStock: true)
         return change.order.proto
+      case .paid where change.order.paymentProvider == .payfast && !caller.isAdmin:
+        // PayFast payments are refunded by hand (README: "Payments"): the shop decides.
+        throw APIStatus.status(
+          .failedPrecondition, "order \(change.order.number) was paid with PayFast: ask the shop to cancel it",
+          reason: "INVALID_ORDER_STATUS", metadata: ["status": change.order.status.rawValue])
       case .paid:
         // Not shipped yet: its stock goes back on the shelf and the payment service refunds it
         // (OrderCancelled says it was paid); REFUNDED once the refund succeeds.

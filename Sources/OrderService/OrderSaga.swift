@@ -179,6 +179,18 @@ public struct OrderSaga: Service {
       try await store.change(orderID) { try await $0.complete(step) }
       return
     }
+    if order.refundedAt != nil {
+      // The payment was refunded (by an admin) before its stock was committed: nothing is paid
+      // for any more, so the order is cancelled and its reservation released, not sold.
+      try await store.change(orderID) { change in
+        try await change.complete(step)
+        guard change.order.status == .awaitingPayment else { return }
+        try await change.cancel(
+          reason: .adminRequest, note: "The payment was refunded before the order was paid", actor: .system,
+          releaseStock: true)
+      }
+      return
+    }
     do {
       _ = try await inventory.commitReservation(
         .with { $0.orderID = orderID.lowercasedString }, options: callOptions)

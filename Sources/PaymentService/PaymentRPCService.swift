@@ -221,6 +221,10 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     let paymentID = validation.uuid(request.paymentID, field: "payment_id")
     let reason = validation.text(request.reason, field: "reason", maximum: Self.maximumReasonLength)
     let key = validation.idempotencyKey(request.requestID)
+    if let key, key.hasPrefix(PaymentStore.automaticKeyPrefix) {
+      // The keys of the refunds the service makes by itself: a client's must not pre-empt them.
+      validation.add("request_id", "must not start with \"\(PaymentStore.automaticKeyPrefix)\"")
+    }
     if request.hasAmount, request.amount.amountMinor <= 0 {
       validation.add("amount.amount_minor", "must be positive (leave amount out to refund everything left)")
     }

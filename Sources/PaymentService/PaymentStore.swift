@@ -18,6 +18,10 @@ struct PaymentStore: Sendable {
   let outbox: Outbox
   let logger: Logger
 
+  /// The idempotency keys of the refunds the service asks for by itself (`auto:surplus`, …);
+  /// RefundPayment refuses client keys with this prefix.
+  static let automaticKeyPrefix = "auto:"
+
   /// Wakes the worker when a transaction that leaves a provider call due commits.
   static let workerChannel = "mart_payment_worker"
 
@@ -166,15 +170,17 @@ struct PaymentStore: Sendable {
           RETURNING \(unescaped: PaymentRecord.columns)
           """, logger: logger))
       let dueMicros = new.callDueAfter?.microseconds
-      let rows = try await connection.query(
-        """
-        INSERT INTO payments (order_id, user_id, provider, amount_minor, currency, request_id, order_number,
-                              order_deadline, provider_call_due_at)
-        VALUES (\(new.orderID), \(new.userID), \(new.provider.rawValue), \(new.amountMinor), \(new.currency),
-                \(new.requestID), \(new.orderNumber), \(new.orderDeadline),
-                now() + \(dueMicros)::int8 * interval '1 microsecond')
-        RETURNING \(unescaped: PaymentRecord.columns)
-        """, logger: logger)
+      let rows: PostgresRowSequence
+      do {
+        rows = try await insertPayment(new, dueMicros: dueMicros, on: connection)
+      } catch let error as PSQLError
+        where error.serverInfo?[.constraintName] == "payments_user_id_request_id_key"
+      {
+        // The same key, at the same moment, for another order (the order locks do not meet).
+        throw APIStatus.status(
+          .alreadyExists, "this idempotency key was used for another order's payment", reason: "IDEMPOTENCY_KEY_REUSED",
+          metadata: ["field": "request_id"])
+      }
       guard let payment = try await PaymentRecord.decode(rows).first else {
         throw PostgresStoreError("INSERT INTO payments returned no row")
       }
@@ -183,6 +189,20 @@ struct PaymentStore: Sendable {
       }
       return .created(payment, superseded: superseded)
     }
+  }
+
+  private func insertPayment(_ new: NewPayment, dueMicros: Int64?, on connection: PostgresConnection) async throws
+    -> PostgresRowSequence
+  {
+    try await connection.query(
+      """
+      INSERT INTO payments (order_id, user_id, provider, amount_minor, currency, request_id, order_number,
+                            order_deadline, provider_call_due_at)
+      VALUES (\(new.orderID), \(new.userID), \(new.provider.rawValue), \(new.amountMinor), \(new.currency),
+              \(new.requestID), \(new.orderNumber), \(new.orderDeadline),
+              now() + \(dueMicros)::int8 * interval '1 microsecond')
+      RETURNING \(unescaped: PaymentRecord.columns)
+      """, logger: logger)
   }
 
   /// Records what the provider said when the payment started: its id, and what the customer
@@ -194,7 +214,11 @@ struct PaymentStore: Sendable {
         UPDATE payments SET provider_payment_id = coalesce(\(start.providerPaymentID), provider_payment_id),
                client_secret = coalesce(\(start.clientSecret), client_secret),
                redirect_url = coalesce(\(start.redirectForm?.redirectURL), redirect_url),
-               provider_call_due_at = NULL, provider_call_error = NULL, updated_at = now()
+               -- Superseded or cancelled while this start was in flight: withdraw what it made.
+               provider_call_due_at = CASE
+                 WHEN status IN ('cancelled', 'failed') AND coalesce(\(start.providerPaymentID), provider_payment_id) IS NOT NULL
+                 THEN now() END,
+               provider_call_error = NULL, updated_at = now()
         WHERE id = \(paymentID)
         RETURNING \(unescaped: PaymentRecord.columns)
         """, logger: logger)
@@ -212,7 +236,7 @@ struct PaymentStore: Sendable {
         """
         UPDATE payments SET provider_call_attempts = provider_call_attempts + 1, provider_call_error = \(error),
                provider_call_due_at = now() + \(backoff.microseconds) * interval '1 microsecond', updated_at = now()
-        WHERE id = \(paymentID) AND status IN ('pending', 'processing')
+        WHERE id = \(paymentID) AND status IN ('pending', 'processing', 'cancelled', 'failed')
         """, logger: logger)
       try await notifyWorker(on: connection)
     }
@@ -281,7 +305,12 @@ struct PaymentStore: Sendable {
       }
       switch outcome {
       case .succeeded:
-        guard !payment.status.tookMoney else { return payment }
+        if payment.status.tookMoney {
+          if let providerPaymentID, let known = payment.providerPaymentID, providerPaymentID != known {
+            try await recordSecondCapture(of: payment, providerPaymentID: providerPaymentID, on: connection)
+          }
+          return payment
+        }
         let paidAlready = try await connection.query(
           """
           SELECT true FROM payments
@@ -319,14 +348,17 @@ struct PaymentStore: Sendable {
         }
       case .processing:
         guard payment.status == .pending else { return payment }
-        payment = try await update(payment.id, "status = 'processing', provider_call_due_at = NULL", on: connection)
+        payment = try await update(
+          payment.id,
+          "status = 'processing', provider_call_due_at = now() + \(Self.recheckInterval.microseconds) * interval '1 microsecond'",
+          on: connection)
       case .failed(let code, let message):
         guard payment.status.isOpen else { return payment }
         payment = try await update(
           payment.id,
           """
           status = 'failed', failure_code = \(String(code.prefix(200))), failure_message = \(String(message.prefix(500))),
-          provider_call_due_at = NULL
+          \(unescaped: Self.withdrawalDue)
           """, on: connection)
         try await publish(
           Mart_Payment_V1_PaymentFailed.with {
@@ -344,6 +376,34 @@ struct PaymentStore: Sendable {
         payment = try await update(payment.id, "status = 'cancelled', provider_call_due_at = NULL", on: connection)
       }
       return payment
+    }
+  }
+
+  /// The provider took money a second time for one checkout (a PayFast form submitted twice):
+  /// a payment of its own, as a surplus, refunded automatically; logged, as nobody expects it.
+  private func recordSecondCapture(
+    of payment: PaymentRecord, providerPaymentID: String, on connection: PostgresConnection
+  ) async throws {
+    let rows = try await connection.query(
+      """
+      INSERT INTO payments (order_id, user_id, provider, provider_payment_id, status, amount_minor, currency,
+                            order_number, order_deadline, surplus, succeeded_at, failure_message)
+      VALUES (\(payment.orderID), \(payment.userID), \(payment.provider.rawValue), \(providerPaymentID), 'succeeded',
+              \(payment.amountMinor), \(payment.currency), \(payment.orderNumber), \(payment.orderDeadline), true, now(),
+              \("a second capture of payment \(payment.id.lowercasedString)"))
+      ON CONFLICT DO NOTHING
+      RETURNING id
+      """, logger: logger)
+    for try await id in rows.decode(UUID.self) {
+      logger.error(
+        "the provider took money twice for one payment; refunding the second",
+        metadata: [
+          "payment_id": "\(payment.id.lowercasedString)", "second_payment_id": "\(id.lowercasedString)",
+          "provider": "\(payment.provider.rawValue)",
+        ])
+      _ = try await requestRefund(
+        of: id, amountMinor: nil, reason: "the payment was taken twice", actorUserID: nil, requestID: "auto:surplus",
+        on: connection)
     }
   }
 
@@ -368,6 +428,19 @@ struct PaymentStore: Sendable {
   /// the worker, so that the customer can no longer complete it; money that arrives anyway is a
   /// surplus or a late payment, and is refunded.
   static let withdrawalDue = "provider_call_due_at = CASE WHEN provider_payment_id IS NULL THEN NULL ELSE now() END"
+
+  /// How long an undecided payment or refund (PROCESSING, or pending at the provider) waits
+  /// before the worker asks its provider again, in case its webhook never comes.
+  static let recheckInterval: Duration = .seconds(300)
+
+  /// Asks the provider about the payment again after `recheckInterval`.
+  func recheckLater(_ paymentID: UUID) async throws {
+    try await database.query(
+      """
+      UPDATE payments SET provider_call_due_at = now() + \(Self.recheckInterval.microseconds) * interval '1 microsecond'
+      WHERE id = \(paymentID)
+      """, logger: logger)
+  }
 
   /// The provider call the payment was due for is done (or given up).
   func finishCall(_ paymentID: UUID) async throws {
@@ -468,8 +541,8 @@ struct PaymentStore: Sendable {
       case .pending(let providerID):
         try await connection.query(
           """
-          UPDATE refunds SET provider_refund_id = \(providerID), provider_call_due_at = NULL, provider_call_error = NULL,
-                 updated_at = now()
+          UPDATE refunds SET provider_refund_id = \(providerID), provider_call_error = NULL, updated_at = now(),
+                 provider_call_due_at = now() + \(Self.recheckInterval.microseconds) * interval '1 microsecond'
           WHERE id = \(refundID)
           """, logger: logger)
       case .failed(let providerID, let message):
@@ -550,7 +623,7 @@ struct PaymentStore: Sendable {
         UPDATE payments SET provider_call_due_at = now() + \(lease.microseconds) * interval '1 microsecond'
         WHERE id IN (
           SELECT id FROM payments
-          WHERE provider_call_due_at <= now() AND status IN ('pending', 'processing', 'cancelled')
+          WHERE provider_call_due_at <= now() AND status IN ('pending', 'processing', 'cancelled', 'failed')
           ORDER BY provider_call_due_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
         RETURNING \(unescaped: PaymentRecord.columns)
         """, logger: logger))

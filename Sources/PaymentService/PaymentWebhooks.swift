@@ -60,11 +60,19 @@ extension PaymentRPCService {
       throw APIStatus.status(
         .unavailable, "Stripe could not be asked about this event; retry later", reason: "PAYMENT_PROVIDER_UNAVAILABLE",
         metadata: ["detail": error.description])
-    } catch let error as ProviderRefused {
+    } catch let error as ProviderRefused where error.isNotFound {
       logger.warning(
-        "a Stripe webhook names an object Stripe does not confirm",
+        "a Stripe webhook names an object Stripe does not have",
         metadata: ["event_id": "\(event.id)", "error": "\(error.description)"])
       try await store.record(delivery)
+    } catch let error as ProviderRefused {
+      // Stripe refused to tell (a rotated or restricted key, say): not recorded, so that Stripe
+      // delivers the event again once it can be read, rather than a payment lost for good.
+      logger.error(
+        "Stripe refused to confirm a webhook's object; the event is left for Stripe to redeliver",
+        metadata: ["event_id": "\(event.id)", "error": "\(error.description)"])
+      throw APIStatus.status(
+        .unavailable, "Stripe could not be asked about this event; retry later", reason: "PAYMENT_PROVIDER_UNAVAILABLE")
     }
     return .init()
   }
@@ -134,8 +142,9 @@ extension PaymentRPCService {
         .permissionDenied, "the notification does not come from PayFast's addresses",
         reason: "INVALID_WEBHOOK_SIGNATURE", metadata: ["field": "source_ip"])
     }
+    // Only what the signature covers is read.
     var values: [String: String] = [:]
-    for (name, value) in fields where values[name] == nil { values[name] = value }
+    for (name, value) in signed where values[name] == nil { values[name] = value }
     guard values["merchant_id"] == config.merchantID else {
       throw Self.refusedITN("it is for another merchant", field: "merchant_id")
     }

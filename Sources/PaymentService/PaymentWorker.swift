@@ -67,22 +67,20 @@ struct PaymentWorker: Service {
     }
   }
 
-  /// Starts a payment whose start is due, or gives it up once its order's deadline has passed;
-  /// withdraws a cancelled one at its provider.
+  /// The call a payment is due for: withdrawing it (cancelled or failed), asking how it stands
+  /// (started, undecided), or starting it (unless its order's deadline has passed).
   func start(_ payment: PaymentRecord) async {
     do {
-      if payment.status == .cancelled {
-        await calls.withdraw([payment])
-        try await store.finishCall(payment.id)
+      if payment.status == .cancelled || payment.status == .failed {
+        try await calls.withdraw(payment)
+        return
+      }
+      if payment.providerPaymentID != nil {
+        try await calls.recheck(payment)
         return
       }
       if let deadline = payment.orderDeadline, deadline < Date() {
         try await store.apply(.cancelled, to: payment.id)
-        return
-      }
-      guard payment.providerPaymentID == nil else {
-        // Started already (the answer was recorded): nothing is due.
-        _ = try await store.recordStart(payment.id, ProviderStart())
         return
       }
       let checkout = Checkout(
@@ -91,10 +89,11 @@ struct PaymentWorker: Service {
       _ = try await calls.start(payment, checkout: checkout)
       Counter(label: "mart_payment_provider_retries_total", dimensions: [("call", "start")]).increment()
     } catch is ProviderUnavailable {
+      // Recorded with its backoff by the call.
       Counter(label: "mart_payment_provider_failures_total", dimensions: [("call", "start")]).increment()
     } catch {
       logger.warning(
-        "could not start a payment at its provider",
+        "could not make a payment's provider call",
         metadata: [
           "payment_id": "\(payment.id.lowercasedString)", "error": "\(APIStatus.redactedDescription(of: error))",
         ])

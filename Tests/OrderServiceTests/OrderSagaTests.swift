@@ -111,7 +111,9 @@ import Testing
                   return true
                 }
                 #expect(stocked)
-                let reserved = await eventually(attempts: 100) {
+                // The default wait (30 s): under a loaded machine the next attempt may be later
+                // than the backoff alone says (it failed once in three runs with 10 s).
+                let reserved = await eventually {
                   try await orders.getOrder(.with { $0.orderID = placed.id }, metadata: customer).status
                     == .awaitingPayment
                 }

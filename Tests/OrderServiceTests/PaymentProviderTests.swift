@@ -522,6 +522,19 @@ import Testing
         #expect(asked.allSatisfy { !$0.contains("passphrase") })
         let received = try await mart.timelineKinds(order.id).filter { $0 == .paymentReceived }
         #expect(received.count == 1)
+        // The same checkout paid a second time (another pf_payment_id): recorded as a payment of
+        // its own, and its automatic refund, which PayFast cannot take from us, FAILED for a person.
+        try await deliver(Self.itn(payment, pfPaymentID: "1221577"))
+        let both = try await payments.listOrderPayments(.with { $0.orderID = order.id }, metadata: mart.admin).payments
+        #expect(both.count == 2)
+        let second = both.first { $0.providerPaymentID == "1221577" }
+        #expect(second?.status == .succeeded)
+        let secondRefundFailed = await eventually {
+          let all = try await payments.listOrderPayments(.with { $0.orderID = order.id }, metadata: mart.admin)
+          return all.payments.first { $0.providerPaymentID == "1221577" }?.refunds.map(\.status) == [.failed]
+        }
+        #expect(secondRefundFailed)
+        #expect(try await mart.order(order.id).status == .paid)
         // PayFast's refunds are made in its dashboard; the mart says so rather than pretending.
         let refund = await rpcError {
           _ = try await payments.refundPayment(.with { $0.paymentID = payment.id }, metadata: mart.admin)

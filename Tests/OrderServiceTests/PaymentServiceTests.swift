@@ -198,6 +198,15 @@ import Testing
       }
       #expect(tooMuch?.code == .failedPrecondition)
       #expect(reason(tooMuch) == "REFUND_NOT_ALLOWED")
+      // The keys of the service's own refunds are not a client's to take.
+      let automaticKey = await invalidFields {
+        _ = try await payments.refundPayment(
+          .with {
+            $0.paymentID = paid.payment.id
+            $0.requestID = "auto:order-cancelled"
+          }, metadata: mart.admin)
+      }
+      #expect(automaticKey == ["request_id"])
 
       // Under the handler, the database's trigger refuses an over-refund by itself.
       let database = try #require(mart.paymentDatabase)

@@ -66,6 +66,15 @@ import Testing
     }
   }
 
+  /// A header with many v1 values would make each unauthenticated request cost many HMACs.
+  @Test func stripeRefusesAHeaderWithTooManySignatures() {
+    let valid = Self.stripeCases[0]
+    let padded = "t=1764892800," + String(repeating: "v1=00,", count: 8) + valid.2.dropFirst("t=1764892800,".count)
+    #expect(throws: StripeSignature.Failure.malformedHeader) {
+      try StripeSignature.verify(header: padded, payload: Self.payload, secrets: [valid.1], tolerance: nil)
+    }
+  }
+
   @Test func stripeRotationAcceptsEitherConfiguredSecret() throws {
     let rotatedOnly = Self.stripeCases[2]
     try StripeSignature.verify(

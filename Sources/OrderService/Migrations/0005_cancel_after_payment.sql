@@ -9,6 +9,7 @@
 DO $$
 DECLARE
   constraint_name text;
+  dropped integer := 0;
 BEGIN
   FOR constraint_name IN
     SELECT conname FROM pg_constraint
@@ -18,7 +19,13 @@ BEGIN
         'CHECK (((status = ''cancelled''::text) = (cancel_reason IS NOT NULL)))')
   LOOP
     EXECUTE format('ALTER TABLE orders DROP CONSTRAINT %I', constraint_name);
+    dropped := dropped + 1;
   END LOOP;
+  -- Found by their text, as 0001 left them unnamed: if PostgreSQL ever prints them otherwise,
+  -- stop here rather than leave a check that refuses REFUNDED for a cancelled order.
+  IF dropped <> 2 THEN
+    RAISE EXCEPTION 'expected to drop the 2 cancellation checks of orders, dropped %', dropped;
+  END IF;
 END;
 $$;
 

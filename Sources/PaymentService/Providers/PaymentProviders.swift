@@ -50,9 +50,21 @@ protocol PaymentProviderClient: Sendable {
   var kind: PaymentProvider { get }
   func start(_ payment: PaymentRecord, checkout: Checkout) async throws -> ProviderStart
   func refund(_ refund: RefundRecord, of payment: PaymentRecord) async throws -> RefundOutcome
-  /// Withdraws a superseded payment at the provider, so that it can no longer be paid; best
-  /// effort (money that arrives anyway is refunded as surplus or by the order's rules).
+  /// Withdraws a superseded payment at the provider, so that it can no longer be paid (money
+  /// that arrives anyway is refunded as surplus or by the order's rules).
   func cancel(_ payment: PaymentRecord) async throws
+  /// Where a started payment stands at the provider now; nil when the provider cannot be asked
+  /// (its notification tells) or the customer has not acted yet.
+  func lookUp(_ payment: PaymentRecord) async throws -> ProviderOutcome?
+  /// Where a refund the provider took as pending stands now.
+  func lookUp(_ refund: RefundRecord) async throws -> RefundOutcome
+}
+
+extension PaymentProviderClient {
+  func lookUp(_ payment: PaymentRecord) async throws -> ProviderOutcome? { nil }
+  func lookUp(_ refund: RefundRecord) async throws -> RefundOutcome {
+    throw ProviderRefused(code: "lookup_unsupported", message: "\(kind.rawValue) refunds cannot be looked up")
+  }
 }
 
 /// A provider call that may succeed if tried again: a timeout, a connection failure, a 5xx or a
@@ -65,7 +77,11 @@ struct ProviderUnavailable: Error, CustomStringConvertible {
 struct ProviderRefused: Error, CustomStringConvertible {
   var code: String
   var message: String
+  /// The provider's HTTP status, when it answered with one.
+  var httpStatus: UInt? = nil
   var description: String { "\(code): \(message)" }
+  /// The object asked about does not exist there (a 404).
+  var isNotFound: Bool { httpStatus == 404 }
 }
 
 /// The sandbox: no network and no money. Its outcomes are chosen by the client

@@ -5,6 +5,7 @@ import GRPCProtobuf
 import Logging
 import MartProto
 import MartRuntime
+import Metrics
 
 /// The configured providers, and the calls to them that change a payment: starting it and
 /// refunding it. The RPC handlers make these calls at once; the worker makes again those that
@@ -90,19 +91,42 @@ struct ProviderCalls: Sendable {
     return (recorded, start)
   }
 
-  /// Withdraws superseded payments at their providers (best effort: a payment completed anyway
-  /// is refunded as a surplus or by the order's rules).
-  func withdraw(_ payments: [PaymentRecord]) async {
-    for payment in payments where payment.providerPaymentID != nil {
-      do {
-        try await client(payment.provider).cancel(payment)
-      } catch {
-        logger.warning(
-          "could not withdraw a superseded payment at its provider",
-          metadata: [
-            "payment_id": "\(payment.id.lowercasedString)", "error": "\(APIStatus.redactedDescription(of: error))",
-          ])
-      }
+  /// Withdraws a cancelled, superseded or failed payment at its provider, so that its checkout
+  /// can no longer be completed. A provider that does not answer: tried again with backoff. One
+  /// that refuses (the PaymentIntent already succeeded, say): given up, as money that arrived is
+  /// refunded as a surplus or by the order's rules.
+  func withdraw(_ payment: PaymentRecord) async throws {
+    do {
+      try await client(payment.provider).cancel(payment)
+    } catch let error as ProviderUnavailable {
+      try await store.recordCallFailure(
+        payment: payment.id, error: error.description, backoff: backoff(after: payment.callAttempts))
+      return
+    } catch {
+      logger.warning(
+        "could not withdraw a payment at its provider",
+        metadata: [
+          "payment_id": "\(payment.id.lowercasedString)", "error": "\(APIStatus.redactedDescription(of: error))",
+        ])
+    }
+    try await store.finishCall(payment.id)
+  }
+
+  /// Asks the provider how a started payment stands (PROCESSING, or PENDING with no news for a
+  /// while) and applies what it says; asks again later if it is still undecided.
+  func recheck(_ payment: PaymentRecord) async throws {
+    let outcome: ProviderOutcome?
+    do {
+      outcome = try await client(payment.provider).lookUp(payment)
+    } catch let error as ProviderUnavailable {
+      try await store.recordCallFailure(
+        payment: payment.id, error: error.description, backoff: backoff(after: payment.callAttempts))
+      return
+    }
+    if let outcome, outcome != .processing {
+      try await store.apply(outcome, to: payment.id)
+    } else {
+      try await store.recheckLater(payment.id)
     }
   }
 
@@ -115,7 +139,13 @@ struct ProviderCalls: Sendable {
     guard let payment = try await store.payment(refund.paymentID) else { return nil }
     let outcome: RefundOutcome
     do {
-      outcome = try await client(payment.provider).refund(refund, of: payment)
+      // Asked for already and pending there: look, rather than ask again (a repeated POST with
+      // the same key only replays Stripe's first answer, and only for a day).
+      if refund.providerRefundID != nil {
+        outcome = try await client(payment.provider).lookUp(refund)
+      } else {
+        outcome = try await client(payment.provider).refund(refund, of: payment)
+      }
     } catch let error as ProviderUnavailable {
       logger.warning(
         "refund provider unavailable; the call will be retried",
@@ -128,6 +158,11 @@ struct ProviderCalls: Sendable {
     } catch let error as GoogleRPCStatus {
       // The provider is no longer configured: the refund cannot be made here.
       outcome = .failed(providerRefundID: nil, message: error.message)
+    }
+    if case .failed = outcome {
+      // Money that should go back did not: someone has to look (README: "Payments").
+      Counter(label: "mart_payment_refunds_failed_total", dimensions: [("provider", payment.provider.rawValue)])
+        .increment()
     }
     return try await store.recordRefund(refund.id, outcome)
   }

@@ -42,24 +42,26 @@ enum StripeSignature {
         signatures.append(bytes)
       }
     }
-    guard let timestamp, !signatures.isEmpty else { throw .malformedHeader }
-    var signed = Array("\(timestamp).".utf8)
-    signed.append(contentsOf: payload)
-    var matched = false
-    for secret in secrets {
-      let key = SymmetricKey(data: Array(secret.utf8))
-      for signature in signatures
-      where HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: key) {
-        // isValidAuthenticationCode compares in constant time.
-        matched = true
-      }
-    }
-    guard matched else { throw .noMatchingSignature }
+    // At most a handful of v1 values (Stripe sends one, two during a rotation): more would only
+    // be someone making each request cost many HMACs before it is authenticated.
+    guard let timestamp, !signatures.isEmpty, signatures.count <= maximumSignatures else { throw .malformedHeader }
     if let tolerance {
       let age = now.timeIntervalSince1970 - Double(timestamp)
       guard abs(age) <= tolerance.timeInterval else { throw .timestampOutsideTolerance }
     }
+    var signed = Array("\(timestamp).".utf8)
+    signed.append(contentsOf: payload)
+    var matched = false
+    for secret in secrets {
+      // One MAC per secret, compared with each candidate in constant time (swift-crypto's `==`
+      // between a MAC and bytes does not exit early).
+      let expected = HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: Array(secret.utf8)))
+      for signature in signatures where expected == signature { matched = true }
+    }
+    guard matched else { throw .noMatchingSignature }
   }
+
+  static let maximumSignatures = 8
 
   /// A header signing `payload` at `timestamp` with `secret` (tests and tools).
   static func header(payload: some Collection<UInt8>, secret: String, timestamp: Int64) -> String {
@@ -240,6 +242,18 @@ struct StripeProvider: PaymentProviderClient {
     }
   }
 
+  func lookUp(_ payment: PaymentRecord) async throws -> ProviderOutcome? {
+    guard let id = payment.providerPaymentID else { return nil }
+    return try await paymentIntent(id).outcome
+  }
+
+  func lookUp(_ refund: RefundRecord) async throws -> RefundOutcome {
+    guard let id = refund.providerRefundID else {
+      throw ProviderRefused(code: "no_refund", message: "the refund has no Stripe id yet")
+    }
+    return try await refundObject(id).outcome
+  }
+
   func paymentIntent(_ id: String) async throws -> StripeObjects.PaymentIntent {
     try await get("/v1/payment_intents/\(Self.pathComponent(id))")
   }
@@ -284,7 +298,8 @@ struct StripeProvider: PaymentProviderClient {
       }
       throw ProviderRefused(
         code: detail?.error.code ?? detail?.error.type ?? "http_\(response.status.code)",
-        message: detail?.error.message ?? "Stripe answered \(response.status.code) to \(path)")
+        message: detail?.error.message ?? "Stripe answered \(response.status.code) to \(path)",
+        httpStatus: response.status.code)
     }
     do {
       return try decoder.decode(Object.self, from: Data(buffer: response.body))
