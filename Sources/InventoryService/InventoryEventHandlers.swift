@@ -13,15 +13,11 @@ enum InventoryEventHandlers {
     handlers.on(Mart_Product_V1_ProductCreated.self) { received, connection in
       let raw = received.event.productID.isEmpty ? received.event.product.id : received.event.productID
       guard let productID = UUID(uuidString: raw) else {
-        // Not retryable: the dead-letter topic is where it can be looked at.
-        throw InvalidEvent(description: "ProductCreated \(received.envelope.id) has no valid product id: \(raw)")
+        throw InvalidEvent("ProductCreated \(received.envelope.id) has no valid product id: \(raw)")
       }
       try await store.createStock(productID: productID, on: connection)
     }
     return EventConsumerDefinition(name: "catalog", topics: [.products], handlers: handlers)
   }
 
-  struct InvalidEvent: Error, CustomStringConvertible {
-    var description: String
-  }
 }

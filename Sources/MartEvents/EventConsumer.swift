@@ -47,6 +47,16 @@ public struct EventConsumerDefinition: Sendable {
   }
 }
 
+/// What a handler throws for an event it can never apply (it lacks a valid id, say): the
+/// consumer dead-letters it at once instead of retrying, where an operator can look at it.
+public struct InvalidEvent: Error, CustomStringConvertible {
+  public var description: String
+
+  public init(_ description: String) {
+    self.description = description
+  }
+}
+
 /// Headers a dead-lettered record carries besides its original ones.
 public enum DeadLetterHeader {
   public static let error = "mart_dlq_error"
@@ -201,7 +211,8 @@ public struct EventConsumer: Service {
           try await Task.sleep(for: retry.maximumBackoff)
           continue
         }
-        guard attempt < retry.maximumAttempts else {
+        // An event its handler calls invalid will not become valid by waiting: dead-lettered at once.
+        guard attempt < retry.maximumAttempts, !(error.unwrappingTransactionError is InvalidEvent) else {
           return try await deadLetter(record, error: reason, attempts: attempt)
         }
         Counter(label: "mart_events_retried_total", dimensions: [("consumer", group)]).increment()

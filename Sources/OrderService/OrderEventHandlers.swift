@@ -42,15 +42,11 @@ enum OrderEventHandlers {
 
   static func ids(_ order: String, _ payment: String, event: UUID) throws -> (UUID, UUID) {
     guard let orderID = UUID(uuidString: order), let paymentID = UUID(uuidString: payment) else {
-      // Not retryable: the dead-letter topic is where it can be looked at.
-      throw InvalidEvent(description: "payment event \(event.lowercasedString) lacks a valid order or payment id")
+      throw InvalidEvent("payment event \(event.lowercasedString) lacks a valid order or payment id")
     }
     return (orderID, paymentID)
   }
 
-  struct InvalidEvent: Error, CustomStringConvertible {
-    var description: String
-  }
 }
 
 extension OrderChange {

@@ -221,10 +221,7 @@ struct OrderRecord: Sendable, Equatable {
   var itemCount: Int64 { lines.reduce(0) { $0 + $1.quantity } }
 
   func money(_ minor: Int64) -> Mart_Common_V1_Money {
-    .with {
-      $0.currencyCode = currency
-      $0.amountMinor = minor
-    }
+    Mart_Common_V1_Money(minor: minor, currency: currency)
   }
 
   var proto: Mart_Order_V1_Order {

@@ -17,7 +17,7 @@ enum PaymentEventHandlers {
       let event = received.event
       guard let paymentID = UUID(uuidString: event.paymentID) else {
         throw InvalidEvent(
-          description: "OrderRefundRequested \(received.envelope.id.lowercasedString) lacks a payment id")
+          "OrderRefundRequested \(received.envelope.id.lowercasedString) lacks a payment id")
       }
       try await refundInFull(
         paymentID, reason: event.reason.isEmpty ? "refund requested by the order service" : event.reason,
@@ -27,7 +27,7 @@ enum PaymentEventHandlers {
     handlers.on(Mart_Order_V1_OrderCancelled.self) { received, connection in
       let event = received.event
       guard let orderID = UUID(uuidString: event.orderID) else {
-        throw InvalidEvent(description: "OrderCancelled \(received.envelope.id.lowercasedString) lacks an order id")
+        throw InvalidEvent("OrderCancelled \(received.envelope.id.lowercasedString) lacks an order id")
       }
       let cancelled = try await store.cancelOpenPayments(of: orderID, on: connection)
       if !cancelled.isEmpty {
@@ -54,13 +54,9 @@ enum PaymentEventHandlers {
       logger.warning("refund asked for a payment that is not here", metadata: ["payment_id": "\(paymentID)"])
       return
     }
-    let committed = payment.refunds.filter { $0.status != .failed }.reduce(Int64(0)) { $0 + $1.amountMinor }
-    guard [.succeeded, .partiallyRefunded].contains(payment.status), committed < payment.amountMinor else { return }
+    guard [.succeeded, .partiallyRefunded].contains(payment.status), payment.refundableMinor > 0 else { return }
     _ = try await store.requestRefund(
       of: paymentID, amountMinor: nil, reason: reason, actorUserID: nil, requestID: key, on: connection)
   }
 
-  struct InvalidEvent: Error, CustomStringConvertible {
-    var description: String
-  }
 }

@@ -283,7 +283,7 @@ struct RefundRecord: Sendable {
     .with {
       $0.id = id.lowercasedString
       $0.paymentID = paymentID.lowercasedString
-      $0.amount = Money.proto(amountMinor, currency)
+      $0.amount = Mart_Common_V1_Money(minor: amountMinor, currency: currency)
       $0.status = status.proto
       $0.reason = reason ?? ""
       $0.providerRefundID = providerRefundID ?? ""
@@ -316,6 +316,12 @@ struct PaymentRecord: Sendable {
   var orderDeadline: Date?
   var surplus: Bool
   var callAttempts: Int32
+  /// What can still be refunded: the amount less the refunds not failed (pending ones count,
+  /// as the provider may still make them; the refunds trigger counts the same way).
+  var refundableMinor: Int64 {
+    amountMinor - refunds.filter { $0.status != .failed }.reduce(Int64(0)) { $0 + $1.amountMinor }
+  }
+
   /// `created_at` in microseconds since 1970, exactly (ListOrderPayments' cursor).
   var createdMicros: Int64
   var refunds: [RefundRecord] = []
@@ -353,8 +359,8 @@ struct PaymentRecord: Sendable {
       $0.userID = userID.lowercasedString
       $0.provider = provider.proto
       $0.status = status.proto
-      $0.amount = Money.proto(amountMinor, currency)
-      $0.refundedAmount = Money.proto(refundedMinor, currency)
+      $0.amount = Mart_Common_V1_Money(minor: amountMinor, currency: currency)
+      $0.refundedAmount = Mart_Common_V1_Money(minor: refundedMinor, currency: currency)
       $0.providerPaymentID = providerPaymentID ?? ""
       $0.failureCode = failureCode ?? ""
       $0.failureMessage = failureMessage ?? ""
@@ -362,15 +368,6 @@ struct PaymentRecord: Sendable {
       $0.createTime = .init(date: createdAt)
       $0.updateTime = .init(date: updatedAt)
       if let succeededAt { $0.succeedTime = .init(date: succeededAt) }
-    }
-  }
-}
-
-enum Money {
-  static func proto(_ minor: Int64, _ currency: String) -> Mart_Common_V1_Money {
-    .with {
-      $0.currencyCode = currency
-      $0.amountMinor = minor
     }
   }
 }

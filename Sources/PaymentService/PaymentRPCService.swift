@@ -67,7 +67,7 @@ struct PaymentRPCService: Mart_Payment_V1_PaymentService.SimpleServiceProtocol {
     switch creation {
     case .replay(let earlier):
       return try await replay(earlier, returnURL: returnURL, cancelURL: cancelURL, request: request)
-    case .created(let payment, _):
+    case .created(let payment):
       // Superseded payments are withdrawn at their providers by the worker.
       return try await started(payment, checkout: checkout)
     }

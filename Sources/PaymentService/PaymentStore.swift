@@ -108,9 +108,8 @@ struct PaymentStore: Sendable {
 
   /// What CreatePayment found or made.
   enum Creation {
-    /// A new payment; the open ones it superseded (now CANCELLED) are to be withdrawn at their
-    /// providers.
-    case created(PaymentRecord, superseded: [PaymentRecord])
+    /// A new payment (the open one it superseded is CANCELLED, and due for withdrawal).
+    case created(PaymentRecord)
     /// The payment an earlier request with this key made.
     case replay(PaymentRecord)
   }
@@ -187,7 +186,7 @@ struct PaymentStore: Sendable {
       if dueMicros != nil || superseded.contains(where: { $0.providerPaymentID != nil }) {
         try await notifyWorker(on: connection)
       }
-      return .created(payment, superseded: superseded)
+      return .created(payment)
     }
   }
 
@@ -294,10 +293,13 @@ struct PaymentStore: Sendable {
     delivery: WebhookDelivery? = nil
   ) async throws -> PaymentRecord? {
     try await database.withTransaction(logger: logger) { connection in
-      guard let found = try await payment(paymentID, on: connection) else { return nil }
-      try await lockOrder(found.orderID, on: connection)
-      if let delivery, !(try await record(delivery, on: connection)) { return found }
+      let orders = try await connection.query("SELECT order_id FROM payments WHERE id = \(paymentID)", logger: logger)
+      var orderID: UUID?
+      for try await id in orders.decode(UUID.self) { orderID = id }
+      guard let orderID else { return nil }
+      try await lockOrder(orderID, on: connection)
       guard var payment = try await payment(paymentID, lock: true, on: connection) else { return nil }
+      if let delivery, !(try await record(delivery, on: connection)) { return payment }
       if let providerPaymentID, payment.providerPaymentID == nil {
         try await connection.query(
           "UPDATE payments SET provider_payment_id = \(providerPaymentID) WHERE id = \(paymentID)", logger: logger)
@@ -341,7 +343,7 @@ struct PaymentStore: Sendable {
               $0.orderID = payment.orderID.lowercasedString
               $0.userID = payment.userID.lowercasedString
               $0.provider = payment.provider.proto
-              $0.amount = Money.proto(payment.amountMinor, payment.currency)
+              $0.amount = Mart_Common_V1_Money(minor: payment.amountMinor, currency: payment.currency)
               $0.providerPaymentID = payment.providerPaymentID ?? ""
               $0.succeedTime = .init(date: payment.succeededAt ?? Date())
             }, of: payment, on: connection)
@@ -366,7 +368,7 @@ struct PaymentStore: Sendable {
             $0.orderID = payment.orderID.lowercasedString
             $0.userID = payment.userID.lowercasedString
             $0.provider = payment.provider.proto
-            $0.amount = Money.proto(payment.amountMinor, payment.currency)
+            $0.amount = Mart_Common_V1_Money(minor: payment.amountMinor, currency: payment.currency)
             $0.failureCode = payment.failureCode ?? ""
             $0.failureMessage = payment.failureMessage ?? ""
             $0.failTime = .init(date: Date())
@@ -498,12 +500,12 @@ struct PaymentStore: Sendable {
         .failedPrecondition, "payment \(payment.id.lowercasedString) is \(payment.status.rawValue): nothing to refund",
         reason: "REFUND_NOT_ALLOWED", metadata: ["status": payment.status.rawValue])
     }
-    let committed = payment.refunds.filter { $0.status != .failed }.reduce(Int64(0)) { $0 + $1.amountMinor }
-    let amount = amountMinor ?? (payment.amountMinor - committed)
-    guard amount > 0, amount <= payment.amountMinor - committed else {
+    let refundable = payment.refundableMinor
+    let amount = amountMinor ?? refundable
+    guard amount > 0, amount <= refundable else {
       throw APIStatus.status(
         .failedPrecondition,
-        "the refund would exceed what the payment took: paid \(payment.amountMinor), refunded or being refunded \(committed)",
+        "the refund would exceed what the payment took: paid \(payment.amountMinor), refunded or being refunded \(payment.amountMinor - refundable)",
         reason: "REFUND_NOT_ALLOWED", metadata: ["field": "amount"])
     }
     let rows = try await connection.query(
@@ -574,8 +576,8 @@ struct PaymentStore: Sendable {
             $0.orderID = payment.orderID.lowercasedString
             $0.userID = payment.userID.lowercasedString
             $0.provider = payment.provider.proto
-            $0.amount = Money.proto(refund.amountMinor, payment.currency)
-            $0.refundedTotal = Money.proto(total, payment.currency)
+            $0.amount = Mart_Common_V1_Money(minor: refund.amountMinor, currency: payment.currency)
+            $0.refundedTotal = Mart_Common_V1_Money(minor: total, currency: payment.currency)
             $0.fullyRefunded = full
             $0.reason = refund.reason ?? ""
             $0.refundTime = .init(date: Date())

@@ -53,7 +53,7 @@ struct PaymentWorker: Service {
         let refunds = try await store.leaseDueRefunds(limit: Self.batchSize, lease: lease)
         taken = payments.count + refunds.count
         await withDiscardingTaskGroup { group in
-          for payment in payments { group.addTask { await start(payment) } }
+          for payment in payments { group.addTask { await makeDueCall(payment) } }
           for refund in refunds { group.addTask { await perform(refund) } }
         }
       } catch {
@@ -69,7 +69,7 @@ struct PaymentWorker: Service {
 
   /// The call a payment is due for: withdrawing it (cancelled or failed), asking how it stands
   /// (started, undecided), or starting it (unless its order's deadline has passed).
-  func start(_ payment: PaymentRecord) async {
+  func makeDueCall(_ payment: PaymentRecord) async {
     do {
       if payment.status == .cancelled || payment.status == .failed {
         try await calls.withdraw(payment)

@@ -20,11 +20,12 @@ import Testing
 
   func consumer(
     _ name: String, on transport: any EventTransport, database: PostgresClient, label: String = "",
-    poison: Set<String> = []
+    poison: Set<String> = [], invalid: Set<String> = []
   ) -> EventConsumer {
     EventConsumer(
       definition: EventConsumerDefinition(
-        name: name, topics: [.orders], handlers: EventFixtures.recordingHandlers(poison: poison, label: label)),
+        name: name, topics: [.orders],
+        handlers: EventFixtures.recordingHandlers(poison: poison, invalid: invalid, label: label)),
       service: .inventory, database: database, transport: transport, retry: Self.fastRetry, logger: TestBed.logger)
   }
 
@@ -165,17 +166,21 @@ import Testing
         try await EventFixtures.append(
           (1...5).map { EventFixtures.orderPlaced(order: "same-order", number: $0) }, to: client)
         let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: TestBed.logger)
-        let poisoned = consumer("poisoned", on: transport, database: client, poison: ["3"])
+        let poisoned = consumer("poisoned", on: transport, database: client, poison: ["3"], invalid: ["4"])
         try await withServices([transport, relay, poisoned]) {
-          // 3 fails every time; 4 and 5, after it on the same partition, are still handled.
-          #expect(await eventually(attempts: 600) { try await EventFixtures.effects(client).count == 4 })
+          // 3 fails every time and 4 is invalid; 5, after them on the same partition, is still handled.
+          #expect(await eventually(attempts: 600) { try await EventFixtures.effects(client).count == 3 })
         }
-        #expect(try await EventFixtures.effects(client).map(\.orderNumber) == ["1", "2", "4", "5"])
+        #expect(try await EventFixtures.effects(client).map(\.orderNumber) == ["1", "2", "5"])
 
         let dlq = try await transport.subscribe(group: "dlq-reader", topics: [EventTopic.orders.deadLetterName])
         let dead = try #require(try await dlq.next())
         #expect(try Mart_Order_V1_OrderPlaced(serializedBytes: dead.value).orderNumber == "3")
         #expect(dead.header(DeadLetterHeader.attempts) == "3")
+        // An invalid event is not retried: dead-lettered after its one attempt.
+        let invalid = try #require(try await dlq.next())
+        #expect(try Mart_Order_V1_OrderPlaced(serializedBytes: invalid.value).orderNumber == "4")
+        #expect(invalid.header(DeadLetterHeader.attempts) == "1")
         #expect(dead.header(DeadLetterHeader.originalTopic) == EventTopic.orders.name)
         #expect(dead.header(DeadLetterHeader.originalOffset) != nil)
         #expect(dead.header(DeadLetterHeader.error)?.contains("always fails") == true)
@@ -186,7 +191,7 @@ import Testing
           ["events", "redrive", EventTopic.orders.deadLetterName, "--wait", "8s"],
           environment: ["MART_KAFKA_TOPIC_PREFIX": prefix, "MART_LOG_LEVEL": "error"])
         #expect(await redrive.waitForExit() == 0, "\(redrive.standardError.suffix(1500))")
-        #expect(redrive.standardOutput.contains("redrove 1 event(s)"))
+        #expect(redrive.standardOutput.contains("redrove 2 event(s)"))
         let healthy = consumer("healed", on: transport, database: client, label: "healed")
         try await withServices([healthy]) {
           #expect(

@@ -51,12 +51,15 @@ public enum EventFixtures {
   /// A handler that records each OrderPlaced in `effects` with `label` (and fails for order
   /// numbers in `poison`), taking `delay` inside its transaction.
   public static func recordingHandlers(
-    poison: Set<String> = [], label: String = "", delay: Duration = .zero
+    poison: Set<String> = [], invalid: Set<String> = [], label: String = "", delay: Duration = .zero
   ) -> EventHandlers {
     var handlers = EventHandlers()
     handlers.on(Mart_Order_V1_OrderPlaced.self) { received, connection in
       if poison.contains(received.event.orderNumber) {
         throw PoisonError(orderNumber: received.event.orderNumber)
+      }
+      if invalid.contains(received.event.orderNumber) {
+        throw InvalidEvent("order \(received.event.orderNumber) can never be applied")
       }
       try await connection.query(
         """

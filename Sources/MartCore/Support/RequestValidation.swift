@@ -1,4 +1,5 @@
 import Foundation
+import MartProto
 
 /// Checks for request fields that every service has: ids, page sizes, money.
 ///
@@ -120,6 +121,15 @@ public struct RequestValidation: Sendable {
       if allowingNewlines, scalar == "\n" || scalar == "\r" || scalar == "\t" { return false }
       return scalar.isControlCharacter
     }
+  }
+}
+
+extension Mart_Common_V1_Money {
+  /// An amount in minor units of `currency` (ISO 4217).
+  public init(minor: Int64, currency: String) {
+    self.init()
+    amountMinor = minor
+    currencyCode = currency
   }
 }
 
