@@ -97,9 +97,16 @@ struct PaymentStore: Sendable {
         LIMIT \(limit + 1)
         """, logger: logger)
       var payments = try await PaymentRecord.decode(rows)
-      for index in payments.indices {
-        payments[index].refunds = try await refunds(of: payments[index].id, on: connection)
-      }
+      // The page's refunds in one query, not one per payment.
+      let refunds = Dictionary(
+        grouping: try await RefundRecord.decode(
+          try await connection.query(
+            """
+            SELECT \(unescaped: RefundRecord.columns) FROM refunds WHERE payment_id = ANY(\(payments.map(\.id))::uuid[])
+            ORDER BY created_at, id
+            """, logger: logger)),
+        by: \.paymentID)
+      for index in payments.indices { payments[index].refunds = refunds[payments[index].id] ?? [] }
       return payments
     }
   }
