@@ -64,6 +64,13 @@ public nonisolated struct Mart_User_V1_UserRegistered: Sendable {
   /// Clears the value of `registerTime`. Subsequent reads from it will return its default value.
   public mutating func clearRegisterTime() {self._registerTime = nil}
 
+  /// Preferred language of messages (BCP 47).
+  public var locale: String = String()
+
+  /// The account's version: 1 at registration, one more at every change that
+  /// UserUpdated reports. A projection keeps the highest it has seen.
+  public var version: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -72,13 +79,99 @@ public nonisolated struct Mart_User_V1_UserRegistered: Sendable {
   fileprivate var _registerTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
+/// An account's contact details or roles changed (UpdateMe, SetRoles, an
+/// admin promoted by `mart users create-admin`). Carries the whole new state,
+/// not the difference, so a consumer applies it by replacing what it holds
+/// when `version` is higher: redelivered or reordered events change nothing.
+/// Key: user_id. Consumers: notification (contacts, locale, admins).
+public nonisolated struct Mart_User_V1_UserUpdated: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Event metadata.
+  public var metadata: Mart_Common_V1_EventMetadata {
+    get {_storage._metadata ?? Mart_Common_V1_EventMetadata()}
+    set {_uniqueStorage()._metadata = newValue}
+  }
+  /// Returns true if `metadata` has been explicitly set.
+  public var hasMetadata: Bool {_storage._metadata != nil}
+  /// Clears the value of `metadata`. Subsequent reads from it will return its default value.
+  public mutating func clearMetadata() {_uniqueStorage()._metadata = nil}
+
+  /// The user (aggregate id).
+  public var userID: String {
+    get {_storage._userID}
+    set {_uniqueStorage()._userID = newValue}
+  }
+
+  /// Login email.
+  public var email: String {
+    get {_storage._email}
+    set {_uniqueStorage()._email = newValue}
+  }
+
+  /// Full name.
+  public var fullName: String {
+    get {_storage._fullName}
+    set {_uniqueStorage()._fullName = newValue}
+  }
+
+  /// Mobile number (E.164), may be empty.
+  public var phone: String {
+    get {_storage._phone}
+    set {_uniqueStorage()._phone = newValue}
+  }
+
+  /// Roles held now.
+  public var roles: [Mart_User_V1_User.Role] {
+    get {_storage._roles}
+    set {_uniqueStorage()._roles = newValue}
+  }
+
+  /// Preferred language of messages (BCP 47).
+  public var locale: String {
+    get {_storage._locale}
+    set {_uniqueStorage()._locale = newValue}
+  }
+
+  /// The account's version after this change (see UserRegistered.version).
+  public var version: Int64 {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
+
+  /// The roles before this change, when it changed them (empty otherwise):
+  /// a change of roles is a security notice to the account's owner.
+  public var previousRoles: [Mart_User_V1_User.Role] {
+    get {_storage._previousRoles}
+    set {_uniqueStorage()._previousRoles = newValue}
+  }
+
+  /// When the change was made.
+  public var updateTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._updateTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._updateTime = newValue}
+  }
+  /// Returns true if `updateTime` has been explicitly set.
+  public var hasUpdateTime: Bool {_storage._updateTime != nil}
+  /// Clears the value of `updateTime`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdateTime() {_uniqueStorage()._updateTime = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "mart.user.v1"
 
 nonisolated extension Mart_User_V1_UserRegistered: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UserRegistered"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{3}full_name\0\u{1}phone\0\u{1}roles\0\u{3}register_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{3}full_name\0\u{1}phone\0\u{1}roles\0\u{3}register_time\0\u{1}locale\0\u{1}version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -93,6 +186,8 @@ nonisolated extension Mart_User_V1_UserRegistered: SwiftProtobuf.Message, SwiftP
       case 5: try { try decoder.decodeSingularStringField(value: &self.phone) }()
       case 6: try { try decoder.decodeRepeatedEnumField(value: &self.roles) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._registerTime) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.locale) }()
+      case 9: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
       default: break
       }
     }
@@ -124,6 +219,12 @@ nonisolated extension Mart_User_V1_UserRegistered: SwiftProtobuf.Message, SwiftP
     try { if let v = self._registerTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
+    if !self.locale.isEmpty {
+      try visitor.visitSingularStringField(value: self.locale, fieldNumber: 8)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularInt64Field(value: self.version, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -135,6 +236,141 @@ nonisolated extension Mart_User_V1_UserRegistered: SwiftProtobuf.Message, SwiftP
     if lhs.phone != rhs.phone {return false}
     if lhs.roles != rhs.roles {return false}
     if lhs._registerTime != rhs._registerTime {return false}
+    if lhs.locale != rhs.locale {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_User_V1_UserUpdated: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UserUpdated"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{3}full_name\0\u{1}phone\0\u{1}roles\0\u{1}locale\0\u{1}version\0\u{3}previous_roles\0\u{3}update_time\0")
+
+  fileprivate class _StorageClass {
+    var _metadata: Mart_Common_V1_EventMetadata? = nil
+    var _userID: String = String()
+    var _email: String = String()
+    var _fullName: String = String()
+    var _phone: String = String()
+    var _roles: [Mart_User_V1_User.Role] = []
+    var _locale: String = String()
+    var _version: Int64 = 0
+    var _previousRoles: [Mart_User_V1_User.Role] = []
+    var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _metadata = source._metadata
+      _userID = source._userID
+      _email = source._email
+      _fullName = source._fullName
+      _phone = source._phone
+      _roles = source._roles
+      _locale = source._locale
+      _version = source._version
+      _previousRoles = source._previousRoles
+      _updateTime = source._updateTime
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._metadata) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._userID) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._email) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._fullName) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._phone) }()
+        case 6: try { try decoder.decodeRepeatedEnumField(value: &_storage._roles) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._locale) }()
+        case 8: try { try decoder.decodeSingularInt64Field(value: &_storage._version) }()
+        case 9: try { try decoder.decodeRepeatedEnumField(value: &_storage._previousRoles) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._updateTime) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._metadata {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._userID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._userID, fieldNumber: 2)
+      }
+      if !_storage._email.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._email, fieldNumber: 3)
+      }
+      if !_storage._fullName.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._fullName, fieldNumber: 4)
+      }
+      if !_storage._phone.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._phone, fieldNumber: 5)
+      }
+      if !_storage._roles.isEmpty {
+        try visitor.visitPackedEnumField(value: _storage._roles, fieldNumber: 6)
+      }
+      if !_storage._locale.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._locale, fieldNumber: 7)
+      }
+      if _storage._version != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._version, fieldNumber: 8)
+      }
+      if !_storage._previousRoles.isEmpty {
+        try visitor.visitPackedEnumField(value: _storage._previousRoles, fieldNumber: 9)
+      }
+      try { if let v = _storage._updateTime {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_User_V1_UserUpdated, rhs: Mart_User_V1_UserUpdated) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._metadata != rhs_storage._metadata {return false}
+        if _storage._userID != rhs_storage._userID {return false}
+        if _storage._email != rhs_storage._email {return false}
+        if _storage._fullName != rhs_storage._fullName {return false}
+        if _storage._phone != rhs_storage._phone {return false}
+        if _storage._roles != rhs_storage._roles {return false}
+        if _storage._locale != rhs_storage._locale {return false}
+        if _storage._version != rhs_storage._version {return false}
+        if _storage._previousRoles != rhs_storage._previousRoles {return false}
+        if _storage._updateTime != rhs_storage._updateTime {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

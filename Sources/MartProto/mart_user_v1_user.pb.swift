@@ -77,6 +77,10 @@ public nonisolated struct Mart_User_V1_User: Sendable {
   /// Clears the value of `lastLoginTime`. Subsequent reads from it will return its default value.
   public mutating func clearLastLoginTime() {self._lastLoginTime = nil}
 
+  /// Preferred language of the messages the shop sends, as a BCP 47 tag: a
+  /// language ("en", "de") with an optional region ("en-ZA"). Default "en".
+  public var locale: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// A role grants access beyond a customer's own data.
@@ -252,6 +256,9 @@ public nonisolated struct Mart_User_V1_RegisterRequest: Sendable {
 
   /// Optional mobile number, E.164.
   public var phone: String = String()
+
+  /// Optional preferred language, BCP 47 ("en", "de", "en-ZA"); default "en".
+  public var locale: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -433,7 +440,7 @@ public nonisolated struct Mart_User_V1_UpdateMeRequest: Sendable {
   /// Clears the value of `user`. Subsequent reads from it will return its default value.
   public mutating func clearUser() {self._user = nil}
 
-  /// Paths to update: `full_name`, `phone`. Required.
+  /// Paths to update: `full_name`, `phone`, `locale`. Required.
   public var updateMask: SwiftProtobuf.Google_Protobuf_FieldMask {
     get {_updateMask ?? SwiftProtobuf.Google_Protobuf_FieldMask()}
     set {_updateMask = newValue}
@@ -683,7 +690,7 @@ fileprivate nonisolated let _protobuf_package = "mart.user.v1"
 
 nonisolated extension Mart_User_V1_User: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".User"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}email\0\u{3}full_name\0\u{1}phone\0\u{1}roles\0\u{3}email_verified\0\u{3}create_time\0\u{3}update_time\0\u{3}last_login_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}email\0\u{3}full_name\0\u{1}phone\0\u{1}roles\0\u{3}email_verified\0\u{3}create_time\0\u{3}update_time\0\u{3}last_login_time\0\u{1}locale\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -700,6 +707,7 @@ nonisolated extension Mart_User_V1_User: SwiftProtobuf.Message, SwiftProtobuf._M
       case 7: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._updateTime) }()
       case 9: try { try decoder.decodeSingularMessageField(value: &self._lastLoginTime) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.locale) }()
       default: break
       }
     }
@@ -737,6 +745,9 @@ nonisolated extension Mart_User_V1_User: SwiftProtobuf.Message, SwiftProtobuf._M
     try { if let v = self._lastLoginTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     } }()
+    if !self.locale.isEmpty {
+      try visitor.visitSingularStringField(value: self.locale, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -750,6 +761,7 @@ nonisolated extension Mart_User_V1_User: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs._createTime != rhs._createTime {return false}
     if lhs._updateTime != rhs._updateTime {return false}
     if lhs._lastLoginTime != rhs._lastLoginTime {return false}
+    if lhs.locale != rhs.locale {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -879,7 +891,7 @@ nonisolated extension Mart_User_V1_AuthTokens: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Mart_User_V1_RegisterRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}email\0\u{1}password\0\u{3}full_name\0\u{1}phone\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}email\0\u{1}password\0\u{3}full_name\0\u{1}phone\0\u{1}locale\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -891,6 +903,7 @@ nonisolated extension Mart_User_V1_RegisterRequest: SwiftProtobuf.Message, Swift
       case 2: try { try decoder.decodeSingularStringField(value: &self.password) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.fullName) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.phone) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.locale) }()
       default: break
       }
     }
@@ -909,6 +922,9 @@ nonisolated extension Mart_User_V1_RegisterRequest: SwiftProtobuf.Message, Swift
     if !self.phone.isEmpty {
       try visitor.visitSingularStringField(value: self.phone, fieldNumber: 4)
     }
+    if !self.locale.isEmpty {
+      try visitor.visitSingularStringField(value: self.locale, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -917,6 +933,7 @@ nonisolated extension Mart_User_V1_RegisterRequest: SwiftProtobuf.Message, Swift
     if lhs.password != rhs.password {return false}
     if lhs.fullName != rhs.fullName {return false}
     if lhs.phone != rhs.phone {return false}
+    if lhs.locale != rhs.locale {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -14,12 +14,14 @@ struct UserAccounts: Sendable {
     var password: String
     var fullName: String
     var phone: String
+    var locale: String = ""
   }
 
   struct ValidAccount: Sendable {
     var email: String
     var fullName: String
     var phone: String?
+    var locale: String
   }
 
   /// The account's fields as stored, or INVALID_ARGUMENT naming every bad field.
@@ -41,8 +43,13 @@ struct UserAccounts: Sendable {
     case .success(let value): phone = value
     case .failure(let violation): violations.append(violation)
     }
-    guard violations.isEmpty, let email, let fullName else { throw UserServiceError.invalid(violations) }
-    return ValidAccount(email: email, fullName: fullName, phone: phone)
+    var locale: String?
+    switch Validation.locale(input.locale, field: "locale") {
+    case .success(let value): locale = value
+    case .failure(let violation): violations.append(violation)
+    }
+    guard violations.isEmpty, let email, let fullName, let locale else { throw UserServiceError.invalid(violations) }
+    return ValidAccount(email: email, fullName: fullName, phone: phone, locale: locale)
   }
 
   /// Validates, hashes the password (no transaction is open meanwhile), then inserts the user
@@ -55,7 +62,8 @@ struct UserAccounts: Sendable {
     let hash = try await hasher.hash(input.password)
     guard
       let created = try await store.createUser(
-        email: account.email, passwordHash: hash, fullName: account.fullName, phone: account.phone, roles: roles,
+        email: account.email, passwordHash: hash, fullName: account.fullName, phone: account.phone,
+        locale: account.locale, roles: roles,
         session: session)
     else { throw UserServiceError.emailTaken }
     return created

@@ -43,12 +43,14 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     -> Mart_User_V1_RegisterResponse
   {
     // Cheap checks first: no hashing for a request that will be refused anyway.
-    _ = try UserAccounts.validate(
-      .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone))
+    let account = UserAccounts.NewAccount(
+      email: request.email, password: request.password, fullName: request.fullName, phone: request.phone,
+      locale: request.locale)
+    _ = try UserAccounts.validate(account)
     let key = try await keys.signingKey()
     let refresh = RefreshTokens.make()
     let (user, refreshExpiresAt) = try await accounts.create(
-      .init(email: request.email, password: request.password, fullName: request.fullName, phone: request.phone),
+      account,
       roles: [MartRole.customer],
       session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
     logger.info("user registered", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
@@ -185,16 +187,23 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let userID = try Caller.requiredUserID()
     let paths = request.updateMask.paths
     guard request.hasUpdateMask, !paths.isEmpty else {
-      throw APIStatus.invalid("update_mask", "is required: list the fields to update (full_name, phone)")
+      throw APIStatus.invalid("update_mask", "is required: list the fields to update (full_name, phone, locale)")
     }
-    let unknown = paths.filter { !["full_name", "phone"].contains($0) }
+    let unknown = paths.filter { !["full_name", "phone", "locale"].contains($0) }
     guard unknown.isEmpty else {
       throw APIStatus.invalid(
-        "update_mask", "cannot update \(unknown.joined(separator: ", ")); updatable: full_name, phone")
+        "update_mask", "cannot update \(unknown.joined(separator: ", ")); updatable: full_name, phone, locale")
     }
     var violations: [FieldViolation] = []
     var fullName: String?
     var phone: String??
+    var locale: String?
+    if paths.contains("locale") {
+      switch Validation.locale(request.user.locale, field: "user.locale") {
+      case .success(let value): locale = value
+      case .failure(let violation): violations.append(violation)
+      }
+    }
     if paths.contains("full_name") {
       switch Validation.fullName(request.user.fullName, field: "user.full_name") {
       case .success(let value): fullName = value
@@ -208,7 +217,10 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       }
     }
     if !violations.isEmpty { throw APIStatus.invalid(violations) }
-    guard let user = try await store.updateProfile(userID: userID, fullName: fullName, phone: phone) else {
+    guard
+      let user = try await store.updateProfile(
+        userID: userID, fullName: fullName, phone: phone, locale: locale)
+    else {
       throw APIStatus.notFound("user not found")
     }
     return user.proto

@@ -16,6 +16,7 @@ public enum UserServiceModule {
       migrations: [
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
+        Migration(version: 3, name: "profile_versions", embedded: PackageResources._003_profile_versions_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())

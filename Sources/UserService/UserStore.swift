@@ -17,13 +17,21 @@ struct UserRecord: Sendable, Equatable {
   var createdAt: Date
   var updatedAt: Date
   var disabledAt: Date?
+  var locale: String
+  /// Counted by a trigger at every change of what UserUpdated carries (migration 0003).
+  var version: Int64
 
-  static let columns =
-    "id, email, full_name, phone, roles, email_verified_at, last_login_at, created_at, updated_at, disabled_at"
-  typealias Row = (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?)
+  static let columns = """
+    id, email, full_name, phone, roles, email_verified_at, last_login_at, created_at, updated_at, disabled_at, locale,
+    version
+    """
+  typealias Row = (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, String, Int64)
 
   init(_ row: Row) {
-    (id, email, fullName, phone, roles, emailVerifiedAt, lastLoginAt, createdAt, updatedAt, disabledAt) = row
+    (
+      id, email, fullName, phone, roles, emailVerifiedAt, lastLoginAt, createdAt, updatedAt, disabledAt, locale,
+      version
+    ) = row
   }
 
   var isAdmin: Bool { roles.contains(MartRole.admin) }
@@ -33,7 +41,9 @@ struct UserRecord: Sendable, Equatable {
     [MartRole.customer, MartRole.admin].filter { roles.contains($0) }
   }
 
-  var protoRoles: [Mart_User_V1_User.Role] {
+  var protoRoles: [Mart_User_V1_User.Role] { Self.protoRoles(roles) }
+
+  static func protoRoles(_ roles: [String]) -> [Mart_User_V1_User.Role] {
     var result: [Mart_User_V1_User.Role] = []
     if roles.contains(MartRole.customer) { result.append(.customer) }
     if roles.contains(MartRole.admin) { result.append(.admin) }
@@ -51,6 +61,22 @@ struct UserRecord: Sendable, Equatable {
       $0.createTime = Google_Protobuf_Timestamp(date: createdAt)
       $0.updateTime = Google_Protobuf_Timestamp(date: updatedAt)
       if let lastLoginAt { $0.lastLoginTime = Google_Protobuf_Timestamp(date: lastLoginAt) }
+      $0.locale = locale
+    }
+  }
+
+  /// The account's whole state after a change, for the services that keep a copy of it.
+  func updatedEvent(previousRoles: [Mart_User_V1_User.Role]) -> Mart_User_V1_UserUpdated {
+    .with {
+      $0.userID = id.uuidString.lowercased()
+      $0.email = email
+      $0.fullName = fullName
+      $0.phone = phone ?? ""
+      $0.roles = protoRoles
+      $0.locale = locale
+      $0.version = version
+      $0.previousRoles = previousRoles
+      $0.updateTime = Google_Protobuf_Timestamp(date: updatedAt)
     }
   }
 }
@@ -149,7 +175,7 @@ struct UserStore: Sendable {
   /// Inserts a user and emits UserRegistered (and stores the first refresh token of its session,
   /// if given) in one transaction. Nil when the email is taken (case-insensitively).
   func createUser(
-    email: String, passwordHash: String, fullName: String, phone: String?, roles: [String],
+    email: String, passwordHash: String, fullName: String, phone: String?, locale: String, roles: [String],
     session: NewRefreshToken?
   ) async throws -> (user: UserRecord, refreshExpiresAt: Date?)? {
     let outbox = self.outbox
@@ -157,8 +183,8 @@ struct UserStore: Sendable {
     return try await database.withTransaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
-        INSERT INTO users (email, password_hash, full_name, phone, roles)
-        VALUES (lower(\(email)), \(passwordHash), \(fullName), \(phone), \(roles))
+        INSERT INTO users (email, password_hash, full_name, phone, locale, roles)
+        VALUES (lower(\(email)), \(passwordHash), \(fullName), \(phone), \(locale), \(roles))
         ON CONFLICT DO NOTHING
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
@@ -172,6 +198,8 @@ struct UserStore: Sendable {
         $0.phone = user.phone ?? ""
         $0.roles = user.protoRoles
         $0.registerTime = Google_Protobuf_Timestamp(date: user.createdAt)
+        $0.locale = user.locale
+        $0.version = user.version
       }
       try await outbox.append(
         event, aggregateType: "user", aggregateID: user.id.uuidString.lowercased(), on: connection, logger: logger)
@@ -191,10 +219,10 @@ struct UserStore: Sendable {
       """, logger: logger)
     var result: (UserRecord, String)?
     for try await row in rows.decode(
-      (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, String).self)
+      (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, String, Int64, String).self)
     {
-      let (a, b, c, d, e, f, g, h, i, j, hash) = row
-      result = (UserRecord((a, b, c, d, e, f, g, h, i, j)), hash)
+      let (a, b, c, d, e, f, g, h, i, j, k, l, hash) = row
+      result = (UserRecord((a, b, c, d, e, f, g, h, i, j, k, l)), hash)
     }
     return result
   }
@@ -224,21 +252,46 @@ struct UserStore: Sendable {
     }
   }
 
-  /// Replaces the paths given (non-nil) of a user's profile.
-  func updateProfile(userID: UUID, fullName: String?, phone: String??) async throws -> UserRecord? {
+  /// Replaces the paths given (non-nil) of a user's profile, and emits UserUpdated when that
+  /// changed anything (the version tells).
+  func updateProfile(userID: UUID, fullName: String?, phone: String??, locale: String?) async throws -> UserRecord? {
     let setName = fullName != nil
     let setPhone = phone != nil
     let newPhone: String? = phone ?? nil
-    let rows = try await database.query(
-      """
-      UPDATE users SET
-        full_name = CASE WHEN \(setName) THEN \(fullName ?? "") ELSE full_name END,
-        phone = CASE WHEN \(setPhone) THEN \(newPhone) ELSE phone END,
-        updated_at = now()
-      WHERE id = \(userID)
-      RETURNING \(unescaped: UserRecord.columns)
-      """, logger: logger)
-    return try await Self.firstUser(rows)
+    let outbox = self.outbox
+    let logger = self.logger
+    return try await database.withTransaction(logger: logger) { connection in
+      let before = try await connection.query(
+        "SELECT version FROM users WHERE id = \(userID) FOR UPDATE", logger: logger)
+      var previousVersion: Int64?
+      for try await version in before.decode(Int64.self) { previousVersion = version }
+      guard previousVersion != nil else { return nil }
+      let rows = try await connection.query(
+        """
+        UPDATE users SET
+          full_name = CASE WHEN \(setName) THEN \(fullName ?? "") ELSE full_name END,
+          phone = CASE WHEN \(setPhone) THEN \(newPhone) ELSE phone END,
+          locale = coalesce(\(locale), locale),
+          updated_at = now()
+        WHERE id = \(userID)
+        RETURNING \(unescaped: UserRecord.columns)
+        """, logger: logger)
+      guard let user = try await Self.firstUser(rows) else { return nil }
+      if user.version != previousVersion {
+        try await Self.appendUpdated(user, previousRoles: [], outbox: outbox, on: connection, logger: logger)
+      }
+      return user
+    }
+  }
+
+  /// UserUpdated for a change made in this transaction.
+  static func appendUpdated(
+    _ user: UserRecord, previousRoles: [Mart_User_V1_User.Role], outbox: Outbox, on connection: PostgresConnection,
+    logger: Logger
+  ) async throws {
+    try await outbox.append(
+      user.updatedEvent(previousRoles: previousRoles), aggregateType: "user",
+      aggregateID: user.id.uuidString.lowercased(), on: connection, logger: logger)
   }
 
   /// Users, newest first, after the page token's position.
@@ -262,10 +315,10 @@ struct UserStore: Sendable {
       """, logger: logger)
     var result: [(UserRecord, micros: Int64)] = []
     for try await row in rows.decode(
-      (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, Int64).self)
+      (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, String, Int64, Int64).self)
     {
-      let (a, b, c, d, e, f, g, h, i, j, micros) = row
-      result.append((UserRecord((a, b, c, d, e, f, g, h, i, j)), micros))
+      let (a, b, c, d, e, f, g, h, i, j, k, l, micros) = row
+      result.append((UserRecord((a, b, c, d, e, f, g, h, i, j, k, l)), micros))
     }
     return result
   }
@@ -274,6 +327,7 @@ struct UserStore: Sendable {
   /// refusing to remove the last enabled admin. The admins' rows are locked (in id order, so two
   /// concurrent calls cannot deadlock), so two concurrent demotions cannot both pass the check.
   func setRoles(userID: UUID, granting requested: Set<String>) async throws -> SetRolesOutcome {
+    let outbox = self.outbox
     let logger = self.logger
     return try await database.withTransaction(logger: logger) { connection in
       let rows = try await connection.query(
@@ -306,12 +360,17 @@ struct UserStore: Sendable {
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
       guard let user = try await Self.firstUser(updated) else { return .notFound }
+      if Set(user.roles) != Set(current) {
+        try await Self.appendUpdated(
+          user, previousRoles: UserRecord.protoRoles(current), outbox: outbox, on: connection, logger: logger)
+      }
       return .updated(user)
     }
   }
 
   /// Adds the admin role to the account with this email (for `mart users create-admin`).
   func promoteToAdmin(email: String) async throws -> PromotionOutcome {
+    let outbox = self.outbox
     let logger = self.logger
     return try await database.withTransaction(logger: logger) { connection in
       let rows = try await connection.query(
@@ -325,6 +384,8 @@ struct UserStore: Sendable {
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
       guard let promoted = try await Self.firstUser(updated) else { return .notFound }
+      try await Self.appendUpdated(
+        promoted, previousRoles: user.protoRoles, outbox: outbox, on: connection, logger: logger)
       return .promoted(promoted)
     }
   }

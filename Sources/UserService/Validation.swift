@@ -75,6 +75,23 @@ enum Validation {
     return .success(phone)
   }
 
+  /// A BCP 47 language tag as messages are chosen by: a language of 2 or 3 letters and an optional
+  /// region of 2 ("en", "de", "en-ZA"), normalised to that case; "_" is taken for "-". Empty: "en".
+  static func locale(_ raw: String, field: String) -> Result<String, FieldViolation> {
+    let tag = raw.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-")
+    if tag.isEmpty { return .success(defaultLocale) }
+    let parts = tag.split(separator: "-", omittingEmptySubsequences: false)
+    let letters = { (part: Substring) in part.allSatisfy { $0.isASCII && $0.isLetter } }
+    guard (1...2).contains(parts.count), (2...3).contains(parts[0].count), letters(parts[0]),
+      parts.count == 1 || (parts[1].count == 2 && letters(parts[1]))
+    else {
+      return .failure(FieldViolation(field, "must be a language tag such as \"en\" or \"en-ZA\""))
+    }
+    return .success(parts.count == 1 ? parts[0].lowercased() : "\(parts[0].lowercased())-\(parts[1].uppercased())")
+  }
+
+  static let defaultLocale = "en"
+
   /// A validated address book entry, as the addresses table stores it.
   struct AddressInput: Sendable {
     var label: String?

@@ -470,6 +470,76 @@ import UserService
     }
   }
 
+  /// What the notification service keeps of an account comes from these events: the whole state
+  /// and a version that grows with every change, so a copy can refuse an older one.
+  @Test func localeAndUserUpdatedCarryTheWholeStateWithAVersion() async throws {
+    try await withUserService("users_updated") { service in
+      let registered = try await service.client.register(
+        .with {
+          $0.email = "lena@example.com"
+          $0.password = defaultPassword
+          $0.fullName = "Lena Berg"
+          $0.locale = "de_ch"
+        })
+      #expect(registered.user.locale == "de-CH")
+      let auth = bearer(registered.tokens.accessToken)
+      let badLocale = await rpcError {
+        _ = try await service.client.register(
+          .with {
+            $0.email = "max@example.com"
+            $0.password = defaultPassword
+            $0.fullName = "Max"
+            $0.locale = "german"
+          })
+      }
+      #expect(fields(badLocale) == ["locale"])
+
+      let updated = try await service.client.updateMe(
+        .with {
+          $0.user.locale = "en"
+          $0.user.phone = "+27821234567"
+          $0.updateMask = .with { $0.paths = ["locale", "phone"] }
+        }, metadata: auth)
+      #expect(updated.locale == "en")
+      // The same values again change nothing, so no event.
+      _ = try await service.client.updateMe(
+        .with {
+          $0.user.locale = "en"
+          $0.updateMask = .with { $0.paths = ["locale"] }
+        }, metadata: auth)
+      _ = try await UserAdministration.createAdmin(
+        database: service.database, email: "root@example.com", fullName: "Root", passwordCost: .testing,
+        logger: TestBed.logger
+      ) { "correct horse battery staple" }
+      let adminToken = try await service.client.login(
+        .with {
+          $0.email = "root@example.com"
+          $0.password = "correct horse battery staple"
+        }
+      ).tokens.accessToken
+      _ = try await service.client.setRoles(
+        .with {
+          $0.userID = registered.user.id
+          $0.roles = [.customer, .admin]
+        }, metadata: bearer(adminToken))
+
+      let rows = try await service.database.query(
+        """
+        SELECT payload FROM outbox WHERE event_type = 'mart.user.v1.UserUpdated' AND aggregate_id = \(registered.user.id)
+        ORDER BY id
+        """, logger: TestBed.logger)
+      var events: [Mart_User_V1_UserUpdated] = []
+      for try await payload in rows.decode(ByteBuffer.self) {
+        events.append(try Mart_User_V1_UserUpdated(serializedBytes: Array(buffer: payload)))
+      }
+      #expect(events.map(\.version) == [2, 3])
+      #expect(events.first?.locale == "en" && events.first?.phone == "+27821234567")
+      #expect(events.first?.previousRoles == [])
+      #expect(events.last?.roles == [.customer, .admin] && events.last?.previousRoles == [.customer])
+      #expect(events.allSatisfy { $0.email == "lena@example.com" && $0.fullName == "Lena Berg" })
+    }
+  }
+
   @Test func profileAndAddressBook() async throws {
     try await withUserService("users_addresses") { service in
       let registered = try await service.register(email: "nina@example.com")
