@@ -41,6 +41,7 @@ extension DomainEvents {
     Mart_Product_V1_ProductUpdated.self,
     Mart_Product_V1_ProductArchived.self,
     Mart_User_V1_UserRegistered.self,
+    Mart_User_V1_UserUpdated.self,
   ]
 }
 
@@ -121,5 +122,9 @@ extension Mart_Product_V1_ProductArchived: DomainEvent {
 }
 
 extension Mart_User_V1_UserRegistered: DomainEvent {
+  public static var topic: EventTopic { .`users` }
+}
+
+extension Mart_User_V1_UserUpdated: DomainEvent {
   public static var topic: EventTopic { .`users` }
 }
