@@ -95,7 +95,7 @@ extension OrderChange {
   /// A refund the payment service made: in the timeline; a full refund of the order's own
   /// payment once it was paid (shipped, delivered) makes it REFUNDED.
   mutating func recordRefund(of paymentID: UUID, amountMinor: Int64, full: Bool, reason: String) async throws {
-    let amount = OrderSaga.format(amountMinor, order.currency)
+    let amount = Mart_Common_V1_Money.displayText(minor: amountMinor, currency: order.currency)
     let ownPayment = order.paymentID == paymentID
     if full {
       let now = Date()

@@ -216,7 +216,9 @@ public struct OrderSaga: Service {
         $0.paidAt = received
       }
       let paid = change.order
-      try await change.note(.paid, "Paid \(Self.format(paid.totalMinor, paid.currency))", actor: .system)
+      try await change.note(
+        .paid, "Paid \(Mart_Common_V1_Money.displayText(minor: paid.totalMinor, currency: paid.currency))",
+        actor: .system)
       try await change.publish(
         Mart_Order_V1_OrderPaid.with {
           $0.orderID = paid.id.lowercasedString
@@ -293,20 +295,6 @@ public struct OrderSaga: Service {
     options.waitForReady = false
     return options
   }
-
-  /// An amount for a timeline message, e.g. "ZAR 1234.50" (ISO 4217's zero-decimal currencies
-  /// without decimals).
-  static func format(_ minor: Int64, _ currency: String) -> String {
-    let sign = minor < 0 ? "-" : ""
-    let units = minor.magnitude
-    if zeroDecimalCurrencies.contains(currency) { return "\(currency) \(sign)\(units)" }
-    let cents = units % 100
-    return "\(currency) \(sign)\(units / 100).\(cents < 10 ? "0" : "")\(cents)"
-  }
-
-  static let zeroDecimalCurrencies: Set<String> = [
-    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
-  ]
 }
 
 extension OrderChange {

@@ -131,6 +131,22 @@ extension Mart_Common_V1_Money {
     amountMinor = minor
     currencyCode = currency
   }
+
+  /// The amount as people read it, e.g. "ZAR 1234.50" (ISO 4217's zero-decimal currencies
+  /// without decimals).
+  public var displayText: String { Self.displayText(minor: amountMinor, currency: currencyCode) }
+
+  public static func displayText(minor: Int64, currency: String) -> String {
+    let sign = minor < 0 ? "-" : ""
+    let units = minor.magnitude
+    if zeroDecimalCurrencies.contains(currency) { return "\(currency) \(sign)\(units)" }
+    let cents = units % 100
+    return "\(currency) \(sign)\(units / 100).\(cents < 10 ? "0" : "")\(cents)"
+  }
+
+  static let zeroDecimalCurrencies: Set<String> = [
+    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+  ]
 }
 
 extension UUID {
