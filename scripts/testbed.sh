@@ -441,6 +441,8 @@ write_env() {
         printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
         # Stripe's API on loopback (each payment test starts its own, on a port of its own).
         printf 'export MART_LOCALSTRIPE_BIN=%s\n' "$CACHE/venv-localstripe/bin/localstripe"
+        # The SMTP tests' server (scripts/smtp-test-server.py) runs on this python, which has aiosmtpd.
+        printf 'export MART_AIOSMTPD_PYTHON=%s\n' "$CACHE/venv-aiosmtpd/bin/python"
         printf 'export MART_PG_BIN=%s\n' "$PG_BIN"
         printf 'export MART_PG_DATA=%s\n' "$PGDATA_DIR"
         printf 'export MART_PG_PORT=%s\n' "$pgport"
