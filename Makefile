@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test build proto proto-check lint format bench bench-gateway bench-catalog bench-orders clean
+.PHONY: help run admin seed test build proto proto-check lint format bench bench-gateway bench-catalog bench-orders bench-notifications clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,7 @@ bench: ## Run the benchmarks under Benchmarks/ (figures go to docs/PERFORMANCE.m
 	@scripts/bench-gateway.sh
 	@scripts/bench-catalog.sh
 	@scripts/bench-orders.sh
+	@scripts/bench-notifications.sh
 
 bench-gateway: ## Only the gateway benchmark: gateway vs direct gRPC vs a bare route
 	@scripts/bench-gateway.sh
@@ -50,6 +51,9 @@ bench-catalog: ## Only the catalog benchmark: reservations/s, and list/search th
 
 bench-orders: ## Only the order-flow benchmark: orders placed -> PAID per second, p50/p99, through the edge
 	@scripts/bench-orders.sh
+
+bench-notifications: ## Only the notification benchmark: emails/s to a local SMTP server, event -> SMTP p50/p99
+	@scripts/bench-notifications.sh
 
 clean: ## Remove build products and test scratch state (keeps the `make run` data in .mart/)
 	rm -rf .build .build-tools .testbed/run-*

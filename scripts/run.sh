@@ -26,6 +26,19 @@ export MART_LOG_FORMAT="${MART_LOG_FORMAT:-text}"
 # On this machine orders are paid with the sandbox provider (no money moves); Stripe and PayFast
 # come on when their keys are in the environment (README: "Payments").
 export MART_PAYMENT_SANDBOX_ENABLED="${MART_PAYMENT_SANDBOX_ENABLED:-true}"
+# Without SMTP or Twilio settings (README: "Notifications"), the shop's emails and text messages
+# are written as files: one .eml per email, one .txt per SMS.
+export MART_NOTIFICATION_MAILBOX_DIR="${MART_NOTIFICATION_MAILBOX_DIR:-$PWD/.mart/mail}"
+if [[ -z ${MART_SMTP_HOST:-}${MART_SMTP_USERNAME:-} ]]; then
+  mail_line="Emails            $MART_NOTIFICATION_MAILBOX_DIR/*.eml    (no SMTP set: README \"Notifications\")"
+else
+  mail_line="Emails            over SMTP to ${MART_SMTP_HOST:-sandbox.smtp.mailtrap.io}"
+fi
+if [[ -z ${MART_TWILIO_ACCOUNT_SID:-} ]]; then
+  sms_line="Text messages     $MART_NOTIFICATION_MAILBOX_DIR/*.txt"
+else
+  sms_line="Text messages     through Twilio"
+fi
 port=${MART_GATEWAY_PORT:-8000}
 echo "mart: starting; gateway on http://127.0.0.1:$port (Ctrl-C stops everything)"
 # Not exec: the trap above must stop the cluster after the mart has drained.
@@ -56,6 +69,8 @@ ready() {
     The first admin   make admin EMAIL=you@example.com        in another terminal; asks for a password
     Demo data         make seed                                after the admin: 6 categories, 50 products
                                                                with stock, and a demo customer it prints
+    $mail_line
+    $sms_line
     Ctrl-C here stops the mart and its database (the data stays in .mart/).
 
 NEXT

@@ -75,6 +75,19 @@ public enum Mart_Notification_V1_NotificationService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "MarkNotificationRead" metadata.
+        public enum MarkNotificationRead: Sendable {
+            /// Request type for "MarkNotificationRead".
+            public typealias Input = Mart_Notification_V1_MarkNotificationReadRequest
+            /// Response type for "MarkNotificationRead".
+            public typealias Output = Mart_Notification_V1_Notification
+            /// Descriptor for "MarkNotificationRead".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.notification.v1.NotificationService"),
+                method: "MarkNotificationRead",
+                type: .unary
+            )
+        }
         /// Namespace for "SendTestNotification" metadata.
         public enum SendTestNotification: Sendable {
             /// Request type for "SendTestNotification".
@@ -94,6 +107,7 @@ public enum Mart_Notification_V1_NotificationService: Sendable {
             GetMyPreferences.descriptor,
             UpdateMyPreferences.descriptor,
             ListDeliveries.descriptor,
+            MarkNotificationRead.descriptor,
             SendTestNotification.descriptor
         ]
     }
@@ -167,8 +181,8 @@ extension Mart_Notification_V1_NotificationService {
         /// > Source IDL Documentation:
         /// >
         /// > Updates the signed-in user's preferences. Customer. Paths address one
-        /// > kind or one channel of a kind, e.g. "order_shipped" or
-        /// > "order_shipped.sms"; `update_mask` is a query parameter.
+        /// > category or one channel of it, e.g. "orders" or "orders.sms";
+        /// > `update_mask` is a query parameter.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_Notification_V1_UpdateMyPreferencesRequest` messages.
@@ -199,6 +213,25 @@ extension Mart_Notification_V1_NotificationService {
             request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_ListDeliveriesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_ListDeliveriesResponse>
+
+        /// Handle the "MarkNotificationRead" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks one of the signed-in user's notifications as read (idempotent: a
+        /// > second call keeps the first read time). Customer.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_Notification_V1_MarkNotificationReadRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_Notification_V1_Notification` messages.
+        func markNotificationRead(
+            request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_Notification>
 
         /// Handle the "SendTestNotification" method.
         ///
@@ -274,8 +307,8 @@ extension Mart_Notification_V1_NotificationService {
         /// > Source IDL Documentation:
         /// >
         /// > Updates the signed-in user's preferences. Customer. Paths address one
-        /// > kind or one channel of a kind, e.g. "order_shipped" or
-        /// > "order_shipped.sms"; `update_mask` is a query parameter.
+        /// > category or one channel of it, e.g. "orders" or "orders.sms";
+        /// > `update_mask` is a query parameter.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Notification_V1_UpdateMyPreferencesRequest` message.
@@ -306,6 +339,25 @@ extension Mart_Notification_V1_NotificationService {
             request: GRPCCore.ServerRequest<Mart_Notification_V1_ListDeliveriesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_ListDeliveriesResponse>
+
+        /// Handle the "MarkNotificationRead" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks one of the signed-in user's notifications as read (idempotent: a
+        /// > second call keeps the first read time). Customer.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_MarkNotificationReadRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_Notification_V1_Notification` message.
+        func markNotificationRead(
+            request: GRPCCore.ServerRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_Notification>
 
         /// Handle the "SendTestNotification" method.
         ///
@@ -379,8 +431,8 @@ extension Mart_Notification_V1_NotificationService {
         /// > Source IDL Documentation:
         /// >
         /// > Updates the signed-in user's preferences. Customer. Paths address one
-        /// > kind or one channel of a kind, e.g. "order_shipped" or
-        /// > "order_shipped.sms"; `update_mask` is a query parameter.
+        /// > category or one channel of it, e.g. "orders" or "orders.sms";
+        /// > `update_mask` is a query parameter.
         ///
         /// - Parameters:
         ///   - request: A `Mart_Notification_V1_UpdateMyPreferencesRequest` message.
@@ -411,6 +463,25 @@ extension Mart_Notification_V1_NotificationService {
             request: Mart_Notification_V1_ListDeliveriesRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Mart_Notification_V1_ListDeliveriesResponse
+
+        /// Handle the "MarkNotificationRead" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks one of the signed-in user's notifications as read (idempotent: a
+        /// > second call keeps the first read time). Customer.
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_Notification_V1_MarkNotificationReadRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_Notification_V1_Notification` to respond with.
+        func markNotificationRead(
+            request: Mart_Notification_V1_MarkNotificationReadRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_Notification_V1_Notification
 
         /// Handle the "SendTestNotification" method.
         ///
@@ -482,6 +553,17 @@ extension Mart_Notification_V1_NotificationService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Mart_Notification_V1_NotificationService.Method.MarkNotificationRead.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_MarkNotificationReadRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_Notification>(),
+            handler: { request, context in
+                try await self.markNotificationRead(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Mart_Notification_V1_NotificationService.Method.SendTestNotification.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_SendTestNotificationRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_SendTestNotificationResponse>(),
@@ -536,6 +618,17 @@ extension Mart_Notification_V1_NotificationService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_ListDeliveriesResponse> {
         let response = try await self.listDeliveries(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func markNotificationRead(
+        request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_Notification> {
+        let response = try await self.markNotificationRead(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -602,6 +695,19 @@ extension Mart_Notification_V1_NotificationService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_ListDeliveriesResponse> {
         return GRPCCore.ServerResponse<Mart_Notification_V1_ListDeliveriesResponse>(
             message: try await self.listDeliveries(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func markNotificationRead(
+        request: GRPCCore.ServerRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_Notification> {
+        return GRPCCore.ServerResponse<Mart_Notification_V1_Notification>(
+            message: try await self.markNotificationRead(
                 request: request.message,
                 context: context
             ),
@@ -688,8 +794,8 @@ extension Mart_Notification_V1_NotificationService {
         /// > Source IDL Documentation:
         /// >
         /// > Updates the signed-in user's preferences. Customer. Paths address one
-        /// > kind or one channel of a kind, e.g. "order_shipped" or
-        /// > "order_shipped.sms"; `update_mask` is a query parameter.
+        /// > category or one channel of it, e.g. "orders" or "orders.sms";
+        /// > `update_mask` is a query parameter.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Notification_V1_UpdateMyPreferencesRequest` message.
@@ -729,6 +835,30 @@ extension Mart_Notification_V1_NotificationService {
             deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_ListDeliveriesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_ListDeliveriesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "MarkNotificationRead" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks one of the signed-in user's notifications as read (idempotent: a
+        /// > second call keeps the first read time). Customer.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_MarkNotificationReadRequest` message.
+        ///   - serializer: A serializer for `Mart_Notification_V1_MarkNotificationReadRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Notification_V1_Notification` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func markNotificationRead<Result>(
+            request: GRPCCore.ClientRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Notification_V1_MarkNotificationReadRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_Notification>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_Notification>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "SendTestNotification" method.
@@ -850,8 +980,8 @@ extension Mart_Notification_V1_NotificationService {
         /// > Source IDL Documentation:
         /// >
         /// > Updates the signed-in user's preferences. Customer. Paths address one
-        /// > kind or one channel of a kind, e.g. "order_shipped" or
-        /// > "order_shipped.sms"; `update_mask` is a query parameter.
+        /// > category or one channel of it, e.g. "orders" or "orders.sms";
+        /// > `update_mask` is a query parameter.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_Notification_V1_UpdateMyPreferencesRequest` message.
@@ -908,6 +1038,41 @@ extension Mart_Notification_V1_NotificationService {
             try await self.client.unary(
                 request: request,
                 descriptor: Mart_Notification_V1_NotificationService.Method.ListDeliveries.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "MarkNotificationRead" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks one of the signed-in user's notifications as read (idempotent: a
+        /// > second call keeps the first read time). Customer.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_MarkNotificationReadRequest` message.
+        ///   - serializer: A serializer for `Mart_Notification_V1_MarkNotificationReadRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Notification_V1_Notification` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func markNotificationRead<Result>(
+            request: GRPCCore.ClientRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Notification_V1_MarkNotificationReadRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_Notification>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_Notification>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_Notification_V1_NotificationService.Method.MarkNotificationRead.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -1019,8 +1184,8 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Updates the signed-in user's preferences. Customer. Paths address one
-    /// > kind or one channel of a kind, e.g. "order_shipped" or
-    /// > "order_shipped.sms"; `update_mask` is a query parameter.
+    /// > category or one channel of it, e.g. "orders" or "orders.sms";
+    /// > `update_mask` is a query parameter.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_Notification_V1_UpdateMyPreferencesRequest` message.
@@ -1069,6 +1234,36 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_ListDeliveriesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_ListDeliveriesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "MarkNotificationRead" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Marks one of the signed-in user's notifications as read (idempotent: a
+    /// > second call keeps the first read time). Customer.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_Notification_V1_MarkNotificationReadRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func markNotificationRead<Result>(
+        request: GRPCCore.ClientRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_Notification>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.markNotificationRead(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_MarkNotificationReadRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_Notification>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1180,8 +1375,8 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Updates the signed-in user's preferences. Customer. Paths address one
-    /// > kind or one channel of a kind, e.g. "order_shipped" or
-    /// > "order_shipped.sms"; `update_mask` is a query parameter.
+    /// > category or one channel of it, e.g. "orders" or "orders.sms";
+    /// > `update_mask` is a query parameter.
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1237,6 +1432,40 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
             metadata: metadata
         )
         return try await self.listDeliveries(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "MarkNotificationRead" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Marks one of the signed-in user's notifications as read (idempotent: a
+    /// > second call keeps the first read time). Customer.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func markNotificationRead<Result>(
+        _ message: Mart_Notification_V1_MarkNotificationReadRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_Notification>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_Notification_V1_MarkNotificationReadRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.markNotificationRead(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -113,6 +113,17 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
   /// Clears the value of `createTime`. Subsequent reads from it will return its default value.
   public mutating func clearCreateTime() {self._createTime = nil}
 
+  /// When its recipient marked it read (MarkNotificationRead); unset while
+  /// unread.
+  public var readTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_readTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_readTime = newValue}
+  }
+  /// Returns true if `readTime` has been explicitly set.
+  public var hasReadTime: Bool {self._readTime != nil}
+  /// Clears the value of `readTime`. Subsequent reads from it will return its default value.
+  public mutating func clearReadTime() {self._readTime = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// What the notification is about.
@@ -151,6 +162,10 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
 
     /// Sent by SendTestNotification.
     case test // = 10
+
+    /// The account's roles changed (UserUpdated). A security notice: email,
+    /// always sent, whatever the preferences.
+    case rolesChanged // = 11
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -170,6 +185,7 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case 8: self = .paymentRefunded
       case 9: self = .lowStock
       case 10: self = .test
+      case 11: self = .rolesChanged
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -187,6 +203,7 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case .paymentRefunded: return 8
       case .lowStock: return 9
       case .test: return 10
+      case .rolesChanged: return 11
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -204,6 +221,7 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       .paymentRefunded,
       .lowStock,
       .test,
+      .rolesChanged,
     ]
 
   }
@@ -211,70 +229,114 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
   public init() {}
 
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _readTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 /// One attempt to send a notification through email or SMS.
-public nonisolated struct Mart_Notification_V1_Delivery: Sendable {
+public nonisolated struct Mart_Notification_V1_Delivery: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Server-assigned UUID.
-  public var id: String = String()
+  public var id: String {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
 
   /// The notification delivered.
-  public var notificationID: String = String()
+  public var notificationID: String {
+    get {_storage._notificationID}
+    set {_uniqueStorage()._notificationID = newValue}
+  }
 
   /// The recipient user.
-  public var userID: String = String()
+  public var userID: String {
+    get {_storage._userID}
+    set {_uniqueStorage()._userID = newValue}
+  }
 
   /// What it is about (copied from the notification).
-  public var kind: Mart_Notification_V1_Notification.Kind = .unspecified
+  public var kind: Mart_Notification_V1_Notification.Kind {
+    get {_storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
 
   /// EMAIL or SMS.
-  public var channel: Mart_Notification_V1_Channel = .unspecified
+  public var channel: Mart_Notification_V1_Channel {
+    get {_storage._channel}
+    set {_uniqueStorage()._channel = newValue}
+  }
 
   /// Email address or phone number, masked for display (e.g. "j***@example.com").
-  public var destination: String = String()
+  public var destination: String {
+    get {_storage._destination}
+    set {_uniqueStorage()._destination = newValue}
+  }
 
   /// Status.
-  public var status: Mart_Notification_V1_Delivery.Status = .unspecified
+  public var status: Mart_Notification_V1_Delivery.Status {
+    get {_storage._status}
+    set {_uniqueStorage()._status = newValue}
+  }
 
   /// Number of send attempts so far.
   public var attemptCount: Int32 {
-    get {_attemptCount ?? 0}
-    set {_attemptCount = newValue}
+    get {_storage._attemptCount ?? 0}
+    set {_uniqueStorage()._attemptCount = newValue}
   }
   /// Returns true if `attemptCount` has been explicitly set.
-  public var hasAttemptCount: Bool {self._attemptCount != nil}
+  public var hasAttemptCount: Bool {_storage._attemptCount != nil}
   /// Clears the value of `attemptCount`. Subsequent reads from it will return its default value.
-  public mutating func clearAttemptCount() {self._attemptCount = nil}
+  public mutating func clearAttemptCount() {_uniqueStorage()._attemptCount = nil}
 
   /// Last error from the provider, if any.
-  public var lastError: String = String()
+  public var lastError: String {
+    get {_storage._lastError}
+    set {_uniqueStorage()._lastError = newValue}
+  }
 
   /// The provider's message id, once sent.
-  public var providerMessageID: String = String()
+  public var providerMessageID: String {
+    get {_storage._providerMessageID}
+    set {_uniqueStorage()._providerMessageID = newValue}
+  }
 
   /// When it was created.
   public var createTime: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_createTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_createTime = newValue}
+    get {_storage._createTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._createTime = newValue}
   }
   /// Returns true if `createTime` has been explicitly set.
-  public var hasCreateTime: Bool {self._createTime != nil}
+  public var hasCreateTime: Bool {_storage._createTime != nil}
   /// Clears the value of `createTime`. Subsequent reads from it will return its default value.
-  public mutating func clearCreateTime() {self._createTime = nil}
+  public mutating func clearCreateTime() {_uniqueStorage()._createTime = nil}
 
   /// When it was sent.
   public var sendTime: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_sendTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_sendTime = newValue}
+    get {_storage._sendTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._sendTime = newValue}
   }
   /// Returns true if `sendTime` has been explicitly set.
-  public var hasSendTime: Bool {self._sendTime != nil}
+  public var hasSendTime: Bool {_storage._sendTime != nil}
   /// Clears the value of `sendTime`. Subsequent reads from it will return its default value.
-  public mutating func clearSendTime() {self._sendTime = nil}
+  public mutating func clearSendTime() {_uniqueStorage()._sendTime = nil}
+
+  /// When it is tried next (PENDING and RETRYING only).
+  public var nextAttemptTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._nextAttemptTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._nextAttemptTime = newValue}
+  }
+  /// Returns true if `nextAttemptTime` has been explicitly set.
+  public var hasNextAttemptTime: Bool {_storage._nextAttemptTime != nil}
+  /// Clears the value of `nextAttemptTime`. Subsequent reads from it will return its default value.
+  public mutating func clearNextAttemptTime() {_uniqueStorage()._nextAttemptTime = nil}
+
+  /// Id of the event that caused it (empty for TEST notifications).
+  public var sourceEventID: String {
+    get {_storage._sourceEventID}
+    set {_uniqueStorage()._sourceEventID = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -285,17 +347,25 @@ public nonisolated struct Mart_Notification_V1_Delivery: Sendable {
     /// Not set. In filters: any status.
     case unspecified // = 0
 
-    /// Queued or being retried.
+    /// Queued, not tried yet.
     case pending // = 1
 
     /// Accepted by the email/SMS provider.
     case sent // = 2
 
-    /// Gave up after retries (see `last_error`).
+    /// Refused for good by the provider, or given up after the last retry
+    /// (see `last_error`).
     case failed // = 3
 
-    /// Not sent: disabled by the user's preferences or no address/number.
+    /// Not sent: no address or number, or the provider is not configured.
     case skipped // = 4
+
+    /// Being handed to the provider now.
+    case sending // = 5
+
+    /// A try failed for a reason that may pass (see `last_error`); tried
+    /// again at `next_attempt_time`.
+    case retrying // = 6
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -309,6 +379,8 @@ public nonisolated struct Mart_Notification_V1_Delivery: Sendable {
       case 2: self = .sent
       case 3: self = .failed
       case 4: self = .skipped
+      case 5: self = .sending
+      case 6: self = .retrying
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -320,6 +392,8 @@ public nonisolated struct Mart_Notification_V1_Delivery: Sendable {
       case .sent: return 2
       case .failed: return 3
       case .skipped: return 4
+      case .sending: return 5
+      case .retrying: return 6
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -331,18 +405,18 @@ public nonisolated struct Mart_Notification_V1_Delivery: Sendable {
       .sent,
       .failed,
       .skipped,
+      .sending,
+      .retrying,
     ]
 
   }
 
   public init() {}
 
-  fileprivate var _attemptCount: Int32? = nil
-  fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _sendTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
-/// Whether a kind of notification goes out by email and by SMS.
+/// Whether a category of notifications goes out by email and by SMS.
 public nonisolated struct Mart_Notification_V1_ChannelSettings: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -376,105 +450,74 @@ public nonisolated struct Mart_Notification_V1_ChannelSettings: Sendable {
   fileprivate var _sms: Bool? = nil
 }
 
-/// A user's notification preferences, one ChannelSettings per configurable
-/// kind. Defaults: email on, SMS off. WELCOME, LOW_STOCK and TEST are not
-/// configurable; in-app notifications are always kept.
-public nonisolated struct Mart_Notification_V1_NotificationPreferences: @unchecked Sendable {
+/// A user's notification preferences, one ChannelSettings per category.
+/// In-app notifications are always kept, whatever the settings.
+///
+/// Categories and their kinds:
+/// - orders: ORDER_PLACED, ORDER_PAID, ORDER_CANCELLED, ORDER_SHIPPED,
+///   ORDER_DELIVERED, PAYMENT_FAILED, PAYMENT_REFUNDED. Default: email on,
+///   SMS off.
+/// - account: WELCOME. Default: email on, SMS off.
+/// - marketing: offers and newsletters. Default: both off (opt-in).
+/// Not configurable, always sent by email: ROLES_CHANGED (a security notice),
+/// LOW_STOCK (an operational alert to admins) and TEST (asked for by an admin).
+public nonisolated struct Mart_Notification_V1_NotificationPreferences: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// The user. Output only.
-  public var userID: String {
-    get {_storage._userID}
-    set {_uniqueStorage()._userID = newValue}
-  }
+  public var userID: String = String()
 
-  /// Order placed.
-  public var orderPlaced: Mart_Notification_V1_ChannelSettings {
-    get {_storage._orderPlaced ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._orderPlaced = newValue}
-  }
-  /// Returns true if `orderPlaced` has been explicitly set.
-  public var hasOrderPlaced: Bool {_storage._orderPlaced != nil}
-  /// Clears the value of `orderPlaced`. Subsequent reads from it will return its default value.
-  public mutating func clearOrderPlaced() {_uniqueStorage()._orderPlaced = nil}
-
-  /// Order paid.
-  public var orderPaid: Mart_Notification_V1_ChannelSettings {
-    get {_storage._orderPaid ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._orderPaid = newValue}
-  }
-  /// Returns true if `orderPaid` has been explicitly set.
-  public var hasOrderPaid: Bool {_storage._orderPaid != nil}
-  /// Clears the value of `orderPaid`. Subsequent reads from it will return its default value.
-  public mutating func clearOrderPaid() {_uniqueStorage()._orderPaid = nil}
-
-  /// Order cancelled.
-  public var orderCancelled: Mart_Notification_V1_ChannelSettings {
-    get {_storage._orderCancelled ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._orderCancelled = newValue}
-  }
-  /// Returns true if `orderCancelled` has been explicitly set.
-  public var hasOrderCancelled: Bool {_storage._orderCancelled != nil}
-  /// Clears the value of `orderCancelled`. Subsequent reads from it will return its default value.
-  public mutating func clearOrderCancelled() {_uniqueStorage()._orderCancelled = nil}
-
-  /// Order shipped.
-  public var orderShipped: Mart_Notification_V1_ChannelSettings {
-    get {_storage._orderShipped ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._orderShipped = newValue}
-  }
-  /// Returns true if `orderShipped` has been explicitly set.
-  public var hasOrderShipped: Bool {_storage._orderShipped != nil}
-  /// Clears the value of `orderShipped`. Subsequent reads from it will return its default value.
-  public mutating func clearOrderShipped() {_uniqueStorage()._orderShipped = nil}
-
-  /// Order delivered.
-  public var orderDelivered: Mart_Notification_V1_ChannelSettings {
-    get {_storage._orderDelivered ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._orderDelivered = newValue}
-  }
-  /// Returns true if `orderDelivered` has been explicitly set.
-  public var hasOrderDelivered: Bool {_storage._orderDelivered != nil}
-  /// Clears the value of `orderDelivered`. Subsequent reads from it will return its default value.
-  public mutating func clearOrderDelivered() {_uniqueStorage()._orderDelivered = nil}
-
-  /// Payment failed.
-  public var paymentFailed: Mart_Notification_V1_ChannelSettings {
-    get {_storage._paymentFailed ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._paymentFailed = newValue}
-  }
-  /// Returns true if `paymentFailed` has been explicitly set.
-  public var hasPaymentFailed: Bool {_storage._paymentFailed != nil}
-  /// Clears the value of `paymentFailed`. Subsequent reads from it will return its default value.
-  public mutating func clearPaymentFailed() {_uniqueStorage()._paymentFailed = nil}
-
-  /// Payment refunded.
-  public var paymentRefunded: Mart_Notification_V1_ChannelSettings {
-    get {_storage._paymentRefunded ?? Mart_Notification_V1_ChannelSettings()}
-    set {_uniqueStorage()._paymentRefunded = newValue}
-  }
-  /// Returns true if `paymentRefunded` has been explicitly set.
-  public var hasPaymentRefunded: Bool {_storage._paymentRefunded != nil}
-  /// Clears the value of `paymentRefunded`. Subsequent reads from it will return its default value.
-  public mutating func clearPaymentRefunded() {_uniqueStorage()._paymentRefunded = nil}
-
-  /// When they were last changed. Output only.
+  /// When they were last changed; unset while they are the defaults. Output
+  /// only.
   public var updateTime: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_storage._updateTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_uniqueStorage()._updateTime = newValue}
+    get {_updateTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_updateTime = newValue}
   }
   /// Returns true if `updateTime` has been explicitly set.
-  public var hasUpdateTime: Bool {_storage._updateTime != nil}
+  public var hasUpdateTime: Bool {self._updateTime != nil}
   /// Clears the value of `updateTime`. Subsequent reads from it will return its default value.
-  public mutating func clearUpdateTime() {_uniqueStorage()._updateTime = nil}
+  public mutating func clearUpdateTime() {self._updateTime = nil}
+
+  /// Orders and their payments.
+  public var orders: Mart_Notification_V1_ChannelSettings {
+    get {_orders ?? Mart_Notification_V1_ChannelSettings()}
+    set {_orders = newValue}
+  }
+  /// Returns true if `orders` has been explicitly set.
+  public var hasOrders: Bool {self._orders != nil}
+  /// Clears the value of `orders`. Subsequent reads from it will return its default value.
+  public mutating func clearOrders() {self._orders = nil}
+
+  /// The account (the welcome message).
+  public var account: Mart_Notification_V1_ChannelSettings {
+    get {_account ?? Mart_Notification_V1_ChannelSettings()}
+    set {_account = newValue}
+  }
+  /// Returns true if `account` has been explicitly set.
+  public var hasAccount: Bool {self._account != nil}
+  /// Clears the value of `account`. Subsequent reads from it will return its default value.
+  public mutating func clearAccount() {self._account = nil}
+
+  /// Offers and newsletters.
+  public var marketing: Mart_Notification_V1_ChannelSettings {
+    get {_marketing ?? Mart_Notification_V1_ChannelSettings()}
+    set {_marketing = newValue}
+  }
+  /// Returns true if `marketing` has been explicitly set.
+  public var hasMarketing: Bool {self._marketing != nil}
+  /// Clears the value of `marketing`. Subsequent reads from it will return its default value.
+  public mutating func clearMarketing() {self._marketing = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _orders: Mart_Notification_V1_ChannelSettings? = nil
+  fileprivate var _account: Mart_Notification_V1_ChannelSettings? = nil
+  fileprivate var _marketing: Mart_Notification_V1_ChannelSettings? = nil
 }
 
 /// Request for ListMyNotifications.
@@ -489,6 +532,9 @@ public nonisolated struct Mart_Notification_V1_ListMyNotificationsRequest: Senda
 
   /// Token from a previous response's `next_page_token`.
   public var pageToken: String = String()
+
+  /// Only the notifications not marked read yet.
+  public var unreadOnly: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -506,6 +552,23 @@ public nonisolated struct Mart_Notification_V1_ListMyNotificationsResponse: Send
 
   /// Token for the next page; empty when there are no more.
   public var nextPageToken: String = String()
+
+  /// How many of the user's notifications are unread (all pages).
+  public var unreadCount: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Request for MarkNotificationRead.
+public nonisolated struct Mart_Notification_V1_MarkNotificationReadRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The notification's id. Required.
+  public var notificationID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -539,7 +602,8 @@ public nonisolated struct Mart_Notification_V1_UpdateMyPreferencesRequest: Senda
   /// Clears the value of `preferences`. Subsequent reads from it will return its default value.
   public mutating func clearPreferences() {self._preferences = nil}
 
-  /// Paths to update, e.g. "order_shipped.sms,order_paid". Required.
+  /// Paths to update: a category ("orders", "account", "marketing") or one
+  /// channel of it ("orders.sms"). Required.
   public var updateMask: SwiftProtobuf.Google_Protobuf_FieldMask {
     get {_updateMask ?? SwiftProtobuf.Google_Protobuf_FieldMask()}
     set {_updateMask = newValue}
@@ -628,36 +692,38 @@ public nonisolated struct Mart_Notification_V1_SendTestNotificationRequest: Send
 }
 
 /// Response of SendTestNotification.
-public nonisolated struct Mart_Notification_V1_SendTestNotificationResponse: @unchecked Sendable {
+public nonisolated struct Mart_Notification_V1_SendTestNotificationResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// The TEST notification created.
   public var notification: Mart_Notification_V1_Notification {
-    get {_storage._notification ?? Mart_Notification_V1_Notification()}
-    set {_uniqueStorage()._notification = newValue}
+    get {_notification ?? Mart_Notification_V1_Notification()}
+    set {_notification = newValue}
   }
   /// Returns true if `notification` has been explicitly set.
-  public var hasNotification: Bool {_storage._notification != nil}
+  public var hasNotification: Bool {self._notification != nil}
   /// Clears the value of `notification`. Subsequent reads from it will return its default value.
-  public mutating func clearNotification() {_uniqueStorage()._notification = nil}
+  public mutating func clearNotification() {self._notification = nil}
 
-  /// Its delivery (sent synchronously).
+  /// Its delivery after the first try, made before answering: SENT, FAILED,
+  /// or RETRYING when the provider may accept it later.
   public var delivery: Mart_Notification_V1_Delivery {
-    get {_storage._delivery ?? Mart_Notification_V1_Delivery()}
-    set {_uniqueStorage()._delivery = newValue}
+    get {_delivery ?? Mart_Notification_V1_Delivery()}
+    set {_delivery = newValue}
   }
   /// Returns true if `delivery` has been explicitly set.
-  public var hasDelivery: Bool {_storage._delivery != nil}
+  public var hasDelivery: Bool {self._delivery != nil}
   /// Clears the value of `delivery`. Subsequent reads from it will return its default value.
-  public mutating func clearDelivery() {_uniqueStorage()._delivery = nil}
+  public mutating func clearDelivery() {self._delivery = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _notification: Mart_Notification_V1_Notification? = nil
+  fileprivate var _delivery: Mart_Notification_V1_Delivery? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -670,7 +736,7 @@ nonisolated extension Mart_Notification_V1_Channel: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Notification"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}user_id\0\u{1}kind\0\u{1}title\0\u{1}body\0\u{3}order_id\0\u{3}source_event_id\0\u{3}create_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}user_id\0\u{1}kind\0\u{1}title\0\u{1}body\0\u{3}order_id\0\u{3}source_event_id\0\u{3}create_time\0\u{3}read_time\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -686,6 +752,7 @@ nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, 
       case 6: try { try decoder.decodeSingularStringField(value: &self.orderID) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.sourceEventID) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._readTime) }()
       default: break
       }
     }
@@ -720,6 +787,9 @@ nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, 
     try { if let v = self._createTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    try { if let v = self._readTime {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -732,106 +802,179 @@ nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, 
     if lhs.orderID != rhs.orderID {return false}
     if lhs.sourceEventID != rhs.sourceEventID {return false}
     if lhs._createTime != rhs._createTime {return false}
+    if lhs._readTime != rhs._readTime {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
 nonisolated extension Mart_Notification_V1_Notification.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0\u{1}ROLES_CHANGED\0")
 }
 
 nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Delivery"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}notification_id\0\u{3}user_id\0\u{1}kind\0\u{1}channel\0\u{1}destination\0\u{1}status\0\u{3}attempt_count\0\u{3}last_error\0\u{3}provider_message_id\0\u{3}create_time\0\u{3}send_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}notification_id\0\u{3}user_id\0\u{1}kind\0\u{1}channel\0\u{1}destination\0\u{1}status\0\u{3}attempt_count\0\u{3}last_error\0\u{3}provider_message_id\0\u{3}create_time\0\u{3}send_time\0\u{3}next_attempt_time\0\u{3}source_event_id\0")
+
+  fileprivate class _StorageClass {
+    var _id: String = String()
+    var _notificationID: String = String()
+    var _userID: String = String()
+    var _kind: Mart_Notification_V1_Notification.Kind = .unspecified
+    var _channel: Mart_Notification_V1_Channel = .unspecified
+    var _destination: String = String()
+    var _status: Mart_Notification_V1_Delivery.Status = .unspecified
+    var _attemptCount: Int32? = nil
+    var _lastError: String = String()
+    var _providerMessageID: String = String()
+    var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _sendTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _nextAttemptTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _sourceEventID: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _notificationID = source._notificationID
+      _userID = source._userID
+      _kind = source._kind
+      _channel = source._channel
+      _destination = source._destination
+      _status = source._status
+      _attemptCount = source._attemptCount
+      _lastError = source._lastError
+      _providerMessageID = source._providerMessageID
+      _createTime = source._createTime
+      _sendTime = source._sendTime
+      _nextAttemptTime = source._nextAttemptTime
+      _sourceEventID = source._sourceEventID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.notificationID) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.userID) }()
-      case 4: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
-      case 5: try { try decoder.decodeSingularEnumField(value: &self.channel) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.destination) }()
-      case 7: try { try decoder.decodeSingularEnumField(value: &self.status) }()
-      case 8: try { try decoder.decodeSingularInt32Field(value: &self._attemptCount) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
-      case 10: try { try decoder.decodeSingularStringField(value: &self.providerMessageID) }()
-      case 11: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
-      case 12: try { try decoder.decodeSingularMessageField(value: &self._sendTime) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._notificationID) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._userID) }()
+        case 4: try { try decoder.decodeSingularEnumField(value: &_storage._kind) }()
+        case 5: try { try decoder.decodeSingularEnumField(value: &_storage._channel) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._destination) }()
+        case 7: try { try decoder.decodeSingularEnumField(value: &_storage._status) }()
+        case 8: try { try decoder.decodeSingularInt32Field(value: &_storage._attemptCount) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._lastError) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._providerMessageID) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._createTime) }()
+        case 12: try { try decoder.decodeSingularMessageField(value: &_storage._sendTime) }()
+        case 13: try { try decoder.decodeSingularMessageField(value: &_storage._nextAttemptTime) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._sourceEventID) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.id.isEmpty {
-      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._id.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._id, fieldNumber: 1)
+      }
+      if !_storage._notificationID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._notificationID, fieldNumber: 2)
+      }
+      if !_storage._userID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._userID, fieldNumber: 3)
+      }
+      if _storage._kind != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._kind, fieldNumber: 4)
+      }
+      if _storage._channel != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._channel, fieldNumber: 5)
+      }
+      if !_storage._destination.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._destination, fieldNumber: 6)
+      }
+      if _storage._status != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._status, fieldNumber: 7)
+      }
+      try { if let v = _storage._attemptCount {
+        try visitor.visitSingularInt32Field(value: v, fieldNumber: 8)
+      } }()
+      if !_storage._lastError.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._lastError, fieldNumber: 9)
+      }
+      if !_storage._providerMessageID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._providerMessageID, fieldNumber: 10)
+      }
+      try { if let v = _storage._createTime {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
+      try { if let v = _storage._sendTime {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      } }()
+      try { if let v = _storage._nextAttemptTime {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      } }()
+      if !_storage._sourceEventID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._sourceEventID, fieldNumber: 14)
+      }
     }
-    if !self.notificationID.isEmpty {
-      try visitor.visitSingularStringField(value: self.notificationID, fieldNumber: 2)
-    }
-    if !self.userID.isEmpty {
-      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 3)
-    }
-    if self.kind != .unspecified {
-      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 4)
-    }
-    if self.channel != .unspecified {
-      try visitor.visitSingularEnumField(value: self.channel, fieldNumber: 5)
-    }
-    if !self.destination.isEmpty {
-      try visitor.visitSingularStringField(value: self.destination, fieldNumber: 6)
-    }
-    if self.status != .unspecified {
-      try visitor.visitSingularEnumField(value: self.status, fieldNumber: 7)
-    }
-    try { if let v = self._attemptCount {
-      try visitor.visitSingularInt32Field(value: v, fieldNumber: 8)
-    } }()
-    if !self.lastError.isEmpty {
-      try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 9)
-    }
-    if !self.providerMessageID.isEmpty {
-      try visitor.visitSingularStringField(value: self.providerMessageID, fieldNumber: 10)
-    }
-    try { if let v = self._createTime {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    } }()
-    try { if let v = self._sendTime {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Notification_V1_Delivery, rhs: Mart_Notification_V1_Delivery) -> Bool {
-    if lhs.id != rhs.id {return false}
-    if lhs.notificationID != rhs.notificationID {return false}
-    if lhs.userID != rhs.userID {return false}
-    if lhs.kind != rhs.kind {return false}
-    if lhs.channel != rhs.channel {return false}
-    if lhs.destination != rhs.destination {return false}
-    if lhs.status != rhs.status {return false}
-    if lhs._attemptCount != rhs._attemptCount {return false}
-    if lhs.lastError != rhs.lastError {return false}
-    if lhs.providerMessageID != rhs.providerMessageID {return false}
-    if lhs._createTime != rhs._createTime {return false}
-    if lhs._sendTime != rhs._sendTime {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._notificationID != rhs_storage._notificationID {return false}
+        if _storage._userID != rhs_storage._userID {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        if _storage._channel != rhs_storage._channel {return false}
+        if _storage._destination != rhs_storage._destination {return false}
+        if _storage._status != rhs_storage._status {return false}
+        if _storage._attemptCount != rhs_storage._attemptCount {return false}
+        if _storage._lastError != rhs_storage._lastError {return false}
+        if _storage._providerMessageID != rhs_storage._providerMessageID {return false}
+        if _storage._createTime != rhs_storage._createTime {return false}
+        if _storage._sendTime != rhs_storage._sendTime {return false}
+        if _storage._nextAttemptTime != rhs_storage._nextAttemptTime {return false}
+        if _storage._sourceEventID != rhs_storage._sourceEventID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
 nonisolated extension Mart_Notification_V1_Delivery.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STATUS_UNSPECIFIED\0\u{1}PENDING\0\u{1}SENT\0\u{1}FAILED\0\u{1}SKIPPED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STATUS_UNSPECIFIED\0\u{1}PENDING\0\u{1}SENT\0\u{1}FAILED\0\u{1}SKIPPED\0\u{1}SENDING\0\u{1}RETRYING\0")
 }
 
 nonisolated extension Mart_Notification_V1_ChannelSettings: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -875,125 +1018,53 @@ nonisolated extension Mart_Notification_V1_ChannelSettings: SwiftProtobuf.Messag
 
 nonisolated extension Mart_Notification_V1_NotificationPreferences: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NotificationPreferences"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}order_placed\0\u{3}order_paid\0\u{3}order_cancelled\0\u{3}order_shipped\0\u{3}order_delivered\0\u{3}payment_failed\0\u{3}payment_refunded\0\u{3}update_time\0")
-
-  fileprivate class _StorageClass {
-    var _userID: String = String()
-    var _orderPlaced: Mart_Notification_V1_ChannelSettings? = nil
-    var _orderPaid: Mart_Notification_V1_ChannelSettings? = nil
-    var _orderCancelled: Mart_Notification_V1_ChannelSettings? = nil
-    var _orderShipped: Mart_Notification_V1_ChannelSettings? = nil
-    var _orderDelivered: Mart_Notification_V1_ChannelSettings? = nil
-    var _paymentFailed: Mart_Notification_V1_ChannelSettings? = nil
-    var _paymentRefunded: Mart_Notification_V1_ChannelSettings? = nil
-    var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _userID = source._userID
-      _orderPlaced = source._orderPlaced
-      _orderPaid = source._orderPaid
-      _orderCancelled = source._orderCancelled
-      _orderShipped = source._orderShipped
-      _orderDelivered = source._orderDelivered
-      _paymentFailed = source._paymentFailed
-      _paymentRefunded = source._paymentRefunded
-      _updateTime = source._updateTime
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{4}\u{8}update_time\0\u{1}orders\0\u{1}account\0\u{1}marketing\0\u{b}order_placed\0\u{b}order_paid\0\u{b}order_cancelled\0\u{b}order_shipped\0\u{b}order_delivered\0\u{b}payment_failed\0\u{b}payment_refunded\0\u{c}\u{2}\u{7}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._userID) }()
-        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._orderPlaced) }()
-        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._orderPaid) }()
-        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._orderCancelled) }()
-        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._orderShipped) }()
-        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._orderDelivered) }()
-        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._paymentFailed) }()
-        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._paymentRefunded) }()
-        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._updateTime) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._updateTime) }()
+      case 10: try { try decoder.decodeSingularMessageField(value: &self._orders) }()
+      case 11: try { try decoder.decodeSingularMessageField(value: &self._account) }()
+      case 12: try { try decoder.decodeSingularMessageField(value: &self._marketing) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._userID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._userID, fieldNumber: 1)
-      }
-      try { if let v = _storage._orderPlaced {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-      } }()
-      try { if let v = _storage._orderPaid {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-      } }()
-      try { if let v = _storage._orderCancelled {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-      } }()
-      try { if let v = _storage._orderShipped {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-      } }()
-      try { if let v = _storage._orderDelivered {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
-      } }()
-      try { if let v = _storage._paymentFailed {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-      } }()
-      try { if let v = _storage._paymentRefunded {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
-      } }()
-      try { if let v = _storage._updateTime {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
-      } }()
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 1)
     }
+    try { if let v = self._updateTime {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
+    try { if let v = self._orders {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
+    try { if let v = self._account {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    } }()
+    try { if let v = self._marketing {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Notification_V1_NotificationPreferences, rhs: Mart_Notification_V1_NotificationPreferences) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._userID != rhs_storage._userID {return false}
-        if _storage._orderPlaced != rhs_storage._orderPlaced {return false}
-        if _storage._orderPaid != rhs_storage._orderPaid {return false}
-        if _storage._orderCancelled != rhs_storage._orderCancelled {return false}
-        if _storage._orderShipped != rhs_storage._orderShipped {return false}
-        if _storage._orderDelivered != rhs_storage._orderDelivered {return false}
-        if _storage._paymentFailed != rhs_storage._paymentFailed {return false}
-        if _storage._paymentRefunded != rhs_storage._paymentRefunded {return false}
-        if _storage._updateTime != rhs_storage._updateTime {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.userID != rhs.userID {return false}
+    if lhs._updateTime != rhs._updateTime {return false}
+    if lhs._orders != rhs._orders {return false}
+    if lhs._account != rhs._account {return false}
+    if lhs._marketing != rhs._marketing {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1001,7 +1072,7 @@ nonisolated extension Mart_Notification_V1_NotificationPreferences: SwiftProtobu
 
 nonisolated extension Mart_Notification_V1_ListMyNotificationsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListMyNotificationsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}page_size\0\u{3}page_token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}page_size\0\u{3}page_token\0\u{3}unread_only\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1011,6 +1082,7 @@ nonisolated extension Mart_Notification_V1_ListMyNotificationsRequest: SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularInt32Field(value: &self.pageSize) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.pageToken) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.unreadOnly) }()
       default: break
       }
     }
@@ -1023,12 +1095,16 @@ nonisolated extension Mart_Notification_V1_ListMyNotificationsRequest: SwiftProt
     if !self.pageToken.isEmpty {
       try visitor.visitSingularStringField(value: self.pageToken, fieldNumber: 2)
     }
+    if self.unreadOnly != false {
+      try visitor.visitSingularBoolField(value: self.unreadOnly, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Notification_V1_ListMyNotificationsRequest, rhs: Mart_Notification_V1_ListMyNotificationsRequest) -> Bool {
     if lhs.pageSize != rhs.pageSize {return false}
     if lhs.pageToken != rhs.pageToken {return false}
+    if lhs.unreadOnly != rhs.unreadOnly {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1036,7 +1112,7 @@ nonisolated extension Mart_Notification_V1_ListMyNotificationsRequest: SwiftProt
 
 nonisolated extension Mart_Notification_V1_ListMyNotificationsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListMyNotificationsResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}notifications\0\u{3}next_page_token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}notifications\0\u{3}next_page_token\0\u{3}unread_count\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1046,6 +1122,7 @@ nonisolated extension Mart_Notification_V1_ListMyNotificationsResponse: SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.notifications) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.nextPageToken) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.unreadCount) }()
       default: break
       }
     }
@@ -1058,12 +1135,46 @@ nonisolated extension Mart_Notification_V1_ListMyNotificationsResponse: SwiftPro
     if !self.nextPageToken.isEmpty {
       try visitor.visitSingularStringField(value: self.nextPageToken, fieldNumber: 2)
     }
+    if self.unreadCount != 0 {
+      try visitor.visitSingularInt32Field(value: self.unreadCount, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Notification_V1_ListMyNotificationsResponse, rhs: Mart_Notification_V1_ListMyNotificationsResponse) -> Bool {
     if lhs.notifications != rhs.notifications {return false}
     if lhs.nextPageToken != rhs.nextPageToken {return false}
+    if lhs.unreadCount != rhs.unreadCount {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_Notification_V1_MarkNotificationReadRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MarkNotificationReadRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}notification_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.notificationID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.notificationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.notificationID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_Notification_V1_MarkNotificationReadRequest, rhs: Mart_Notification_V1_MarkNotificationReadRequest) -> Bool {
+    if lhs.notificationID != rhs.notificationID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1266,74 +1377,36 @@ nonisolated extension Mart_Notification_V1_SendTestNotificationResponse: SwiftPr
   public static let protoMessageName: String = _protobuf_package + ".SendTestNotificationResponse"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}notification\0\u{1}delivery\0")
 
-  fileprivate class _StorageClass {
-    var _notification: Mart_Notification_V1_Notification? = nil
-    var _delivery: Mart_Notification_V1_Delivery? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _notification = source._notification
-      _delivery = source._delivery
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._notification) }()
-        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._delivery) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._notification) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._delivery) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._notification {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      try { if let v = _storage._delivery {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-      } }()
-    }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._notification {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._delivery {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Mart_Notification_V1_SendTestNotificationResponse, rhs: Mart_Notification_V1_SendTestNotificationResponse) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._notification != rhs_storage._notification {return false}
-        if _storage._delivery != rhs_storage._delivery {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs._notification != rhs._notification {return false}
+    if lhs._delivery != rhs._delivery {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,19 +1,68 @@
+import AsyncHTTPClient
 import GRPCCore
+import Logging
 import MartRuntime
 
-/// The notification service as the runtime runs it: its schema and its gRPC handlers.
+/// The notification service as the runtime runs it: its schema, its gRPC handlers, the consumers
+/// that turn other services' events into notifications, and the sender that delivers them.
 ///
-/// Shape shared by every service: `NotificationService.swift` (this definition), the gRPC handlers,
-/// the SQL store, the event handlers, and `Migrations/NNNN_name.sql` (embedded in the binary).
+/// Shape shared by every service: `NotificationService.swift` (this definition), the gRPC handlers
+/// (`NotificationRPCService.swift`), the SQL store (`NotificationStore.swift`), the event handlers
+/// (`NotificationEventHandlers.swift`), and `Migrations/NNNN_name.sql` (embedded in the binary);
+/// and, for this service, the templates (`Templates/`, `NotificationTemplates.swift`), what
+/// turns an event into messages (`Notifier.swift`), the sender (`NotificationSender.swift`), and
+/// the transports (`Transports/`).
 public enum NotificationServiceModule {
-  public static let definition = ServiceDefinition(
-    service: .notification,
-    migrations: [
-      Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
-      .eventTables(version: 2),
-    ],
-    // The business RPCs of mart.notification.v1 are registered here as they are implemented; until then
-    // the server offers grpc.health.v1 only and answers UNIMPLEMENTED for everything else.
-    makeRPCServices: { _ in [] }
-  )
+  /// The service with its settings read from the environment (`NotificationSettings`).
+  public static let definition = makeDefinition()
+
+  /// The service with these settings (nil: read from the environment when the host is built).
+  public static func makeDefinition(settings: NotificationSettings? = nil) -> ServiceDefinition {
+    ServiceDefinition(
+      service: .notification,
+      migrations: [
+        Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
+        .eventTables(version: 2),
+        Migration(version: 3, name: "delivery_log", embedded: PackageResources._003_delivery_log_sql),
+      ],
+      makeRPCServices: { context in
+        let parts = try Parts(context, settings: settings)
+        return [
+          NotificationRPCService(
+            store: parts.store, notifier: parts.notifier, sender: parts.sender, logger: context.logger)
+        ]
+      },
+      makeConsumers: { context in
+        let parts = try Parts(context, settings: settings)
+        return [
+          NotificationEventHandlers.users(store: parts.store, notifier: parts.notifier, logger: context.logger),
+          NotificationEventHandlers.activity(store: parts.store, notifier: parts.notifier, logger: context.logger),
+        ]
+      },
+      makeBackgroundServices: { context in [try Parts(context, settings: settings).sender] }
+    )
+  }
+
+  /// What the handlers, consumers and sender share, made from the settings. The templates are
+  /// compiled here, so a broken one stops the service from starting.
+  struct Parts {
+    let store: NotificationStore
+    let notifier: Notifier
+    let sender: NotificationSender
+
+    init(_ context: ServiceContext, settings: NotificationSettings?) throws {
+      let settings = try settings ?? NotificationSettings(environment: EnvironmentReader())
+      let templates = try NotificationTemplates()
+      store = NotificationStore(database: context.database, outbox: context.outbox, logger: context.logger)
+      notifier = Notifier(store: store, templates: templates, settings: settings)
+      let mailbox = FileMailbox(directory: settings.mailboxDirectory, from: settings.emailFrom)
+      let email: any EmailTransport =
+        settings.smtp.map { SMTPEmailTransport(configuration: $0, from: settings.emailFrom, logger: context.logger) }
+        ?? mailbox
+      // The process-wide HTTP client: its connection pools are shared, and it needs no shutdown.
+      let sms: any SMSTransport = settings.twilio.map { TwilioSMSTransport(settings: $0, http: .shared) } ?? mailbox
+      sender = NotificationSender(
+        store: store, notifier: notifier, email: email, sms: sms, settings: settings, logger: context.logger)
+    }
+  }
 }

@@ -58,6 +58,18 @@ public struct ScratchDatabase: Sendable {
   public let configuration: DatabaseConfiguration
   public var name: String { configuration.database }
 
+  /// A `postgres://` URL for it, as `mart` reads one from its environment.
+  public var url: String {
+    var components = URLComponents()
+    components.scheme = "postgres"
+    components.user = configuration.username
+    components.password = configuration.password
+    components.host = configuration.host
+    components.port = configuration.port
+    components.path = "/" + configuration.database
+    return components.string ?? ""
+  }
+
   public init(configuration: DatabaseConfiguration) {
     self.configuration = configuration
   }

@@ -68,14 +68,7 @@ extension CreateAdminCommandTests {
 
 /// A `postgres://` URL for a database configuration (the test bed's role has no password).
 func databaseURL(_ configuration: DatabaseConfiguration) -> String {
-  var components = URLComponents()
-  components.scheme = "postgres"
-  components.user = configuration.username
-  components.password = configuration.password
-  components.host = configuration.host
-  components.port = configuration.port
-  components.path = "/" + configuration.database
-  return components.string ?? ""
+  ScratchDatabase(configuration: configuration).url
 }
 
 /// Runs the built `mart` with `input` on its standard input; its exit status and output.

@@ -117,6 +117,21 @@ extension GatewayRouteTable {
     ),
     GatewayRoute(
       httpMethod: "POST",
+      pathTemplate: "/v1/notifications/{notification_id}:markRead",
+      body: "*",
+      responseBody: "",
+      access: .user,
+      upstream: .notification,
+      requestMessage: "mart.notification.v1.MarkNotificationReadRequest",
+      responseMessage: "mart.notification.v1.Notification",
+      operationID: "NotificationService_MarkNotificationRead",
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_MarkNotificationReadRequest, Mart_Notification_V1_Notification>(
+        service: "mart.notification.v1.NotificationService",
+        method: "MarkNotificationRead"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
       pathTemplate: "/v1/notifications:sendTest",
       body: "*",
       responseBody: "",
@@ -726,20 +741,23 @@ extension GatewayRouteTable {
       fields: [
         FieldSchema(protoName: "page_size", jsonName: "pageSize", kind: .int32),
         FieldSchema(protoName: "page_token", jsonName: "pageToken", kind: .string),
+        FieldSchema(protoName: "unread_only", jsonName: "unreadOnly", kind: .bool),
+      ]
+    ),
+    "mart.notification.v1.MarkNotificationReadRequest": MessageSchema(
+      fullName: "mart.notification.v1.MarkNotificationReadRequest",
+      fields: [
+        FieldSchema(protoName: "notification_id", jsonName: "notificationId", kind: .string),
       ]
     ),
     "mart.notification.v1.NotificationPreferences": MessageSchema(
       fullName: "mart.notification.v1.NotificationPreferences",
       fields: [
         FieldSchema(protoName: "user_id", jsonName: "userId", kind: .string),
-        FieldSchema(protoName: "order_placed", jsonName: "orderPlaced", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "order_paid", jsonName: "orderPaid", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "order_cancelled", jsonName: "orderCancelled", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "order_shipped", jsonName: "orderShipped", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "order_delivered", jsonName: "orderDelivered", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "payment_failed", jsonName: "paymentFailed", kind: .message("mart.notification.v1.ChannelSettings")),
-        FieldSchema(protoName: "payment_refunded", jsonName: "paymentRefunded", kind: .message("mart.notification.v1.ChannelSettings")),
         FieldSchema(protoName: "update_time", jsonName: "updateTime", kind: .message("google.protobuf.Timestamp")),
+        FieldSchema(protoName: "orders", jsonName: "orders", kind: .message("mart.notification.v1.ChannelSettings")),
+        FieldSchema(protoName: "account", jsonName: "account", kind: .message("mart.notification.v1.ChannelSettings")),
+        FieldSchema(protoName: "marketing", jsonName: "marketing", kind: .message("mart.notification.v1.ChannelSettings")),
       ]
     ),
     "mart.notification.v1.SendTestNotificationRequest": MessageSchema(
@@ -1027,6 +1045,7 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "password", jsonName: "password", kind: .string),
         FieldSchema(protoName: "full_name", jsonName: "fullName", kind: .string),
         FieldSchema(protoName: "phone", jsonName: "phone", kind: .string),
+        FieldSchema(protoName: "locale", jsonName: "locale", kind: .string),
       ]
     ),
     "mart.user.v1.SetRolesRequest": MessageSchema(
@@ -1055,6 +1074,7 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "create_time", jsonName: "createTime", kind: .message("google.protobuf.Timestamp")),
         FieldSchema(protoName: "update_time", jsonName: "updateTime", kind: .message("google.protobuf.Timestamp")),
         FieldSchema(protoName: "last_login_time", jsonName: "lastLoginTime", kind: .message("google.protobuf.Timestamp")),
+        FieldSchema(protoName: "locale", jsonName: "locale", kind: .string),
       ]
     ),
   ]
@@ -1083,8 +1103,8 @@ extension GatewayRouteTable {
     ),
     "mart.notification.v1.Delivery.Status": EnumSchema(
       fullName: "mart.notification.v1.Delivery.Status",
-      values: ["STATUS_UNSPECIFIED", "PENDING", "SENT", "FAILED", "SKIPPED"],
-      numbers: [0, 1, 2, 3, 4]
+      values: ["STATUS_UNSPECIFIED", "PENDING", "SENT", "FAILED", "SKIPPED", "SENDING", "RETRYING"],
+      numbers: [0, 1, 2, 3, 4, 5, 6]
     ),
     "mart.order.v1.Order.Status": EnumSchema(
       fullName: "mart.order.v1.Order.Status",

@@ -1,0 +1,203 @@
+import Foundation
+import Logging
+import MartRuntime
+import Metrics
+import ServiceLifecycle
+
+/// Works through the delivery log: takes the deliveries that are due, renders each in its
+/// recipient's language, hands it to its channel's transport, and records the outcome. A failure
+/// that may pass is tried again after an exponential, jittered backoff, up to
+/// `maximumAttempts`; a permanent one fails the delivery at once, with the provider's error kept.
+///
+/// Exactly once, as far as it can be: a delivery is taken under a lease, so two senders never send
+/// it together, and its outcome is committed with NotificationSent. A sender that dies after the
+/// provider took a message and before that commit leaves the delivery to be taken again when the
+/// lease ends, and the message goes out a second time: rare, and detectable, since every attempt
+/// of an email carries the delivery's Message-ID (the SMS's SID is recorded with the commit).
+///
+/// Woken by `NOTIFY` when a transaction that queues a delivery commits, and otherwise looks every
+/// `pollInterval`.
+struct NotificationSender: Service {
+  let store: NotificationStore
+  let notifier: Notifier
+  let email: any EmailTransport
+  let sms: any SMSTransport
+  let settings: NotificationSettings
+  let logger: Logger
+  private let wakeup = Wakeup()
+
+  init(
+    store: NotificationStore, notifier: Notifier, email: any EmailTransport, sms: any SMSTransport,
+    settings: NotificationSettings, logger: Logger
+  ) {
+    self.store = store
+    self.notifier = notifier
+    self.email = email
+    self.sms = sms
+    self.settings = settings
+    var logger = logger
+    logger[metadataKey: "component"] = "notification-sender"
+    self.logger = logger
+  }
+
+  func run() async throws {
+    logger.info("sending email through \(email.summary) and SMS through \(sms.summary)")
+    await cancelWhenGracefulShutdown {
+      await withDiscardingTaskGroup { group in
+        group.addTask {
+          await Wakeup.listen(
+            on: NotificationStore.senderChannel, database: store.database, wakeup: wakeup,
+            maximumBackoff: .seconds(10), logger: logger)
+        }
+        group.addTask { await work() }
+      }
+    }
+  }
+
+  private func work() async {
+    while !Task.isCancelled {
+      var taken = 0
+      do {
+        taken = try await sendDue()
+      } catch {
+        if Task.isCancelled { return }
+        logger.warning(
+          "could not take due deliveries; retrying", metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
+      }
+      if taken > 0 { continue }
+      await wakeup.wait(upTo: settings.pollInterval)
+    }
+  }
+
+  /// Sends one batch of due deliveries (or only `only`, if it is due); how many were taken.
+  @discardableResult
+  func sendDue(only: UUID? = nil) async throws -> Int {
+    let claimed = try await store.claimDue(limit: settings.batchSize, lease: settings.sendLease, only: only)
+    var emails: [(ClaimedDelivery, OutgoingEmail)] = []
+    var texts: [(ClaimedDelivery, OutgoingSMS)] = []
+    for item in claimed {
+      let delivery = item.delivery
+      if item.resumed {
+        Counter(label: "mart_notification_resumed_sends_total", dimensions: [("channel", delivery.channel.rawValue)])
+          .increment()
+        logger.warning(
+          "sending again a delivery whose previous attempt was cut off: the provider may have it twice",
+          metadata: ["delivery_id": "\(delivery.id.lowercasedString)", "message_id": "\(delivery.messageID)"])
+      }
+      guard let recipient = delivery.recipient ?? item.contact?.address(for: delivery.channel) else {
+        try await recordMissingRecipient(item)
+        continue
+      }
+      let message = notifier.render(
+        delivery.kind, values: .fromJSON(delivery.templateData), for: item.contact)
+      switch delivery.channel {
+      case .email:
+        emails.append(
+          (
+            item,
+            OutgoingEmail(
+              deliveryID: delivery.id, to: recipient, toName: item.contact?.fullName, subject: message.subject,
+              text: message.text, html: message.html, messageID: delivery.messageID)
+          ))
+      case .sms:
+        texts.append(
+          (item, OutgoingSMS(deliveryID: delivery.id, to: recipient, body: "\(message.subject)\n\(message.text)")))
+      }
+    }
+    let emailBatch = emails
+    let textBatch = texts
+    await withDiscardingTaskGroup { group in
+      if !emailBatch.isEmpty {
+        group.addTask {
+          let started = ContinuousClock.now
+          let results = await email.send(emailBatch.map(\.1))
+          let elapsed = ContinuousClock.now - started
+          for ((item, outgoing), result) in zip(emailBatch, results) {
+            await record(result, of: item, recipient: outgoing.to, elapsed: elapsed)
+          }
+        }
+      }
+      for (item, outgoing) in textBatch {
+        group.addTask {
+          let started = ContinuousClock.now
+          let result: Result<String, DeliveryFailure>
+          do {
+            result = .success(try await sms.send(outgoing))
+          } catch {
+            result = .failure(error as? DeliveryFailure ?? .retryable("\(error)"))
+          }
+          await record(result, of: item, recipient: outgoing.to, elapsed: ContinuousClock.now - started)
+        }
+      }
+    }
+    return claimed.count
+  }
+
+  /// No address or number: wait a while for the user's details (their registration can arrive
+  /// after an order's event, on another topic), then skip.
+  private func recordMissingRecipient(_ item: ClaimedDelivery) async throws {
+    let delivery = item.delivery
+    if item.contact == nil, Date().timeIntervalSince(delivery.createdAt) < settings.unknownUserGrace.seconds {
+      try await store.recordFailure(
+        delivery.id, recipient: nil, error: "the user's details are not known yet",
+        retryAt: Date().addingTimeInterval(settings.retryDelay(afterAttempt: 1).seconds))
+      return
+    }
+    let reason =
+      item.contact == nil
+      ? "the user is not known"
+      : delivery.channel == .email ? "the user has no email address" : "the user has no phone number"
+    try await store.recordSkipped(delivery.id, reason: reason)
+    Counter(
+      label: "mart_notification_deliveries_total",
+      dimensions: [
+        ("channel", delivery.channel.rawValue), ("outcome", "skipped"),
+      ]
+    ).increment()
+  }
+
+  private func record(
+    _ result: Result<String, DeliveryFailure>, of item: ClaimedDelivery, recipient: String, elapsed: Duration
+  ) async {
+    let delivery = item.delivery
+    let channel = delivery.channel.rawValue
+    Timer(label: "mart_notification_send_duration_seconds", dimensions: [("channel", channel)])
+      .recordNanoseconds(Int64(elapsed.seconds * 1e9))
+    do {
+      switch result {
+      case .success(let providerID):
+        try await store.recordSent(delivery, recipient: recipient, providerMessageID: providerID)
+        Counter(label: "mart_notification_deliveries_total", dimensions: [("channel", channel), ("outcome", "sent")])
+          .increment()
+      case .failure(let failure):
+        let retryAt =
+          failure.retryable && delivery.attemptCount < settings.maximumAttempts
+          ? Date().addingTimeInterval(settings.retryDelay(afterAttempt: delivery.attemptCount).seconds) : nil
+        try await store.recordFailure(delivery.id, recipient: recipient, error: failure.message, retryAt: retryAt)
+        Counter(
+          label: "mart_notification_deliveries_total",
+          dimensions: [("channel", channel), ("outcome", retryAt == nil ? "failed" : "retrying")]
+        ).increment()
+        logger.log(
+          level: retryAt == nil ? .warning : .info,
+          retryAt == nil ? "delivery failed" : "delivery will be retried",
+          metadata: [
+            "delivery_id": "\(delivery.id.lowercasedString)", "channel": "\(channel)",
+            "attempt": "\(delivery.attemptCount)", "error": "\(failure.message)",
+          ])
+      }
+    } catch {
+      // The lease brings it back: the worst case is the duplicate the type's comment describes.
+      logger.error(
+        "could not record a delivery's outcome",
+        metadata: [
+          "delivery_id": "\(delivery.id.lowercasedString)", "error": "\(APIStatus.redactedDescription(of: error))",
+        ])
+    }
+  }
+}
+
+extension Duration {
+  /// In seconds, as `Date` arithmetic wants it.
+  var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
