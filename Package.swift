@@ -352,7 +352,7 @@ let package = Package(
       name: "EdgeTests",
       dependencies: testDependencies + [
         "Gateway", "UserService", "ProductService", "InventoryService", "OrderService", "PaymentService",
-        .product(name: "Crypto", package: "swift-crypto"),
+        "NotificationService", "SMTP", .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: strictSwift),
     // The SMTP client against a real SMTP server on loopback (aiosmtpd with STARTTLS and AUTH).

@@ -8,6 +8,7 @@ import Logging
 import MartProto
 import MartRuntime
 import MartTestSupport
+import NotificationService
 import OrderService
 import PaymentService
 import PostgresNIO
@@ -427,12 +428,20 @@ final class QuotaClock: Sendable {
 /// With `catalog`, the product and inventory services run too, each on a scratch database, with
 /// the same token settings (they verify user tokens against the user service's JWKS) and one
 /// in-process event transport, so that ProductCreated reaches the inventory service.
-/// With `orders`, the order service too (and the catalogue, which it calls).
+/// With `orders`, the order service too (and the catalogue, which it calls). With
+/// `notifications`, the notification service beside the user service (no catalogue).
 func withEdge(
-  catalog: Bool = false, orders: Bool = false, payments: PaymentSettings? = nil, _ body: (Edge) async throws -> Void
+  catalog: Bool = false, orders: Bool = false, payments: PaymentSettings? = nil,
+  notifications: NotificationSettings? = nil, _ body: (Edge) async throws -> Void
 ) async throws {
   let orders = orders || payments != nil
   try await ScratchDatabase.with("edge") { database in
+    if let notifications {
+      return try await ScratchDatabase.with("edge_notification") { notification in
+        try await withEdge(
+          user: database, catalog: nil, orders: nil, payments: nil, notifications: (notification, notifications), body)
+      }
+    }
     guard catalog || orders else {
       return try await withEdge(user: database, catalog: nil, orders: nil, payments: nil, body)
     }
@@ -459,6 +468,7 @@ func withEdge(
 private func withEdge(
   user database: ScratchDatabase, catalog: (product: ScratchDatabase, inventory: ScratchDatabase)?,
   orders: ScratchDatabase?, payments: (database: ScratchDatabase, settings: PaymentSettings)?,
+  notifications: (database: ScratchDatabase, settings: NotificationSettings)? = nil,
   _ body: (Edge) async throws -> Void
 ) async throws {
   let configFile = FileManager.default.temporaryDirectory.appendingPathComponent("edge-\(UUID().uuidString).json")
@@ -492,6 +502,14 @@ private func withEdge(
     // The catalog services call the user service (for its keys); the gateway calls all three.
     let directory = ServiceDirectory(endpoints: [.user: .init(host: "127.0.0.1", port: userPort)])
     var hosts: [ServiceHost<HTTP2ServerTransport.Posix>] = []
+    if let notifications {
+      hosts.append(
+        try ServiceHost(
+          definition: NotificationServiceModule.makeDefinition(settings: notifications.settings),
+          configuration: ServiceConfiguration(
+            service: .notification, port: 0, database: notifications.database.configuration),
+          directory: directory, auth: auth, transport: transport, logger: TestBed.logger))
+    }
     if let catalog {
       hosts.append(
         try ServiceHost(
