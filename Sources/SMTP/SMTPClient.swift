@@ -45,18 +45,31 @@ public struct SMTPClient: Sendable {
   /// messages not yet sent fail with a transient error. Throws when the session cannot be set
   /// up (connection, TLS, AUTH), so that no message was sent.
   public func send(_ messages: [EmailMessage]) async throws -> [Result<SMTPSendResult, SMTPError>] {
+    try await send(messages) { _, _ in }
+  }
+
+  /// `send(_:)`, telling `onResult` each message's outcome (its index and result) as soon as the
+  /// server has answered it, so that a caller can record it before the session goes on: what a
+  /// server accepted is then not lost if the caller dies during a later message.
+  public func send(
+    _ messages: [EmailMessage], onResult: (Int, Result<SMTPSendResult, SMTPError>) async -> Void
+  ) async throws -> [Result<SMTPSendResult, SMTPError>] {
     var results: [Result<SMTPSendResult, SMTPError>] = []
+    func append(_ result: Result<SMTPSendResult, SMTPError>) async {
+      results.append(result)
+      await onResult(results.count - 1, result)
+    }
     var session: SMTPSession?
     var lostConnection: SMTPError?
     for message in messages {
       do throws(SMTPError) {
         try message.validate()
       } catch {
-        results.append(.failure(error))
+        await append(.failure(error))
         continue
       }
       if let lostConnection {
-        results.append(
+        await append(
           .failure(
             SMTPError(
               kind: .transient, stage: lostConnection.stage,
@@ -75,10 +88,10 @@ public struct SMTPClient: Sendable {
         if !isFirstTransaction { try await current.reset() }
         let result = try await current.transfer(message)
         logger.debug("message \(message.messageID) accepted: \(result.serverReply)")
-        results.append(.success(result))
+        await append(.success(result))
       } catch {
         logger.debug("message \(message.messageID) not sent: \(error)")
-        results.append(.failure(error))
+        await append(.failure(error))
         // 421: the server is closing the connection (RFC 5321 3.8).
         let isOpen = await current.connection.isOpen()
         if error.code == 421 || !isOpen { lostConnection = error }

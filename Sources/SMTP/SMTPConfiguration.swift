@@ -13,7 +13,8 @@ public struct SMTPConfiguration: Sendable {
     case plaintext
   }
 
-  public struct Credentials: Sendable {
+  /// Printed without the password, so that logging a configuration cannot leak it.
+  public struct Credentials: Sendable, CustomStringConvertible {
     public var username: String
     public var password: String
 
@@ -21,6 +22,8 @@ public struct SMTPConfiguration: Sendable {
       self.username = username
       self.password = password
     }
+
+    public var description: String { "Credentials(username: \(username), password: <redacted>)" }
   }
 
   /// The SASL mechanisms the client speaks.
