@@ -22,6 +22,7 @@ enum NotificationEventHandlers {
         version: max(event.version, 1), on: connection)
       try await notifier.notify(
         userID, of: .welcome, values: ["email": .text(event.email)], sourceEventID: received.envelope.id,
+        eventTime: received.envelope.time,
         on: connection)
     }
     handlers.on(Mart_User_V1_UserUpdated.self) { received, connection in
@@ -43,7 +44,7 @@ enum NotificationEventHandlers {
         values: [
           "roles": .text(roles), "admin_granted": .flag(after.contains(.admin) && !before.contains(.admin)),
           "admin_revoked": .flag(before.contains(.admin) && !after.contains(.admin)),
-        ], sourceEventID: received.envelope.id, on: connection)
+        ], sourceEventID: received.envelope.id, eventTime: received.envelope.time, on: connection)
     }
     return EventConsumerDefinition(name: "users", topics: [.users], handlers: handlers)
   }
@@ -132,7 +133,8 @@ enum NotificationEventHandlers {
       ]
       for admin in try await store.admins(on: connection) {
         try await notifier.notify(
-          admin.userID, of: .lowStock, values: values, sourceEventID: received.envelope.id, on: connection)
+          admin.userID, of: .lowStock, values: values, sourceEventID: received.envelope.id,
+          eventTime: received.envelope.time, on: connection)
       }
     }
     return EventConsumerDefinition(name: "activity", topics: [.orders, .payments, .inventory], handlers: handlers)
@@ -147,6 +149,7 @@ enum NotificationEventHandlers {
     let userID = try uuid(rawUserID, "user_id", received)
     try await notifier.notify(
       userID, of: kind, values: values, orderID: UUID(uuidString: rawOrderID), sourceEventID: received.envelope.id,
+      eventTime: received.envelope.time,
       on: connection)
   }
 

@@ -158,12 +158,17 @@ struct OutgoingSMS: Sendable {
   var body: String
 }
 
-/// Sends emails. One call may carry several, over one connection; one result per email, in order:
-/// the provider's id for it, or why it failed.
+/// Told each email's outcome (its index in the batch, the provider's id or why it failed) as soon
+/// as it is known.
+typealias EmailResultHandler = (Int, Result<String, DeliveryFailure>) async -> Void
+
+/// Sends emails. One call may carry several, over one connection; `onResult` hears of each email
+/// once, as soon as the provider has answered it (so the sender records it at once, not after the
+/// batch).
 protocol EmailTransport: Sendable {
   /// For logs and the start-up line ("smtp sandbox.smtp.mailtrap.io:2525", "mailbox .mart/mail").
   var summary: String { get }
-  func send(_ emails: [OutgoingEmail]) async -> [Result<String, DeliveryFailure>]
+  func send(_ emails: [OutgoingEmail], onResult: EmailResultHandler) async
 }
 
 /// Sends text messages. Returns the provider's id (Twilio's SID) or throws a `DeliveryFailure`.

@@ -72,8 +72,7 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
       throw APIStatus.invalid(
         "update_mask", "is required: list the categories or channels to change, e.g. orders.sms or marketing")
     }
-    var switches = try await store.preferences(of: userID).switches
-    var changed: [PreferenceCategory: ChannelSwitches] = [:]
+    var changes: [NotificationStore.PreferenceChange] = []
     var validation = RequestValidation()
     for path in paths {
       let parts = path.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
@@ -86,7 +85,6 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
         continue
       }
       let given = Self.settings(request.preferences, category)
-      var current = switches[category] ?? category.defaults
       for channel in parts.count == 2 ? [DeliveryChannel(rawValue: parts[1]) ?? .email] : DeliveryChannel.allCases {
         let field = "preferences.\(category.rawValue).\(channel.rawValue)"
         let value = channel == .email ? (given.hasEmail ? given.email : nil) : (given.hasSms ? given.sms : nil)
@@ -95,13 +93,11 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
           validation.add(field, "is required: update_mask names it")
           continue
         }
-        if channel == .email { current.email = value } else { current.sms = value }
+        changes.append(.init(category: category, channel: channel, enabled: value))
       }
-      switches[category] = current
-      changed[category] = current
     }
     try validation.check()
-    try await store.setPreferences(of: userID, changed)
+    try await store.setPreferences(of: userID, changes)
     return try await preferences(of: userID)
   }
 
@@ -168,7 +164,7 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
     }
   }
 
-  /// Queues a TEST message like any other, then sends it before answering, so the admin sees at
+  /// Records a TEST message like any other and sends it before answering, so the admin sees at
   /// once whether the channel works (a failure that may pass stays RETRYING for the sender).
   func sendTestNotification(
     request: Mart_Notification_V1_SendTestNotificationRequest, context: ServerContext
@@ -212,12 +208,18 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
       return try await notifier.notify(
         userID, of: .test, values: ["message": .text(message), "channel": .text(channel.rawValue)],
         sourceEventID: nil, channels: [channel], destination: destination.isEmpty ? nil : destination,
-        on: connection)
+        claimedFor: notifier.settings.sendLease, on: connection)
     }
     guard let outcome, let deliveryID = outcome.deliveries.first else {
       throw RPCError(code: .internalError, message: "the test notification was not queued")
     }
-    try await sender.sendDue(only: deliveryID)
+    // The delivery was born held by this call, so no background sender takes it; it is sent in a
+    // task of its own, so that a client that hangs up cannot cut the send off between the
+    // provider's answer and its record.
+    let send = Task { [sender, store] in
+      if let claimed = try await store.claimed(deliveryID) { await sender.send([claimed]) }
+    }
+    try await send.value
     guard let delivery = try await store.delivery(deliveryID),
       let notification = try await store.notification(outcome.notificationID)
     else {

@@ -40,22 +40,30 @@ struct NotificationSender: Service {
     self.logger = logger
   }
 
+  /// On graceful shutdown the sender takes no more deliveries but finishes the batch it has: a
+  /// message a provider accepted is recorded, not sent again by the next process.
   func run() async throws {
     logger.info("sending email through \(email.summary) and SMS through \(sms.summary)")
-    await cancelWhenGracefulShutdown {
-      await withDiscardingTaskGroup { group in
-        group.addTask {
+    await withDiscardingTaskGroup { group in
+      group.addTask {
+        await cancelWhenGracefulShutdown {
           await Wakeup.listen(
             on: NotificationStore.senderChannel, database: store.database, wakeup: wakeup,
             maximumBackoff: .seconds(10), logger: logger)
         }
-        group.addTask { await work() }
+      }
+      group.addTask {
+        await withGracefulShutdownHandler {
+          await work()
+        } onGracefulShutdown: {
+          wakeup.signal()
+        }
       }
     }
   }
 
   private func work() async {
-    while !Task.isCancelled {
+    while !Task.isCancelled && !Task.isShuttingDownGracefully {
       var taken = 0
       do {
         taken = try await sendDue()
@@ -69,10 +77,18 @@ struct NotificationSender: Service {
     }
   }
 
-  /// Sends one batch of due deliveries (or only `only`, if it is due); how many were taken.
+  /// Takes a batch of due deliveries and sends them; how many were taken.
   @discardableResult
-  func sendDue(only: UUID? = nil) async throws -> Int {
-    let claimed = try await store.claimDue(limit: settings.batchSize, lease: settings.sendLease, only: only)
+  func sendDue() async throws -> Int {
+    let claimed = try await store.claimDue(
+      limit: settings.batchSize, lease: settings.sendLease, maximumAttempts: settings.maximumAttempts)
+    await send(claimed)
+    return claimed.count
+  }
+
+  /// Sends deliveries this sender has claimed: the emails over one session, the texts side by
+  /// side; each outcome recorded as soon as it is known.
+  func send(_ claimed: [ClaimedDelivery]) async {
     var emails: [(ClaimedDelivery, OutgoingEmail)] = []
     var texts: [(ClaimedDelivery, OutgoingSMS)] = []
     for item in claimed {
@@ -84,12 +100,14 @@ struct NotificationSender: Service {
           "sending again a delivery whose previous attempt was cut off: the provider may have it twice",
           metadata: ["delivery_id": "\(delivery.id.lowercasedString)", "message_id": "\(delivery.messageID)"])
       }
-      guard let recipient = delivery.recipient ?? item.contact?.address(for: delivery.channel) else {
-        try await recordMissingRecipient(item)
+      // The user's address as it is now (they may have changed it since the event), but for a
+      // TEST, whose destination the admin chose.
+      let current = delivery.kind == .test ? nil : item.contact?.address(for: delivery.channel)
+      guard let recipient = current ?? delivery.recipient else {
+        await recordMissingRecipient(item)
         continue
       }
-      let message = notifier.render(
-        delivery.kind, values: .fromJSON(delivery.templateData), for: item.contact)
+      let message = notifier.render(delivery.kind, values: .fromJSON(delivery.templateData), for: item.contact)
       switch delivery.channel {
       case .email:
         emails.append(
@@ -109,11 +127,12 @@ struct NotificationSender: Service {
     await withDiscardingTaskGroup { group in
       if !emailBatch.isEmpty {
         group.addTask {
-          let started = ContinuousClock.now
-          let results = await email.send(emailBatch.map(\.1))
-          let elapsed = ContinuousClock.now - started
-          for ((item, outgoing), result) in zip(emailBatch, results) {
-            await record(result, of: item, recipient: outgoing.to, elapsed: elapsed)
+          var last = ContinuousClock.now
+          await email.send(emailBatch.map(\.1)) { index, result in
+            let now = ContinuousClock.now
+            let (item, outgoing) = emailBatch[index]
+            await record(result, of: item, recipient: outgoing.to, elapsed: now - last)
+            last = now
           }
         }
       }
@@ -130,30 +149,35 @@ struct NotificationSender: Service {
         }
       }
     }
-    return claimed.count
   }
 
   /// No address or number: wait a while for the user's details (their registration can arrive
   /// after an order's event, on another topic), then skip.
-  private func recordMissingRecipient(_ item: ClaimedDelivery) async throws {
+  private func recordMissingRecipient(_ item: ClaimedDelivery) async {
     let delivery = item.delivery
-    if item.contact == nil, Date().timeIntervalSince(delivery.createdAt) < settings.unknownUserGrace.seconds {
-      try await store.recordFailure(
-        delivery.id, recipient: nil, error: "the user's details are not known yet",
-        retryAt: Date().addingTimeInterval(settings.retryDelay(afterAttempt: 1).seconds))
-      return
+    do {
+      if item.contact == nil, Date().timeIntervalSince(delivery.createdAt) < settings.unknownUserGrace.seconds {
+        try await store.postpone(
+          delivery, reason: "the user's details are not known yet",
+          until: Date().addingTimeInterval(settings.retryDelay(afterAttempt: 1).seconds))
+        return
+      }
+      let reason =
+        item.contact == nil
+        ? "the user is not known"
+        : delivery.channel == .email ? "the user has no email address" : "the user has no phone number"
+      try await store.recordSkipped(delivery, reason: reason)
+      Counter(
+        label: "mart_notification_deliveries_total",
+        dimensions: [("channel", delivery.channel.rawValue), ("outcome", "skipped")]
+      ).increment()
+    } catch {
+      logger.error(
+        "could not put off a delivery without an address",
+        metadata: [
+          "delivery_id": "\(delivery.id.lowercasedString)", "error": "\(APIStatus.redactedDescription(of: error))",
+        ])
     }
-    let reason =
-      item.contact == nil
-      ? "the user is not known"
-      : delivery.channel == .email ? "the user has no email address" : "the user has no phone number"
-    try await store.recordSkipped(delivery.id, reason: reason)
-    Counter(
-      label: "mart_notification_deliveries_total",
-      dimensions: [
-        ("channel", delivery.channel.rawValue), ("outcome", "skipped"),
-      ]
-    ).increment()
   }
 
   private func record(
@@ -164,20 +188,23 @@ struct NotificationSender: Service {
     Timer(label: "mart_notification_send_duration_seconds", dimensions: [("channel", channel)])
       .recordNanoseconds(Int64(elapsed.seconds * 1e9))
     do {
+      let outcome: String
       switch result {
       case .success(let providerID):
-        try await store.recordSent(delivery, recipient: recipient, providerMessageID: providerID)
-        Counter(label: "mart_notification_deliveries_total", dimensions: [("channel", channel), ("outcome", "sent")])
-          .increment()
+        let recorded = try await store.recordSent(delivery, recipient: recipient, providerMessageID: providerID)
+        outcome = recorded ? "sent" : "sent_unrecorded"
+        if !recorded {
+          logger.warning(
+            "a provider took a message whose delivery another sender had taken over (its lease ran out)",
+            metadata: ["delivery_id": "\(delivery.id.lowercasedString)", "message_id": "\(delivery.messageID)"])
+        }
       case .failure(let failure):
         let retryAt =
           failure.retryable && delivery.attemptCount < settings.maximumAttempts
           ? Date().addingTimeInterval(settings.retryDelay(afterAttempt: delivery.attemptCount).seconds) : nil
-        try await store.recordFailure(delivery.id, recipient: recipient, error: failure.message, retryAt: retryAt)
-        Counter(
-          label: "mart_notification_deliveries_total",
-          dimensions: [("channel", channel), ("outcome", retryAt == nil ? "failed" : "retrying")]
-        ).increment()
+        guard try await store.recordFailure(delivery, recipient: recipient, error: failure.message, retryAt: retryAt)
+        else { return }
+        outcome = retryAt == nil ? "failed" : "retrying"
         logger.log(
           level: retryAt == nil ? .warning : .info,
           retryAt == nil ? "delivery failed" : "delivery will be retried",
@@ -186,6 +213,8 @@ struct NotificationSender: Service {
             "attempt": "\(delivery.attemptCount)", "error": "\(failure.message)",
           ])
       }
+      Counter(label: "mart_notification_deliveries_total", dimensions: [("channel", channel), ("outcome", outcome)])
+        .increment()
     } catch {
       // The lease brings it back: the worst case is the duplicate the type's comment describes.
       logger.error(

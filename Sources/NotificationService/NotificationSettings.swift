@@ -27,14 +27,18 @@ public struct NotificationSettings: Sendable {
   /// with up to a quarter of random jitter so that retries do not come in waves.
   public var firstRetryBackoff: Duration
   public var maximumRetryBackoff: Duration
-  /// How long a sender holds a delivery it is sending: longer than any provider call may take
-  /// (SMTP's deadlines add up to under two minutes), so only a sender that died loses it.
+  /// How long a sender holds a delivery it is sending. Each email's outcome is recorded as soon
+  /// as the server answers it, but a batch shares one session, so keep it longer than a batch may
+  /// take: another sender takes a delivery over only once its lease has run out.
   public var sendLease: Duration
   /// How long a delivery waits for its user's details (an order's event can overtake the user's
   /// registration on another topic) before it is skipped.
   public var unknownUserGrace: Duration
   /// How often the sender looks for due deliveries when nothing wakes it.
   public var pollInterval: Duration
+  /// Events older than this go to the inbox only: a consumer group that starts from a topic's
+  /// beginning (a new deployment) must not email about every past order.
+  public var maximumEventAge: Duration
   /// Deliveries taken at once; emails among them share one SMTP session.
   public var batchSize: Int
 
@@ -43,9 +47,9 @@ public struct NotificationSettings: Sendable {
     shopName: String = "Mart", messageDomain: String = "mart.localhost", maximumAttempts: Int = 8,
     firstRetryBackoff: Duration = .seconds(15), maximumRetryBackoff: Duration = .seconds(600),
     sendLease: Duration = .seconds(180), unknownUserGrace: Duration = .seconds(600),
-    pollInterval: Duration = .seconds(5),
-    batchSize: Int = 32
+    pollInterval: Duration = .seconds(5), maximumEventAge: Duration = .seconds(86_400), batchSize: Int = 32
   ) {
+    self.maximumEventAge = maximumEventAge
     self.emailFrom = emailFrom
     self.smtp = smtp
     self.twilio = nil
@@ -79,6 +83,9 @@ public struct NotificationSettings: Sendable {
     maximumRetryBackoff = try env.duration("MART_NOTIFICATION_MAX_RETRY_BACKOFF", default: maximumRetryBackoff)
     pollInterval = try env.duration("MART_NOTIFICATION_POLL_INTERVAL", default: pollInterval)
     sendLease = try env.duration("MART_NOTIFICATION_SEND_LEASE", default: sendLease)
+    maximumEventAge = try env.duration("MART_NOTIFICATION_MAX_EVENT_AGE", default: maximumEventAge)
+    unknownUserGrace = try env.duration("MART_NOTIFICATION_UNKNOWN_USER_GRACE", default: unknownUserGrace)
+    batchSize = try env.positiveInteger("MART_NOTIFICATION_BATCH_SIZE", default: batchSize)
   }
 
   /// "Name <address>" or "address".

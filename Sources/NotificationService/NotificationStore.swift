@@ -234,17 +234,29 @@ struct NotificationStore: Sendable {
     return (switches, updatedAt)
   }
 
-  /// Stores the new switches of the categories given, in one transaction.
-  func setPreferences(of userID: UUID, _ changes: [PreferenceCategory: ChannelSwitches]) async throws {
+  struct PreferenceChange: Sendable {
+    var category: PreferenceCategory
+    var channel: DeliveryChannel
+    var enabled: Bool
+  }
+
+  /// Sets each switch named, in one transaction, touching no other: two requests that change
+  /// different switches of one category both take effect.
+  func setPreferences(of userID: UUID, _ changes: [PreferenceChange]) async throws {
     let logger = self.logger
     try await database.withTransaction(logger: logger) { connection in
-      for (category, switches) in changes.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+      for change in changes {
+        let defaults = change.category.defaults
+        let email = change.channel == .email ? change.enabled : defaults.email
+        let sms = change.channel == .sms ? change.enabled : defaults.sms
+        let update: PostgresQuery =
+          change.channel == .email
+          ? "email_enabled = excluded.email_enabled" : "sms_enabled = excluded.sms_enabled"
         try await connection.query(
           """
           INSERT INTO preferences (user_id, category, email_enabled, sms_enabled)
-          VALUES (\(userID), \(category.rawValue), \(switches.email), \(switches.sms))
-          ON CONFLICT (user_id, category) DO UPDATE SET
-            email_enabled = excluded.email_enabled, sms_enabled = excluded.sms_enabled, updated_at = now()
+          VALUES (\(userID), \(change.category.rawValue), \(email), \(sms))
+          ON CONFLICT (user_id, category) DO UPDATE SET \(unescaped: update.sql), updated_at = now()
           """, logger: logger)
       }
     }
@@ -270,25 +282,30 @@ struct NotificationStore: Sendable {
   }
 
   /// Queues one email or SMS and wakes the sender when the transaction commits. Nil when this
-  /// event already queued this channel for this user (the unique key).
+  /// event already queued this channel for this user (the unique key). With `claimedFor`, the
+  /// delivery is born taken by the caller for that lease (its first attempt counted), and no sender
+  /// is woken: the caller sends it itself (SendTestNotification, which answers with the outcome).
   func queueDelivery(
     notificationID: UUID, sourceEventID: UUID?, userID: UUID, kind: NotificationKind, channel: DeliveryChannel,
-    recipient: String?, templateData: String, messageDomain: String, on connection: PostgresConnection
+    recipient: String?, templateData: String, messageDomain: String, claimedFor lease: Duration? = nil,
+    on connection: PostgresConnection
   ) async throws -> UUID? {
     let id = UUID()
     let messageID = "<\(id.lowercasedString)@\(messageDomain)>"
+    let status = lease == nil ? DeliveryStatus.queued : .sending
     let rows = try await connection.query(
       """
       INSERT INTO deliveries (id, notification_id, source_event_id, user_id, kind, channel, recipient,
-                              template_data, message_id, next_attempt_at)
+                              template_data, message_id, status, attempt_count, next_attempt_at)
       VALUES (\(id), \(notificationID), \(sourceEventID), \(userID), \(kind.rawValue), \(channel.rawValue),
-              \(recipient), \(templateData)::jsonb, \(messageID), now())
+              \(recipient), \(templateData)::jsonb, \(messageID), \(status.rawValue), \(lease == nil ? 0 : 1),
+              now() + \(lease?.seconds ?? 0) * interval '1 second')
       ON CONFLICT (source_event_id, channel, user_id) DO NOTHING
       RETURNING id
       """, logger: logger)
     var queued: UUID?
     for try await value in rows.decode(UUID.self) { queued = value }
-    if queued != nil {
+    if queued != nil, lease == nil {
       try await connection.query("SELECT pg_notify(\(Self.senderChannel), '')", logger: logger)
     }
     return queued
@@ -382,23 +399,28 @@ struct NotificationStore: Sendable {
     return result
   }
 
-  /// Takes up to `limit` due deliveries (or only `only`, if it is due) for one attempt each:
-  /// queued and retrying ones whose time has come, and sending ones whose sender's lease ran out
-  /// (it died mid-send). Each is marked sending for `lease`, so no other sender takes it meanwhile.
-  func claimDue(limit: Int, lease: Duration, only: UUID? = nil) async throws -> [ClaimedDelivery] {
-    let leaseSeconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
+  /// Takes up to `limit` due deliveries for one attempt each: queued and retrying ones whose time
+  /// has come, and sending ones whose sender's lease ran out (it died mid-send). Each is marked
+  /// sending for `lease`, so no other sender takes it meanwhile. One cut off `maximumAttempts`
+  /// times is failed instead: a message that kills its sender is not sent for ever.
+  func claimDue(limit: Int, lease: Duration, maximumAttempts: Int) async throws -> [ClaimedDelivery] {
+    try await database.query(
+      """
+      UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = now(),
+        last_error = 'given up: every attempt was cut off before its outcome was recorded'
+      WHERE status = 'sending' AND next_attempt_at <= now() AND attempt_count >= \(maximumAttempts)
+      """, logger: logger)
     let rows = try await database.query(
       """
       WITH due AS (
         SELECT id, status = 'sending' AS resumed FROM deliveries
         WHERE status IN ('queued', 'sending', 'retrying') AND next_attempt_at <= now()
-          AND (\(only)::uuid IS NULL OR id = \(only))
         ORDER BY next_attempt_at
         LIMIT \(limit)
         FOR UPDATE SKIP LOCKED
       ), taken AS (
         UPDATE deliveries d SET status = 'sending', attempt_count = d.attempt_count + 1, updated_at = now(),
-          next_attempt_at = now() + \(leaseSeconds) * interval '1 second'
+          next_attempt_at = now() + \(lease.seconds) * interval '1 second'
         FROM due WHERE d.id = due.id
         RETURNING d.*, due.resumed
       )
@@ -408,6 +430,23 @@ struct NotificationStore: Sendable {
       FROM taken LEFT JOIN users u USING (user_id)
       ORDER BY next_attempt_at
       """, logger: logger)
+    return try await Self.claimed(rows)
+  }
+
+  /// A delivery this caller holds (`queueDelivery(claimedFor:)`), with its user's details.
+  func claimed(_ id: UUID) async throws -> ClaimedDelivery? {
+    let rows = try await database.query(
+      """
+      SELECT \(unescaped: DeliveryRecord.columns.replacingOccurrences(of: "\n", with: " ")), false,
+        \(unescaped: UserContact.columns.split(separator: ",").map { "u.\($0.trimmingCharacters(in: .whitespaces))" }
+          .joined(separator: ", "))
+      FROM deliveries LEFT JOIN users u USING (user_id)
+      WHERE id = \(id) AND status = 'sending'
+      """, logger: logger)
+    return try await Self.claimed(rows).first
+  }
+
+  private static func claimed(_ rows: PostgresRowSequence) async throws -> [ClaimedDelivery] {
     var result: [ClaimedDelivery] = []
     for try await row in rows.decode(
       (
@@ -427,22 +466,27 @@ struct NotificationStore: Sendable {
     return result
   }
 
+  // Each outcome is recorded only while the caller still holds the delivery: it is sending, and
+  // with the attempt this caller made (the attempt count is the lease's fencing token). A sender
+  // whose lease ran out and whose delivery another sender took cannot overwrite that one's work.
+
   /// Records that the provider took the message: its id, and NotificationSent, in one transaction.
-  func recordSent(_ delivery: DeliveryRecord, recipient: String, providerMessageID: String) async throws {
+  /// False when the caller no longer held the delivery.
+  @discardableResult
+  func recordSent(_ delivery: DeliveryRecord, recipient: String, providerMessageID: String) async throws -> Bool {
     let outbox = self.outbox
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    return try await database.withTransaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE deliveries SET status = 'sent', recipient = \(recipient), provider_message_id = \(providerMessageID),
           sent_at = now(), updated_at = now(), next_attempt_at = NULL, last_error = NULL
-        WHERE id = \(delivery.id) AND status = 'sending'
+        WHERE id = \(delivery.id) AND status = 'sending' AND attempt_count = \(Int32(delivery.attemptCount))
         RETURNING sent_at
         """, logger: logger)
       var sentAt: Date?
       for try await value in rows.decode(Date.self) { sentAt = value }
-      // Another sender finished it first (this one's lease ran out): its event is the one.
-      guard let sentAt else { return }
+      guard let sentAt else { return false }
       let event = Mart_Notification_V1_NotificationSent.with {
         $0.notificationID = delivery.notificationID?.lowercasedString ?? ""
         $0.deliveryID = delivery.id.lowercasedString
@@ -452,30 +496,65 @@ struct NotificationStore: Sendable {
         $0.providerMessageID = providerMessageID
         $0.sendTime = Google_Protobuf_Timestamp(date: sentAt)
       }
+      // Keyed by the recipient, as the contract says: one user's notices stay in order.
       try await outbox.append(
-        event, aggregateType: "notification",
-        aggregateID: delivery.notificationID?.lowercasedString
-          ?? delivery.id.lowercasedString, on: connection, logger: logger)
+        event, aggregateType: "notification", aggregateID: delivery.userID.lowercasedString, on: connection,
+        logger: logger)
+      return true
     }
   }
 
   /// Records a failed attempt: tried again at `retryAt`, or failed for good when that is nil.
-  func recordFailure(_ id: UUID, recipient: String?, error: String, retryAt: Date?) async throws {
+  /// False when the caller no longer held the delivery.
+  func recordFailure(_ delivery: DeliveryRecord, recipient: String?, error: String, retryAt: Date?) async throws
+    -> Bool
+  {
     let status = retryAt == nil ? DeliveryStatus.failed : .retrying
-    try await database.query(
+    return try await updatedHeld(
+      delivery,
       """
       UPDATE deliveries SET status = \(status.rawValue), last_error = \(String(error.prefix(1000))),
         recipient = coalesce(\(recipient), recipient), next_attempt_at = \(retryAt), updated_at = now()
-      WHERE id = \(id) AND status = 'sending'
-      """, logger: logger)
+      WHERE id = \(delivery.id) AND status = 'sending' AND attempt_count = \(Int32(delivery.attemptCount))
+      RETURNING 1
+      """)
+  }
+
+  /// Puts a delivery back in the queue until `retryAt` without counting the attempt: it was not
+  /// tried, only put off (its user's details are not known yet).
+  func postpone(_ delivery: DeliveryRecord, reason: String, until retryAt: Date) async throws {
+    try await updatedHeld(
+      delivery,
+      """
+      UPDATE deliveries SET status = 'queued', attempt_count = attempt_count - 1, last_error = \(reason),
+        next_attempt_at = \(retryAt), updated_at = now()
+      WHERE id = \(delivery.id) AND status = 'sending' AND attempt_count = \(Int32(delivery.attemptCount))
+      RETURNING 1
+      """)
   }
 
   /// Records that there is nowhere to send it (no address, the channel is not configured).
-  func recordSkipped(_ id: UUID, reason: String) async throws {
-    try await database.query(
+  func recordSkipped(_ delivery: DeliveryRecord, reason: String) async throws {
+    try await updatedHeld(
+      delivery,
       """
       UPDATE deliveries SET status = 'skipped', last_error = \(reason), next_attempt_at = NULL, updated_at = now()
-      WHERE id = \(id) AND status = 'sending'
-      """, logger: logger)
+      WHERE id = \(delivery.id) AND status = 'sending' AND attempt_count = \(Int32(delivery.attemptCount))
+      RETURNING 1
+      """)
+  }
+
+  /// Runs a fenced update; whether it matched (the caller still held the delivery).
+  @discardableResult
+  private func updatedHeld(_ delivery: DeliveryRecord, _ query: PostgresQuery) async throws -> Bool {
+    let rows = try await database.query(query, logger: logger)
+    var matched = false
+    for try await _ in rows.decode(Int.self) { matched = true }
+    if !matched {
+      logger.warning(
+        "a delivery's outcome came after another sender took it over (the lease ran out); the other's stands",
+        metadata: ["delivery_id": "\(delivery.id.lowercasedString)"])
+    }
+    return matched
   }
 }

@@ -77,20 +77,27 @@ struct Notifier: Sendable {
     var deliveries: [UUID]
   }
 
-  /// Nil when this event already notified this user.
+  /// Nil when this event already notified this user. An event that happened more than
+  /// `maximumEventAge` ago is kept in the inbox but sends nothing: a new deployment that reads a
+  /// topic from its start must not mail every customer about every old order.
   @discardableResult
   func notify(
     _ userID: UUID, of kind: NotificationKind, values: TemplateValues, orderID: UUID? = nil, sourceEventID: UUID?,
-    channels requested: [DeliveryChannel]? = nil, destination: String? = nil, on connection: PostgresConnection
+    eventTime: Date? = nil, channels requested: [DeliveryChannel]? = nil, destination: String? = nil,
+    claimedFor lease: Duration? = nil, on connection: PostgresConnection
   ) async throws -> Outcome? {
     let contact = try await store.user(userID, on: connection)
     let message = render(kind, values: values, for: contact)
     guard
       let notificationID = try await store.insertNotification(
-        userID: userID, kind: kind, title: String(message.subject.prefix(200)), body: message.text, orderID: orderID,
+        userID: userID, kind: kind, title: String(String.UnicodeScalarView(message.subject.unicodeScalars.prefix(200))),
+        body: message.text, orderID: orderID,
         sourceEventID: sourceEventID, on: connection)
     else { return nil }
     var channels = requested ?? kind.channels
+    if let eventTime, Date().timeIntervalSince(eventTime) > settings.maximumEventAge.seconds {
+      channels = []
+    }
     if let category = kind.category {
       let switches = try await store.preferences(of: userID, on: connection).switches[category] ?? category.defaults
       channels = channels.filter { switches.allows($0) }
@@ -100,7 +107,7 @@ struct Notifier: Sendable {
       if let id = try await store.queueDelivery(
         notificationID: notificationID, sourceEventID: sourceEventID, userID: userID, kind: kind, channel: channel,
         recipient: destination ?? contact?.address(for: channel), templateData: values.json(),
-        messageDomain: settings.messageDomain, on: connection)
+        messageDomain: settings.messageDomain, claimedFor: lease, on: connection)
       {
         deliveries.append(id)
       }

@@ -112,11 +112,13 @@ struct NotificationHarness: Sendable {
   // MARK: Events
 
   /// Publishes an event as its service's relay would, `times` times (redeliveries of one event).
-  func publish<Event: DomainEvent>(_ event: Event, id: UUID = UUID(), subject: String, times: Int = 1) async throws {
+  func publish<Event: DomainEvent>(
+    _ event: Event, id: UUID = UUID(), subject: String, time: Date = Date(), times: Int = 1
+  ) async throws {
     var event = event
     event.metadata.eventID = id.lowercasedString
     let envelope = EventEnvelope(
-      id: id, type: Event.protoMessageName, source: "/mart/test", subject: subject, time: Date(),
+      id: id, type: Event.protoMessageName, source: "/mart/test", subject: subject, time: time,
       topic: Event.topic.name, payload: try event.serializedBytes())
     _ = await transport.publish(Array(repeating: OutgoingRecord(envelope), count: times))
   }
@@ -169,6 +171,11 @@ struct NotificationHarness: Sendable {
       return rows.count >= count && rows.allSatisfy { ["sent", "failed", "skipped"].contains($0.status) }
     }
     return try await deliveries(of: userID)
+  }
+
+  /// The service's store over the harness's database, for what only the store shows.
+  var store: NotificationStore {
+    NotificationStore(database: database, outbox: Outbox(service: .notification), logger: TestBed.logger)
   }
 
   func outboxCount(type: String) async throws -> Int {

@@ -235,7 +235,10 @@ struct NotificationServiceTests {
         }, metadata: aliceAuth)
       #expect(rest.notifications.count == 2 && rest.nextPageToken.isEmpty)
       let newest = try #require(page.notifications.first)
-      #expect(newest.title.contains("M-3"))
+      // Newest first across the pages (the three events are handled side by side, in any order).
+      let times = (page.notifications + rest.notifications).map { $0.createTime.date }
+      #expect(times == times.sorted(by: >))
+      #expect(Set((page.notifications + rest.notifications).map(\.kind)) == [.orderPaid, .welcome])
 
       let bobs = try await mart.notifications.listMyNotifications(.init(), metadata: bobAuth)
       #expect(bobs.notifications.map(\.kind) == [.welcome])
@@ -326,8 +329,10 @@ struct NotificationServiceTests {
       let userID = UUID()
       let paid = NotificationHarness.orderPaid(userID)
       try await mart.publish(paid, subject: paid.orderID)
+      // Put off, not tried: it stays queued, and waiting uses none of its attempts.
       let waiting = await eventually {
-        try await mart.deliveries(of: userID).first?.status == "retrying"
+        let row = try await mart.deliveries(of: userID).first
+        return row?.status == "queued" && row?.attempts == 0 && row?.lastError?.contains("not known yet") == true
       }
       #expect(waiting)
       let registered = Mart_User_V1_UserRegistered.with {
@@ -339,7 +344,7 @@ struct NotificationServiceTests {
       }
       try await mart.publish(registered, subject: registered.userID)
       let rows = try await mart.settledDeliveries(of: userID, count: 2)
-      #expect(rows.allSatisfy { $0.status == "sent" && $0.recipient == "late@example.com" })
+      #expect(rows.allSatisfy { $0.status == "sent" && $0.recipient == "late@example.com" && $0.attempts == 1 })
       // An older version of the account changes nothing.
       var stale = Mart_User_V1_UserUpdated.with {
         $0.userID = userID.lowercasedString
@@ -362,6 +367,75 @@ struct NotificationServiceTests {
       for try await (email, version) in rows2.decode((String, Int64).self) {
         #expect(email == "new@example.com" && version == 2)
       }
+    }
+  }
+
+  /// A consumer that starts from a topic's beginning (a new deployment) files old events in the
+  /// inbox and mails nobody about them.
+  @Test func anOldEventGoesToTheInboxOnly() async throws {
+    let settings = try NotificationHarness.settings()
+    try await NotificationHarness.run("notify_old_event", settings: settings) { mart in
+      let (userID, auth) = try await mart.register("old@example.com")
+      _ = try await mart.settledDeliveries(of: userID, count: 1)
+      let paid = NotificationHarness.orderPaid(userID, number: "M-OLD")
+      try await mart.publish(paid, subject: paid.orderID, time: Date().addingTimeInterval(-3 * 86_400))
+      let filed = await eventually {
+        try await mart.notifications.listMyNotifications(.init(), metadata: auth).notifications.count == 2
+      }
+      #expect(filed)
+      #expect(try await mart.deliveries(of: userID).map(\.kind) == ["welcome"])
+    }
+  }
+
+  /// The lease's fencing token: a sender whose lease ran out cannot overwrite the sender that took
+  /// the delivery over; and a delivery cut off at every attempt is given up, not sent for ever.
+  @Test func aLateSenderCannotOverwriteTheOneThatTookOver() async throws {
+    // The schema alone, no service: the test is the only sender.
+    try await ScratchDatabase.with("notify_fencing") { scratch in
+      try await withPostgresClient(scratch.configuration) { database in
+        try await fencing(database)
+      }
+    }
+  }
+
+  private func fencing(_ database: PostgresClient) async throws {
+    do {
+      _ = try await MigrationRunner(migrations: NotificationServiceModule.definition.migrations, logger: TestBed.logger)
+        .migrate(database)
+      let store = NotificationStore(database: database, outbox: Outbox(service: .notification), logger: TestBed.logger)
+      let mart = (database: database, store: store)
+      let userID = UUID()
+      try await mart.database.query(
+        "INSERT INTO users (user_id, email, version) VALUES (\(userID), 'fence@example.com', 1)",
+        logger: TestBed.logger)
+      let id = UUID()
+      try await mart.database.query(
+        """
+        INSERT INTO deliveries (id, user_id, kind, channel, recipient, message_id, next_attempt_at)
+        VALUES (\(id), \(userID), 'test', 'email', 'fence@example.com', '<f@mart.test>', now() - interval '1 second')
+        """, logger: TestBed.logger)
+      let first = try #require(try await store.claimDue(limit: 10, lease: .zero, maximumAttempts: 3).first)
+      // Its lease is over at once: a second sender takes it over.
+      let second = try #require(try await store.claimDue(limit: 10, lease: .seconds(60), maximumAttempts: 3).first)
+      #expect(second.resumed && second.delivery.attemptCount == 2)
+      #expect(!(try await store.recordFailure(first.delivery, recipient: nil, error: "late 451", retryAt: nil)))
+      #expect(try await store.recordSent(second.delivery, recipient: "fence@example.com", providerMessageID: "250 ok"))
+      #expect(!(try await store.recordSent(first.delivery, recipient: "fence@example.com", providerMessageID: "late")))
+      let sent = try #require(try await store.delivery(id))
+      #expect(sent.status == .sent && sent.providerMessageID == "250 ok")
+
+      // Cut off at every attempt: given up after the last.
+      let doomed = UUID()
+      try await mart.database.query(
+        """
+        INSERT INTO deliveries (id, user_id, kind, channel, recipient, message_id, status, attempt_count,
+                                next_attempt_at)
+        VALUES (\(doomed), \(userID), 'test', 'email', 'fence@example.com', '<d@mart.test>', 'sending', 3,
+                now() - interval '1 second')
+        """, logger: TestBed.logger)
+      #expect(try await store.claimDue(limit: 10, lease: .seconds(60), maximumAttempts: 3).isEmpty)
+      let given = try #require(try await store.delivery(doomed))
+      #expect(given.status == .failed && given.lastError?.contains("cut off") == true)
     }
   }
 

@@ -16,37 +16,33 @@ struct SMTPEmailTransport: EmailTransport {
 
   var summary: String { "smtp \(configuration.host):\(configuration.port) (\(configuration.security))" }
 
-  func send(_ emails: [OutgoingEmail]) async -> [Result<String, DeliveryFailure>] {
+  func send(_ emails: [OutgoingEmail], onResult: EmailResultHandler) async {
     var messages: [EmailMessage] = []
-    var results: [Result<String, DeliveryFailure>?] = []
-    for email in emails {
+    var indices: [Int] = []  // the email each message is
+    for (index, email) in emails.enumerated() {
       do {
         messages.append(
           EmailMessage(
             from: from, to: [try EmailAddress(email.to, name: email.toName)], subject: email.subject,
             textBody: email.text, htmlBody: email.html, messageID: email.messageID, date: Date(), headers: []))
-        results.append(nil)
+        indices.append(index)
       } catch {
-        results.append(.failure(.permanent("not an address SMTP can send to: \(error)")))
+        await onResult(index, .failure(.permanent("not an address SMTP can send to: \(error)")))
       }
     }
-    var sent: [Result<SMTPSendResult, SMTPError>] = []
-    if !messages.isEmpty {
-      do {
-        sent = try await client.send(messages)
-      } catch {
-        let failure = Self.failure(error)
-        return results.map { $0 ?? .failure(failure) }
+    guard !messages.isEmpty else { return }
+    var answered = 0
+    do {
+      _ = try await client.send(messages) { position, result in
+        answered = position + 1
+        await onResult(indices[position], result.map(\.serverReply).mapError(Self.failure))
       }
-    }
-    var next = sent.makeIterator()
-    return results.map { result in
-      if let result { return result }
-      switch next.next() {
-      case .success(let reply): return .success(reply.serverReply)
-      case .failure(let error): return .failure(Self.failure(error))
-      case nil: return .failure(.retryable("the SMTP session ended before this message"))
-      }
+    } catch {
+      // The session could not be set up (connection, TLS, greeting, AUTH): nothing was sent. Even
+      // a 5xx there (a refused login, Mailtrap's "too many connections") says nothing about the
+      // messages, so they are tried again later rather than failed.
+      let failure = DeliveryFailure.retryable("the SMTP session could not be set up: \(Self.failure(error).message)")
+      for position in answered..<messages.count { await onResult(indices[position], .failure(failure)) }
     }
   }
 
@@ -71,14 +67,15 @@ struct FileMailbox: EmailTransport, SMSTransport {
 
   var summary: String { "mailbox \(directory.path)" }
 
-  func send(_ emails: [OutgoingEmail]) async -> [Result<String, DeliveryFailure>] {
-    emails.map { email in
-      Result {
+  func send(_ emails: [OutgoingEmail], onResult: EmailResultHandler) async {
+    for (index, email) in emails.enumerated() {
+      let result = Result {
         let message = EmailMessage(
           from: from, to: [try EmailAddress(email.to, name: email.toName)], subject: email.subject,
           textBody: email.text, htmlBody: email.html, messageID: email.messageID, date: Date(), headers: [])
         return try write(MIMEMessage.render(message), name: "\(email.deliveryID.lowercasedString).eml")
       }.mapError { $0 as? DeliveryFailure ?? .permanent("\($0)") }
+      await onResult(index, result)
     }
   }
 
