@@ -148,42 +148,25 @@ fetch_cache() {
     trap - EXIT
 }
 
-# ---------------------------------------------------------------- localstripe
-# Its own virtualenv (it pulls aiohttp), made once; the pinned version is checked each run.
-install_localstripe() {
-    local want=${LOCALSTRIPE#*==}
-    if [[ -x $LOCALSTRIPE_VENV/bin/localstripe ]] &&
-        [[ $("$LOCALSTRIPE_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("localstripe"))' 2>/dev/null) == "$want" ]]; then
+# ---------------------------------------------------------------- test servers from PyPI
+# localstripe (Stripe's API; it pulls aiohttp) and aiosmtpd (scripts/smtp-test-server.py runs on
+# its python) each in a virtualenv of its own, made once; the pinned version is checked each run.
+# install_venv PIN VENV
+install_venv() {
+    local pin=$1 venv=$2
+    local name=${pin%%==*} want=${pin#*==}
+    if [[ -x $venv/bin/python ]] &&
+        [[ $("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null) == "$want" ]]; then
         return 0
     fi
-    say "pip install $LOCALSTRIPE (into $LOCALSTRIPE_VENV)"
+    say "pip install $pin (into $venv)"
     local log
-    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-localstripe.XXXXXX")
-    rm -rf "$LOCALSTRIPE_VENV"
-    if ! { python3 -m venv "$LOCALSTRIPE_VENV" &&
-        "$LOCALSTRIPE_VENV/bin/pip" install --disable-pip-version-check -q "$LOCALSTRIPE"; } >"$log" 2>&1; then
+    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-$name.XXXXXX")
+    rm -rf "$venv"
+    if ! { python3 -m venv "$venv" &&
+        "$venv/bin/pip" install --disable-pip-version-check -q "$pin"; } >"$log" 2>&1; then
         cat "$log" >&2
-        die "could not install $LOCALSTRIPE (is PyPI reachable? python3-venv installed?)"
-    fi
-    rm -f "$log"
-}
-
-# ---------------------------------------------------------------- aiosmtpd
-# Its own virtualenv too: scripts/smtp-test-server.py runs on its python.
-install_aiosmtpd() {
-    local want=${AIOSMTPD#*==}
-    if [[ -x $AIOSMTPD_VENV/bin/python ]] &&
-        [[ $("$AIOSMTPD_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("aiosmtpd"))' 2>/dev/null) == "$want" ]]; then
-        return 0
-    fi
-    say "pip install $AIOSMTPD (into $AIOSMTPD_VENV)"
-    local log
-    log=$(mktemp "${TMPDIR:-/tmp}/mart-deps-aiosmtpd.XXXXXX")
-    rm -rf "$AIOSMTPD_VENV"
-    if ! { python3 -m venv "$AIOSMTPD_VENV" &&
-        "$AIOSMTPD_VENV/bin/pip" install --disable-pip-version-check -q "$AIOSMTPD"; } >"$log" 2>&1; then
-        cat "$log" >&2
-        die "could not install $AIOSMTPD (is PyPI reachable? python3-venv installed?)"
+        die "could not install $pin (is PyPI reachable? python3-venv installed?)"
     fi
     rm -f "$log"
 }
@@ -243,12 +226,12 @@ main() {
 
     exec 8>"$CACHE/.lock-localstripe"
     flock 8
-    install_localstripe
+    install_venv "$LOCALSTRIPE" "$LOCALSTRIPE_VENV"
     exec 8>&-
 
     exec 8>"$CACHE/.lock-aiosmtpd"
     flock 8
-    install_aiosmtpd
+    install_venv "$AIOSMTPD" "$AIOSMTPD_VENV"
     exec 8>&-
 
     # The OpenAPI validator (its own lock and stamp; quiet when installed).

@@ -78,6 +78,9 @@ public struct NotificationSettings: Sendable {
     mailboxDirectory = env.string("MART_NOTIFICATION_MAILBOX_DIR", default: mailboxDirectory)
     shopName = env.string("MART_NOTIFICATION_SHOP_NAME", default: shopName)
     messageDomain = String(from.address.split(separator: "@").last ?? "mart.localhost")
+    // EHLO names the client; some servers refuse "localhost". The From address's domain is the
+    // name the mail claims to come from anyway.
+    smtp?.heloName = env.string("MART_SMTP_HELO_NAME", default: messageDomain)
     maximumAttempts = try env.positiveInteger("MART_NOTIFICATION_MAX_ATTEMPTS", default: maximumAttempts)
     firstRetryBackoff = try env.duration("MART_NOTIFICATION_RETRY_BACKOFF", default: firstRetryBackoff)
     maximumRetryBackoff = try env.duration("MART_NOTIFICATION_MAX_RETRY_BACKOFF", default: maximumRetryBackoff)

@@ -424,9 +424,7 @@ struct NotificationStore: Sendable {
         FROM due WHERE d.id = due.id
         RETURNING d.*, due.resumed
       )
-      SELECT \(unescaped: DeliveryRecord.columns.replacingOccurrences(of: "\n", with: " ")), resumed,
-        \(unescaped: UserContact.columns.split(separator: ",").map { "u.\($0.trimmingCharacters(in: .whitespaces))" }
-          .joined(separator: ", "))
+      SELECT \(unescaped: DeliveryRecord.columns), resumed, \(unescaped: Self.contactColumns)
       FROM taken LEFT JOIN users u USING (user_id)
       ORDER BY next_attempt_at
       """, logger: logger)
@@ -437,15 +435,18 @@ struct NotificationStore: Sendable {
   func claimed(_ id: UUID) async throws -> ClaimedDelivery? {
     let rows = try await database.query(
       """
-      SELECT \(unescaped: DeliveryRecord.columns.replacingOccurrences(of: "\n", with: " ")), false,
-        \(unescaped: UserContact.columns.split(separator: ",").map { "u.\($0.trimmingCharacters(in: .whitespaces))" }
-          .joined(separator: ", "))
+      SELECT \(unescaped: DeliveryRecord.columns), false, \(unescaped: Self.contactColumns)
       FROM deliveries LEFT JOIN users u USING (user_id)
       WHERE id = \(id) AND status = 'sending'
       """, logger: logger)
     return try await Self.claimed(rows).first
   }
 
+  /// The user's columns beside a delivery's (`users u`), for `claimed(_:)`.
+  private static let contactColumns = UserContact.columns.split(separator: ",")
+    .map { "u.\($0.trimmingCharacters(in: .whitespaces))" }.joined(separator: ", ")
+
+  /// Claimed deliveries from rows of a delivery's columns, whether it was resumed, and its user's.
   private static func claimed(_ rows: PostgresRowSequence) async throws -> [ClaimedDelivery] {
     var result: [ClaimedDelivery] = []
     for try await row in rows.decode(

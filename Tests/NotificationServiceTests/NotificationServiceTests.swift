@@ -79,6 +79,44 @@ struct NotificationTemplateTests {
   }
 }
 
+@Suite("Notification settings")
+struct NotificationSettingsTests {
+  /// With only a username, SMTP is Mailtrap's sandbox with STARTTLS; a half or wrong
+  /// configuration stops start-up naming the variable; nothing set means the file mailbox.
+  @Test func smtpDefaultsToMailtrapsSandboxAndRefusesHalfConfigurations() throws {
+    let mailtrap = try NotificationSettings(
+      environment: EnvironmentReader([
+        "MART_SMTP_USERNAME": "inbox-user", "MART_SMTP_PASSWORD": "inbox-pass",
+        "MART_NOTIFICATION_EMAIL_FROM": "Shop <orders@shop.example>",
+      ]))
+    let smtp = try #require(mailtrap.smtp)
+    #expect(smtp.host == "sandbox.smtp.mailtrap.io" && smtp.port == 2525 && smtp.security == .startTLS)
+    #expect(smtp.credentials?.username == "inbox-user" && smtp.heloName == "shop.example")
+    #expect(!"\(smtp.credentials.map { "\($0)" } ?? "")".contains("inbox-pass"))
+    #expect(mailtrap.emailFrom.name == "Shop" && mailtrap.messageDomain == "shop.example")
+
+    let none = try NotificationSettings(environment: EnvironmentReader([:]))
+    #expect(none.smtp == nil && none.mailboxDirectory == ".mart/mail")
+
+    for (environment, variable) in [
+      (["MART_SMTP_PASSWORD": "x"], "MART_SMTP_PASSWORD"),
+      (["MART_SMTP_USERNAME": "u"], "MART_SMTP_PASSWORD"),
+      (["MART_SMTP_HOST": "mail.example", "MART_SMTP_SECURITY": "ssl3"], "MART_SMTP_SECURITY"),
+      (["MART_NOTIFICATION_EMAIL_FROM": "not an address"], "MART_NOTIFICATION_EMAIL_FROM"),
+      (["MART_NOTIFICATION_MAX_EVENT_AGE": "forever"], "MART_NOTIFICATION_MAX_EVENT_AGE"),
+    ] {
+      #expect(throws: ConfigurationError.self, "\(variable)") {
+        try NotificationSettings(environment: EnvironmentReader(environment))
+      }
+      do {
+        _ = try NotificationSettings(environment: EnvironmentReader(environment))
+      } catch let error as ConfigurationError {
+        #expect(error.variable == variable)
+      }
+    }
+  }
+}
+
 @Suite("Notification service", .serialized)
 struct NotificationServiceTests {
   /// A registration is a welcome email over real SMTP (STARTTLS, AUTH), with both MIME parts, our
