@@ -20,13 +20,14 @@ import SMTP
 //
 // Environment: the test bed's (MART_TEST_DATABASE_URL, MART_AIOSMTPD_PYTHON), BENCH_EMAILS
 // (default 2000), BENCH_RATE (default 50), BENCH_SECONDS (default 20), BENCH_BATCH (the sender's
-// batch size, default 32).
+// batch size, default 32), BENCH_SMTP_SESSIONS (sessions a batch's emails share, default 4).
 
 let env = EnvironmentReader()
 let emails = try env.positiveInteger("BENCH_EMAILS", default: 2000)
 let rate = try env.positiveInteger("BENCH_RATE", default: 50)
 let seconds = try env.positiveInteger("BENCH_SECONDS", default: 20)
 let batch = try env.positiveInteger("BENCH_BATCH", default: 32)
+let sessions = try env.positiveInteger("BENCH_SMTP_SESSIONS", default: 4)
 let users = 200
 
 func report(_ line: String) {
@@ -51,6 +52,7 @@ func benchSettings() throws -> NotificationSettings {
   var settings = NotificationSettings(
     emailFrom: try EmailAddress("shop@mart.bench", name: "Mart"), smtp: smtp, messageDomain: "mart.bench")
   settings.batchSize = batch
+  settings.emailSessions = sessions
   settings.pollInterval = .milliseconds(200)
   return settings
 }

@@ -125,12 +125,16 @@ struct NotificationSender: Service {
     let emailBatch = emails
     let textBatch = texts
     await withDiscardingTaskGroup { group in
-      if !emailBatch.isEmpty {
+      // The emails over a few sessions side by side: one session sends a message at a time, and
+      // each waits for several replies, so one alone leaves the server and us mostly idle.
+      let sessions = max(1, min(settings.emailSessions, emailBatch.count))
+      for session in 0..<sessions {
+        let share = stride(from: session, to: emailBatch.count, by: sessions).map { emailBatch[$0] }
         group.addTask {
           var last = ContinuousClock.now
-          await email.send(emailBatch.map(\.1)) { index, result in
+          await email.send(share.map(\.1)) { index, result in
             let now = ContinuousClock.now
-            let (item, outgoing) = emailBatch[index]
+            let (item, outgoing) = share[index]
             await record(result, of: item, recipient: outgoing.to, elapsed: now - last)
             last = now
           }

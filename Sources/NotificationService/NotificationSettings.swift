@@ -39,8 +39,11 @@ public struct NotificationSettings: Sendable {
   /// Events older than this go to the inbox only: a consumer group that starts from a topic's
   /// beginning (a new deployment) must not email about every past order.
   public var maximumEventAge: Duration
-  /// Deliveries taken at once; emails among them share one SMTP session.
+  /// Deliveries taken at once.
   public var batchSize: Int
+  /// SMTP sessions a batch's emails are spread over, side by side (Mailtrap's free sandbox allows
+  /// a few connections at once; a relay of one's own, more).
+  public var emailSessions: Int
 
   public init(
     emailFrom: EmailAddress, smtp: SMTPConfiguration? = nil, mailboxDirectory: String = ".mart/mail",
@@ -50,6 +53,7 @@ public struct NotificationSettings: Sendable {
     pollInterval: Duration = .seconds(5), maximumEventAge: Duration = .seconds(86_400), batchSize: Int = 32
   ) {
     self.maximumEventAge = maximumEventAge
+    self.emailSessions = 4
     self.emailFrom = emailFrom
     self.smtp = smtp
     self.twilio = nil
@@ -89,6 +93,7 @@ public struct NotificationSettings: Sendable {
     maximumEventAge = try env.duration("MART_NOTIFICATION_MAX_EVENT_AGE", default: maximumEventAge)
     unknownUserGrace = try env.duration("MART_NOTIFICATION_UNKNOWN_USER_GRACE", default: unknownUserGrace)
     batchSize = try env.positiveInteger("MART_NOTIFICATION_BATCH_SIZE", default: batchSize)
+    emailSessions = try env.positiveInteger("MART_NOTIFICATION_SMTP_SESSIONS", default: emailSessions)
   }
 
   /// "Name <address>" or "address".
