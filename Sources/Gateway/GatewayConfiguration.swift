@@ -83,6 +83,7 @@ public struct GatewaySettings: Sendable {
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
+    "NotificationService_TwilioStatusCallback": ["signature": "X-Twilio-Signature"],
     // draft-ietf-httpapi-idempotency-key-header: the key of a retried POST.
     "OrderService_CreateOrder": ["request_id": "Idempotency-Key"],
     "PaymentService_CreatePayment": ["request_id": "Idempotency-Key"],

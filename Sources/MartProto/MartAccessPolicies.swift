@@ -21,6 +21,7 @@ public enum MartAccessPolicies {
     "mart.notification.v1.NotificationService/UpdateMyPreferences": .user,
     "mart.notification.v1.NotificationService/ListDeliveries": .admin,
     "mart.notification.v1.NotificationService/MarkNotificationRead": .user,
+    "mart.notification.v1.NotificationService/TwilioStatusCallback": .public,
     "mart.notification.v1.NotificationService/SendTestNotification": .admin,
     "mart.order.v1.OrderService/CreateOrder": .user,
     "mart.order.v1.OrderService/GetOrder": .userOrInternal,

@@ -88,6 +88,19 @@ public enum Mart_Notification_V1_NotificationService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "TwilioStatusCallback" metadata.
+        public enum TwilioStatusCallback: Sendable {
+            /// Request type for "TwilioStatusCallback".
+            public typealias Input = Mart_Notification_V1_TwilioStatusCallbackRequest
+            /// Response type for "TwilioStatusCallback".
+            public typealias Output = Mart_Notification_V1_TwilioStatusCallbackResponse
+            /// Descriptor for "TwilioStatusCallback".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.notification.v1.NotificationService"),
+                method: "TwilioStatusCallback",
+                type: .unary
+            )
+        }
         /// Namespace for "SendTestNotification" metadata.
         public enum SendTestNotification: Sendable {
             /// Request type for "SendTestNotification".
@@ -108,6 +121,7 @@ public enum Mart_Notification_V1_NotificationService: Sendable {
             UpdateMyPreferences.descriptor,
             ListDeliveries.descriptor,
             MarkNotificationRead.descriptor,
+            TwilioStatusCallback.descriptor,
             SendTestNotification.descriptor
         ]
     }
@@ -232,6 +246,28 @@ extension Mart_Notification_V1_NotificationService {
             request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_MarkNotificationReadRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_Notification>
+
+        /// Handle the "TwilioStatusCallback" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Twilio's status callback for a text message we sent: its later fate
+        /// > (delivered, undelivered, failed). Public; authenticated by the
+        /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+        /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+        /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_Notification_V1_TwilioStatusCallbackRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_Notification_V1_TwilioStatusCallbackResponse` messages.
+        func twilioStatusCallback(
+            request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>
 
         /// Handle the "SendTestNotification" method.
         ///
@@ -359,6 +395,28 @@ extension Mart_Notification_V1_NotificationService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_Notification>
 
+        /// Handle the "TwilioStatusCallback" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Twilio's status callback for a text message we sent: its later fate
+        /// > (delivered, undelivered, failed). Public; authenticated by the
+        /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+        /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+        /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_TwilioStatusCallbackRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_Notification_V1_TwilioStatusCallbackResponse` message.
+        func twilioStatusCallback(
+            request: GRPCCore.ServerRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>
+
         /// Handle the "SendTestNotification" method.
         ///
         /// > Source IDL Documentation:
@@ -483,6 +541,28 @@ extension Mart_Notification_V1_NotificationService {
             context: GRPCCore.ServerContext
         ) async throws -> Mart_Notification_V1_Notification
 
+        /// Handle the "TwilioStatusCallback" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Twilio's status callback for a text message we sent: its later fate
+        /// > (delivered, undelivered, failed). Public; authenticated by the
+        /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+        /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+        /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_Notification_V1_TwilioStatusCallbackRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_Notification_V1_TwilioStatusCallbackResponse` to respond with.
+        func twilioStatusCallback(
+            request: Mart_Notification_V1_TwilioStatusCallbackRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_Notification_V1_TwilioStatusCallbackResponse
+
         /// Handle the "SendTestNotification" method.
         ///
         /// > Source IDL Documentation:
@@ -564,6 +644,17 @@ extension Mart_Notification_V1_NotificationService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Mart_Notification_V1_NotificationService.Method.TwilioStatusCallback.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_TwilioStatusCallbackRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_TwilioStatusCallbackResponse>(),
+            handler: { request, context in
+                try await self.twilioStatusCallback(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Mart_Notification_V1_NotificationService.Method.SendTestNotification.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_SendTestNotificationRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_SendTestNotificationResponse>(),
@@ -629,6 +720,17 @@ extension Mart_Notification_V1_NotificationService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_Notification> {
         let response = try await self.markNotificationRead(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func twilioStatusCallback(
+        request: GRPCCore.StreamingServerRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_Notification_V1_TwilioStatusCallbackResponse> {
+        let response = try await self.twilioStatusCallback(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -708,6 +810,19 @@ extension Mart_Notification_V1_NotificationService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_Notification> {
         return GRPCCore.ServerResponse<Mart_Notification_V1_Notification>(
             message: try await self.markNotificationRead(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func twilioStatusCallback(
+        request: GRPCCore.ServerRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_Notification_V1_TwilioStatusCallbackResponse> {
+        return GRPCCore.ServerResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>(
+            message: try await self.twilioStatusCallback(
                 request: request.message,
                 context: context
             ),
@@ -859,6 +974,33 @@ extension Mart_Notification_V1_NotificationService {
             deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_Notification>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_Notification>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "TwilioStatusCallback" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Twilio's status callback for a text message we sent: its later fate
+        /// > (delivered, undelivered, failed). Public; authenticated by the
+        /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+        /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+        /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_TwilioStatusCallbackRequest` message.
+        ///   - serializer: A serializer for `Mart_Notification_V1_TwilioStatusCallbackRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Notification_V1_TwilioStatusCallbackResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func twilioStatusCallback<Result>(
+            request: GRPCCore.ClientRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_TwilioStatusCallbackResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "SendTestNotification" method.
@@ -1080,6 +1222,44 @@ extension Mart_Notification_V1_NotificationService {
             )
         }
 
+        /// Call the "TwilioStatusCallback" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Twilio's status callback for a text message we sent: its later fate
+        /// > (delivered, undelivered, failed). Public; authenticated by the
+        /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+        /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+        /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_Notification_V1_TwilioStatusCallbackRequest` message.
+        ///   - serializer: A serializer for `Mart_Notification_V1_TwilioStatusCallbackRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_Notification_V1_TwilioStatusCallbackResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func twilioStatusCallback<Result>(
+            request: GRPCCore.ClientRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_Notification_V1_TwilioStatusCallbackResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_Notification_V1_NotificationService.Method.TwilioStatusCallback.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "SendTestNotification" method.
         ///
         /// > Source IDL Documentation:
@@ -1264,6 +1444,39 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_MarkNotificationReadRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_Notification>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "TwilioStatusCallback" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Twilio's status callback for a text message we sent: its later fate
+    /// > (delivered, undelivered, failed). Public; authenticated by the
+    /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+    /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+    /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_Notification_V1_TwilioStatusCallbackRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func twilioStatusCallback<Result>(
+        request: GRPCCore.ClientRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.twilioStatusCallback(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_Notification_V1_TwilioStatusCallbackRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_Notification_V1_TwilioStatusCallbackResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1466,6 +1679,43 @@ extension Mart_Notification_V1_NotificationService.ClientProtocol {
             metadata: metadata
         )
         return try await self.markNotificationRead(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "TwilioStatusCallback" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Twilio's status callback for a text message we sent: its later fate
+    /// > (delivered, undelivered, failed). Public; authenticated by the
+    /// > X-Twilio-Signature header (HMAC-SHA1 with the auth token over the callback
+    /// > URL Twilio was given and the form's parameters). Twilio calls it only when
+    /// > MART_TWILIO_STATUS_CALLBACK_URL is set.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func twilioStatusCallback<Result>(
+        _ message: Mart_Notification_V1_TwilioStatusCallbackRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_Notification_V1_TwilioStatusCallbackResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_Notification_V1_TwilioStatusCallbackRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.twilioStatusCallback(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -339,6 +339,14 @@ public nonisolated struct Mart_Notification_V1_Delivery: @unchecked Sendable {
     set {_uniqueStorage()._sourceEventID = newValue}
   }
 
+  /// What the provider last said of the message after taking it, e.g.
+  /// Twilio's "delivered", or "undelivered (30003)" with its error code. Empty
+  /// until it says something.
+  public var providerStatus: String {
+    get {_storage._providerStatus}
+    set {_uniqueStorage()._providerStatus = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// Delivery status.
@@ -727,6 +735,46 @@ public nonisolated struct Mart_Notification_V1_SendTestNotificationResponse: Sen
   fileprivate var _delivery: Mart_Notification_V1_Delivery? = nil
 }
 
+/// Request for TwilioStatusCallback. The gateway maps the raw form body into
+/// `http_body` byte for byte and copies the X-Twilio-Signature header into
+/// `signature`.
+public nonisolated struct Mart_Notification_V1_TwilioStatusCallbackRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The raw body (application/x-www-form-urlencoded: MessageSid,
+  /// MessageStatus, ErrorCode, ...).
+  public var httpBody: Google_Api_HttpBody {
+    get {_httpBody ?? Google_Api_HttpBody()}
+    set {_httpBody = newValue}
+  }
+  /// Returns true if `httpBody` has been explicitly set.
+  public var hasHTTPBody: Bool {self._httpBody != nil}
+  /// Clears the value of `httpBody`. Subsequent reads from it will return its default value.
+  public mutating func clearHTTPBody() {self._httpBody = nil}
+
+  /// Value of the X-Twilio-Signature header, filled by the gateway.
+  public var signature: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _httpBody: Google_Api_HttpBody? = nil
+}
+
+/// Response of TwilioStatusCallback (empty; HTTP 200).
+public nonisolated struct Mart_Notification_V1_TwilioStatusCallbackResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "mart.notification.v1"
@@ -815,7 +863,7 @@ nonisolated extension Mart_Notification_V1_Notification.Kind: SwiftProtobuf._Pro
 
 nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Delivery"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}notification_id\0\u{3}user_id\0\u{1}kind\0\u{1}channel\0\u{1}destination\0\u{1}status\0\u{3}attempt_count\0\u{3}last_error\0\u{3}provider_message_id\0\u{3}create_time\0\u{3}send_time\0\u{3}next_attempt_time\0\u{3}source_event_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}notification_id\0\u{3}user_id\0\u{1}kind\0\u{1}channel\0\u{1}destination\0\u{1}status\0\u{3}attempt_count\0\u{3}last_error\0\u{3}provider_message_id\0\u{3}create_time\0\u{3}send_time\0\u{3}next_attempt_time\0\u{3}source_event_id\0\u{3}provider_status\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -832,6 +880,7 @@ nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, Swif
     var _sendTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _nextAttemptTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _sourceEventID: String = String()
+    var _providerStatus: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -856,6 +905,7 @@ nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, Swif
       _sendTime = source._sendTime
       _nextAttemptTime = source._nextAttemptTime
       _sourceEventID = source._sourceEventID
+      _providerStatus = source._providerStatus
     }
   }
 
@@ -888,6 +938,7 @@ nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, Swif
         case 12: try { try decoder.decodeSingularMessageField(value: &_storage._sendTime) }()
         case 13: try { try decoder.decodeSingularMessageField(value: &_storage._nextAttemptTime) }()
         case 14: try { try decoder.decodeSingularStringField(value: &_storage._sourceEventID) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._providerStatus) }()
         default: break
         }
       }
@@ -942,6 +993,9 @@ nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, Swif
       if !_storage._sourceEventID.isEmpty {
         try visitor.visitSingularStringField(value: _storage._sourceEventID, fieldNumber: 14)
       }
+      if !_storage._providerStatus.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._providerStatus, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -965,6 +1019,7 @@ nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, Swif
         if _storage._sendTime != rhs_storage._sendTime {return false}
         if _storage._nextAttemptTime != rhs_storage._nextAttemptTime {return false}
         if _storage._sourceEventID != rhs_storage._sourceEventID {return false}
+        if _storage._providerStatus != rhs_storage._providerStatus {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1408,6 +1463,64 @@ nonisolated extension Mart_Notification_V1_SendTestNotificationResponse: SwiftPr
   public static func ==(lhs: Mart_Notification_V1_SendTestNotificationResponse, rhs: Mart_Notification_V1_SendTestNotificationResponse) -> Bool {
     if lhs._notification != rhs._notification {return false}
     if lhs._delivery != rhs._delivery {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_Notification_V1_TwilioStatusCallbackRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TwilioStatusCallbackRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}http_body\0\u{1}signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._httpBody) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.signature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._httpBody {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.signature.isEmpty {
+      try visitor.visitSingularStringField(value: self.signature, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_Notification_V1_TwilioStatusCallbackRequest, rhs: Mart_Notification_V1_TwilioStatusCallbackRequest) -> Bool {
+    if lhs._httpBody != rhs._httpBody {return false}
+    if lhs.signature != rhs.signature {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_Notification_V1_TwilioStatusCallbackResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TwilioStatusCallbackResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_Notification_V1_TwilioStatusCallbackResponse, rhs: Mart_Notification_V1_TwilioStatusCallbackResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -13,6 +13,7 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
   let store: NotificationStore
   let notifier: Notifier
   let sender: NotificationSender
+  let twilio: TwilioSettings?
   let logger: Logger
 
   static let inboxPageSize = (default: 20, maximum: 100)

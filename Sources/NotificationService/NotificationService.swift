@@ -24,12 +24,14 @@ public enum NotificationServiceModule {
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
         Migration(version: 3, name: "delivery_log", embedded: PackageResources._003_delivery_log_sql),
+        Migration(version: 4, name: "provider_status", embedded: PackageResources._004_provider_status_sql),
       ],
       makeRPCServices: { context in
         let parts = try Parts(context, settings: settings)
         return [
           NotificationRPCService(
-            store: parts.store, notifier: parts.notifier, sender: parts.sender, logger: context.logger)
+            store: parts.store, notifier: parts.notifier, sender: parts.sender, twilio: parts.twilio,
+            logger: context.logger)
         ]
       },
       makeConsumers: { context in
@@ -49,9 +51,11 @@ public enum NotificationServiceModule {
     let store: NotificationStore
     let notifier: Notifier
     let sender: NotificationSender
+    let twilio: TwilioSettings?
 
     init(_ context: ServiceContext, settings: NotificationSettings?) throws {
       let settings = try settings ?? NotificationSettings(environment: EnvironmentReader())
+      twilio = settings.twilio
       let templates = try NotificationTemplates()
       store = NotificationStore(database: context.database, outbox: context.outbox, logger: context.logger)
       notifier = Notifier(store: store, templates: templates, settings: settings)

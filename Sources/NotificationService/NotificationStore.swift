@@ -87,22 +87,24 @@ struct DeliveryRecord: Sendable {
   var sentAt: Date?
   var nextAttemptAt: Date?
   var createdMicros: Int64
+  /// What the provider said of the message after taking it (Twilio's status callback).
+  var providerStatus: String?
 
   static let columns = """
     id, notification_id, source_event_id, user_id, kind, channel, recipient, template_data::text, message_id, status,
     attempt_count, last_error, provider_message_id, created_at, sent_at, next_attempt_at,
-    floor(extract(epoch FROM created_at) * 1000000)::int8
+    floor(extract(epoch FROM created_at) * 1000000)::int8, provider_status
     """
   typealias Row = (
     UUID, UUID?, UUID?, UUID, String, String, String?, String, String, String, Int32, String?, String?, Date, Date?,
-    Date?, Int64
+    Date?, Int64, String?
   )
 
   init(_ row: Row) {
     let (kind, channel, status, attempts): (String, String, String, Int32)
     (
       id, notificationID, sourceEventID, userID, kind, channel, recipient, templateData, messageID, status, attempts,
-      lastError, providerMessageID, createdAt, sentAt, nextAttemptAt, createdMicros
+      lastError, providerMessageID, createdAt, sentAt, nextAttemptAt, createdMicros, providerStatus
     ) = row
     // The table's CHECKs admit only the values these enums list.
     self.kind = NotificationKind(rawValue: kind) ?? .test
@@ -133,6 +135,7 @@ struct DeliveryRecord: Sendable {
       $0.attemptCount = Int32(attemptCount)
       $0.lastError = lastError ?? ""
       $0.providerMessageID = providerMessageID ?? ""
+      $0.providerStatus = providerStatus ?? ""
       $0.createTime = Google_Protobuf_Timestamp(date: createdAt)
       if let sentAt { $0.sendTime = Google_Protobuf_Timestamp(date: sentAt) }
       if let nextAttemptAt, [.queued, .retrying].contains(status) {
@@ -452,12 +455,14 @@ struct NotificationStore: Sendable {
     for try await row in rows.decode(
       (
         UUID, UUID?, UUID?, UUID, String, String, String?, String, String, String, Int32, String?, String?, Date,
-        Date?, Date?, Int64, Bool, UUID?, String?, String?, String?, String?, Bool?
+        Date?, Date?, Int64, String?, Bool, UUID?, String?, String?, String?, String?, Bool?
       ).self)
     {
-      let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, resumed, contactID, email, phone, name, locale, admin) =
+      let (
+        a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, resumed, contactID, email, phone, name, locale, admin
+      ) =
         row
-      let delivery = DeliveryRecord((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q))
+      let delivery = DeliveryRecord((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r))
       let contact = contactID.map {
         UserContact(
           userID: $0, email: email, phone: phone, fullName: name, locale: locale ?? "en", isAdmin: admin ?? false)
@@ -543,6 +548,20 @@ struct NotificationStore: Sendable {
       WHERE id = \(delivery.id) AND status = 'sending' AND attempt_count = \(Int32(delivery.attemptCount))
       RETURNING 1
       """)
+  }
+
+  /// Records what the provider says of a text it took (Twilio's status callback), found by its
+  /// message SID. False when no delivery has that SID.
+  func recordProviderStatus(sid: String, status: String) async throws -> Bool {
+    let rows = try await database.query(
+      """
+      UPDATE deliveries SET provider_status = \(status), provider_status_at = now(), updated_at = now()
+      WHERE channel = 'sms' AND provider_message_id = \(sid)
+      RETURNING 1
+      """, logger: logger)
+    var matched = false
+    for try await _ in rows.decode(Int.self) { matched = true }
+    return matched
   }
 
   /// Runs a fenced update; whether it matched (the caller still held the delivery).

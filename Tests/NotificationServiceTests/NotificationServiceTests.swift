@@ -477,6 +477,53 @@ struct NotificationServiceTests {
     }
   }
 
+  /// Twilio's status callback, signed over the callback URL, records a text's later fate; an
+  /// unsigned or mis-signed one changes nothing.
+  @Test func twilioStatusCallbacksAreVerifiedThenRecorded() async throws {
+    var settings = try NotificationHarness.settings()
+    let token = "test-auth-token-\(UUID().uuidString)"
+    let callbackURL = "https://shop.example/v1/webhooks/twilio/status"
+    var twilio = TwilioSettings(
+      accountSID: "AC" + String(repeating: "0", count: 32), authToken: token, sender: .from("+14155550100"),
+      baseURL: "http://127.0.0.1:9")
+    twilio.statusCallbackURL = callbackURL
+    settings.twilio = twilio
+    try await NotificationHarness.run("notify_twilio_status", settings: settings) { mart in
+      let userID = UUID()
+      let sid = "SM" + String(repeating: "a", count: 32)
+      try await mart.database.query(
+        """
+        INSERT INTO deliveries (user_id, kind, channel, recipient, message_id, status, attempt_count,
+                                provider_message_id, sent_at)
+        VALUES (\(userID), 'order_paid', 'sms', '+27821234567', '<s@mart.test>', 'sent', 1, \(sid), now())
+        """, logger: TestBed.logger)
+      let form = [
+        ("MessageSid", sid), ("MessageStatus", "undelivered"), ("ErrorCode", "30003"),
+        ("AccountSid", twilio.accountSID), ("To", "+27821234567"),
+      ]
+      func callback(signature: String) -> Mart_Notification_V1_TwilioStatusCallbackRequest {
+        .with {
+          $0.httpBody.contentType = "application/x-www-form-urlencoded"
+          $0.httpBody.data = Data(FormEncoding.encode(form).utf8)
+          $0.signature = signature
+        }
+      }
+      let forged = await rpcError {
+        _ = try await mart.notifications.twilioStatusCallback(
+          callback(signature: TwilioSignature.compute(url: callbackURL, parameters: form, authToken: "guess")))
+      }
+      #expect(forged?.code == .invalidArgument && fields(forged) == ["signature"])
+      var logged = try await mart.notifications.listDeliveries(.with { $0.channel = .sms }, metadata: mart.admin)
+      #expect(logged.deliveries.first?.providerStatus == "")
+
+      _ = try await mart.notifications.twilioStatusCallback(
+        callback(signature: TwilioSignature.compute(url: callbackURL, parameters: form, authToken: token)))
+      logged = try await mart.notifications.listDeliveries(.with { $0.channel = .sms }, metadata: mart.admin)
+      #expect(logged.deliveries.first?.providerStatus == "undelivered (30003)")
+      #expect(logged.deliveries.first?.status == .sent)
+    }
+  }
+
   /// SendTestNotification sends before answering, and names a bad destination.
   @Test func sendTestNotificationChecksAChannel() async throws {
     let server = try await SMTPTestServer.start()

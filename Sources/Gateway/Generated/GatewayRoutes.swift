@@ -132,6 +132,21 @@ extension GatewayRouteTable {
     ),
     GatewayRoute(
       httpMethod: "POST",
+      pathTemplate: "/v1/webhooks/twilio/status",
+      body: "http_body",
+      responseBody: "",
+      access: .public,
+      upstream: .notification,
+      requestMessage: "mart.notification.v1.TwilioStatusCallbackRequest",
+      responseMessage: "mart.notification.v1.TwilioStatusCallbackResponse",
+      operationID: "NotificationService_TwilioStatusCallback",
+      rpc: ProtobufGatewayRPC<Mart_Notification_V1_TwilioStatusCallbackRequest, Mart_Notification_V1_TwilioStatusCallbackResponse>(
+        service: "mart.notification.v1.NotificationService",
+        method: "TwilioStatusCallback"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
       pathTemplate: "/v1/notifications:sendTest",
       body: "*",
       responseBody: "",
@@ -767,6 +782,13 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "user_id", jsonName: "userId", kind: .string),
         FieldSchema(protoName: "destination", jsonName: "destination", kind: .string),
         FieldSchema(protoName: "message", jsonName: "message", kind: .string),
+      ]
+    ),
+    "mart.notification.v1.TwilioStatusCallbackRequest": MessageSchema(
+      fullName: "mart.notification.v1.TwilioStatusCallbackRequest",
+      fields: [
+        FieldSchema(protoName: "http_body", jsonName: "httpBody", kind: .message("google.api.HttpBody")),
+        FieldSchema(protoName: "signature", jsonName: "signature", kind: .string),
       ]
     ),
     "mart.notification.v1.UpdateMyPreferencesRequest": MessageSchema(

@@ -24,6 +24,9 @@ struct TwilioSettings: Sendable, CustomStringConvertible {
   var baseURL: String
   /// How long one call to Twilio may take, connection included.
   var timeout: Duration
+  /// The public URL of `/v1/webhooks/twilio/status` that Twilio reports each text's fate to, and
+  /// signs its callbacks over; nil: no callbacks.
+  var statusCallbackURL: String?
 
   static let defaultBaseURL = "https://api.twilio.com"
 
@@ -106,9 +109,20 @@ struct TwilioSettings: Sendable, CustomStringConvertible {
     }
     var trimmed = base
     while trimmed.hasSuffix("/") { trimmed.removeLast() }
-    return TwilioSettings(
+    var settings = TwilioSettings(
       accountSID: sid, authToken: token, sender: sender, baseURL: trimmed,
       timeout: try env.duration("MART_TWILIO_TIMEOUT", default: .seconds(10)))
+    if let callback = env.string("MART_TWILIO_STATUS_CALLBACK_URL") {
+      guard let url = URL(string: callback), let scheme = url.scheme?.lowercased(),
+        scheme == "https" || scheme == "http", url.host != nil
+      else {
+        throw ConfigurationError(
+          variable: "MART_TWILIO_STATUS_CALLBACK_URL", value: callback,
+          reason: "expected the public http(s) URL of /v1/webhooks/twilio/status")
+      }
+      settings.statusCallbackURL = callback
+    }
+    return settings
   }
 
   /// Twilio's SIDs: a two-letter prefix for the kind of object and 32 hexadecimal digits.
@@ -163,7 +177,7 @@ struct TwilioSMSTransport: SMSTransport {
   static let maximumAnswerSize = 256 * 1024
 
   var messagesURL: String {
-    "\(settings.baseURL)/2010-04-01/Accounts/\(Self.percentEncode(settings.accountSID))/Messages.json"
+    "\(settings.baseURL)/2010-04-01/Accounts/\(FormEncoding.escape(settings.accountSID))/Messages.json"
   }
 
   func send(_ sms: OutgoingSMS) async throws -> String {
@@ -182,13 +196,14 @@ struct TwilioSMSTransport: SMSTransport {
     case .messagingService(let sid): form.append(("MessagingServiceSid", sid))
     }
     form.append(("Body", body))
+    if let callback = settings.statusCallbackURL { form.append(("StatusCallback", callback)) }
 
     var request = HTTPClientRequest(url: messagesURL)
     request.method = .POST
     request.headers.add(name: "Authorization", value: authorization)
     request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
     request.headers.add(name: "Accept", value: "application/json")
-    request.body = .bytes(ByteBuffer(string: Self.formEncode(form)))
+    request.body = .bytes(ByteBuffer(string: FormEncoding.encode(form)))
     let status: UInt
     let answer: ByteBuffer
     do {
@@ -291,29 +306,6 @@ struct TwilioSMSTransport: SMSTransport {
       length += size
     }
     return kept + "…"
-  }
-
-  /// `application/x-www-form-urlencoded`, every byte but RFC 3986's unreserved ones escaped (a
-  /// `+` of a phone number included, which a form would read as a space).
-  static func formEncode(_ fields: [(String, String)]) -> String {
-    fields.map { "\(percentEncode($0.0))=\(percentEncode($0.1))" }.joined(separator: "&")
-  }
-
-  static func percentEncode(_ text: String) -> String {
-    let hex = Array("0123456789ABCDEF".utf8)
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(text.utf8.count)
-    for byte in text.utf8 {
-      switch byte {
-      case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-        UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
-        UInt8(ascii: "~"):
-        bytes.append(byte)
-      default:
-        bytes.append(contentsOf: [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]])
-      }
-    }
-    return String(decoding: bytes, as: UTF8.self)
   }
 }
 
