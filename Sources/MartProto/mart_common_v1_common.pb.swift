@@ -176,6 +176,10 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
   /// A request with this idempotency key (request_id, `Idempotency-Key`) is
   /// still being processed (ABORTED; HTTP 409): retry once it has finished.
   case idempotencyKeyInFlight // = 25
+
+  /// A provider's webhook was called but that provider or its callbacks are
+  /// not configured here (FAILED_PRECONDITION).
+  case webhookNotConfigured // = 26
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -210,6 +214,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case 23: self = .idempotencyKeyReused
     case 24: self = .validationFailed
     case 25: self = .idempotencyKeyInFlight
+    case 26: self = .webhookNotConfigured
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -242,6 +247,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case .idempotencyKeyReused: return 23
     case .validationFailed: return 24
     case .idempotencyKeyInFlight: return 25
+    case .webhookNotConfigured: return 26
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -274,6 +280,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     .idempotencyKeyReused,
     .validationFailed,
     .idempotencyKeyInFlight,
+    .webhookNotConfigured,
   ]
 
 }
@@ -395,7 +402,7 @@ nonisolated extension Mart_Common_V1_PaymentProvider: SwiftProtobuf._ProtoNamePr
 }
 
 nonisolated extension Mart_Common_V1_ErrorReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0\u{1}WEBHOOK_NOT_CONFIGURED\0")
 }
 
 nonisolated extension Mart_Common_V1_Money: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
