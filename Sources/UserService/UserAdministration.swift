@@ -11,7 +11,8 @@ public enum UserAdministration {
   public enum CreateAdminResult: Sendable, Equatable {
     /// A new account with roles customer and admin (UserRegistered emitted).
     case created(userID: UUID)
-    /// The account existed; it now holds admin too (its password is unchanged).
+    /// The account existed and `promoteExisting` was given: it now holds admin too, its password
+    /// is the one given, and every session it had is revoked.
     case promoted(userID: UUID)
     /// The account existed and was already an admin: nothing changed.
     case alreadyAdmin(userID: UUID)
@@ -35,18 +36,26 @@ public enum UserAdministration {
     Validation.passwordViolations(password, email: email).map { "\($0.field) \($0.reason)" }
   }
 
-  /// Makes the account with this email an admin, creating it (customer + admin) if it does not
-  /// exist. `password` is asked for only when an account is created. Throws `InvalidInput` for
-  /// a bad email, name or password.
+  /// Creates an admin account (customer + admin) with this email and the password `password`
+  /// gives. An account that already has the email is not this command's: anyone may have
+  /// registered it first, to be promoted and own an admin account. It is refused (`InvalidInput`)
+  /// unless the operator asks for it with `promoteExisting`; then it gains admin, its password
+  /// becomes the one given, and every session it had is revoked, so whoever registered it is out.
+  /// Throws `InvalidInput` for a bad email, name or password.
   public static func createAdmin(
-    database: PostgresClient, email rawEmail: String, fullName: String,
+    database: PostgresClient, email rawEmail: String, fullName: String, promoteExisting: Bool = false,
     passwordCost: PasswordHasher.Cost = .production, logger: Logger,
     password: () async throws -> String
   ) async throws -> CreateAdminResult {
     let email = try normalizedEmail(rawEmail)
     let store = UserStore(database: database, outbox: Outbox(service: .user), logger: logger)
-    let accounts = UserAccounts(store: store, hasher: PasswordHasher(cost: passwordCost))
-    if let existing = try await promote(store, email) { return existing }
+    let hasher = PasswordHasher(cost: passwordCost)
+    let accounts = UserAccounts(store: store, hasher: hasher)
+    if let existing = try await promote(
+      store, email, promoteExisting: promoteExisting, hasher: hasher, logger: logger, password: password)
+    {
+      return existing
+    }
     let secret = try await password()
     do {
       let (user, _) = try await accounts.create(
@@ -55,11 +64,46 @@ public enum UserAdministration {
       logger.notice("admin account created", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
       return .created(userID: user.id)
     } catch let status as GoogleRPCStatus where status.code == .alreadyExists {
-      // Registered meanwhile: promote that account instead.
-      if let existing = try await promote(store, email) { return existing }
+      // Registered meanwhile: the same rules as an account that was there before.
+      if let existing = try await promote(
+        store, email, promoteExisting: promoteExisting, hasher: hasher, logger: logger, password: { secret })
+      {
+        return existing
+      }
       throw status
     } catch let status as GoogleRPCStatus where status.code == .invalidArgument {
       throw InvalidInput(description: status.message)
+    }
+  }
+
+  /// What to do with an account that already has the email: nil when there is none.
+  private static func promote(
+    _ store: UserStore, _ email: String, promoteExisting: Bool, hasher: PasswordHasher, logger: Logger,
+    password: () async throws -> String
+  ) async throws -> CreateAdminResult? {
+    guard let (user, _) = try await store.credentials(email: email) else { return nil }
+    if user.isAdmin { return .alreadyAdmin(userID: user.id) }
+    guard promoteExisting else {
+      throw InvalidInput(
+        description: """
+          \(email) already has an account (id \(user.id.uuidString.lowercased())) that this command did not \
+          create: whoever registered it knows its password. It was not made an admin. To make it one, run \
+          again with --promote-existing: its password is then reset to the one you give and all its sessions \
+          are signed out.
+          """)
+    }
+    let secret = try await password()
+    let problems = passwordProblems(secret, email: email)
+    guard problems.isEmpty else { throw InvalidInput(description: problems.joined(separator: "; ")) }
+    let hash = try await hasher.hash(secret)
+    switch try await store.promoteToAdmin(email: email, resettingPasswordTo: hash) {
+    case .promoted(let promoted):
+      logger.notice(
+        "existing account made an admin; password reset and sessions revoked",
+        metadata: ["user_id": "\(promoted.id.uuidString.lowercased())"])
+      return .promoted(userID: promoted.id)
+    case .alreadyAdmin(let admin): return .alreadyAdmin(userID: admin.id)
+    case .notFound: return nil
     }
   }
 
@@ -113,13 +157,5 @@ public enum UserAdministration {
   /// An error for the operator, without the bound values of a failed statement.
   public static func describe(_ error: any Error) -> String {
     APIStatus.redactedDescription(of: error)
-  }
-
-  private static func promote(_ store: UserStore, _ email: String) async throws -> CreateAdminResult? {
-    switch try await store.promoteToAdmin(email: email) {
-    case .promoted(let user): return .promoted(userID: user.id)
-    case .alreadyAdmin(let user): return .alreadyAdmin(userID: user.id)
-    case .notFound: return nil
-    }
   }
 }

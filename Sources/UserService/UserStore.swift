@@ -368,8 +368,9 @@ struct UserStore: Sendable {
     }
   }
 
-  /// Adds the admin role to the account with this email (for `mart users create-admin`).
-  func promoteToAdmin(email: String) async throws -> PromotionOutcome {
+  /// Adds the admin role to the account with this email, sets its password hash, and revokes
+  /// every session it has (for `mart users create-admin --promote-existing`), in one transaction.
+  func promoteToAdmin(email: String, resettingPasswordTo passwordHash: String) async throws -> PromotionOutcome {
     let outbox = self.outbox
     let logger = self.logger
     return try await database.withTransaction(logger: logger) { connection in
@@ -380,10 +381,14 @@ struct UserStore: Sendable {
       if user.isAdmin { return .alreadyAdmin(user) }
       let updated = try await connection.query(
         """
-        UPDATE users SET roles = array_append(roles, 'admin'), updated_at = now() WHERE id = \(user.id)
+        UPDATE users SET roles = array_append(roles, 'admin'), password_hash = \(passwordHash), updated_at = now()
+        WHERE id = \(user.id)
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
       guard let promoted = try await Self.firstUser(updated) else { return .notFound }
+      try await connection.query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = \(user.id) AND revoked_at IS NULL",
+        logger: logger)
       try await Self.appendUpdated(
         promoted, previousRoles: user.protoRoles, outbox: outbox, on: connection, logger: logger)
       return .promoted(promoted)

@@ -17,11 +17,13 @@ struct Users: AsyncParsableCommand {
   struct CreateAdmin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       commandName: "create-admin",
-      abstract: "Create an admin account, or make an existing account an admin.",
+      abstract: "Create an admin account (or, when asked, make an existing account one).",
       discussion: """
         Connects to the user database (MART_USER_DATABASE_URL) and applies pending migrations first. \
         A new account gets roles CUSTOMER and ADMIN and the password asked for (without echo), under \
-        the same password policy as registration. An existing account keeps its password and gains ADMIN.
+        the same password policy as registration. An account that already has the email is refused: \
+        anyone could have registered it first. With --promote-existing it gains ADMIN, its password \
+        is reset to the one asked for, and all its sessions are signed out.
 
         With --password-stdin, or when standard input is not a terminal, the password is the first \
         line of standard input. There is no default account and no default password.
@@ -37,6 +39,10 @@ struct Users: AsyncParsableCommand {
 
     @Flag(help: "Read the password from the first line of standard input instead of prompting.")
     var passwordStdin = false
+
+    @Flag(
+      help: "Make an existing account with this email an admin: its password is reset and its sessions revoked.")
+    var promoteExisting = false
 
     func run() async throws {
       guard let rawEmail = email, !rawEmail.isEmpty else { fail(2, "--email is required") }
@@ -58,7 +64,7 @@ struct Users: AsyncParsableCommand {
         do {
           return .success(
             try await UserAdministration.createAdmin(
-              database: client, email: email, fullName: fullName, logger: logger
+              database: client, email: email, fullName: fullName, promoteExisting: promoteExisting, logger: logger
             ) {
               try Self.readPassword(for: email, fromStandardInput: passwordStdin)
             })
@@ -72,7 +78,7 @@ struct Users: AsyncParsableCommand {
         print("created admin account \(email) (id \(id.uuidString.lowercased())) with roles customer, admin")
       case .success(.promoted(let id)):
         print(
-          "\(email) already had an account (id \(id.uuidString.lowercased())): added the admin role; its password is unchanged"
+          "\(email) already had an account (id \(id.uuidString.lowercased())): added the admin role, reset its password and signed out its sessions"
         )
       case .success(.alreadyAdmin(let id)):
         print("\(email) (id \(id.uuidString.lowercased())) is already an admin: nothing changed")

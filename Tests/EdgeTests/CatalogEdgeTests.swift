@@ -311,7 +311,8 @@ extension HTTPResult {
 
 extension Edge {
   /// A signed-in admin's access token: a customer registered through the API, promoted with the
-  /// user service's create-admin code path, then signed in again for a token with the role.
+  /// user service's create-admin code path (`--promote-existing`, which resets the password: to
+  /// the same one here), then signed in again for a token with the role.
   func admin() async throws -> String {
     let email = "admin-\(UUID().uuidString.prefix(8).lowercased())@example.com"
     let password = "an admin's fine password"
@@ -320,8 +321,8 @@ extension Edge {
     #expect(registered.status == 200, "\(registered.text)")
     let promoted = try await withPostgresClient(userDatabase) { client in
       try await UserAdministration.createAdmin(
-        database: client, email: email, fullName: "Admin", logger: TestBed.logger
-      ) { "unused: the account exists" }
+        database: client, email: email, fullName: "Admin", promoteExisting: true, logger: TestBed.logger
+      ) { password }
     }
     guard case .promoted = promoted else {
       Issue.record("expected the account to be promoted, got \(promoted)")

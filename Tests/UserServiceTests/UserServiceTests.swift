@@ -327,15 +327,64 @@ import UserService
         }, metadata: auth)
       #expect(demoted.roles == [.customer])
 
-      // create-admin on an existing account adds the role and leaves the password alone.
-      let again = try await UserAdministration.createAdmin(
-        database: service.database, email: "root@example.com", fullName: "Root", passwordCost: .testing,
-        logger: TestBed.logger
-      ) {
-        Issue.record("no password is asked for an existing account")
-        return ""
+      // create-admin does not promote an account it did not create, unless asked to.
+      await #expect(throws: UserAdministration.InvalidInput.self) {
+        _ = try await UserAdministration.createAdmin(
+          database: service.database, email: "root@example.com", fullName: "Root", passwordCost: .testing,
+          logger: TestBed.logger
+        ) {
+          Issue.record("no password is asked for an account that is refused")
+          return ""
+        }
       }
+      let again = try await UserAdministration.createAdmin(
+        database: service.database, email: "root@example.com", fullName: "Root", promoteExisting: true,
+        passwordCost: .testing, logger: TestBed.logger
+      ) { "a brand new admin password" }
       #expect(again == .promoted(userID: adminID))
+    }
+  }
+
+  /// Pre-registration takeover: an attacker registers the email an operator is about to make an
+  /// admin. create-admin refuses that account; with --promote-existing the attacker's password
+  /// and sessions stop working, and only the operator's password signs in as the admin.
+  @Test func createAdminDoesNotHandAPreRegisteredAccountToItsRegistrant() async throws {
+    try await withUserService("users_takeover") { service in
+      let attacker = try await service.register(email: "ops@example.com", fullName: "Not Ops")
+      let refused = await #expect(throws: UserAdministration.InvalidInput.self) {
+        _ = try await UserAdministration.createAdmin(
+          database: service.database, email: "ops@example.com", fullName: "Ops", passwordCost: .testing,
+          logger: TestBed.logger
+        ) { "the operator's own password" }
+      }
+      #expect(refused?.description.contains("--promote-existing") == true)
+      let stillCustomer = try await service.client.getMe(.init(), metadata: bearer(attacker.tokens.accessToken))
+      #expect(stillCustomer.roles == [.customer])
+
+      let promoted = try await UserAdministration.createAdmin(
+        database: service.database, email: "ops@example.com", fullName: "Ops", promoteExisting: true,
+        passwordCost: .testing, logger: TestBed.logger
+      ) { "the operator's own password" }
+      #expect(promoted == .promoted(userID: try #require(UUID(uuidString: attacker.user.id))))
+      // The attacker's password and refresh token no longer work; the operator's password does.
+      let oldPassword = await rpcError {
+        _ = try await service.client.login(
+          .with {
+            $0.email = "ops@example.com"
+            $0.password = defaultPassword
+          })
+      }
+      #expect(oldPassword?.code == .unauthenticated)
+      let oldSession = await rpcError {
+        _ = try await service.client.refresh(.with { $0.refreshToken = attacker.tokens.refreshToken })
+      }
+      #expect(oldSession?.code == .unauthenticated)
+      let operatorLogin = try await service.client.login(
+        .with {
+          $0.email = "ops@example.com"
+          $0.password = "the operator's own password"
+        })
+      #expect(operatorLogin.user.roles == [.customer, .admin])
     }
   }
 
