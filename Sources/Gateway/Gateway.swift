@@ -52,6 +52,7 @@ public enum Gateway {
     let router = Router(context: GatewayRequestContext.self)
     router.addMiddleware {
       RequestIDMiddleware()
+      SecurityHeadersMiddleware(strictTransportSecurity: settings.strictTransportSecurity)
       ClientAddressMiddleware(resolver: ClientAddressResolver(trustedProxies: settings.trustedProxies))
       AccessLogMiddleware(instruments: instruments, logger: logger)
       EdgeCORSMiddleware(policy: CORSPolicy(settings.cors))

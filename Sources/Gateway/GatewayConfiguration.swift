@@ -80,6 +80,9 @@ public struct GatewaySettings: Sendable {
   public var cors = CORSSettings()
   /// Proxies whose `X-Forwarded-For` is believed.
   public var trustedProxies: [IPNetwork] = []
+  /// The `Strict-Transport-Security` value every answer carries, when the gateway is reached over
+  /// TLS only (behind a TLS-terminating proxy); nil: none (configuration `"hsts"`).
+  public var strictTransportSecurity: String?
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
@@ -204,6 +207,12 @@ extension GatewaySettings {
           default: throw reader.unknown(name)
           }
         }
+      case "hsts":
+        let text = try reader.string(value, key)
+        guard text.hasPrefix("max-age="), !text.contains("\r"), !text.contains("\n") else {
+          throw reader.invalid(key, "expected a Strict-Transport-Security value such as \"max-age=31536000\"")
+        }
+        strictTransportSecurity = text
       case "trustedProxies":
         trustedProxies = try reader.strings(value, key).map { text in
           guard let network = IPNetwork(text) else {

@@ -51,6 +51,7 @@ import Testing
         "cors": { "allowedOrigins": ["https://shop.example"], "allowCredentials": true, "maxAge": "60s",
                   "allowedMethods": ["get"], "allowedHeaders": ["X-A"], "exposedHeaders": ["X-B"] },
         "trustedProxies": ["10.0.0.0/8", "::1"],
+        "hsts": "max-age=31536000",
         "requestHeaderFields": {},
         "clientIPFields": { "UserService_Login": "email" }
       }
@@ -68,6 +69,7 @@ import Testing
     #expect(parsed.cors.allowedMethods == ["GET"])
     #expect(parsed.cors.allowCredentials)
     #expect(parsed.trustedProxies.map(\.description) == ["10.0.0.0/8", "::1/128"])
+    #expect(parsed.strictTransportSecurity == "max-age=31536000")
     #expect(parsed.requestHeaderFields.isEmpty)
     #expect(parsed.clientIPFields == ["UserService_Login": "email"])
     try parsed.validate(against: GatewayRouteTable.routes, source: "test.json")
@@ -84,6 +86,7 @@ import Testing
       (#"{"rateLimits": {"routes": {"X": {"limit": 1, "window": "1s", "burst": 2}}}}"#, "rateLimits.routes.X.burst"),
       (#"{"deadlines": {"default": "0s"}}"#, "deadlines.default"),
       (#"{"trustedProxies": ["10.0.0.0/99"]}"#, "trustedProxies"),
+      (#"{"hsts": "includeSubDomains"}"#, "hsts"),
       (#"{"cors": {"allowedOrigins": "*"}}"#, "cors.allowedOrigins"),
       (#"{"rateLimits": {"default": {"name": "a\"b", "limit": 1, "window": "1s"}}}"#, "rateLimits.default.name"),
     ]

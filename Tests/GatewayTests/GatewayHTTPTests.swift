@@ -65,6 +65,28 @@ import Testing
     }
   }
 
+  /// Every answer, success or error, says nosniff and may not be stored (tokens and personal data
+  /// pass through); HSTS only when the gateway is configured to say it is behind TLS.
+  @Test func everyAnswerCarriesTheSecurityHeaders() async throws {
+    try await withGateway { gateway, client in
+      let me = try await client.execute(
+        uri: "/v1/users/me", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      let refused = try await client.execute(uri: "/v1/users/me", method: .get)
+      let unknown = try await client.execute(uri: "/v1/nothing-here", method: .get)
+      for response in [me, refused, unknown] {
+        #expect(response.headers[.xContentTypeOptions] == "nosniff", "\(response.status)")
+        #expect(response.headers[.cacheControl] == "no-store", "\(response.status)")
+        #expect(response.headers[.strictTransportSecurity] == nil)
+      }
+      #expect(refused.status == .unauthorized && unknown.status == .notFound)
+    }
+    try await withGateway(hsts: "max-age=31536000; includeSubDomains") { gateway, client in
+      let me = try await client.execute(
+        uri: "/v1/users/me", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      #expect(me.headers[.strictTransportSecurity] == "max-age=31536000; includeSubDomains")
+    }
+  }
+
   @Test func aBadRequestIDIsReplaced() async throws {
     try await withGateway { gateway, client in
       let response = try await client.execute(
@@ -354,7 +376,7 @@ extension TestResponse {
 /// Runs the stub user service, the gRPC clients and the gateway application, and hands the test
 /// an HTTP client for the gateway.
 func withGateway(
-  _ setup: TestingSetup = .router, trustedProxies: [String] = [],
+  _ setup: TestingSetup = .router, trustedProxies: [String] = [], hsts: String? = nil,
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
   let signing = try #require(AuthConfiguration.ephemeral().serviceKey)
@@ -392,6 +414,7 @@ func withGateway(
       settings.routeDeadlines = ["UserService_GetUser": .seconds(2)]
       settings.cors.allowedOrigins = ["https://shop.example"]
       settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
+      settings.strictTransportSecurity = hsts
       // The gateway knows the service key (as in `mart dev`): a service token verifies, and is
       // still refused at the edge.
       let configuration = GatewayConfiguration(directory: directory, auth: serviceAuth, settings: settings)
