@@ -57,6 +57,28 @@ import Testing
     }
   }
 
+  /// Signed with the real key, but declaring another type of token, or extensions the verifier
+  /// must understand: refused. JWT and at+jwt pass.
+  @Test func anotherTokenTypeOrACriticalExtensionIsRefused() async throws {
+    func signed(header: String) throws -> String {
+      let body = Base64URL.encode(Data(header.utf8)) + "." + Base64URL.encode(try JSONEncoder().encode(claims()))
+      let signature = try userKey.privateKey.signature(for: Data(body.utf8)).rawRepresentation
+      return body + "." + Base64URL.encode(signature)
+    }
+    for header in [
+      #"{"alg":"ES256","kid":"user-key-1","typ":"logout+jwt"}"#,
+      #"{"alg":"ES256","kid":"user-key-1","typ":"JWT","crit":["exp"]}"#,
+    ] {
+      await #expect(throws: TokenError.self, "\(header)") { try await verifier.verify(try signed(header: header)) }
+    }
+    for header in [
+      #"{"alg":"ES256","kid":"user-key-1","typ":"at+jwt"}"#, #"{"alg":"ES256","kid":"user-key-1","typ":"JWT"}"#,
+      #"{"alg":"ES256","kid":"user-key-1"}"#,
+    ] {
+      #expect(try await verifier.verify(try signed(header: header)).subject == userID, "\(header)")
+    }
+  }
+
   @Test func hs256SignedWithThePublicKeyIsRefused() async throws {
     // The classic confusion attack: the published public key used as an HMAC secret.
     let publicKey = userKey.privateKey.publicKey

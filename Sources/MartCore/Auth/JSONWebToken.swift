@@ -80,6 +80,23 @@ struct JOSEHeader: Codable {
   var alg: String
   var kid: String?
   var typ: String?
+  /// Extensions the token says a verifier must understand (RFC 7515 4.1.11); Mart's tokens have
+  /// none, and a verifier that ignored one would accept what it does not understand.
+  var crit: [String]?
+
+  init(alg: String, kid: String?, typ: String?) {
+    self.alg = alg
+    self.kid = kid
+    self.typ = typ
+  }
+
+  /// The token types an access token may declare: JWT (RFC 7519) or at+jwt (RFC 9068), with or
+  /// without the `application/` prefix, in any case. Absent is allowed (it is optional).
+  var hasAccessTokenType: Bool {
+    guard let typ else { return true }
+    let type = typ.lowercased()
+    return ["jwt", "at+jwt", "application/jwt", "application/at+jwt"].contains(type)
+  }
 }
 
 /// A P-256 private key with its key id: what signs tokens.
