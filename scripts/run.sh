@@ -40,6 +40,18 @@ else
   sms_line="Text messages     through Twilio"
 fi
 port=${MART_GATEWAY_PORT:-8000}
+# The shipped gateway policy allows no browser origin; a front end in development on this machine
+# (http://localhost:3000) may call this mart: a copy of the policy under .mart/ says so.
+if [[ -z ${MART_GATEWAY_CONFIG:-} ]]; then
+  mkdir -p .mart
+  python3 - gateway/gateway.json .mart/gateway.json <<'PY'
+import json, sys
+policy = json.load(open(sys.argv[1]))
+policy.setdefault("cors", {})["allowedOrigins"] = ["http://localhost:3000", "http://127.0.0.1:3000"]
+json.dump(policy, open(sys.argv[2], "w"), indent=2)
+PY
+  export MART_GATEWAY_CONFIG=$PWD/.mart/gateway.json
+fi
 echo "mart: starting; gateway on http://127.0.0.1:$port (Ctrl-C stops everything)"
 # Not exec: the trap above must stop the cluster after the mart has drained.
 "$bin" dev &

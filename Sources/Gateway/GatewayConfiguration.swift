@@ -207,6 +207,11 @@ extension GatewaySettings {
           default: throw reader.unknown(name)
           }
         }
+        // Credentials for any origin would let every site act with a user's cookies or auth.
+        if cors.allowCredentials && cors.allowedOrigins.contains("*") {
+          throw reader.invalid(
+            "cors.allowCredentials", "cannot be true while cors.allowedOrigins allows \"*\": list the origins")
+        }
       case "hsts":
         let text = try reader.string(value, key)
         guard text.hasPrefix("max-age="), !text.contains("\r"), !text.contains("\n") else {

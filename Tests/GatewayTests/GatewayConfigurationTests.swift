@@ -34,6 +34,8 @@ import Testing
     #expect(settings.deadline(for: "UserService_Register") == .seconds(15))
     #expect(settings.deadline(for: "UserService_GetMe") == .seconds(10))
     #expect(settings.requestHeaderFields["PaymentService_StripeWebhook"] == ["signature": "Stripe-Signature"])
+    // The shipped (production) policy lets no local development page call the API with a user's token.
+    #expect(!settings.cors.allowedOrigins.contains { $0.contains("localhost") || $0.contains("127.0.0.1") })
   }
 
   @Test func everySettingIsRead() throws {
@@ -87,6 +89,7 @@ import Testing
       (#"{"deadlines": {"default": "0s"}}"#, "deadlines.default"),
       (#"{"trustedProxies": ["10.0.0.0/99"]}"#, "trustedProxies"),
       (#"{"hsts": "includeSubDomains"}"#, "hsts"),
+      (#"{"cors": {"allowedOrigins": ["*"], "allowCredentials": true}}"#, "cors.allowCredentials"),
       (#"{"cors": {"allowedOrigins": "*"}}"#, "cors.allowedOrigins"),
       (#"{"rateLimits": {"default": {"name": "a\"b", "limit": 1, "window": "1s"}}}"#, "rateLimits.default.name"),
     ]
