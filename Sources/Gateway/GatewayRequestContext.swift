@@ -27,6 +27,10 @@ public struct GatewayRequestContext: Hummingbird.RequestContext, RemoteAddressRe
   var route: MatchedRoute?
   /// Set by `EdgeAuthMiddleware`: the verified caller; nil on a public route.
   var caller: Caller?
+  /// Set by `EdgeAuthMiddleware` when the check failed: the refusal (401, 403 or 503), which
+  /// `RateLimitMiddleware` answers with only after charging the attempt to the client's address,
+  /// so that a flood of bad tokens meets the quota like any other traffic.
+  var authenticationFailure: GatewayError?
 
   public init(source: ApplicationRequestContextSource) {
     self.coreContext = .init(source: source)

@@ -87,6 +87,25 @@ import Testing
     }
   }
 
+  /// A flood of bad tokens is charged to the client's address like any traffic: 401 until the
+  /// quota is spent, then 429. A signed-in caller's own quota is untouched by it.
+  @Test func refusedTokensCountAgainstTheQuota() async throws {
+    let limits = ["UserService_GetMe": RateLimitPolicy(name: "me", limit: 3, window: .seconds(60))]
+    try await withGateway(routeLimits: limits) { gateway, client in
+      var statuses: [HTTPResponse.Status] = []
+      for _ in 0..<4 {
+        let response = try await client.execute(
+          uri: "/v1/users/me", method: .get, headers: [.authorization: "Bearer not.a.token"])
+        statuses.append(response.status)
+        #expect(response.headers[.rateLimitPolicy] != nil)
+      }
+      #expect(statuses == [.unauthorized, .unauthorized, .unauthorized, .tooManyRequests])
+      let signedIn = try await client.execute(
+        uri: "/v1/users/me", method: .get, headers: gateway.headers(token: gateway.customerToken))
+      #expect(signedIn.status == .ok)
+    }
+  }
+
   @Test func aBadRequestIDIsReplaced() async throws {
     try await withGateway { gateway, client in
       let response = try await client.execute(
@@ -377,6 +396,7 @@ extension TestResponse {
 /// an HTTP client for the gateway.
 func withGateway(
   _ setup: TestingSetup = .router, trustedProxies: [String] = [], hsts: String? = nil,
+  routeLimits: [String: RateLimitPolicy] = [:],
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
   let signing = try #require(AuthConfiguration.ephemeral().serviceKey)
@@ -415,6 +435,7 @@ func withGateway(
       settings.cors.allowedOrigins = ["https://shop.example"]
       settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
       settings.strictTransportSecurity = hsts
+      settings.routeRateLimits.merge(routeLimits) { _, new in new }
       // The gateway knows the service key (as in `mart dev`): a service token verifies, and is
       // still refused at the edge.
       let configuration = GatewayConfiguration(directory: directory, auth: serviceAuth, settings: settings)

@@ -231,8 +231,12 @@ import Testing
       context: try routed(.post, "/v1/auth/login", matcher), next: publicRoute.ok)
     #expect(publicRoute.context != nil && publicRoute.context?.caller == nil)
 
+    // A refusal goes on to the quota step, which charges it before answering with it.
     let me = try routed(.get, "/v1/users/me", matcher)
-    let anonymous = await refusal { _ in try await middleware.handle(request(), context: me, next: Inner.unreachable) }
+    let anonymousStep = Inner()
+    _ = try await middleware.handle(request(), context: me, next: anonymousStep.ok)
+    let anonymous = anonymousStep.context?.authenticationFailure
+    #expect(anonymousStep.context?.caller == nil)
     #expect(anonymous?.httpStatus == .unauthorized)
     #expect(anonymous?.headers[.wwwAuthenticate] == #"Bearer realm="mart""#)
 

@@ -2,7 +2,8 @@ import Hummingbird
 
 /// The route's access rule at the edge (`EdgeAuthenticator`): 401, 403 or 503 before the call
 /// costs a service anything; a verified caller goes on as `context.caller` (its subject is the
-/// quota key). Public routes pass without a check.
+/// quota key). A refusal is handed on as `context.authenticationFailure`, so that the quota step
+/// charges it to the client's address before answering with it. Public routes pass unchecked.
 struct EdgeAuthMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
@@ -13,8 +14,12 @@ struct EdgeAuthMiddleware: RouterMiddleware {
   ) async throws -> Response {
     let route = try context.matchedRoute().compiled.route
     var context = context
-    context.caller = try await authenticator.authenticate(
-      access: route.access, authorization: request.headers[.authorization])
+    do {
+      context.caller = try await authenticator.authenticate(
+        access: route.access, authorization: request.headers[.authorization])
+    } catch {
+      context.authenticationFailure = error
+    }
     return try await next(request, context)
   }
 }

@@ -3,8 +3,9 @@ import MartProto
 import SwiftProtobuf
 
 /// The route's quota (`RateLimiter`), per caller: the token's subject when signed in, else the
-/// client's address. Every answer of the route, refusals from the steps inside included, carries
-/// `RateLimit-Policy` and `RateLimit`; over quota is 429 with `Retry-After` and a RetryInfo.
+/// client's address (a refused token's attempt included: it is charged, then refused). Every
+/// answer of the route, refusals from the steps inside included, carries `RateLimit-Policy` and
+/// `RateLimit`; over quota is 429 with `Retry-After` and a RetryInfo.
 struct RateLimitMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
@@ -23,6 +24,10 @@ struct RateLimitMiddleware: RouterMiddleware {
       var error = Self.tooManyRequests(decision, retryAfter: retryAfter, operation: compiled.route.operationID)
       error.headers.append(contentsOf: headers)
       throw error
+    }
+    if var refusal = context.authenticationFailure {
+      refusal.headers.append(contentsOf: headers)
+      throw refusal
     }
     do {
       var response = try await next(request, context)
