@@ -129,7 +129,8 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let key = try await keys.signingKey()
     let successor = RefreshTokens.make()
     let outcome = try await store.rotate(
-      presentedHash: presented, successorHash: successor.hash, lifetime: options.refreshTokenLifetime)
+      presentedHash: presented, successorHash: successor.hash, lifetime: options.refreshTokenLifetime,
+      sessionLifetime: options.sessionLifetime)
     switch outcome {
     case .rotated(let user, let expiresAt):
       return try .with {

@@ -37,6 +37,7 @@ public enum UserServiceModule {
 /// | variable | default |
 /// |---|---|
 /// | `MART_JWT_KEY_ROTATION` | `24h`: how long a signing key signs new tokens (at least `1m`) |
+/// | `MART_SESSION_LIFETIME` | `30d` written `720h`: how long a session lasts from its sign-in, however often it is refreshed |
 ///
 /// Issuer and audience are the shared `MART_JWT_ISSUER` / `MART_JWT_AUDIENCE` (AuthConfiguration).
 public struct UserServiceOptions: Sendable {
@@ -45,8 +46,12 @@ public struct UserServiceOptions: Sendable {
   public var keyRotation: Duration
   /// Lifetime of an access token (JWT `exp - iat`).
   public var accessTokenLifetime: Duration
-  /// Lifetime of a refresh token; each rotation issues a successor with a full lifetime.
+  /// Lifetime of a refresh token; each rotation issues a successor with this lifetime, but never
+  /// past the session's end.
   public var refreshTokenLifetime: Duration
+  /// How long a session lasts from its sign-in (the first token of its family), however often it
+  /// is refreshed: a stolen refresh token cannot keep a session alive for ever.
+  public var sessionLifetime: Duration
   /// scrypt cost of new password hashes. Only tests lower it.
   public var passwordCost: PasswordHasher.Cost
   /// How long an instance signs with the key it loaded, and trusts a verification key it looked
@@ -56,8 +61,9 @@ public struct UserServiceOptions: Sendable {
   public init(
     keyRotation: Duration = .seconds(24 * 3600), accessTokenLifetime: Duration = .seconds(15 * 60),
     refreshTokenLifetime: Duration = .seconds(30 * 24 * 3600), passwordCost: PasswordHasher.Cost = .production,
-    signingKeyCacheTTL: Duration = .seconds(60)
+    signingKeyCacheTTL: Duration = .seconds(60), sessionLifetime: Duration = .seconds(30 * 24 * 3600)
   ) {
+    self.sessionLifetime = sessionLifetime
     self.keyRotation = keyRotation
     self.accessTokenLifetime = accessTokenLifetime
     self.refreshTokenLifetime = refreshTokenLifetime
@@ -72,6 +78,8 @@ public struct UserServiceOptions: Sendable {
       throw ConfigurationError(
         variable: variable, value: environment.string(variable) ?? "", reason: "must be at least 1m")
     }
-    self.init(keyRotation: rotation)
+    self.init(
+      keyRotation: rotation,
+      sessionLifetime: try environment.duration("MART_SESSION_LIFETIME", default: .seconds(30 * 24 * 3600)))
   }
 }

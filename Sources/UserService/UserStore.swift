@@ -418,7 +418,11 @@ struct UserStore: Sendable {
   /// UPDATE of the schema's comment). Changes to one user's refresh tokens are serialised
   /// (`lockSessions`), so of two concurrent calls with one token the second finds it used, which
   /// is reuse: the family, the first call's successor included, is revoked.
-  func rotate(presentedHash: Data, successorHash: Data, lifetime: Duration) async throws -> RotationOutcome {
+  /// The successor never outlives the session: `sessionLifetime` from its family's first token.
+  /// A session past that end is over (its family revoked): sign in again.
+  func rotate(presentedHash: Data, successorHash: Data, lifetime: Duration, sessionLifetime: Duration) async throws
+    -> RotationOutcome
+  {
     let logger = self.logger
     return try await database.withTransaction(logger: logger) { connection in
       guard try await Self.lockSessions(ofTokenHash: presentedHash, on: connection, logger: logger) != nil else {
@@ -450,7 +454,19 @@ struct UserStore: Sendable {
         try await Self.revokeFamily(familyID, on: connection, logger: logger)
         return .invalid
       }
-      let successor = NewRefreshToken(familyID: familyID, hash: successorHash, lifetime: lifetime)
+      let started = try await connection.query(
+        """
+        SELECT extract(epoch FROM min(created_at) + make_interval(secs => \(Double(sessionLifetime.components.seconds))) - now())::float8
+        FROM refresh_tokens WHERE family_id = \(familyID)
+        """, logger: logger)
+      var secondsLeft = 0.0
+      for try await value in started.decode(Double.self) { secondsLeft = value }
+      guard secondsLeft > 1 else {
+        try await Self.revokeFamily(familyID, on: connection, logger: logger)
+        return .invalid
+      }
+      let successor = NewRefreshToken(
+        familyID: familyID, hash: successorHash, lifetime: min(lifetime, .seconds(secondsLeft)))
       let expiresAt = try await Self.insertRefreshToken(successor, userID: userID, on: connection, logger: logger)
       try await connection.query(
         "UPDATE refresh_tokens SET replaced_by = \(successor.id) WHERE id = \(tokenID)", logger: logger)

@@ -216,6 +216,34 @@ import UserService
     }
   }
 
+  /// A session ends 30 days after its sign-in however often it is refreshed: a refresh near the
+  /// end gets a token that expires at the end, and one after it is refused.
+  @Test func aSessionHasAnAbsoluteLifetime() async throws {
+    try await withUserService("users_session_end") { service in
+      let registered = try await service.register(email: "gina@example.com")
+      // The session began 29 days and 23 hours ago: an hour is left.
+      try await service.database.query(
+        """
+        UPDATE refresh_tokens SET created_at = now() - interval '29 days 23 hours'
+        WHERE user_id = (SELECT id FROM users WHERE email = 'gina@example.com')
+        """, logger: TestBed.logger)
+      let refreshed = try await service.client.refresh(.with { $0.refreshToken = registered.tokens.refreshToken })
+      let expires = refreshed.tokens.refreshTokenExpireTime.date
+      #expect(expires < Date().addingTimeInterval(3700) && expires > Date().addingTimeInterval(3400), "\(expires)")
+
+      // Past the end: refused, and the session is over.
+      try await service.database.query(
+        """
+        UPDATE refresh_tokens SET created_at = now() - interval '31 days'
+        WHERE user_id = (SELECT id FROM users WHERE email = 'gina@example.com')
+        """, logger: TestBed.logger)
+      let ended = await rpcError {
+        _ = try await service.client.refresh(.with { $0.refreshToken = refreshed.tokens.refreshToken })
+      }
+      #expect(ended?.code == .unauthenticated)
+    }
+  }
+
   @Test func concurrentRefreshOfOneTokenSucceedsOnce() async throws {
     try await withUserService("users_race") { service in
       let registered = try await service.register(email: "grace@example.com")
