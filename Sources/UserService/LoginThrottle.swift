@@ -122,8 +122,5 @@ enum ClientAddress {
     return key(address)
   }
 
-  /// An IPv4 address as itself, an IPv6 address as its /64 (`2001:db8:1:2::/64`).
-  static func key(_ address: IPAddress) -> String {
-    address.isIPv4 ? address.description : IPNetwork(containing: address, prefixLength: 64).description
-  }
+  static func key(_ address: IPAddress) -> String { IPNetwork.subscriberKey(address) }
 }

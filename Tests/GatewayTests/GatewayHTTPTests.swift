@@ -106,6 +106,23 @@ import Testing
     }
   }
 
+  /// An IPv6 client is one quota per /64: addresses rotated inside it share the bucket.
+  @Test func ipv6ClientsShareAQuotaPerSlash64() async throws {
+    let limits = ["UserService_Login": RateLimitPolicy(name: "login", limit: 2, window: .seconds(60))]
+    try await withGateway(.live, trustedProxies: ["127.0.0.0/8", "::1/128"], routeLimits: limits) { _, client in
+      var statuses: [HTTPResponse.Status] = []
+      for address in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"] {
+        let response = try await client.execute(
+          uri: "/v1/auth/login", method: .post,
+          headers: [.contentType: "application/json", .forwardedFor: address],
+          body: ByteBuffer(string: #"{"email": "a@example.com", "password": "whatever it is"}"#))
+        statuses.append(response.status)
+      }
+      #expect(statuses[2] == .tooManyRequests, "\(statuses)")
+      #expect(statuses[3] != .tooManyRequests, "another /64 has its own quota: \(statuses)")
+    }
+  }
+
   @Test func aBadRequestIDIsReplaced() async throws {
     try await withGateway { gateway, client in
       let response = try await client.execute(

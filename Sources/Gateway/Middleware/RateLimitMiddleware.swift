@@ -1,4 +1,5 @@
 import Hummingbird
+import MartCore
 import MartProto
 import SwiftProtobuf
 
@@ -15,7 +16,11 @@ struct RateLimitMiddleware: RouterMiddleware {
     _ request: Request, context: Context, next: (Request, Context) async throws -> Response
   ) async throws -> Response {
     let compiled = try context.matchedRoute().compiled
-    let bucket = context.caller.map { "sub:\($0.subject)" } ?? "ip:\(context.clientAddress?.description ?? "unknown")"
+    // An anonymous client by its address, and an IPv6 one by its /64: rotating addresses inside
+    // one subscriber's block must not buy a fresh quota (login and register are the target).
+    let bucket =
+      context.caller.map { "sub:\($0.subject)" }
+      ?? "ip:\(context.clientAddress.map(IPNetwork.subscriberKey) ?? "unknown")"
     let decision = limiter.acquire(compiled.rateLimit, key: bucket)
     var headers = HTTPFields()
     headers[.rateLimitPolicy] = decision.policy.policyHeader

@@ -110,6 +110,13 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
 
   public var description: String { "\(address)/\(prefixLength)" }
 
+  /// What a quota or a throttle keys a client by: an IPv4 address as itself, an IPv6 address as
+  /// its /64 (`2001:db8:1:2::/64`), which one subscriber usually holds whole, so that rotating
+  /// addresses inside it escapes nothing.
+  public static func subscriberKey(_ address: IPAddress) -> String {
+    address.isIPv4 ? address.description : IPNetwork(containing: address, prefixLength: 64).description
+  }
+
   /// Whether `candidate` is in the block (never across address families).
   public func contains(_ candidate: IPAddress) -> Bool {
     guard candidate.bytes.count == address.bytes.count else { return false }
