@@ -129,8 +129,7 @@ func run() async throws {
       report(
         String(
           format: "flat out: %d emails in %.1f s = %.0f emails/s (event -> SMTP p50 %.0f ms, p99 %.0f ms)", emails,
-          Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
-          Double(emails) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18),
+          elapsed.timeInterval, Double(emails) / elapsed.timeInterval,
           percentile(flat, 0.5), percentile(flat, 0.99)))
 
       // (b) Paced.

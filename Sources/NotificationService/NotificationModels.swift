@@ -29,23 +29,6 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
     }
   }
 
-  init?(_ proto: Mart_Notification_V1_Notification.Kind) {
-    switch proto {
-    case .welcome: self = .welcome
-    case .orderPlaced: self = .orderPlaced
-    case .orderPaid: self = .orderPaid
-    case .orderCancelled: self = .orderCancelled
-    case .orderShipped: self = .orderShipped
-    case .orderDelivered: self = .orderDelivered
-    case .paymentFailed: self = .paymentFailed
-    case .paymentRefunded: self = .paymentRefunded
-    case .lowStock: self = .lowStock
-    case .test: self = .test
-    case .rolesChanged: self = .rolesChanged
-    case .unspecified, .UNRECOGNIZED: return nil
-    }
-  }
-
   var proto: Mart_Notification_V1_Notification.Kind {
     switch self {
     case .welcome: .welcome

@@ -160,10 +160,10 @@ struct NotificationSender: Service {
   private func recordMissingRecipient(_ item: ClaimedDelivery) async {
     let delivery = item.delivery
     do {
-      if item.contact == nil, Date().timeIntervalSince(delivery.createdAt) < settings.unknownUserGrace.seconds {
+      if item.contact == nil, Date().timeIntervalSince(delivery.createdAt) < settings.unknownUserGrace.timeInterval {
         try await store.postpone(
           delivery, reason: "the user's details are not known yet",
-          until: Date().addingTimeInterval(settings.retryDelay(afterAttempt: 1).seconds))
+          until: Date().addingTimeInterval(settings.retryDelay(afterAttempt: 1).timeInterval))
         return
       }
       let reason =
@@ -190,7 +190,7 @@ struct NotificationSender: Service {
     let delivery = item.delivery
     let channel = delivery.channel.rawValue
     Timer(label: "mart_notification_send_duration_seconds", dimensions: [("channel", channel)])
-      .recordNanoseconds(Int64(elapsed.seconds * 1e9))
+      .recordNanoseconds(elapsed.microseconds * 1000)
     do {
       let outcome: String
       switch result {
@@ -205,7 +205,7 @@ struct NotificationSender: Service {
       case .failure(let failure):
         let retryAt =
           failure.retryable && delivery.attemptCount < settings.maximumAttempts
-          ? Date().addingTimeInterval(settings.retryDelay(afterAttempt: delivery.attemptCount).seconds) : nil
+          ? Date().addingTimeInterval(settings.retryDelay(afterAttempt: delivery.attemptCount).timeInterval) : nil
         guard try await store.recordFailure(delivery, recipient: recipient, error: failure.message, retryAt: retryAt)
         else { return }
         outcome = retryAt == nil ? "failed" : "retrying"
@@ -228,9 +228,4 @@ struct NotificationSender: Service {
         ])
     }
   }
-}
-
-extension Duration {
-  /// In seconds, as `Date` arithmetic wants it.
-  var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

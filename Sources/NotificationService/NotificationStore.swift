@@ -302,7 +302,7 @@ struct NotificationStore: Sendable {
                               template_data, message_id, status, attempt_count, next_attempt_at)
       VALUES (\(id), \(notificationID), \(sourceEventID), \(userID), \(kind.rawValue), \(channel.rawValue),
               \(recipient), \(templateData)::jsonb, \(messageID), \(status.rawValue), \(lease == nil ? 0 : 1),
-              now() + \(lease?.seconds ?? 0) * interval '1 second')
+              now() + \(lease?.timeInterval ?? 0) * interval '1 second')
       ON CONFLICT (source_event_id, channel, user_id) DO NOTHING
       RETURNING id
       """, logger: logger)
@@ -423,7 +423,7 @@ struct NotificationStore: Sendable {
         FOR UPDATE SKIP LOCKED
       ), taken AS (
         UPDATE deliveries d SET status = 'sending', attempt_count = d.attempt_count + 1, updated_at = now(),
-          next_attempt_at = now() + \(lease.seconds) * interval '1 second'
+          next_attempt_at = now() + \(lease.timeInterval) * interval '1 second'
         FROM due WHERE d.id = due.id
         RETURNING d.*, due.resumed
       )

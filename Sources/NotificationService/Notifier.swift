@@ -95,7 +95,7 @@ struct Notifier: Sendable {
         sourceEventID: sourceEventID, on: connection)
     else { return nil }
     var channels = requested ?? kind.channels
-    if let eventTime, Date().timeIntervalSince(eventTime) > settings.maximumEventAge.seconds {
+    if let eventTime, Date().timeIntervalSince(eventTime) > settings.maximumEventAge.timeInterval {
       channels = []
     }
     if let category = kind.category {

@@ -456,7 +456,7 @@ struct UserStore: Sendable {
       }
       let started = try await connection.query(
         """
-        SELECT extract(epoch FROM min(created_at) + make_interval(secs => \(Double(sessionLifetime.components.seconds))) - now())::float8
+        SELECT extract(epoch FROM min(created_at) + make_interval(secs => \(sessionLifetime.timeInterval)) - now())::float8
         FROM refresh_tokens WHERE family_id = \(familyID)
         """, logger: logger)
       var secondsLeft = 0.0
