@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import GRPCCore
 import Logging
 import MartRuntime
+import Synchronization
 
 /// The notification service as the runtime runs it: its schema, its gRPC handlers, the consumers
 /// that turn other services' events into notifications, and the sender that delivers them.
@@ -18,7 +19,11 @@ public enum NotificationServiceModule {
 
   /// The service with these settings (nil: read from the environment when the host is built).
   public static func makeDefinition(settings: NotificationSettings? = nil) -> ServiceDefinition {
-    ServiceDefinition(
+    // The runtime asks for the RPC handlers, the consumers and the background services separately,
+    // with the same context; the parts are made once per context (host), so that settings are read
+    // and templates compiled once, and the handlers' inline sender is the background one.
+    let made = PartsByHost(settings: settings)
+    return ServiceDefinition(
       service: .notification,
       migrations: [
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
@@ -27,7 +32,7 @@ public enum NotificationServiceModule {
         Migration(version: 4, name: "provider_status", embedded: PackageResources._004_provider_status_sql),
       ],
       makeRPCServices: { context in
-        let parts = try Parts(context, settings: settings)
+        let parts = try made.parts(for: context)
         return [
           NotificationRPCService(
             store: parts.store, notifier: parts.notifier, sender: parts.sender, twilio: parts.twilio,
@@ -35,19 +40,37 @@ public enum NotificationServiceModule {
         ]
       },
       makeConsumers: { context in
-        let parts = try Parts(context, settings: settings)
+        let parts = try made.parts(for: context)
         return [
           NotificationEventHandlers.users(store: parts.store, notifier: parts.notifier, logger: context.logger),
           NotificationEventHandlers.activity(store: parts.store, notifier: parts.notifier, logger: context.logger),
         ]
       },
-      makeBackgroundServices: { context in [try Parts(context, settings: settings).sender] }
+      makeBackgroundServices: { context in [try made.parts(for: context).sender] }
     )
+  }
+
+  /// The parts of each host, by its database client (one per host).
+  final class PartsByHost: Sendable {
+    let settings: NotificationSettings?
+    private let made = Mutex<[ObjectIdentifier: Parts]>([:])
+
+    init(settings: NotificationSettings?) { self.settings = settings }
+
+    func parts(for context: ServiceContext) throws -> Parts {
+      try made.withLock { made in
+        let key = ObjectIdentifier(context.database)
+        if let parts = made[key] { return parts }
+        let parts = try Parts(context, settings: settings)
+        made[key] = parts
+        return parts
+      }
+    }
   }
 
   /// What the handlers, consumers and sender share, made from the settings. The templates are
   /// compiled here, so a broken one stops the service from starting.
-  struct Parts {
+  struct Parts: Sendable {
     let store: NotificationStore
     let notifier: Notifier
     let sender: NotificationSender
