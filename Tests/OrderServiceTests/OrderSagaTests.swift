@@ -92,13 +92,16 @@ import Testing
               #expect(
                 try await orders.getOrder(.with { $0.orderID = placed.id }, metadata: customer).status == .pending)
 
-              // The inventory service comes up (the product's stock record with it, from the
-              // catalogue's event), and the next attempt goes through.
+              // The inventory service comes up, first where the order service cannot reach it: the
+              // product's stock record comes from the catalogue's event with nothing on hand, and a
+              // reservation landing before the restock would rightly cancel the order as out of stock.
+              let inventoryModule = users.withTestKeys(
+                InventoryServiceModule.makeDefinition(settings: InventorySettings()))
+              let inventoryConfiguration = ServiceConfiguration(
+                service: .inventory, port: 0, database: inventoryDatabase.configuration)
               try await withHost(
-                users.withTestKeys(InventoryServiceModule.makeDefinition(settings: InventorySettings())),
-                configuration: ServiceConfiguration(
-                  service: .inventory, port: 0, database: inventoryDatabase.configuration),
-                auth: users.auth, transport: transport, network: network
+                inventoryModule, configuration: inventoryConfiguration,
+                auth: users.auth, transport: transport, network: InProcessNetwork()
               ) { _, inventoryGRPC in
                 let inventory = Mart_Inventory_V1_InventoryService.Client(wrapping: inventoryGRPC)
                 let stocked = await eventually {
@@ -111,6 +114,14 @@ import Testing
                   return true
                 }
                 #expect(stocked)
+              }
+              #expect(
+                try await orders.getOrder(.with { $0.orderID = placed.id }, metadata: customer).status == .pending)
+              // Then it is back where the order service finds it, and the next attempt goes through.
+              try await withHost(
+                inventoryModule, configuration: inventoryConfiguration,
+                auth: users.auth, transport: transport, network: network
+              ) { _, _ in
                 // The default wait (30 s): under a loaded machine the next attempt may be later
                 // than the backoff alone says (it failed once in three runs with 10 s).
                 let reserved = await eventually {
