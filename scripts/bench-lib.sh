@@ -57,6 +57,10 @@ JSON
   user_port=$((port + 1))
   product_port=$((port + 2))
   inventory_port=$((port + 3))
+  # The order service's key, so that a benchmark can call inventory as the order service does;
+  # `mart dev` makes up the others.
+  MART_ORDER_SERVICE_KEY=$("$bin/mart" keys services | sed -n 's/^MART_ORDER_SERVICE_KEY=//p')
+  export MART_ORDER_SERVICE_KEY
   MART_GATEWAY_PORT=$port MART_USER_PORT=$user_port MART_PRODUCT_PORT=$product_port \
     MART_INVENTORY_PORT=$inventory_port MART_ORDER_PORT=$((port + 4)) MART_PAYMENT_PORT=$((port + 5)) \
     MART_NOTIFICATION_PORT=$((port + 6)) MART_GATEWAY_CONFIG=$bench_dir/gateway.json MART_LOG_LEVEL=warning MART_PAYMENT_SANDBOX_ENABLED=true \

@@ -153,6 +153,57 @@ generate_gateway() {
     "${protos[@]}"
 }
 
+# check_plugin_refuses_bad_callers DIR: the least-privilege rule between services cannot
+# silently stop working: generation fails for an internal RPC that names no callers, a public
+# one that names some, and one that names its own service.
+check_plugin_refuses_bad_callers() {
+  local dir=$1 out expected
+  mkdir -p "$dir/protos/bad" "$dir/out"
+  cat >"$dir/protos/bad/callers.proto" <<'PROTO'
+syntax = "proto3";
+package mart.order.v1;
+import "google/protobuf/empty.proto";
+import "mart/api/v1/access.proto";
+service BadCallers {
+  rpc NoCallers(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (mart.api.v1.access) = ACCESS_INTERNAL;
+  }
+  rpc PublicWithCallers(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (mart.api.v1.access) = ACCESS_PUBLIC;
+    option (mart.api.v1.callers) = SERVICE_PAYMENT;
+  }
+  rpc CallsItself(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (mart.api.v1.access) = ACCESS_INTERNAL;
+    option (mart.api.v1.callers) = SERVICE_ORDER;
+  }
+  rpc Fine(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (mart.api.v1.access) = ACCESS_INTERNAL;
+    option (mart.api.v1.callers) = SERVICE_PAYMENT;
+  }
+}
+PROTO
+  if out=$(protoc -I "$dir/protos" -I "$PROTO_DIR" -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-mart-gateway="$gen_gateway" --mart-gateway_out="$dir/out" \
+    mart/api/v1/access.proto google/rpc/status.proto bad/callers.proto 2>&1); then
+    log "$GATEWAY_PLUGIN accepted RPCs with missing or misplaced (mart.api.v1.callers)"
+    exit 1
+  fi
+  for expected in "NoCallers is open to services but has no (mart.api.v1.callers)" \
+    "PublicWithCallers names (mart.api.v1.callers) but its access does not admit services" \
+    "CallsItself names its own service as a caller"; do
+    if ! grep -qF -- "$expected" <<<"$out"; then
+      log "$GATEWAY_PLUGIN failed on bad callers without saying: $expected"
+      echo "$out" >&2
+      exit 1
+    fi
+  done
+  if grep -qF "rpc mart.order.v1.BadCallers.Fine" <<<"$out"; then
+    log "$GATEWAY_PLUGIN refused BadCallers.Fine, a valid internal RPC"
+    echo "$out" >&2
+    exit 1
+  fi
+}
+
 # check_plugin_refuses_bad_events DIR: runs protoc-gen-mart-gateway on two bad
 # events.proto files written into DIR and fails unless generation fails naming
 # both problems: a message whose field 1 is not the event metadata, and a file
@@ -249,6 +300,7 @@ if [[ ! -x "$gen_gateway" ]]; then
 fi
 generate_gateway "$tmp/new"
 check_plugin_refuses_bad_events "$tmp/bad"
+check_plugin_refuses_bad_callers "$tmp/bad-callers"
 
 if [[ $check -eq 1 ]]; then
   mkdir -p "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR"

@@ -435,9 +435,6 @@ write_env() {
         # metadata refresh lets a consumer that subscribed before its topic existed see it soon.
         [[ -z $kport ]] || printf 'export MART_KAFKA_PROPERTIES=%s\n' \
             'session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.wait.max.ms=20,topic.metadata.refresh.interval.ms=2000'
-        # A fresh service-token key per test bed (32 random bytes are a valid P-256 scalar but
-        # for a chance of about 2^-32). Never a fixed key: there are no built-in secrets.
-        printf 'export MART_SERVICE_TOKEN_KEY=%s\n' "$(head -c 32 /dev/urandom | base64 -w0)"
         printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
         # Stripe's API on loopback (each payment test starts its own, on a port of its own).
         printf 'export MART_LOCALSTRIPE_BIN=%s\n' "$CACHE/venv-localstripe/bin/localstripe"

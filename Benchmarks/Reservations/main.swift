@@ -6,8 +6,8 @@
 // Stock must be large enough never to run out: a short reservation counts as a failure.
 //
 // Environment: BENCH_TARGET (host:port of the inventory service), BENCH_PRODUCTS_FILE (product
-// ids, one a line: the first is the hot product, the others the spread), MART_SERVICE_TOKEN_KEY
-// (the key the services share), BENCH_CONNECTIONS (concurrent callers, default 32),
+// ids, one a line: the first is the hot product, the others the spread), MART_ORDER_SERVICE_KEY
+// (the order service's key, which `mart dev` was started with), BENCH_CONNECTIONS (concurrent callers, default 32),
 // BENCH_SECONDS (per run, default 15).
 import Foundation
 import GRPCCore
@@ -35,13 +35,16 @@ struct ReservationBenchmark {
     let products = text.split(whereSeparator: \.isNewline).map { String($0).trimmingCharacters(in: .whitespaces) }
       .filter { !$0.isEmpty }
     guard products.count >= 2 else { fail("BENCH_PRODUCTS_FILE needs a hot product and at least one more") }
-    let auth = try AuthConfiguration(environment: EnvironmentReader())
-    guard let issuer = ServiceTokenIssuer(service: .order, configuration: auth) else {
-      fail("MART_SERVICE_TOKEN_KEY is required")
+    let auth = try AuthConfiguration(environment: EnvironmentReader(), for: nil).with(
+      keys: try ServiceKeys.development(environment: EnvironmentReader()))
+    guard EnvironmentReader().string(Principal.service(.order).keyVariable) != nil,
+      let issuer = ServiceTokenIssuer(.service(.order), configuration: auth)
+    else {
+      fail("MART_ORDER_SERVICE_KEY is required")
     }
     // A service token lives 5 minutes: one is enough for both runs.
     var metadata = Metadata()
-    metadata.addString("Bearer \(try await issuer.token())", forKey: "authorization")
+    metadata.addString("Bearer \(try await issuer.token(for: .inventory))", forKey: "authorization")
     let requestMetadata = metadata
 
     let client = GRPCClient(

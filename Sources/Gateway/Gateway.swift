@@ -43,7 +43,9 @@ public enum Gateway {
     let settings = configuration.settings
     let matcher = try CompiledRoute.matcher(routes: routes, schemas: schemas, settings: settings)
     let verifier =
-      verifier ?? TokenVerifier(configuration: configuration.auth, userKeys: JWKSKeyProvider.userService(upstreams))
+      verifier
+      ?? TokenVerifier(
+        configuration: configuration.auth, userKeys: JWKSKeyProvider.userService(upstreams), service: nil)
     let instruments = GatewayInstruments(registry: registry)
     // No routes: every request reaches the middleware, which routes by the generated table. Order
     // is run order, outermost first. The request id comes before the access log so that the
@@ -63,8 +65,8 @@ public enum Gateway {
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))
       TranscodingMiddleware(
-        upstreams: upstreams, maxBodyBytes: settings.maxBodyBytes, streamHeartbeat: settings.streamHeartbeat,
-        logger: logger)
+        upstreams: upstreams, gatewayTokens: ServiceTokenIssuer(.gateway, configuration: configuration.auth),
+        maxBodyBytes: settings.maxBodyBytes, streamHeartbeat: settings.streamHeartbeat, logger: logger)
     }
     return Application(
       router: router,

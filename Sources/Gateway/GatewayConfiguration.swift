@@ -13,14 +13,15 @@ public struct GatewayConfiguration: Sendable {
   public var bindHost: String
   public var port: Int
   public var directory: ServiceDirectory
-  /// Issuer and audience of access tokens (the gateway needs no service key).
+  /// Issuer and audience of access tokens, and the gateway's own key (`MART_GATEWAY_KEY`), which
+  /// vouches for client addresses and can make no service token.
   public var auth: AuthConfiguration
   /// The edge policy, from the configuration file.
   public var settings: GatewaySettings
 
   public init(
     bindHost: String = "127.0.0.1", port: Int = 8000, directory: ServiceDirectory,
-    auth: AuthConfiguration = AuthConfiguration(serviceKey: nil), settings: GatewaySettings = GatewaySettings()
+    auth: AuthConfiguration = AuthConfiguration(keys: .none), settings: GatewaySettings = GatewaySettings()
   ) {
     self.bindHost = bindHost
     self.port = port
@@ -32,7 +33,9 @@ public struct GatewayConfiguration: Sendable {
   public static let configFileVariable = "MART_GATEWAY_CONFIG"
   public static let defaultConfigFile = "gateway/gateway.json"
 
-  public init(environment env: EnvironmentReader) throws {
+  /// `auth`: nil to read the gateway's own (`mart serve gateway`); `mart dev` passes the one its
+  /// services share.
+  public init(environment env: EnvironmentReader, auth: AuthConfiguration? = nil) throws {
     let explicitPath = env.string(Self.configFileVariable)
     let path = explicitPath ?? Self.defaultConfigFile
     let settings = try Self.settings(atPath: path, required: explicitPath != nil)
@@ -41,7 +44,7 @@ public struct GatewayConfiguration: Sendable {
       bindHost: env.string("MART_BIND_HOST", default: "127.0.0.1"),
       port: try env.port("MART_GATEWAY_PORT", default: 8000),
       directory: try ServiceDirectory(environment: env),
-      auth: try AuthConfiguration(environment: env, requireServiceKey: false),
+      auth: try auth ?? AuthConfiguration(environment: env, for: .gateway),
       settings: settings)
   }
 }

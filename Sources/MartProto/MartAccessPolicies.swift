@@ -59,4 +59,17 @@ public enum MartAccessPolicies {
     "mart.user.v1.UserService/SetRoles": .admin,
     "mart.user.v1.UserService/GetJwks": .public,
   ]
+
+  /// The services that may call each RPC open to services (its `mart.api.v1.callers`), by
+  /// `MartService` raw value; an RPC that is not here accepts no service token.
+  public static let callersByMethod: [String: Set<String>] = [
+    "mart.inventory.v1.InventoryService/BatchGetStock": ["order"],
+    "mart.inventory.v1.InventoryService/ReserveStock": ["order"],
+    "mart.inventory.v1.InventoryService/ReleaseReservation": ["order"],
+    "mart.inventory.v1.InventoryService/CommitReservation": ["order"],
+    "mart.inventory.v1.InventoryService/ReturnReservation": ["order"],
+    "mart.order.v1.OrderService/GetOrder": ["payment"],
+    "mart.product.v1.ProductService/BatchGetProducts": ["order"],
+    "mart.user.v1.UserService/GetUser": ["notification"],
+  ]
 }

@@ -709,8 +709,10 @@ public nonisolated struct Mart_Payment_V1_PayfastWebhookRequest: Sendable {
   /// Clears the value of `httpBody`. Subsequent reads from it will return its default value.
   public mutating func clearHTTPBody() {self._httpBody = nil}
 
-  /// The caller's IP address as seen by the gateway (PayFast ITNs must come
-  /// from PayFast's published hosts), filled by the gateway.
+  /// The caller's IP address as seen by the gateway, filled by the gateway.
+  /// Informational: the check that an ITN comes from PayFast's published hosts
+  /// uses the address the gateway vouches for with its signed token
+  /// (x-mart-gateway), else the connection's peer, never this field.
   public var sourceIp: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()

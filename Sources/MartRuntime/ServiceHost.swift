@@ -85,13 +85,13 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
 
     let clients = try ServiceClients(
       interceptors: [
-        ClientAuthInterceptor(serviceTokens: ServiceTokenIssuer(service: definition.service, configuration: auth))
+        ClientAuthInterceptor(serviceTokens: ServiceTokenIssuer(.service(definition.service), configuration: auth))
       ], connect: upstream)
     let context = ServiceContext(
       configuration: configuration, database: database, outbox: Outbox(service: definition.service),
       logger: logger, auth: auth, clients: clients)
     let userKeys = definition.makeUserKeyProvider?(context) ?? JWKSKeyProvider.userService(clients)
-    let verifier = TokenVerifier(configuration: auth, userKeys: userKeys)
+    let verifier = TokenVerifier(configuration: auth, userKeys: userKeys, service: definition.service)
     // The relay, the consumers and the RPCs need the migrated schema: they wait for, or are
     // refused by, this.
     let ready = ReadinessGate()

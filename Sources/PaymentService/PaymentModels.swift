@@ -21,15 +21,11 @@ public struct PaymentSettings: Sendable {
   public var maximumRetryBackoff: Duration
   /// How often the worker looks for due provider calls when nothing wakes it.
   public var workerPollInterval: Duration
-  /// Peers allowed to state a webhook caller's address (the gateway); anyone else's own address
-  /// is used instead of what they claim.
-  public var trustedProxies: [IPNetwork]
 
   public init(
     sandboxEnabled: Bool = true, stripe: StripeSettings? = nil, payfast: PayFastSettings? = nil,
     allowedReturnOrigins: [String] = [], providerTimeout: Duration = .seconds(10),
-    maximumRetryBackoff: Duration = .seconds(60), workerPollInterval: Duration = .seconds(1),
-    trustedProxies: [IPNetwork] = PaymentSettings.loopback
+    maximumRetryBackoff: Duration = .seconds(60), workerPollInterval: Duration = .seconds(1)
   ) {
     self.sandboxEnabled = sandboxEnabled
     self.stripe = stripe
@@ -38,10 +34,7 @@ public struct PaymentSettings: Sendable {
     self.providerTimeout = providerTimeout
     self.maximumRetryBackoff = maximumRetryBackoff
     self.workerPollInterval = workerPollInterval
-    self.trustedProxies = trustedProxies
   }
-
-  public static let loopback = [IPNetwork("127.0.0.0/8"), IPNetwork("::1/128")].compactMap { $0 }
 
   public init(environment env: EnvironmentReader) throws {
     let defaults = PaymentSettings()
@@ -52,8 +45,7 @@ public struct PaymentSettings: Sendable {
       allowedReturnOrigins: try Self.origins(env, "MART_PAYMENT_ALLOWED_RETURN_ORIGINS"),
       providerTimeout: try env.duration("MART_PAYMENT_PROVIDER_TIMEOUT", default: defaults.providerTimeout),
       maximumRetryBackoff: try env.duration("MART_PAYMENT_MAX_RETRY_BACKOFF", default: defaults.maximumRetryBackoff),
-      workerPollInterval: try env.duration("MART_PAYMENT_WORKER_POLL_INTERVAL", default: defaults.workerPollInterval),
-      trustedProxies: try Self.networks(env, "MART_PAYMENT_TRUSTED_PROXIES") ?? Self.loopback)
+      workerPollInterval: try env.duration("MART_PAYMENT_WORKER_POLL_INTERVAL", default: defaults.workerPollInterval))
   }
 
   static func list(_ env: EnvironmentReader, _ name: String) -> [String]? {

@@ -132,8 +132,7 @@ extension PaymentRPCService {
       throw Self.refusedITN("its signature does not verify", field: "signature")
     }
     // Check 2: it comes from PayFast's addresses, as the gateway saw the caller.
-    let source = Self.sourceAddress(
-      claimed: request.sourceIp, peer: context.remotePeer, trustedProxies: settings.trustedProxies)
+    let source = Self.sourceAddress(forwarded: ForwardedClient.address, peer: context.remotePeer)
     guard let source, config.sourceRanges.contains(where: { $0.contains(source) }) else {
       logger.warning(
         "refused a PayFast ITN from outside PayFast's ranges",
@@ -195,17 +194,11 @@ extension PaymentRPCService {
       metadata: ["field": field], extra: [.badRequest(violations: [.init(field: field, description: why)])])
   }
 
-  /// The webhook caller's address: what the gateway says it saw, when the call comes from a
-  /// trusted proxy (or in-process); otherwise the caller's own address, so that a direct caller
-  /// cannot claim to be PayFast.
-  static func sourceAddress(claimed: String, peer: String, trustedProxies: [IPNetwork]) -> IPAddress? {
-    let peerAddress = peerAddress(peer)
-    let trusted =
-      peer.hasPrefix("in-process:")
-      || peerAddress.map { address in trustedProxies.contains { $0.contains(address) } }
-        ?? false
-    if trusted, let claimed = IPAddress(claimed.trimmingCharacters(in: .whitespaces)) { return claimed }
-    return peerAddress
+  /// The webhook caller's address: the one the gateway vouches for with its signed token
+  /// (`ForwardedClient`); otherwise the caller's own, whatever it claims in the request or its
+  /// headers, so that a direct caller cannot pass for PayFast.
+  static func sourceAddress(forwarded: IPAddress?, peer: String) -> IPAddress? {
+    forwarded ?? peerAddress(peer)
   }
 
   /// The address in a gRPC peer description (`ipv4:192.0.2.1:5678`, `ipv6:[2001:db8::1]:443`).

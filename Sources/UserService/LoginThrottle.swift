@@ -91,21 +91,14 @@ struct LoginThrottle: Sendable {
   }
 }
 
-/// The address a call came from: the gateway's `x-mart-client-ip`, else the first entry of
-/// `x-forwarded-for`, else the peer of the connection. An IPv6 address is reduced to its /64 (one
-/// subscriber usually holds a whole /64). Nil if none of these is an IP address.
-///
-/// The headers are only as trustworthy as the network that lets calls reach the service without
-/// passing the gateway; the per-account throttle does not depend on them.
+/// The address a call came from: the client's, when the gateway vouches for it
+/// (`ForwardedClient`), else the peer of the connection. Address headers from anyone else are
+/// ignored: a direct caller that could name its address could spread its guesses over made-up
+/// ones, or lock others out by naming theirs. An IPv6 address is reduced to its /64 (one
+/// subscriber usually holds a whole /64). Nil if neither is an IP address.
 enum ClientAddress {
-  static func resolve(clientIP: String?, forwardedFor: String?, peer: String) -> String? {
-    if let clientIP, let address = normalize(clientIP) { return address }
-    if let forwardedFor, let first = forwardedFor.split(separator: ",").first,
-      let address = normalize(String(first))
-    {
-      return address
-    }
-    return normalize(fromPeer: peer)
+  static func resolve(forwarded: IPAddress?, peer: String) -> String? {
+    forwarded.map(key) ?? normalize(fromPeer: peer)
   }
 
   /// `ipv4:127.0.0.1:31415` or `ipv6:[::1]:443` (grpc-swift's peer descriptions).
@@ -114,12 +107,6 @@ enum ClientAddress {
       return IPAddress(hostPort: peer.dropFirst(scheme.count)).map(key)
     }
     return nil
-  }
-
-  static func normalize(_ raw: String) -> String? {
-    let text = raw.trimmingCharacters(in: .whitespaces)
-    guard text.utf8.count <= 64, let address = IPAddress(text) else { return nil }
-    return key(address)
   }
 
   static func key(_ address: IPAddress) -> String { IPNetwork.subscriberKey(address) }

@@ -61,19 +61,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     }
   }
 
-  /// Login needs the request metadata (the client address for the throttle), so it implements the
-  /// lower-level protocol's method; the simple one serves the same call without headers.
-  func login(request: ServerRequest<Mart_User_V1_LoginRequest>, context: ServerContext) async throws
-    -> ServerResponse<Mart_User_V1_LoginResponse>
-  {
-    func first(_ key: String) -> String? { request.metadata[stringValues: key].first(where: { _ in true }) }
-    let address = ClientAddress.resolve(
-      clientIP: first("x-mart-client-ip"), forwardedFor: first("x-forwarded-for"), peer: context.remotePeer)
-    return ServerResponse(message: try await login(request.message, clientAddress: address))
-  }
-
   func login(request: Mart_User_V1_LoginRequest, context: ServerContext) async throws -> Mart_User_V1_LoginResponse {
-    try await login(request, clientAddress: ClientAddress.normalize(fromPeer: context.remotePeer))
+    try await login(
+      request, clientAddress: ClientAddress.resolve(forwarded: ForwardedClient.address, peer: context.remotePeer))
   }
 
   private func login(_ request: Mart_User_V1_LoginRequest, clientAddress: String?) async throws

@@ -87,7 +87,7 @@ struct Serve: AsyncParsableCommand {
       let (configuration, directory, auth) = try loadConfiguration {
         (
           try ServiceConfiguration(service, environment: environment), try ServiceDirectory(environment: environment),
-          try AuthConfiguration(environment: environment)
+          try AuthConfiguration(environment: environment, for: .service(service))
         )
       }
       // A service's own settings are read as its handlers are made: still configuration (exit 2).
@@ -150,18 +150,19 @@ struct Dev: AsyncParsableCommand {
   func run() async throws {
     let environment = EnvironmentReader()
     let (process, logger) = try bootstrapProcess(name: "dev", environment: environment)
-    let (configurations, directory, gateway, configuredAuth) = try loadConfiguration {
-      (
+    // One process that is every service and the gateway: each still has a key of its own, made
+    // up at start unless the environment sets it (a benchmark that signs as the order service).
+    let (configurations, directory, gateway, auth) = try loadConfiguration {
+      let auth = try AuthConfiguration(
+        environment: environment, for: nil
+      ).with(keys: try ServiceKeys.development(environment: environment))
+      return (
         try MartService.allCases.map { try ServiceConfiguration($0, environment: environment) },
         try ServiceDirectory(environment: environment),
-        try GatewayConfiguration(environment: environment),
-        try AuthConfiguration(environment: environment, requireServiceKey: false)
+        try GatewayConfiguration(environment: environment, auth: auth),
+        auth
       )
     }
-    // One process: a service key made up at start is as good as a configured one, and nothing
-    // outside the process ever needs it.
-    var auth = configuredAuth
-    if auth.serviceKey == nil { auth.serviceKey = AuthConfiguration.ephemeral().serviceKey }
     // One transport for the whole process: in-process delivery connects the services directly.
     let events = try EventTransports.make(process, clientID: "mart-dev", logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = events.services.map { .init(service: $0) }
@@ -237,19 +238,21 @@ struct Events: AsyncParsableCommand {
 
 struct Keys: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Make keys the mart is configured with.", subcommands: [ServiceKey.self])
+    abstract: "Make keys the mart is configured with.", subcommands: [ServiceKeys.self])
 
-  struct ServiceKey: AsyncParsableCommand {
+  struct ServiceKeys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      commandName: "service",
-      abstract: "Print a new random service-token key, for MART_SERVICE_TOKEN_KEY.",
+      commandName: "services",
+      abstract: "Print a new key for each service and the gateway, and the list of their public keys.",
       discussion: """
-        Every service of one mart needs the same key: it signs the short-lived tokens services present
-        to each other. Keep it secret, like a database password.
+        Each service signs the short-lived tokens it presents to the others with its own key, and the
+        gateway signs its word for a client's address with its own: give each process only its own
+        MART_<SERVICE>_SERVICE_KEY (or MART_GATEWAY_KEY), and every service MART_SERVICE_PUBLIC_KEYS.
+        Keep the private keys secret, like database passwords. Prints NAME=value lines (an .env file).
         """)
 
     func run() throws {
-      print(AuthConfiguration.newServiceKeyText())
+      print(MartCore.ServiceKeys.newSetText())
     }
   }
 }

@@ -40,6 +40,9 @@ struct HTTPBinding {
 struct RPC {
   var method: MethodDescriptor
   var access: Mart_Api_V1_Access
+  /// The services whose service tokens it accepts (its `mart.api.v1.callers`), as `MartService`
+  /// raw values, e.g. `order`; empty unless its access admits services.
+  var callers: [String]
   /// The `MartService` case that serves it, e.g. `user`.
   var upstream: String
   var bindings: [HTTPBinding]
@@ -162,6 +165,32 @@ struct APIModel {
       }
     }
 
+    // Least privilege between services: an RPC open to services names the ones that may call it,
+    // and only those.
+    let callers = options.Mart_Api_V1_callers
+    let admitsServices = [.internal, .adminOrInternal, .userOrInternal].contains(access)
+    if admitsServices && callers.isEmpty {
+      problems.append("rpc \(name) is open to services but has no (mart.api.v1.callers) option naming them")
+    }
+    if !admitsServices && !callers.isEmpty {
+      problems.append("rpc \(name) names (mart.api.v1.callers) but its access does not admit services")
+    }
+    var callerNames: [String] = []
+    for caller in callers {
+      switch caller {
+      case .user: callerNames.append("user")
+      case .product: callerNames.append("product")
+      case .inventory: callerNames.append("inventory")
+      case .order: callerNames.append("order")
+      case .payment: callerNames.append("payment")
+      case .notification: callerNames.append("notification")
+      case .unspecified, .UNRECOGNIZED: problems.append("rpc \(name) names an unknown caller \(caller)")
+      }
+    }
+    if callerNames.contains(upstream) {
+      problems.append("rpc \(name) names its own service as a caller")
+    }
+
     var bindings: [HTTPBinding] = []
     if options.hasGoogle_Api_http {
       // Server streaming is served as Server-Sent Events or NDJSON; a client stream has no
@@ -189,7 +218,9 @@ struct APIModel {
     if !problems.isEmpty {
       throw GenerationError(problems)
     }
-    return RPC(method: method, access: access, upstream: upstream, bindings: bindings)
+    return RPC(
+      method: method, access: access, callers: Array(Set(callerNames)).sorted(), upstream: upstream,
+      bindings: bindings)
   }
 
   private static func binding(

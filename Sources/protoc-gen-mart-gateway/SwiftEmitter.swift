@@ -123,6 +123,21 @@ enum SwiftEmitter {
     }
     out += """
         ]
+
+        /// The services that may call each RPC open to services (its `mart.api.v1.callers`), by
+        /// `MartService` raw value; an RPC that is not here accepts no service token.
+        public static let callersByMethod: [String: Set<String>] = [
+
+      """
+    let servedToServices = api.rpcs.filter { !$0.callers.isEmpty }
+    for rpc in servedToServices {
+      out += "    \(literal(rpc.fullyQualifiedMethod)): [\(rpc.callers.map(literal).joined(separator: ", "))],\n"
+    }
+    if servedToServices.isEmpty {
+      out += "    :\n"
+    }
+    out += """
+        ]
       }
 
       """

@@ -229,13 +229,48 @@ import UserService
     }
   }
 
+  /// The client address the gateway resolved (here from a trusted proxy's X-Forwarded-For)
+  /// reaches the user service's login throttle, because the gateway vouches for it with its own
+  /// key; the same header sent straight to the service counts for nothing.
+  @Test func theLoginThrottleCountsTheAddressTheGatewayVouchesFor() async throws {
+    try await withEdge { edge in
+      let failed = try await edge.call(
+        "POST", "/v1/auth/login", json: ["email": "nobody@example.com", "password": "not the password"],
+        headers: ["X-Forwarded-For": "203.0.113.50"])
+      #expect(failed.status == 401, "\(failed.text)")
+      var spoofed = Metadata()
+      spoofed.addString("198.51.100.9", forKey: ForwardedClient.addressKey)
+      var direct: RPCError?
+      do {
+        try await edge.withUserClient { users in
+          _ = try await users.login(
+            .with {
+              $0.email = "nobody@example.com"
+              $0.password = "not the password"
+            }, metadata: spoofed)
+        }
+      } catch let error as RPCError {
+        direct = error
+      }
+      #expect(direct?.code == .unauthenticated)
+      let keys = try await withPostgresClient(edge.userDatabase) { client in
+        var keys: [String] = []
+        let rows = try await client.query("SELECT key FROM login_failures ORDER BY key", logger: TestBed.logger)
+        for try await key in rows.decode(String.self) { keys.append(key) }
+        return keys
+      }
+      #expect(keys == ["account:nobody@example.com", "ip:127.0.0.1", "ip:203.0.113.50"])
+    }
+  }
+
   @Test func keysThatCannotBeFetchedAre503Not401() async throws {
     // Only the gateway runs: the user service, which publishes the keys, is nowhere (port 1 on
     // loopback: nothing listens there, and nothing can without privileges).
     let (listening, announce) = AsyncStream.makeStream(of: Int.self)
     let gateway = try Gateway.makeServices(
       configuration: try GatewayConfiguration(
-        environment: EnvironmentReader(["MART_GATEWAY_PORT": "0", "MART_USER_ADDRESS": "127.0.0.1:1"])),
+        environment: EnvironmentReader(["MART_GATEWAY_PORT": "0", "MART_USER_ADDRESS": "127.0.0.1:1"]),
+        auth: .ephemeral()),
       logger: TestBed.logger
     ) { port in
       announce.yield(port)
@@ -477,6 +512,7 @@ private func withEdge(
     {
       "maxBodyBytes": 16384,
       "streamHeartbeat": "50ms",
+      "trustedProxies": ["127.0.0.1/32"],
       "rateLimits": {
         "default": { "limit": 1000, "window": "60s" },
         "routes": { "UserService_GetJwks": { "name": "jwks", "limit": 3, "window": "10s" } }
@@ -558,7 +594,7 @@ private func withEdge(
           let (listening, announce) = AsyncStream.makeStream(of: Int.self)
           let quotaClock = QuotaClock()
           let gateway = try Gateway.makeServices(
-            configuration: try GatewayConfiguration(environment: EnvironmentReader(environment)),
+            configuration: try GatewayConfiguration(environment: EnvironmentReader(environment), auth: auth),
             logger: TestBed.logger,
             onListening: { port in
               announce.yield(port)

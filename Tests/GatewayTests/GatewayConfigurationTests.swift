@@ -19,13 +19,14 @@ import Testing
     #expect(settings.defaultDeadline == .seconds(10))
     #expect(settings.cors.allowedOrigins.isEmpty)
     #expect(settings.trustedProxies.isEmpty)
-    let configuration = try GatewayConfiguration(environment: EnvironmentReader([:]))
+    let configuration = try GatewayConfiguration(environment: EnvironmentReader([:]), auth: .ephemeral())
     #expect(configuration.port == 8000)
   }
 
   @Test func theShippedFileIsValid() throws {
     let path = Self.repositoryRoot.appendingPathComponent("gateway/gateway.json").path
-    let configuration = try GatewayConfiguration(environment: EnvironmentReader(["MART_GATEWAY_CONFIG": path]))
+    let configuration = try GatewayConfiguration(
+      environment: EnvironmentReader(["MART_GATEWAY_CONFIG": path]), auth: .ephemeral())
     let settings = configuration.settings
     #expect(
       settings.rateLimit(for: "UserService_Login").limit < settings.rateLimit(for: "ProductService_GetProduct").limit)
@@ -119,7 +120,8 @@ import Testing
 
   @Test func aMissingExplicitFileIsAnError() {
     #expect(throws: ConfigurationError.self) {
-      try GatewayConfiguration(environment: EnvironmentReader(["MART_GATEWAY_CONFIG": "/nonexistent/gateway.json"]))
+      try GatewayConfiguration(
+        environment: EnvironmentReader(["MART_GATEWAY_CONFIG": "/nonexistent/gateway.json"]), auth: .ephemeral())
     }
   }
 }

@@ -250,7 +250,7 @@ import Testing
 
       let serviceToken = try await client.execute(
         uri: "/v1/users/u1", method: .get, headers: gateway.headers(token: gateway.serviceToken))
-      #expect(serviceToken.status == .forbidden, "no service token from outside: \(serviceToken.text)")
+      #expect(serviceToken.status == .unauthorized, "no service token from outside: \(serviceToken.text)")
     }
   }
 
@@ -416,10 +416,9 @@ func withGateway(
   routeLimits: [String: RateLimitPolicy] = [:],
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
-  let signing = try #require(AuthConfiguration.ephemeral().serviceKey)
-  let userKey = TokenSigningKey(kid: "test-user-key", privateKey: signing.privateKey)
+  let userKey = TokenSigningKey.random(kid: "test-user-key")
   let serviceAuth = AuthConfiguration.ephemeral()
-  let serviceKey = try #require(serviceAuth.serviceKey)
+  let orderTokens = try #require(ServiceTokenIssuer(.service(.order), configuration: serviceAuth))
   let now = Int64(Date().timeIntervalSince1970)
   func token(_ subject: String, _ roles: [String], key: TokenSigningKey, issuer: String = "mart") throws -> String {
     try key.sign(AccessTokenClaims(sub: subject, roles: roles, iss: issuer, aud: "mart", iat: now, exp: now + 600))
@@ -429,7 +428,7 @@ func withGateway(
     clock: clock,
     customerToken: try token(UUID().uuidString, ["customer"], key: userKey),
     adminToken: try token(UUID().uuidString, ["customer", "admin"], key: userKey),
-    serviceToken: try token("service:order", ["service"], key: serviceKey, issuer: serviceAuth.serviceIssuer))
+    serviceToken: try await orderTokens.token(for: .user))
 
   let server = GRPCServer(
     transport: .http2NIOPosix(address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext),
@@ -453,8 +452,8 @@ func withGateway(
       settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
       settings.strictTransportSecurity = hsts
       settings.routeRateLimits.merge(routeLimits) { _, new in new }
-      // The gateway knows the service key (as in `mart dev`): a service token verifies, and is
-      // still refused at the edge.
+      // The gateway's configuration holds every service's key (as in `mart dev`), and still checks
+      // no service token: they are for calls between services only.
       let configuration = GatewayConfiguration(directory: directory, auth: serviceAuth, settings: settings)
       let app = try Gateway.makeApplication(
         configuration: configuration, upstreams: upstreams, clock: clock.function, logger: TestBed.logger)

@@ -215,13 +215,12 @@ import Testing
   // MARK: Token and quota
 
   @Test func edgeAuthLetsPublicRoutesPassAndVerifiesTheRest() async throws {
-    let signing = try #require(AuthConfiguration.ephemeral().serviceKey)
-    let userKey = TokenSigningKey(kid: "unit-key", privateKey: signing.privateKey)
+    let userKey = TokenSigningKey.random(kid: "unit-key")
     let middleware = EdgeAuthMiddleware(
       authenticator: EdgeAuthenticator(
         verifier: TokenVerifier(
           configuration: AuthConfiguration.ephemeral(),
-          userKeys: StaticKeyProvider(["unit-key": signing.privateKey.publicKey]))))
+          userKeys: StaticKeyProvider(["unit-key": userKey.privateKey.publicKey]), service: nil)))
     let matcher = try CompiledRoute.matcher(
       routes: GatewayRouteTable.routes, schemas: .generated, settings: GatewaySettings())
 
@@ -287,7 +286,8 @@ import Testing
     let matcher = try CompiledRoute.matcher(
       routes: GatewayRouteTable.routes, schemas: .generated, settings: GatewaySettings())
     let middleware = TranscodingMiddleware(
-      upstreams: try ServiceClients(directory: ServiceDirectory(endpoints: [:]), services: []), maxBodyBytes: 8,
+      upstreams: try ServiceClients(directory: ServiceDirectory(endpoints: [:]), services: []), gatewayTokens: nil,
+      maxBodyBytes: 8,
       streamHeartbeat: .seconds(15), logger: TestBed.logger)
     let login = try routed(.post, "/v1/auth/login", matcher)
     let tooLarge = await refusal { _ in

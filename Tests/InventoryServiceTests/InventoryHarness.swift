@@ -24,6 +24,8 @@ struct InventoryHarness: Sendable {
   let customer: Metadata
   /// The order service (the reservation methods are internal).
   let orders: Metadata
+  /// Tokens of other callers.
+  let users: TestUsers
 
   static let logger = TestBed.logger
 
@@ -45,7 +47,9 @@ struct InventoryHarness: Sendable {
             client: Mart_Inventory_V1_InventoryService.Client(wrapping: client), database: host.database,
             transport: transport, adminID: adminID,
             admin: try users.bearer(roles: ["customer", "admin"], subject: adminID),
-            customer: try users.bearer(roles: ["customer"]), orders: try await users.serviceBearer(.order)))
+            customer: try users.bearer(roles: ["customer"]),
+            orders: try await users.serviceBearer(.order, to: .inventory),
+            users: users))
       }
     }
   }

@@ -483,4 +483,37 @@ import UserService
       #expect(customerReserve?.code == .permissionDenied)
     }
   }
+
+  /// Each service has its own key and may call only what proto/ lists it as a caller of
+  /// (`mart.api.v1.callers`): the order service reserves stock; the payment and notification
+  /// services, with valid service tokens of their own, may not, and the order service's token for
+  /// another service is not accepted here.
+  @Test func onlyTheServicesAnRPCNamesMayCallIt() async throws {
+    try await InventoryHarness.run("inventory_callers") { service in
+      let product = try await service.product(onHand: 5)
+      let request = Mart_Inventory_V1_ReserveStockRequest.with {
+        $0.orderID = UUID().uuidString.lowercased()
+        $0.lines = [
+          .with {
+            $0.productID = product; $0.quantity = 1
+          }
+        ]
+      }
+      _ = try await service.client.reserveStock(request, metadata: service.orders)
+      for caller in [MartService.payment, .notification] {
+        let refused = await rpcError {
+          _ = try await service.client.reserveStock(
+            request, metadata: try await service.users.serviceBearer(caller, to: .inventory))
+        }
+        #expect(refused?.code == .permissionDenied, "\(caller)")
+        #expect(refused?.message.contains(caller.rawValue) == true)
+      }
+      let replayed = await rpcError {
+        _ = try await service.client.reserveStock(
+          request, metadata: try await service.users.serviceBearer(.order, to: .product))
+      }
+      #expect(replayed?.code == .unauthenticated)
+      #expect(try await service.stock(product).reserved == 1)
+    }
+  }
 }

@@ -16,7 +16,9 @@ import Testing
     (["dev"], "MART_DATABASE_CHECK_INTERVAL", "often"),
     (["migrate", "all"], "MART_PAYMENT_DATABASE_URL", "postgres://nobody@/"),
     (["serve", "product"], "MART_LOG_LEVEL", "chatty"),
-    (["serve", "order"], "MART_SERVICE_TOKEN_KEY", "not-a-key"),
+    (["serve", "order"], "MART_ORDER_SERVICE_KEY", "not-a-key"),
+    (["serve", "order"], "MART_SERVICE_PUBLIC_KEYS", "order:AAAA"),
+    (["serve", "gateway"], "MART_GATEWAY_KEY", ""),
     (["serve", "user"], "MART_JWT_KEY_ROTATION", "forever"),
     (["serve", "gateway"], "MART_GATEWAY_CONFIG", "/nonexistent/gateway.json"),
   ])

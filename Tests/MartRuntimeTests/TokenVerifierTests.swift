@@ -12,7 +12,13 @@ import Testing
   let userID = UUID().uuidString.lowercased()
 
   var verifier: TokenVerifier {
-    TokenVerifier(configuration: auth, userKeys: StaticKeyProvider([userKey.kid: userKey.privateKey.publicKey]))
+    verifier(of: .inventory)
+  }
+
+  /// The verifier of `service`'s calls; nil: the gateway's.
+  func verifier(of service: MartService?) -> TokenVerifier {
+    TokenVerifier(
+      configuration: auth, userKeys: StaticKeyProvider([userKey.kid: userKey.privateKey.publicKey]), service: service)
   }
 
   func claims(
@@ -39,12 +45,60 @@ import Testing
     #expect(caller.isAdmin)
   }
 
-  @Test func aServiceTokenFromTheServiceKeyVerifies() async throws {
-    let issuer = try #require(ServiceTokenIssuer(service: .order, configuration: auth))
-    let caller = try await verifier.verify(try await issuer.token())
+  @Test func aServiceTokenFromItsOwnKeyForThisServiceVerifies() async throws {
+    let issuer = try #require(ServiceTokenIssuer(.service(.order), configuration: auth))
+    let caller = try await verifier.verify(try await issuer.token(for: .inventory))
     #expect(caller.kind == .service)
     #expect(caller.subject == "service:order")
+    #expect(caller.service == .order)
     #expect(caller.isService && !caller.isAdmin)
+  }
+
+  /// A token names the one service it is for: the order service's token for the product service
+  /// cannot be replayed against inventory, and the gateway accepts no service token at all.
+  @Test func aServiceTokenForAnotherServiceIsRefused() async throws {
+    let issuer = try #require(ServiceTokenIssuer(.service(.order), configuration: auth))
+    let forProduct = try await issuer.token(for: .product)
+    await #expect(throws: TokenError.wrongAudience) { try await verifier.verify(forProduct) }
+    _ = try await verifier(of: .product).verify(forProduct)
+    await #expect(throws: TokenError.self) { try await verifier(of: nil).verify(forProduct) }
+  }
+
+  /// Each key signs only as its own principal: the order service's key cannot say it is the
+  /// payment service, the gateway's cannot make any service token, and a key from another key set
+  /// is nobody's.
+  @Test func aKeySignsOnlyAsItsOwner() async throws {
+    let now = Int64(Date().timeIntervalSince1970)
+    func serviceClaims(_ subject: String) -> AccessTokenClaims {
+      AccessTokenClaims(
+        sub: subject, roles: [MartRole.service], iss: auth.serviceIssuer, aud: auth.audience(of: .inventory), iat: now,
+        exp: now + 300)
+    }
+    let orderKey = try #require(auth.keys.signing[.service(.order)])
+    let gatewayKey = try #require(auth.keys.signing[.gateway])
+    await #expect(throws: TokenError.self) {
+      try await verifier.verify(try orderKey.sign(serviceClaims("service:payment")))
+    }
+    await #expect(throws: TokenError.self) {
+      try await verifier.verify(try gatewayKey.sign(serviceClaims("service:order")))
+    }
+    let gatewayToken = try #require(ServiceTokenIssuer(.gateway, configuration: auth))
+    await #expect(throws: TokenError.self) { try await verifier.verify(try await gatewayToken.token(for: .inventory)) }
+    let stranger = try #require(ServiceKeys.ephemeral().signing[.service(.order)])
+    await #expect(throws: TokenError.unknownKey(stranger.kid)) {
+      try await verifier.verify(try stranger.sign(serviceClaims("service:order")))
+    }
+  }
+
+  @Test func onlyTheGatewaysTokenForThisServiceVouchesForAClientAddress() async throws {
+    let gateway = try #require(ServiceTokenIssuer(.gateway, configuration: auth))
+    try await verifier.verifyGateway(try await gateway.token(for: .inventory))
+    await #expect(throws: TokenError.wrongAudience) {
+      try await verifier.verifyGateway(try await gateway.token(for: .user))
+    }
+    let order = try #require(ServiceTokenIssuer(.service(.order), configuration: auth))
+    await #expect(throws: TokenError.self) { try await verifier.verifyGateway(try await order.token(for: .inventory)) }
+    await #expect(throws: TokenError.self) { try await verifier.verifyGateway(try userKey.sign(claims())) }
   }
 
   @Test func algNoneIsRefused() async throws {
@@ -153,7 +207,7 @@ import Testing
   @Test func aVerifiedTokenIsCheckedOnceAndStillExpiresOnTime() async throws {
     let keys = CountingKeyProvider([userKey.kid: userKey.privateKey.publicKey])
     let clock = ManualDate(Date())
-    let verifier = TokenVerifier(configuration: auth, userKeys: keys, now: { clock.now })
+    let verifier = TokenVerifier(configuration: auth, userKeys: keys, service: .inventory, now: { clock.now })
     let token = try userKey.sign(claims(expOffset: 300))
     for _ in 0..<5 { _ = try await verifier.verify(token) }
     #expect(await keys.lookups == 1)

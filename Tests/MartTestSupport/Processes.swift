@@ -1,4 +1,5 @@
 import Foundation
+import MartRuntime
 
 #if canImport(FoundationNetworking)
   import FoundationNetworking
@@ -45,14 +46,23 @@ public final class ChildProcess: @unchecked Sendable {
     try process.run()
   }
 
-  /// Runs `mart` with these arguments and the test's environment plus `environment`.
-  public static func mart(_ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws
-    -> ChildProcess
-  {
+  /// Runs `mart` with these arguments and the test's environment plus `environment`. Every
+  /// principal's key of `keys` is set too (`environment` may replace any of them), so that
+  /// `mart serve` of any service or the gateway starts.
+  public static func mart(
+    _ arguments: [String], environment: [String: String] = [:], keys: ServiceKeys = testProcessKeys,
+    input: String? = nil
+  ) throws -> ChildProcess {
     var merged = ProcessInfo.processInfo.environment
+    for principal in Principal.all {
+      merged.merge(keys.environment(for: principal)) { _, new in new }
+    }
     merged.merge(environment) { _, new in new }
     return try ChildProcess(martBinary(), arguments, environment: merged, input: input)
   }
+
+  /// The keys of the `mart` processes a test starts, unless it passes its own.
+  public static let testProcessKeys = ServiceKeys.ephemeral()
 
   public var standardOutput: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
   public var standardError: String { (try? String(contentsOf: errors, encoding: .utf8)) ?? "" }

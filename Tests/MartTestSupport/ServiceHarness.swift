@@ -7,17 +7,14 @@ import MartRuntime
 
 /// User and service tokens for tests of a service without the user service: the service under
 /// test verifies user tokens against this static key (`withTestKeys` replaces its definition's
-/// `makeUserKeyProvider`), and service tokens with `auth`'s service key.
+/// `makeUserKeyProvider`), and service tokens with `auth`'s keys, one per service.
 public struct TestUsers: Sendable {
   public let auth = AuthConfiguration.ephemeral()
-  public let key: TokenSigningKey
+  public let key = TokenSigningKey.random(kid: "test-users")
 
   public struct NoKey: Error {}
 
-  public init() throws {
-    guard let random = AuthConfiguration.ephemeral().serviceKey else { throw NoKey() }
-    key = TokenSigningKey(kid: "test-users", privateKey: random.privateKey)
-  }
+  public init() throws {}
 
   public var keyProvider: StaticKeyProvider { StaticKeyProvider([key.kid: key.privateKey.publicKey]) }
 
@@ -42,10 +39,26 @@ public struct TestUsers: Sendable {
     ["authorization": "Bearer \(try token(roles: roles, subject: subject))"]
   }
 
-  /// The metadata of a call from another service (`service`).
-  public func serviceBearer(_ service: MartService) async throws -> Metadata {
-    guard let issuer = ServiceTokenIssuer(service: service, configuration: auth) else { throw NoKey() }
-    return ["authorization": "Bearer \(try await issuer.token())"]
+  /// The metadata of a call from another service (`service`) to `target`.
+  public func serviceBearer(_ service: MartService, to target: MartService) async throws -> Metadata {
+    try await auth.serviceBearer(service, to: target)
+  }
+}
+
+extension AuthConfiguration {
+  /// The metadata of a call from `service` to `target`, signed with `service`'s key.
+  public func serviceBearer(_ service: MartService, to target: MartService) async throws -> Metadata {
+    guard let issuer = ServiceTokenIssuer(.service(service), configuration: self) else { throw TestUsers.NoKey() }
+    return ["authorization": "Bearer \(try await issuer.token(for: target))"]
+  }
+
+  /// The metadata the gateway adds to a call to `target` for a client at `clientAddress`.
+  public func fromGateway(to target: MartService, clientAddress: String) async throws -> Metadata {
+    guard let issuer = ServiceTokenIssuer(.gateway, configuration: self) else { throw TestUsers.NoKey() }
+    var metadata = Metadata()
+    metadata.addString(try await issuer.token(for: target), forKey: ForwardedClient.tokenKey)
+    metadata.addString(clientAddress, forKey: ForwardedClient.addressKey)
+    return metadata
   }
 }
 

@@ -15,8 +15,8 @@ import Testing
 /// once, and the payment deadlines, which are rows too, fire after the restart.
 @Suite struct OrderSagaCrashTests {
   @Test func aKilledOrderServiceResumesItsSagaFromTheDatabase() async throws {
-    let serviceKey = AuthConfiguration.newServiceKeyText()
-    let auth = try AuthConfiguration(environment: EnvironmentReader(["MART_SERVICE_TOKEN_KEY": serviceKey]))
+    // The order process signs with its key of this set, which the in-process inventory trusts.
+    let auth = AuthConfiguration.ephemeral()
     let users = try TestUsers()
     let admin = try users.bearer(roles: ["customer", "admin"])
     let count = 300
@@ -59,13 +59,13 @@ import Testing
             }
 
             let inventoryPort = try #require(try await inventoryHost.server.listeningAddress?.ipv4?.port)
-            let environment = [
-              "MART_ORDER_DATABASE_URL":
-                "postgres://\(config.username)@\(config.host):\(config.port)/\(config.database)",
-              "MART_ORDER_PORT": "\(try freePort())", "MART_INVENTORY_ADDRESS": "127.0.0.1:\(inventoryPort)",
-              "MART_SERVICE_TOKEN_KEY": serviceKey, "MART_ORDER_SAGA_STEP_LEASE": "1s", "MART_LOG_LEVEL": "error",
-              "KAFKA_BROKERS": "",
-            ]
+            let environment =
+              auth.keys.environment(for: .service(.order)).merging([
+                "MART_ORDER_DATABASE_URL":
+                  "postgres://\(config.username)@\(config.host):\(config.port)/\(config.database)",
+                "MART_ORDER_PORT": "\(try freePort())", "MART_INVENTORY_ADDRESS": "127.0.0.1:\(inventoryPort)",
+                "MART_ORDER_SAGA_STEP_LEASE": "1s", "MART_LOG_LEVEL": "error", "KAFKA_BROKERS": "",
+              ]) { _, new in new }
             func ordersIn(_ status: String) async throws -> Int {
               let rows = try await orders.query(
                 "SELECT count(*)::int8 FROM orders WHERE status = \(status)", logger: TestBed.logger)

@@ -479,7 +479,10 @@ import Testing
         #expect(amount == PayFastAmount.format(order.total.amountMinor))
 
         let payment = created.payment
+        // Through the gateway, which vouches for the address it saw with its signed token.
+        let auth = mart.users.auth
         func deliver(_ fields: [(String, String)], from address: String = "197.97.145.145") async throws {
+          let viaGateway = try await auth.fromGateway(to: .payment, clientAddress: address)
           _ = try await payments.payfastWebhook(
             .with {
               $0.httpBody = .with {
@@ -487,7 +490,7 @@ import Testing
                 $0.data = Data(PayFastSignature.parameterString(fields).utf8)
               }
               $0.sourceIp = address
-            })
+            }, metadata: viaGateway)
         }
         func status() async throws -> Mart_Payment_V1_Payment.Status {
           try await payments.getPayment(.with { $0.paymentID = payment.id }, metadata: mart.admin).status
@@ -500,6 +503,25 @@ import Testing
         // 2. From outside PayFast's ranges.
         let foreign = await rpcError { try await deliver(Self.itn(payment), from: "203.0.113.7") }
         #expect(foreign?.code == .permissionDenied)
+        // 2b. A direct caller naming PayFast's address, in the request and in the gateway's header,
+        //     without the gateway's token: its own address is what counts.
+        var spoofed = Metadata()
+        spoofed.addString("197.97.145.145", forKey: ForwardedClient.addressKey)
+        spoofed.addString("197.97.145.145", forKey: "x-forwarded-for")
+        let spoofedRequest = Mart_Payment_V1_PayfastWebhookRequest.with {
+          $0.httpBody = .with {
+            $0.contentType = "application/x-www-form-urlencoded"
+            $0.data = Data(PayFastSignature.parameterString(Self.itn(payment)).utf8)
+          }
+          $0.sourceIp = "197.97.145.145"
+        }
+        let direct = await rpcError { _ = try await payments.payfastWebhook(spoofedRequest, metadata: spoofed) }
+        #expect(direct?.code == .permissionDenied)
+        // 2c. A gateway token made with a key that is not the gateway's: refused.
+        let forgedMetadata = try await AuthConfiguration.ephemeral().fromGateway(
+          to: .payment, clientAddress: "197.97.145.145")
+        let forged = await rpcError { _ = try await payments.payfastWebhook(spoofedRequest, metadata: forgedMetadata) }
+        #expect(forged?.code == .unauthenticated)
         // 3. Signed, but for another amount.
         let wrongAmount = await rpcError { try await deliver(Self.itn(payment, gross: "1.00")) }
         #expect(fields(wrongAmount) == ["amount_gross"])

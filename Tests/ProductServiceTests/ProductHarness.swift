@@ -28,7 +28,7 @@ struct ProductHarness: Sendable {
           ProductHarness(
             client: Mart_Product_V1_ProductService.Client(wrapping: grpc), database: host.database,
             admin: try users.bearer(roles: ["customer", "admin"]), customer: try users.bearer(roles: ["customer"]),
-            service: try await users.serviceBearer(.order)))
+            service: try await users.serviceBearer(.order, to: .product)))
       }
     }
   }

@@ -1,24 +1,22 @@
+import MartCore
 import Testing
 
 @testable import UserService
 
 /// The address the login throttle counts failures by, read with MartRuntime's one IP parser.
 @Suite struct LoginThrottleAddressTests {
-  @Test func theGatewaysHeaderWinsThenForwardedForThenThePeer() {
+  @Test func theAddressTheGatewayVouchesForWinsThenThePeer() {
     let peer = "ipv4:127.0.0.1:31415"
-    #expect(ClientAddress.resolve(clientIP: "203.0.113.9", forwardedFor: "6.6.6.6", peer: peer) == "203.0.113.9")
-    #expect(ClientAddress.resolve(clientIP: nil, forwardedFor: "6.6.6.6, 10.0.0.1", peer: peer) == "6.6.6.6")
-    #expect(ClientAddress.resolve(clientIP: "garbage", forwardedFor: " 6.6.6.6 ", peer: peer) == "6.6.6.6")
-    #expect(ClientAddress.resolve(clientIP: nil, forwardedFor: "garbage", peer: peer) == "127.0.0.1")
-    #expect(ClientAddress.resolve(clientIP: nil, forwardedFor: nil, peer: "in-process:42") == nil)
+    #expect(ClientAddress.resolve(forwarded: IPAddress("203.0.113.9"), peer: peer) == "203.0.113.9")
+    #expect(ClientAddress.resolve(forwarded: nil, peer: peer) == "127.0.0.1")
+    #expect(ClientAddress.resolve(forwarded: nil, peer: "in-process:42") == nil)
   }
 
   @Test func anIPv6ClientCountsByItsSlash64AndAMappedOneAsIPv4() {
-    #expect(ClientAddress.normalize("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64")
-    #expect(ClientAddress.normalize("2001:db8:1:2::7") == ClientAddress.normalize("2001:db8:1:2:ffff::1"))
-    #expect(ClientAddress.normalize("::ffff:192.0.2.1") == "192.0.2.1")
-    #expect(ClientAddress.normalize("192.0.2.1:80") == nil, "a header value is a bare address")
-    #expect(ClientAddress.normalize(String(repeating: "1", count: 100)) == nil)
+    func resolve(_ text: String) -> String? { ClientAddress.resolve(forwarded: IPAddress(text), peer: "") }
+    #expect(resolve("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64")
+    #expect(resolve("2001:db8:1:2::7") == resolve("2001:db8:1:2:ffff::1"))
+    #expect(resolve("::ffff:192.0.2.1") == "192.0.2.1")
   }
 
   @Test func grpcPeerDescriptions() {

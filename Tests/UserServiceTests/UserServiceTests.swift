@@ -166,12 +166,18 @@ import UserService
         "SELECT count(*)::int8 FROM login_failures WHERE key = 'account:erin@example.com' AND failures = 5")
       #expect(accountKey == 1)
 
-      // Failures count against the client address too: the gateway's header, else the first
-      // x-forwarded-for entry (an IPv6 address by its /64), else the connection's peer. Unknown
-      // emails are counted alike, so the throttle does not tell which accounts exist.
+      // Failures count against the client address too: the one the gateway vouches for with its
+      // token (an IPv6 address by its /64), else the connection's peer. Address headers from a
+      // direct caller are ignored, and so is a gateway token from a key that is not the
+      // gateway's. Unknown emails are counted alike, so the throttle does not tell which accounts
+      // exist.
+      var spoofed = try await AuthConfiguration.ephemeral().fromGateway(to: .user, clientAddress: "192.0.2.66")
+      spoofed.addString("198.51.100.1", forKey: "x-forwarded-for")
       let attempts: [Metadata] = [
-        ["x-mart-client-ip": "203.0.113.7", "x-forwarded-for": "198.51.100.1"],
-        ["x-forwarded-for": "2001:db8:1:2:3:4:5:6, 10.0.0.1"],
+        try await testAuth.fromGateway(to: .user, clientAddress: "203.0.113.7"),
+        try await testAuth.fromGateway(to: .user, clientAddress: "2001:db8:1:2:3:4:5:6"),
+        ["x-mart-client-ip": "192.0.2.77", "x-forwarded-for": "198.51.100.1"],
+        spoofed,
         [:],
       ]
       for metadata in attempts {

@@ -13,6 +13,9 @@ struct TranscodingMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
   let upstreams: Upstreams
+  /// Signs the gateway's word for the client address (`ForwardedClient`); without a gateway key
+  /// the services see the gateway's own address as the client's.
+  let gatewayTokens: ServiceTokenIssuer?
   let maxBodyBytes: Int
   let streamHeartbeat: Duration
   let logger: Logger
@@ -35,7 +38,14 @@ struct TranscodingMiddleware: RouterMiddleware {
     }
     metadata.addString(context.requestID, forKey: "x-request-id")
     if let traceparent = context.traceparent { metadata.addString(traceparent, forKey: "traceparent") }
-    if let address = context.clientAddress { metadata.addString(address.description, forKey: "x-mart-client-ip") }
+    if let address = context.clientAddress, let gatewayTokens {
+      do {
+        metadata.addString(try await gatewayTokens.token(for: route.upstream), forKey: ForwardedClient.tokenKey)
+      } catch {
+        throw GatewayError(.internalServerError, code: .internal, message: "cannot sign the gateway token")
+      }
+      metadata.addString(address.description, forKey: ForwardedClient.addressKey)
+    }
     var options = CallOptions.defaults
     // A stream lasts as long as what it watches; a unary call has its route's deadline.
     options.timeout = route.rpc.isServerStreaming ? nil : compiled.deadline

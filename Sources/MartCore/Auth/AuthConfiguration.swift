@@ -1,69 +1,178 @@
 import Crypto
 import Foundation
 
-/// Token settings shared by every service and the gateway.
-///
-/// - `MART_JWT_ISSUER` (default `mart`): the `iss` of user access tokens.
-/// - `MART_JWT_AUDIENCE` (default `mart`): the `aud` of every token.
-/// - `MART_SERVICE_TOKEN_KEY` (required by `mart serve`): the P-256 private key services sign
-///   service tokens with, as a PKCS#8/SEC1 PEM or as the base64 of the 32-byte scalar. Every
-///   service holds it; tokens it signs carry role `service` and are accepted only by it. There is
-///   no default: a missing key is a configuration error, never a built-in secret.
-public struct AuthConfiguration: Sendable {
-  public var issuer: String
-  public var audience: String
-  /// The `iss` of service tokens: kept apart from users' so that one key can never pass for the
-  /// other.
-  public var serviceIssuer: String
-  /// Nil only where no service token is ever minted or checked (the gateway needs none).
-  public var serviceKey: TokenSigningKey?
-  /// Lifetime of a service token.
-  public var serviceTokenLifetime: Duration
-  /// How long a verified token is taken on trust before it is checked again (never past its
-  /// `exp`). It bounds how long a signing key pulled by hand keeps working, like the key caches.
-  public var verifiedTokenTTL: Duration = .seconds(60)
+/// One of Mart's own processes, as a token signer: a service, or the gateway. Each has its own
+/// P-256 key, so a compromised process can sign only as itself.
+public enum Principal: Hashable, Sendable, CustomStringConvertible {
+  case service(MartService)
+  /// The edge gateway. Its key cannot make a service token: it only vouches for the address of
+  /// the client it is serving (`x-mart-gateway`).
+  case gateway
 
-  public init(
-    issuer: String = "mart", audience: String = "mart", serviceKey: TokenSigningKey?,
-    serviceTokenLifetime: Duration = .seconds(300)
-  ) {
-    self.issuer = issuer
-    self.audience = audience
-    self.serviceIssuer = issuer + "/services"
-    self.serviceKey = serviceKey
-    self.serviceTokenLifetime = serviceTokenLifetime
+  public static let all: [Principal] = MartService.allCases.map(Principal.service) + [.gateway]
+
+  /// `order`, `gateway`: its name in `MART_SERVICE_PUBLIC_KEYS` and in key ids.
+  public var name: String {
+    switch self {
+    case .service(let service): service.rawValue
+    case .gateway: "gateway"
+    }
   }
 
-  public init(environment env: EnvironmentReader, requireServiceKey: Bool = true) throws {
-    let variable = "MART_SERVICE_TOKEN_KEY"
-    var serviceKey: TokenSigningKey?
-    if let text = env.values[variable], !text.isEmpty {
-      guard let key = Self.parsePrivateKey(text) else {
-        throw ConfigurationError(
-          variable: variable, value: "(hidden)",
-          reason: "expected a P-256 private key: PEM, or base64 of the 32-byte scalar")
-      }
-      serviceKey = TokenSigningKey.service(key)
-    } else if requireServiceKey {
+  public var description: String { name }
+
+  public init?(name: String) {
+    if name == "gateway" {
+      self = .gateway
+    } else if let service = MartService(rawValue: name) {
+      self = .service(service)
+    } else {
+      return nil
+    }
+  }
+
+  /// The variable that holds its private key: `MART_ORDER_SERVICE_KEY`, `MART_GATEWAY_KEY`.
+  public var keyVariable: String {
+    switch self {
+    case .service(let service): "\(service.environmentPrefix)_SERVICE_KEY"
+    case .gateway: "MART_GATEWAY_KEY"
+    }
+  }
+}
+
+/// The keys of Mart's own processes: the private keys this process signs with (its own only, under
+/// `mart serve`; every one under `mart dev` and in tests, where one process is all of them), and
+/// every principal's public key, to check who signed a token between services.
+public struct ServiceKeys: Sendable {
+  /// A principal's public key, under the key id its tokens name.
+  public struct PublicKey: Sendable {
+    public var principal: Principal
+    public var key: P256.Signing.PublicKey
+  }
+
+  public private(set) var signing: [Principal: TokenSigningKey]
+  /// By key id.
+  public private(set) var verifying: [String: PublicKey]
+
+  public static let publicKeysVariable = "MART_SERVICE_PUBLIC_KEYS"
+
+  /// No keys: a process that neither signs nor checks tokens between services.
+  public static let none = ServiceKeys(signing: [:], publicKeys: [:])
+
+  public init(signing: [Principal: P256.Signing.PrivateKey], publicKeys: [Principal: P256.Signing.PublicKey]) {
+    self.signing = signing.reduce(into: [:]) { $0[$1.key] = Self.signingKey($1.value, of: $1.key) }
+    self.verifying = publicKeys.reduce(into: [:]) { keys, entry in
+      keys[Self.keyID(entry.value, of: entry.key)] = PublicKey(principal: entry.key, key: entry.value)
+    }
+  }
+
+  /// Every principal's key for `mart dev`, one process that is all of them: the private keys the
+  /// environment sets (so that a benchmark can sign as one service of a `mart dev`), and fresh ones
+  /// for the others.
+  public static func development(environment env: EnvironmentReader) throws -> ServiceKeys {
+    var privateKeys: [Principal: P256.Signing.PrivateKey] = [:]
+    for principal in Principal.all {
+      privateKeys[principal] = try privateKey(principal, env, required: false) ?? P256.Signing.PrivateKey()
+    }
+    return ServiceKeys(signing: privateKeys, publicKeys: privateKeys.mapValues(\.publicKey))
+  }
+
+  /// The keys of one process run by `mart serve`: its own private key (required), and, for a
+  /// service, every principal's public key from `MART_SERVICE_PUBLIC_KEYS` (required, all seven,
+  /// its own matching its private key). The gateway checks no token between services, so it
+  /// needs no public keys.
+  public init(environment env: EnvironmentReader, for principal: Principal) throws {
+    guard let own = try Self.privateKey(principal, env, required: true) else {
+      throw ConfigurationError(variable: principal.keyVariable, value: "", reason: "required")
+    }
+    guard case .service = principal else {
+      self.init(signing: [principal: own], publicKeys: [:])
+      return
+    }
+    let variable = Self.publicKeysVariable
+    guard let text = env.string(variable) else {
       throw ConfigurationError(
         variable: variable, value: "",
-        reason: "required: the key services sign service tokens with (generate one with `mart keys service`)")
+        reason: "required: every service's and the gateway's public key (`mart keys services` prints a set)")
     }
-    self.init(
-      issuer: env.string("MART_JWT_ISSUER", default: "mart"),
-      audience: env.string("MART_JWT_AUDIENCE", default: "mart"),
-      serviceKey: serviceKey)
+    var publicKeys: [Principal: P256.Signing.PublicKey] = [:]
+    for item in text.split(separator: ",") {
+      let parts = item.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+      guard parts.count == 2, let named = Principal(name: parts[0]) else {
+        throw ConfigurationError(
+          variable: variable, value: String(item),
+          reason: "expected <name>:<base64 public key>, name one of "
+            + Principal.all.map(\.name).joined(separator: ", "))
+      }
+      guard publicKeys[named] == nil else {
+        throw ConfigurationError(variable: variable, value: named.name, reason: "named twice")
+      }
+      guard let raw = Data(base64Encoded: parts[1]),
+        let key = try? P256.Signing.PublicKey(x963Representation: raw)
+      else {
+        throw ConfigurationError(
+          variable: variable, value: String(item), reason: "expected the base64 of an uncompressed P-256 public key")
+      }
+      publicKeys[named] = key
+    }
+    let missing = Principal.all.filter { publicKeys[$0] == nil }
+    guard missing.isEmpty else {
+      throw ConfigurationError(
+        variable: variable, value: "(\(publicKeys.count) keys)",
+        reason: "no key for \(missing.map(\.name).joined(separator: ", "))")
+    }
+    guard publicKeys[principal]?.x963Representation == own.publicKey.x963Representation else {
+      throw ConfigurationError(
+        variable: variable, value: principal.name,
+        reason: "does not match \(principal.keyVariable): the two come from different key sets")
+    }
+    self.init(signing: [principal: own], publicKeys: publicKeys)
   }
 
-  /// A configuration with a fresh random service key: for `mart dev` (one process, nothing to
-  /// share) and for tests.
-  public static func ephemeral() -> AuthConfiguration {
-    AuthConfiguration(serviceKey: .service(P256.Signing.PrivateKey()))
+  /// The variables of a whole new key set, one `NAME=value` a line, as `mart keys services` prints
+  /// them.
+  public static func newSetText() -> String {
+    environment(of: Principal.all.map { ($0, P256.Signing.PrivateKey()) })
+      .map { "\($0.key)=\($0.value)" }.joined(separator: "\n")
   }
 
-  /// A new random service key in the form `MART_SERVICE_TOKEN_KEY` takes (base64 of the scalar).
-  public static func newServiceKeyText() -> String {
-    P256.Signing.PrivateKey().rawRepresentation.base64EncodedString()
+  /// The variables that configure these private keys and the public keys of all of them (in the
+  /// order given, the public list last).
+  public static func environment(of keys: [(Principal, P256.Signing.PrivateKey)]) -> [(key: String, value: String)] {
+    let privateKeys = keys.map { (key: $0.0.keyVariable, value: $0.1.rawRepresentation.base64EncodedString()) }
+    let publicKeys = keys.map { "\($0.0.name):\($0.1.publicKey.x963Representation.base64EncodedString())" }
+    return privateKeys + [(key: publicKeysVariable, value: publicKeys.joined(separator: ","))]
+  }
+
+  /// What `mart serve` of `principal` needs to trust this key set (tests that start a service as
+  /// a process): its private key and every public key.
+  public func environment(for principal: Principal) -> [String: String] {
+    var values: [String: String] = [:]
+    if let own = signing[principal] {
+      values[principal.keyVariable] = own.privateKey.rawRepresentation.base64EncodedString()
+    }
+    values[Self.publicKeysVariable] = verifying.values.map {
+      "\($0.principal.name):\($0.key.x963Representation.base64EncodedString())"
+    }.sorted().joined(separator: ",")
+    return values
+  }
+
+  static func privateKey(_ principal: Principal, _ env: EnvironmentReader, required: Bool) throws
+    -> P256.Signing.PrivateKey?
+  {
+    let variable = principal.keyVariable
+    guard let text = env.string(variable) else {
+      guard required else { return nil }
+      throw ConfigurationError(
+        variable: variable, value: "",
+        reason: "required: the \(principal.name)'s own signing key (`mart keys services` prints a set)")
+    }
+    guard let key = parsePrivateKey(text) else {
+      throw ConfigurationError(
+        variable: variable, value: "(hidden)",
+        reason: "expected a P-256 private key: PEM, or base64 of the 32-byte scalar")
+    }
+    return key
   }
 
   static func parsePrivateKey(_ text: String) -> P256.Signing.PrivateKey? {
@@ -71,47 +180,125 @@ public struct AuthConfiguration: Sendable {
     if trimmed.hasPrefix("-----BEGIN") {
       return try? P256.Signing.PrivateKey(pemRepresentation: trimmed)
     }
-    // Standard base64 (what `mart keys service` prints), or base64url without padding.
+    // Standard base64 (what `mart keys services` prints), or base64url without padding.
     guard let raw = Data(base64Encoded: trimmed) ?? Base64URL.decode(trimmed), raw.count == 32 else { return nil }
     return try? P256.Signing.PrivateKey(rawRepresentation: raw)
   }
-}
 
-extension TokenSigningKey {
-  /// The service key, with a key id derived from its public half, so that every service names
-  /// it alike without configuring a kid.
-  public static func service(_ key: P256.Signing.PrivateKey) -> TokenSigningKey {
-    let digest = SHA256.hash(data: key.publicKey.x963Representation)
-    return TokenSigningKey(kid: "svc-" + Base64URL.encode(Data(digest).prefix(12)), privateKey: key)
+  /// `<name>-<12 bytes of the SHA-256 of the public key>`: derived, so that no process configures
+  /// a kid, and named, so that a log line says whose key a token claimed.
+  static func keyID(_ key: P256.Signing.PublicKey, of principal: Principal) -> String {
+    principal.name + "-" + Base64URL.encode(Data(SHA256.hash(data: key.x963Representation)).prefix(12))
+  }
+
+  static func signingKey(_ key: P256.Signing.PrivateKey, of principal: Principal) -> TokenSigningKey {
+    TokenSigningKey(kid: keyID(key.publicKey, of: principal), privateKey: key)
   }
 }
 
-/// Mints the short-lived tokens a service presents when it calls another service on its own
-/// behalf (not a user's): role `service`, subject `service:<name>`. A token is reused until a
-/// fifth of its lifetime is left.
+/// Token settings shared by every service and the gateway.
+///
+/// - `MART_JWT_ISSUER` (default `mart`): the `iss` of user access tokens.
+/// - `MART_JWT_AUDIENCE` (default `mart`): the `aud` of user tokens; a token between Mart's
+///   processes has `<audience>/<target service>`.
+/// - `MART_<SERVICE>_SERVICE_KEY`, `MART_GATEWAY_KEY`, `MART_SERVICE_PUBLIC_KEYS`: each process's
+///   own key, and every one's public key (`ServiceKeys`). There are no defaults: a missing key is a
+///   configuration error, never a built-in secret.
+public struct AuthConfiguration: Sendable {
+  public var issuer: String
+  public var audience: String
+  /// The `iss` of service tokens: kept apart from users' so that one key can never pass for the
+  /// other.
+  public var serviceIssuer: String
+  /// The `iss` of the gateway's tokens, which vouch for a client's address and nothing else.
+  public var gatewayIssuer: String
+  public var keys: ServiceKeys
+  /// Lifetime of a token between Mart's processes.
+  public var serviceTokenLifetime: Duration
+  /// How long a verified token is taken on trust before it is checked again (never past its
+  /// `exp`). It bounds how long a signing key pulled by hand keeps working, like the key caches.
+  public var verifiedTokenTTL: Duration = .seconds(60)
+
+  public init(
+    issuer: String = "mart", audience: String = "mart", keys: ServiceKeys,
+    serviceTokenLifetime: Duration = .seconds(300)
+  ) {
+    self.issuer = issuer
+    self.audience = audience
+    self.serviceIssuer = issuer + "/services"
+    self.gatewayIssuer = issuer + "/gateway"
+    self.keys = keys
+    self.serviceTokenLifetime = serviceTokenLifetime
+  }
+
+  /// The settings of a process that is `principal` (nil: one that holds no key of its own).
+  public init(environment env: EnvironmentReader, for principal: Principal?) throws {
+    self.init(
+      issuer: env.string("MART_JWT_ISSUER", default: "mart"),
+      audience: env.string("MART_JWT_AUDIENCE", default: "mart"),
+      keys: try principal.map { try ServiceKeys(environment: env, for: $0) } ?? .none)
+  }
+
+  /// This configuration with other keys.
+  public func with(keys: ServiceKeys) -> AuthConfiguration {
+    var copy = self
+    copy.keys = keys
+    return copy
+  }
+
+  /// A configuration with a fresh key for every service and the gateway, for tests.
+  public static func ephemeral() -> AuthConfiguration {
+    AuthConfiguration(keys: .ephemeral())
+  }
+
+  /// The audience of a token for `target`, e.g. `mart/inventory`: a token one service holds for
+  /// another cannot be replayed against a third.
+  public func audience(of target: MartService) -> String { "\(audience)/\(target.rawValue)" }
+}
+
+extension ServiceKeys {
+  /// Every principal's key, fresh.
+  public static func ephemeral() -> ServiceKeys {
+    let privateKeys = Principal.all.reduce(into: [:]) { $0[$1] = P256.Signing.PrivateKey() }
+    return ServiceKeys(signing: privateKeys, publicKeys: privateKeys.mapValues(\.publicKey))
+  }
+}
+
+/// Mints the short-lived tokens one of Mart's processes presents to a service, signed with its own
+/// key and addressed to that service alone (`aud` `<audience>/<target>`). A service's token has
+/// role `service` and subject `service:<name>`, and is what it calls with on its own behalf (not
+/// a user's). The gateway's has no role and subject `gateway`: it is never a caller, only the
+/// gateway's word for the client address beside it. A token is reused until a fifth of its
+/// lifetime is left.
 public actor ServiceTokenIssuer {
-  private let service: MartService
+  private let principal: Principal
   private let configuration: AuthConfiguration
   private let key: TokenSigningKey
-  private var current: (token: String, renewAt: Date)?
+  private var current: [MartService: (token: String, renewAt: Date)] = [:]
 
-  public init?(service: MartService, configuration: AuthConfiguration) {
-    guard let key = configuration.serviceKey else { return nil }
-    self.service = service
+  /// Nil when the configuration holds no key for `principal`.
+  public init?(_ principal: Principal, configuration: AuthConfiguration) {
+    guard let key = configuration.keys.signing[principal] else { return nil }
+    self.principal = principal
     self.configuration = configuration
     self.key = key
   }
 
-  public func token() throws -> String {
+  public func token(for target: MartService) throws -> String {
     let now = Date()
-    if let current, current.renewAt > now { return current.token }
+    if let cached = current[target], cached.renewAt > now { return cached.token }
     let lifetime = configuration.serviceTokenLifetime.components.seconds
     let issued = Int64(now.timeIntervalSince1970)
+    let (subject, roles, issuer) =
+      switch principal {
+      case .service(let service): ("service:\(service.rawValue)", [MartRole.service], configuration.serviceIssuer)
+      case .gateway: ("gateway", [String](), configuration.gatewayIssuer)
+      }
     let token = try key.sign(
       AccessTokenClaims(
-        sub: "service:\(service.rawValue)", roles: [MartRole.service], iss: configuration.serviceIssuer,
-        aud: configuration.audience, iat: issued, exp: issued + lifetime))
-    current = (token, now.addingTimeInterval(TimeInterval(lifetime) * 0.8))
+        sub: subject, roles: roles, iss: issuer, aud: configuration.audience(of: target), iat: issued,
+        exp: issued + lifetime))
+    current[target] = (token, now.addingTimeInterval(TimeInterval(lifetime) * 0.8))
     return token
   }
 }

@@ -6,15 +6,22 @@ import MartProto
 /// without a valid token gets UNAUTHENTICATED, and a token without the role the method needs gets
 /// PERMISSION_DENIED. What a method needs is its `mart.api.v1.access` option in proto/, generated
 /// into `MartAccessPolicies`; a method with no policy is refused, so forgetting one fails closed.
-/// Ownership (a customer reading only their own data) is the handlers' part, through
-/// `Caller.current`.
+/// A service token passes only for the services the method's `mart.api.v1.callers` names
+/// (`MartAccessPolicies.callersByMethod`). Ownership (a customer reading only their own data) is
+/// the handlers' part, through `Caller.current`. The client address the gateway vouches for is
+/// bound as `ForwardedClient.address`.
 public struct ServerAuthInterceptor: ServerInterceptor {
   let verifier: TokenVerifier
   let policies: [String: Mart_Api_V1_Access]
+  let callers: [String: Set<String>]
 
-  public init(verifier: TokenVerifier, policies: [String: Mart_Api_V1_Access] = MartAccessPolicies.byMethod) {
+  public init(
+    verifier: TokenVerifier, policies: [String: Mart_Api_V1_Access] = MartAccessPolicies.byMethod,
+    callers: [String: Set<String>] = MartAccessPolicies.callersByMethod
+  ) {
     self.verifier = verifier
     self.policies = policies
+    self.callers = callers
   }
 
   public func intercept<Input: Sendable, Output: Sendable>(
@@ -26,13 +33,14 @@ public struct ServerAuthInterceptor: ServerInterceptor {
     if context.descriptor.service.fullyQualifiedService == "grpc.health.v1.Health" {
       return try await next(request, context)
     }
-    guard let access = policies[context.descriptor.fullyQualifiedMethod] else {
-      throw RPCError(
-        code: .permissionDenied, message: "no access policy for \(context.descriptor.fullyQualifiedMethod)")
+    let method = context.descriptor.fullyQualifiedMethod
+    guard let access = policies[method] else {
+      throw RPCError(code: .permissionDenied, message: "no access policy for \(method)")
     }
+    let clientAddress = try await forwardedClientAddress(in: request.metadata)
     let token = Self.bearerToken(in: request.metadata)
     if access == .public && token == nil {
-      return try await next(request, context)
+      return try await Self.bound(caller: nil, clientAddress: clientAddress) { try await next(request, context) }
     }
     guard let token else {
       throw RPCError(code: .unauthenticated, message: "a bearer token is required")
@@ -49,20 +57,46 @@ public struct ServerAuthInterceptor: ServerInterceptor {
     guard Self.allows(access, caller) else {
       throw RPCError(code: .permissionDenied, message: "this method is not open to the caller's roles")
     }
-    var response = try await Caller.$current.withValue(caller) {
-      try await next(request, context)
+    if let service = caller.service, callers[method]?.contains(service.rawValue) != true {
+      throw RPCError(code: .permissionDenied, message: "the \(service.rawValue) service may not call \(method)")
     }
-    // The handler writes its responses in the producer, which grpc runs after this returns:
-    // outside the task-local's scope. Bind the caller there too, or a streaming handler (and
-    // anything it calls) would not know who is calling.
+    return try await Self.bound(caller: caller, clientAddress: clientAddress) { try await next(request, context) }
+  }
+
+  /// Runs `handle` with the caller and the client address bound, and binds them again around the
+  /// response's producer: grpc runs the producer, where the handler writes its responses, after
+  /// this returns and outside the task-locals' scope, and a streaming handler (and anything it
+  /// calls) must still know who is calling.
+  private static func bound<Output: Sendable>(
+    caller: Caller?, clientAddress: IPAddress?, _ handle: () async throws -> StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    var response = try await Caller.$current.withValue(caller) {
+      try await ForwardedClient.$address.withValue(clientAddress) { try await handle() }
+    }
     if case .success(var contents) = response.accepted {
       let produce = contents.producer
       contents.producer = { writer in
-        try await Caller.$current.withValue(caller) { try await produce(writer) }
+        try await Caller.$current.withValue(caller) {
+          try await ForwardedClient.$address.withValue(clientAddress) { try await produce(writer) }
+        }
       }
       response.accepted = .success(contents)
     }
     return response
+  }
+
+  /// The client address the gateway vouches for; nil when the call does not come from the gateway
+  /// (its address header, if any, is ignored). A gateway token that does not verify is refused
+  /// rather than ignored, so that a misconfigured gateway shows at once.
+  private func forwardedClientAddress(in metadata: Metadata) async throws -> IPAddress? {
+    guard let token = metadata[stringValues: ForwardedClient.tokenKey].first(where: { _ in true }) else { return nil }
+    do {
+      try await verifier.verifyGateway(token)
+    } catch {
+      throw RPCError(code: .unauthenticated, message: "the gateway token is not accepted: \(error.description)")
+    }
+    let claimed = metadata[stringValues: ForwardedClient.addressKey].first(where: { _ in true })
+    return claimed.flatMap { $0.utf8.count <= 64 ? IPAddress($0.trimmingCharacters(in: .whitespaces)) : nil }
   }
 
   /// Whether a verified caller may call a method with this access level.
@@ -96,7 +130,7 @@ public struct ServerAuthInterceptor: ServerInterceptor {
 
 /// Authenticates calls this service makes to others. A call made while serving a user passes the
 /// user's token on when the method accepts users; otherwise (methods for services only, event
-/// handlers, sweepers) the call carries a service token.
+/// handlers, sweepers) the call carries a service token addressed to the service it calls.
 public struct ClientAuthInterceptor: ClientInterceptor {
   let serviceTokens: ServiceTokenIssuer?
   let policies: [String: Mart_Api_V1_Access]
@@ -114,14 +148,15 @@ public struct ClientAuthInterceptor: ClientInterceptor {
   ) async throws -> StreamingClientResponse<Output> {
     var request = request
     if request.metadata[stringValues: "authorization"].first(where: { _ in true }) == nil,
-      let token = try await token(for: context.descriptor)
+      let target = MartService(grpcServiceName: context.descriptor.service.fullyQualifiedService),
+      let token = try await token(for: context.descriptor, to: target)
     {
       request.metadata.addString("Bearer \(token)", forKey: "authorization")
     }
     return try await next(request, context)
   }
 
-  private func token(for method: MethodDescriptor) async throws -> String? {
+  private func token(for method: MethodDescriptor, to target: MartService) async throws -> String? {
     let access = policies[method.fullyQualifiedMethod] ?? .internal
     let caller = Caller.current
     switch access {
@@ -131,9 +166,9 @@ public struct ClientAuthInterceptor: ClientInterceptor {
       return caller?.kind == .user ? caller?.token : nil
     case .userOrInternal, .adminOrInternal:
       if let caller, caller.kind == .user { return caller.token }
-      return try await serviceTokens?.token()
+      return try await serviceTokens?.token(for: target)
     case .internal, .unspecified, .UNRECOGNIZED:
-      return try await serviceTokens?.token()
+      return try await serviceTokens?.token(for: target)
     }
   }
 }

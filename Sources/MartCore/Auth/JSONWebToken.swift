@@ -109,6 +109,11 @@ public struct TokenSigningKey: Sendable {
     self.privateKey = privateKey
   }
 
+  /// A new random key under `kid`.
+  public static func random(kid: String) -> TokenSigningKey {
+    TokenSigningKey(kid: kid, privateKey: P256.Signing.PrivateKey())
+  }
+
   /// A signed compact JWS: `base64url(header).base64url(claims).base64url(R‖S)`.
   public func sign(_ claims: AccessTokenClaims) throws -> String {
     let encoder = JSONEncoder()

@@ -60,10 +60,28 @@ public struct Caller: Sendable, Equatable {
 
   public var isAdmin: Bool { kind == .user && roles.contains(MartRole.admin) }
   public var isService: Bool { kind == .service }
+  /// Which service is calling; nil for a user.
+  public var service: MartService? {
+    guard kind == .service, subject.hasPrefix("service:") else { return nil }
+    return MartService(rawValue: String(subject.dropFirst("service:".count)))
+  }
 
   /// The caller of the current RPC, bound by `ServerAuthInterceptor`; nil on public RPCs called
   /// without a token, and outside RPCs (event consumers).
   @TaskLocal public static var current: Caller?
+}
+
+/// The address of the client the gateway is serving, as the gateway vouches for it: bound by
+/// `ServerAuthInterceptor` from `x-mart-client-ip` only when the call also carries a token signed
+/// with the gateway's key for this service (`x-mart-gateway`). Nil for any other call, whatever
+/// headers it sent: a direct caller's claim about its address is worth nothing, and its own
+/// address is the connection's peer.
+public enum ForwardedClient {
+  @TaskLocal public static var address: IPAddress?
+
+  /// The metadata keys: the gateway's token, and the address it vouches for.
+  public static let tokenKey = "x-mart-gateway"
+  public static let addressKey = "x-mart-client-ip"
 }
 
 /// Role names as they appear in tokens and in the users table.
@@ -71,44 +89,87 @@ public enum MartRole {
   public static let customer = "customer"
   public static let admin = "admin"
   public static let service = "service"
-  /// Roles a user token may carry. `service` is only ever accepted from the service key.
+  /// Roles a user token may carry. `service` is only ever accepted from a service's key.
   public static let userRoles: Set<String> = [customer, admin]
 }
 
-/// Verifies Mart access tokens: ES256 only; user tokens against the user service's keys, service
-/// tokens against the service key from configuration; expiry and not-before with bounded clock
-/// skew; issuer and audience.
+/// Verifies Mart access tokens: ES256 only; user tokens against the user service's keys; service
+/// tokens against the key of the service they name, and only when addressed to this service;
+/// expiry and not-before with bounded clock skew; issuer and audience.
 public struct TokenVerifier: Sendable {
   public let configuration: AuthConfiguration
   public let userKeys: any VerificationKeyProvider
+  /// The service this verifier checks calls to; nil at the gateway, which accepts no service token.
+  public let service: MartService?
   /// Clock skew tolerated on `exp`, `nbf` and `iat`.
   public let leeway: Int64
   private let now: @Sendable () -> Date
-  private let verified: VerifiedTokens
+  private let verified: VerifiedTokens<Caller>
+  private let vouched: VerifiedTokens<Bool>
 
   public init(
-    configuration: AuthConfiguration, userKeys: any VerificationKeyProvider, leeway: Duration = .seconds(60),
-    cacheCapacity: Int = 10_000, now: @escaping @Sendable () -> Date = Date.init
+    configuration: AuthConfiguration, userKeys: any VerificationKeyProvider, service: MartService?,
+    leeway: Duration = .seconds(60), cacheCapacity: Int = 10_000, now: @escaping @Sendable () -> Date = Date.init
   ) {
     self.configuration = configuration
     self.userKeys = userKeys
+    self.service = service
     self.leeway = leeway.components.seconds
     self.now = now
-    self.verified = VerifiedTokens(
-      capacity: configuration.verifiedTokenTTL > .zero ? cacheCapacity : 0,
-      timeToLive: configuration.verifiedTokenTTL.components.seconds)
+    let capacity = configuration.verifiedTokenTTL > .zero ? cacheCapacity : 0
+    let ttl = configuration.verifiedTokenTTL.components.seconds
+    self.verified = VerifiedTokens(capacity: capacity, timeToLive: ttl)
+    self.vouched = VerifiedTokens(capacity: min(capacity, 16), timeToLive: ttl)
   }
 
   /// The caller a token proves, or why it proves nothing.
   public func verify(_ token: String) async throws(TokenError) -> Caller {
     let now = Int64(self.now().timeIntervalSince1970)
-    if let caller = verified.caller(for: token, at: now, leeway: leeway) { return caller }
-    let caller = try await verifyAfresh(token, now: now)
-    verified.remember(caller, at: now, leeway: leeway)
+    if let caller = verified.value(for: token, at: now) { return caller }
+    let (signer, claims) = try await verifySignature(token, now: now)
+    let roles = Set(claims.roles)
+    let kind: Caller.Kind
+    switch signer {
+    case .user:
+      // A user key can never mint a service identity, whatever the token says.
+      guard roles.isSubset(of: MartRole.userRoles), roles.contains(MartRole.customer),
+        UUID(uuidString: claims.sub) != nil
+      else { throw .invalidClaims("roles or subject not valid for a user token") }
+      kind = .user
+    case .principal(.service(let signedBy)):
+      // The key names the service: a service signs only as itself.
+      guard roles == [MartRole.service], claims.sub == "service:\(signedBy.rawValue)" else {
+        throw .invalidClaims("roles or subject not valid for a token signed with the \(signedBy.rawValue) key")
+      }
+      kind = .service
+    case .principal(.gateway):
+      throw .invalidClaims("a gateway token vouches for a client address; it is not a caller's token")
+    }
+    let caller = Caller(kind: kind, subject: claims.sub, roles: roles, token: token, claims: claims)
+    verified.remember(caller, token: token, expiresAt: claims.exp + leeway, at: now)
     return caller
   }
 
-  private func verifyAfresh(_ token: String, now: Int64) async throws(TokenError) -> Caller {
+  /// Whether `token` is the gateway's, for this service: then the client address beside it is the
+  /// gateway's word.
+  public func verifyGateway(_ token: String) async throws(TokenError) {
+    let now = Int64(self.now().timeIntervalSince1970)
+    if vouched.value(for: token, at: now) != nil { return }
+    let (signer, claims) = try await verifySignature(token, now: now)
+    guard case .principal(.gateway) = signer, claims.sub == "gateway", claims.roles.isEmpty else {
+      throw .invalidClaims("not a token signed with the gateway's key")
+    }
+    vouched.remember(true, token: token, expiresAt: claims.exp + leeway, at: now)
+  }
+
+  private enum Signer {
+    case user
+    case principal(Principal)
+  }
+
+  /// Checks everything but what the claims grant: algorithm, header, key, signature, times, issuer
+  /// and audience.
+  private func verifySignature(_ token: String, now: Int64) async throws(TokenError) -> (Signer, AccessTokenClaims) {
     let jws = try CompactJWS(token)
     // The allow-list comes before any key lookup, so `none` and HS256 never reach a key.
     guard jws.header.alg == martTokenAlgorithm else { throw .unsupportedAlgorithm(jws.header.alg) }
@@ -120,18 +181,23 @@ public struct TokenVerifier: Sendable {
     }
     guard jws.signature.count == 64 else { throw .badSignature }
 
-    let kind: Caller.Kind
+    let signer: Signer
     let key: P256.Signing.PublicKey
     let expectedIssuer: String
-    if let service = configuration.serviceKey, kid == service.kid {
-      kind = .service
-      key = service.privateKey.publicKey
-      expectedIssuer = configuration.serviceIssuer
+    let expectedAudience: String
+    if let peer = configuration.keys.verifying[kid] {
+      // A token between Mart's processes is addressed to one service; the gateway checks none.
+      guard let service else { throw .unknownKey(kid) }
+      signer = .principal(peer.principal)
+      key = peer.key
+      expectedIssuer = peer.principal == .gateway ? configuration.gatewayIssuer : configuration.serviceIssuer
+      expectedAudience = configuration.audience(of: service)
     } else {
       guard let userKey = try await userKeys.key(for: kid) else { throw .unknownKey(kid) }
-      kind = .user
+      signer = .user
       key = userKey
       expectedIssuer = configuration.issuer
+      expectedAudience = configuration.audience
     }
     guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: jws.signature),
       key.isValidSignature(signature, for: jws.signingInput)
@@ -147,22 +213,9 @@ public struct TokenVerifier: Sendable {
     if let nbf = claims.nbf, nbf - leeway > now { throw .notYetValid }
     guard claims.iat - leeway <= now else { throw .notYetValid }
     guard claims.iss == expectedIssuer else { throw .wrongIssuer }
-    guard claims.aud.contains(configuration.audience) else { throw .wrongAudience }
+    guard claims.aud.contains(expectedAudience) else { throw .wrongAudience }
     guard !claims.sub.isEmpty else { throw .invalidClaims("no subject") }
-
-    let roles = Set(claims.roles)
-    switch kind {
-    case .user:
-      // A user key can never mint a service identity, whatever the token says.
-      guard roles.isSubset(of: MartRole.userRoles), roles.contains(MartRole.customer),
-        UUID(uuidString: claims.sub) != nil
-      else { throw .invalidClaims("roles or subject not valid for a user token") }
-    case .service:
-      guard roles == [MartRole.service], claims.sub.hasPrefix("service:") else {
-        throw .invalidClaims("roles or subject not valid for a service token")
-      }
-    }
-    return Caller(kind: kind, subject: claims.sub, roles: roles, token: token, claims: claims)
+    return (signer, claims)
   }
 }
 
@@ -172,9 +225,9 @@ public struct TokenVerifier: Sendable {
 /// every check; it is trusted until its `exp` (plus leeway) or for `timeToLive`, whichever comes
 /// first, so that a signing key pulled by hand stops working within that time here too. Bounded:
 /// when full, stale entries go, then everything.
-final class VerifiedTokens: Sendable {
+final class VerifiedTokens<Value: Sendable>: Sendable {
   private struct Entry {
-    var caller: Caller
+    var value: Value
     var trustedUntil: Int64
   }
 
@@ -187,7 +240,7 @@ final class VerifiedTokens: Sendable {
     self.timeToLive = timeToLive
   }
 
-  func caller(for token: String, at now: Int64, leeway: Int64) -> Caller? {
+  func value(for token: String, at now: Int64) -> Value? {
     guard capacity > 0 else { return nil }
     return entries.withLock { entries in
       guard let entry = entries[token] else { return nil }
@@ -195,19 +248,21 @@ final class VerifiedTokens: Sendable {
         entries[token] = nil
         return nil
       }
-      return entry.caller
+      return entry.value
     }
   }
 
-  func remember(_ caller: Caller, at now: Int64, leeway: Int64) {
+  /// Remembers what `token` proved until it expires (`expiresAt`, leeway included) or for the time
+  /// to live, whichever comes first.
+  func remember(_ value: Value, token: String, expiresAt: Int64, at now: Int64) {
     guard capacity > 0 else { return }
-    let entry = Entry(caller: caller, trustedUntil: min(caller.claims.exp + leeway, now + timeToLive))
+    let entry = Entry(value: value, trustedUntil: min(expiresAt, now + timeToLive))
     entries.withLock { entries in
       if entries.count >= capacity {
         entries = entries.filter { $0.value.trustedUntil > now }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
       }
-      entries[caller.token] = entry
+      entries[token] = entry
     }
   }
 }

@@ -43,8 +43,9 @@ nonisolated enum Mart_Api_V1_Access: SwiftProtobuf.Enum, Swift.CaseIterable {
   /// A signed-in user holding the `admin` role.
   case admin // = 3
 
-  /// Other Mart services only, with a service token (role `service`).
-  /// Customer and admin tokens are refused.
+  /// Other Mart services only, with a service token (role `service`) from one
+  /// of the services the RPC's (mart.api.v1.callers) names. Customer and admin
+  /// tokens are refused.
   case `internal` // = 4
 
   /// An admin, or another Mart service.
@@ -98,6 +99,61 @@ nonisolated enum Mart_Api_V1_Access: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+/// A Mart service, as a caller of another's RPCs.
+nonisolated enum Mart_Api_V1_Service: SwiftProtobuf.Enum, Swift.CaseIterable {
+  typealias RawValue = Int
+  case unspecified // = 0
+  case user // = 1
+  case product // = 2
+  case inventory // = 3
+  case order // = 4
+  case payment // = 5
+  case notification // = 6
+  case UNRECOGNIZED(Int)
+
+  init() {
+    self = .unspecified
+  }
+
+  init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .user
+    case 2: self = .product
+    case 3: self = .inventory
+    case 4: self = .order
+    case 5: self = .payment
+    case 6: self = .notification
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .user: return 1
+    case .product: return 2
+    case .inventory: return 3
+    case .order: return 4
+    case .payment: return 5
+    case .notification: return 6
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  static let allCases: [Mart_Api_V1_Service] = [
+    .unspecified,
+    .user,
+    .product,
+    .inventory,
+    .order,
+    .payment,
+    .notification,
+  ]
+
+}
+
 // MARK: - Extension support defined in access.proto.
 
 // MARK: - Extension Properties
@@ -125,6 +181,16 @@ nonisolated extension SwiftProtobuf.Google_Protobuf_MethodOptions {
     clearExtensionValue(ext: Mart_Api_V1_Extensions_access)
   }
 
+  /// The services whose service tokens this RPC accepts. Required (at least
+  /// one) on an RPC whose access admits services (ACCESS_INTERNAL,
+  /// ACCESS_ADMIN_OR_INTERNAL, ACCESS_USER_OR_INTERNAL) and refused on the
+  /// others; a service not listed gets PERMISSION_DENIED. Least privilege: list
+  /// only the services that call it.
+  var Mart_Api_V1_callers: [Mart_Api_V1_Service] {
+    get {return getExtensionValue(ext: Mart_Api_V1_Extensions_callers) ?? []}
+    set {setExtensionValue(ext: Mart_Api_V1_Extensions_callers, value: newValue)}
+  }
+
 }
 
 // MARK: - File's ExtensionMap: Mart_Api_V1_Access_Extensions
@@ -134,7 +200,8 @@ nonisolated extension SwiftProtobuf.Google_Protobuf_MethodOptions {
 /// in parsing, or it can be combined with other `SwiftProtobuf.SimpleExtensionMap`s to create
 /// a larger `SwiftProtobuf.SimpleExtensionMap`.
 nonisolated let Mart_Api_V1_Access_Extensions: SwiftProtobuf.SimpleExtensionMap = [
-  Mart_Api_V1_Extensions_access
+  Mart_Api_V1_Extensions_access,
+  Mart_Api_V1_Extensions_callers
 ]
 
 // Extension Objects - The only reason these might be needed is when manually
@@ -147,8 +214,22 @@ nonisolated let Mart_Api_V1_Extensions_access = SwiftProtobuf.MessageExtension<S
   fieldName: "mart.api.v1.access"
 )
 
+/// The services whose service tokens this RPC accepts. Required (at least
+/// one) on an RPC whose access admits services (ACCESS_INTERNAL,
+/// ACCESS_ADMIN_OR_INTERNAL, ACCESS_USER_OR_INTERNAL) and refused on the
+/// others; a service not listed gets PERMISSION_DENIED. Least privilege: list
+/// only the services that call it.
+nonisolated let Mart_Api_V1_Extensions_callers = SwiftProtobuf.MessageExtension<SwiftProtobuf.PackedEnumExtensionField<Mart_Api_V1_Service>, SwiftProtobuf.Google_Protobuf_MethodOptions>(
+  _protobuf_fieldNumber: 51002,
+  fieldName: "mart.api.v1.callers"
+)
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 nonisolated extension Mart_Api_V1_Access: SwiftProtobuf._ProtoNameProviding {
   static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ACCESS_UNSPECIFIED\0\u{1}ACCESS_PUBLIC\0\u{1}ACCESS_USER\0\u{1}ACCESS_ADMIN\0\u{1}ACCESS_INTERNAL\0\u{1}ACCESS_ADMIN_OR_INTERNAL\0\u{1}ACCESS_USER_OR_INTERNAL\0")
+}
+
+nonisolated extension Mart_Api_V1_Service: SwiftProtobuf._ProtoNameProviding {
+  static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SERVICE_UNSPECIFIED\0\u{1}SERVICE_USER\0\u{1}SERVICE_PRODUCT\0\u{1}SERVICE_INVENTORY\0\u{1}SERVICE_ORDER\0\u{1}SERVICE_PAYMENT\0\u{1}SERVICE_NOTIFICATION\0")
 }
