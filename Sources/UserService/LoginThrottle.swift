@@ -3,29 +3,57 @@ import Logging
 import MartRuntime
 import PostgresNIO
 
-/// Slows down password guessing, per account and per client address, with the `login_failures`
-/// table (so that every instance of the service shares the counts).
+/// Slows down password guessing without letting anyone lock an account's owner out, with the
+/// `login_failures` table (so that every instance of the service shares the counts).
 ///
-/// Each failed login counts against `account:<email>` (known or not, so the throttle does not
-/// reveal which emails exist) and `ip:<address>` (an IPv6 address by its /64). Once a key has
-/// `threshold` failures in its window, every further failure locks it for `baseLock`, doubling
-/// with each failure up to `maximumLock`; while locked, logins for it are refused
-/// (RESOURCE_EXHAUSTED with RetryInfo) without looking at the password. The count starts over when
-/// the window is older than `window` and the last lock ended more than `window` ago, so a locked
-/// key cannot reset itself by waiting out a short window. A successful login clears the account's
-/// count (not the address's).
-struct LoginThrottle: Sendable {
-  struct Policy: Sendable, Equatable {
-    var window: Duration
-    var accountThreshold: Int
-    /// Higher than the account's: many people can share one address (NAT, offices).
-    var addressThreshold: Int
-    var baseLock: Duration
-    var maximumLock: Duration
+/// Each failed login counts against three keys, for unknown emails as for known ones (so the
+/// throttle does not reveal which accounts exist):
+/// - `pair:<email>|<address>`, the guesses at one account from one client address (an IPv6
+///   address by its /64). At `pairThreshold` failures the pair is locked: logins for that account
+///   from that address are refused (RESOURCE_EXHAUSTED with RetryInfo) without looking at the
+///   password, for `baseLock`, doubling with each further failure up to `maximumLock`.
+/// - `ip:<address>`, the guesses from one address at any account, locked the same way at
+///   `addressThreshold` (higher: many people share one address behind NAT or in an office).
+/// - `account:<email>`, the guesses at one account from anywhere. This key only slows down: past
+///   `accountThreshold`, an address the account has never signed in from waits `accountDelay`,
+///   doubling up to `maximumAccountDelay`, between attempts, and an address it has signed in from
+///   before (`login_known_addresses`) is not slowed at all. So guesses spread over many addresses
+///   get one try per delay, and nobody's guesses keep the owner out.
+///
+/// A count starts over when its window is older than `window` and its last lock ended more than
+/// `window` ago, so a locked key cannot reset itself by waiting out a short window. A successful
+/// login clears the account's and the pair's counts (not the address's) and remembers the address.
+public struct LoginThrottle: Sendable {
+  /// The thresholds and locks (`UserServiceOptions.loginThrottle`).
+  public struct Policy: Sendable, Equatable {
+    public var window: Duration
+    public var pairThreshold: Int
+    /// Higher than the pair's: many people can share one address (NAT, offices).
+    public var addressThreshold: Int
+    public var baseLock: Duration
+    public var maximumLock: Duration
+    public var accountThreshold: Int
+    public var accountDelay: Duration
+    public var maximumAccountDelay: Duration
 
-    static let standard = Policy(
-      window: .seconds(15 * 60), accountThreshold: 5, addressThreshold: 20, baseLock: .seconds(30),
-      maximumLock: .seconds(15 * 60))
+    public init(
+      window: Duration, pairThreshold: Int, addressThreshold: Int, baseLock: Duration, maximumLock: Duration,
+      accountThreshold: Int, accountDelay: Duration, maximumAccountDelay: Duration
+    ) {
+      self.window = window
+      self.pairThreshold = pairThreshold
+      self.addressThreshold = addressThreshold
+      self.baseLock = baseLock
+      self.maximumLock = maximumLock
+      self.accountThreshold = accountThreshold
+      self.accountDelay = accountDelay
+      self.maximumAccountDelay = maximumAccountDelay
+    }
+
+    public static let standard = Policy(
+      window: .seconds(15 * 60), pairThreshold: 5, addressThreshold: 20, baseLock: .seconds(30),
+      maximumLock: .seconds(15 * 60), accountThreshold: 5, accountDelay: .seconds(2),
+      maximumAccountDelay: .seconds(60))
   }
 
   let policy: Policy
@@ -40,28 +68,47 @@ struct LoginThrottle: Sendable {
     "ip:" + address
   }
 
-  /// How long the longest lock on any of these keys still lasts; nil if none is locked.
-  func lockedFor(_ keys: [String]) async throws -> Duration? {
+  static func pairKey(account: String, address: String) -> String {
+    "pair:" + account.dropFirst("account:".count) + "|" + address
+  }
+
+  /// How long a login for `account` from `address` must still wait; nil if it may go ahead. The
+  /// pair's and the address's locks always count; the account's only for an address it has never
+  /// signed in from.
+  func wait(account: String, address: String?) async throws -> Duration? {
+    let hardKeys = address.map { [Self.pairKey(account: account, address: $0), Self.addressKey($0)] } ?? []
     let rows = try await database.query(
       """
-      SELECT coalesce(max(extract(epoch FROM locked_until - now())), 0)::float8
-      FROM login_failures WHERE key = ANY (\(keys)) AND locked_until > now()
+      SELECT coalesce(max(extract(epoch FROM f.locked_until - now())), 0)::float8
+      FROM login_failures f
+      WHERE f.locked_until > now()
+        AND (f.key = ANY (\(hardKeys))
+             OR (f.key = \(account) AND NOT EXISTS (
+                   SELECT 1 FROM login_known_addresses k WHERE k.account = \(account) AND k.address = \(address))))
       """, logger: logger)
     var remaining = 0.0
     for try await seconds in rows.decode(Double.self) { remaining = seconds }
     return remaining > 0 ? .milliseconds(Int64((remaining * 1000).rounded(.up))) : nil
   }
 
-  /// Counts a failed login against the account and the address, locking them at the threshold.
+  /// Counts a failed login against the pair, the address and the account.
   func recordFailure(account: String, address: String?) async throws {
-    try await count(account, threshold: policy.accountThreshold)
-    if let address { try await count(address, threshold: policy.addressThreshold) }
+    if let address {
+      try await count(
+        Self.pairKey(account: account, address: address), threshold: policy.pairThreshold, base: policy.baseLock,
+        maximum: policy.maximumLock)
+      try await count(
+        Self.addressKey(address), threshold: policy.addressThreshold, base: policy.baseLock,
+        maximum: policy.maximumLock)
+    }
+    try await count(
+      account, threshold: policy.accountThreshold, base: policy.accountDelay, maximum: policy.maximumAccountDelay)
   }
 
-  private func count(_ key: String, threshold: Int) async throws {
+  private func count(_ key: String, threshold: Int, base: Duration, maximum: Duration) async throws {
     let window = Double(policy.window.components.seconds)
-    let base = Double(policy.baseLock.components.seconds)
-    let maximum = Double(policy.maximumLock.components.seconds)
+    let base = Double(base.components.seconds)
+    let maximum = Double(maximum.components.seconds)
     let threshold = Int32(threshold)
     try await database.query(
       """
@@ -85,9 +132,18 @@ struct LoginThrottle: Sendable {
       """, logger: logger)
   }
 
-  /// A successful login: the account starts with a clean slate.
-  func clear(account: String) async throws {
-    try await database.query("DELETE FROM login_failures WHERE key = \(account)", logger: logger)
+  /// A successful login: the account and this pair start with a clean slate, and the address is
+  /// one the account has signed in from.
+  func recordSuccess(account: String, address: String?) async throws {
+    var keys = [account]
+    if let address { keys.append(Self.pairKey(account: account, address: address)) }
+    try await database.query("DELETE FROM login_failures WHERE key = ANY (\(keys))", logger: logger)
+    guard let address else { return }
+    try await database.query(
+      """
+      INSERT INTO login_known_addresses (account, address) VALUES (\(account), \(address))
+      ON CONFLICT (account, address) DO UPDATE SET last_success_at = now()
+      """, logger: logger)
   }
 }
 

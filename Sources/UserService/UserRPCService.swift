@@ -34,7 +34,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
         rotation: options.keyRotation, accessTokenLifetime: options.accessTokenLifetime,
         cacheTTL: options.signingKeyCacheTTL),
       logger: context.logger)
-    self.throttle = LoginThrottle(policy: .standard, database: context.database, logger: context.logger)
+    self.throttle = LoginThrottle(policy: options.loginThrottle, database: context.database, logger: context.logger)
   }
 
   // MARK: - Authentication
@@ -77,8 +77,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
 
     let email = request.email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
     let accountKey = LoginThrottle.accountKey(email)
-    let addressKey = clientAddress.map(LoginThrottle.addressKey)
-    if let wait = try await throttle.lockedFor([accountKey] + [addressKey].compactMap { $0 }) {
+    if let wait = try await throttle.wait(account: accountKey, address: clientAddress) {
       throw UserServiceError.rateLimited(retryAfter: wait)
     }
     // Unknown email and wrong password take the same path and the same time: the password is
@@ -86,14 +85,14 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
     let matches = await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
     guard matches, let found else {
-      try await throttle.recordFailure(account: accountKey, address: addressKey)
+      try await throttle.recordFailure(account: accountKey, address: clientAddress)
       logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
       throw UserServiceError.invalidCredentials
     }
     if found.user.disabledAt != nil {
       throw RPCError(code: .permissionDenied, message: "this account is disabled")
     }
-    try await throttle.clear(account: accountKey)
+    try await throttle.recordSuccess(account: accountKey, address: clientAddress)
     // A hash made with weaker (older) parameters is replaced while the password is at hand.
     let newHash = hasher.needsRehash(found.passwordHash) ? try await hasher.hash(request.password) : nil
     let key = try await keys.signingKey()

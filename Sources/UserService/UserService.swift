@@ -17,6 +17,8 @@ public enum UserServiceModule {
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
         Migration(version: 3, name: "profile_versions", embedded: PackageResources._003_profile_versions_sql),
+        Migration(
+          version: 4, name: "login_known_addresses", embedded: PackageResources._004_login_known_addresses_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
@@ -57,6 +59,8 @@ public struct UserServiceOptions: Sendable {
   /// How long an instance signs with the key it loaded, and trusts a verification key it looked
   /// up, before asking the database again.
   public var signingKeyCacheTTL: Duration
+  /// How failed logins are throttled (`LoginThrottle`).
+  public var loginThrottle: LoginThrottle.Policy = .standard
 
   public init(
     keyRotation: Duration = .seconds(24 * 3600), accessTokenLifetime: Duration = .seconds(15 * 60),

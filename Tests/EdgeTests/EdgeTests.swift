@@ -259,7 +259,12 @@ import UserService
         for try await key in rows.decode(String.self) { keys.append(key) }
         return keys
       }
-      #expect(keys == ["account:nobody@example.com", "ip:127.0.0.1", "ip:203.0.113.50"])
+      // The direct call counted against its own address, the connection's peer.
+      #expect(
+        keys == [
+          "account:nobody@example.com", "ip:127.0.0.1", "ip:203.0.113.50", "pair:nobody@example.com|127.0.0.1",
+          "pair:nobody@example.com|203.0.113.50",
+        ])
     }
   }
 

@@ -193,8 +193,60 @@ import UserService
       #expect(
         keys == [
           "account:erin@example.com", "account:nobody@example.com", "ip:127.0.0.1", "ip:2001:db8:1:2::/64",
-          "ip:203.0.113.7",
+          "ip:203.0.113.7", "pair:erin@example.com|127.0.0.1", "pair:nobody@example.com|127.0.0.1",
+          "pair:nobody@example.com|2001:db8:1:2::/64", "pair:nobody@example.com|203.0.113.7",
         ])
+    }
+  }
+
+  /// Guesses from one address lock that address out of the account, not the owner: the account
+  /// itself is only slowed down for addresses it has never signed in from, and the owner's
+  /// correct password from an address they have used before goes through at once.
+  @Test func someoneElsesGuessesDoNotLockTheOwnerOut() async throws {
+    var options = testOptions
+    // A long account delay, so that "still slowed down" does not depend on how fast this runs.
+    options.loginThrottle.accountDelay = .seconds(600)
+    options.loginThrottle.maximumAccountDelay = .seconds(600)
+    try await withUserService("users_lockout", options: options) { service in
+      _ = try await service.register(email: "owner@example.com")
+      func login(from address: String, password: String = defaultPassword) async -> RPCError? {
+        await rpcError {
+          let viaGateway = try await testAuth.fromGateway(to: .user, clientAddress: address)
+          _ = try await service.client.login(
+            .with {
+              $0.email = "owner@example.com"
+              $0.password = password
+            }, metadata: viaGateway)
+        }
+      }
+      let home = "203.0.113.1"
+      let attacker = "198.51.100.7"
+      let cafe = "192.0.2.3"
+      #expect(await login(from: home) == nil)
+      for _ in 0..<5 {
+        #expect(await login(from: attacker, password: "guess guess guess")?.code == .unauthenticated)
+      }
+      // The attacker's address is locked out of the account, whatever password it brings.
+      let attackerLocked = await login(from: attacker)
+      #expect(attackerLocked?.code == .resourceExhausted)
+      #expect(reason(attackerLocked) == "RATE_LIMITED")
+      // A new address waits (a guess from it would too), and is not counted while it waits.
+      let cafeWaits = await login(from: cafe)
+      #expect(cafeWaits?.code == .resourceExhausted)
+      let wait = details(cafeWaits).compactMap(\.retryInfo).first?.delay ?? .zero
+      #expect(wait > .zero && wait <= .seconds(600))
+      #expect(await login(from: cafe, password: "guess guess guess")?.code == .resourceExhausted)
+      // The owner, from home, is let straight in, and that lifts the slow-down...
+      #expect(await login(from: home) == nil)
+      #expect(await login(from: cafe) == nil)
+      // ...but not the attacker's lock.
+      #expect(await login(from: attacker)?.code == .resourceExhausted)
+      let counts = try await service.strings(
+        "SELECT key || '=' || failures FROM login_failures WHERE key LIKE '%owner@example.com%' ORDER BY key")
+      #expect(counts == ["pair:owner@example.com|198.51.100.7=5"])
+      let known = try await service.strings(
+        "SELECT address FROM login_known_addresses WHERE account = 'account:owner@example.com' ORDER BY address")
+      #expect(known == [cafe, home])
     }
   }
 
