@@ -22,3 +22,16 @@ needs_local_cluster() {
   done
   return 1
 }
+
+# The user service's key-encryption key for `make run`, unless the caller set one: made once and
+# kept in .mart/kek (git-ignored, readable by this user only), so that the signing keys sealed in
+# the local database still open after a restart. A random key per machine, never a fixed one.
+export_local_key_encryption_key() {
+  [[ -z ${MART_USER_KEY_ENCRYPTION_KEYS:-} ]] || return 0
+  mkdir -p "$LOCAL_DIR"
+  if [[ ! -s $LOCAL_DIR/kek ]]; then
+    (umask 077 && printf 'local:%s\n' "$(head -c 32 /dev/urandom | base64 -w0)" >"$LOCAL_DIR/kek")
+  fi
+  MART_USER_KEY_ENCRYPTION_KEYS=$(<"$LOCAL_DIR/kek")
+  export MART_USER_KEY_ENCRYPTION_KEYS
+}

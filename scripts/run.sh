@@ -20,6 +20,8 @@ if needs_local_cluster; then
   export_local_database_urls
 fi
 
+export_local_key_encryption_key
+
 swift build --product mart
 bin="$(swift build --show-bin-path)/mart"
 export MART_LOG_FORMAT="${MART_LOG_FORMAT:-text}"

@@ -435,6 +435,8 @@ write_env() {
         # metadata refresh lets a consumer that subscribed before its topic existed see it soon.
         [[ -z $kport ]] || printf 'export MART_KAFKA_PROPERTIES=%s\n' \
             'session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.wait.max.ms=20,topic.metadata.refresh.interval.ms=2000'
+        # The user service's key-encryption key, fresh per test bed: never a fixed secret.
+        printf 'export MART_USER_KEY_ENCRYPTION_KEYS=testbed:%s\n' "$(head -c 32 /dev/urandom | base64 -w0)"
         printf 'export MART_TANSU_BIN=%s\n' "$TANSU"
         # Stripe's API on loopback (each payment test starts its own, on a port of its own).
         printf 'export MART_LOCALSTRIPE_BIN=%s\n' "$CACHE/venv-localstripe/bin/localstripe"

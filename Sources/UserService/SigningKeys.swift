@@ -23,16 +23,21 @@ struct SigningKeyPolicy: Sendable {
 
 /// The keys in `signing_keys` that sign access tokens: ensures there is a current one (creating
 /// it, under an advisory lock so that concurrent instances make only one, when there is none or
-/// the newest one has retired), and caches it.
+/// the newest one has retired), and caches it. Private keys are stored sealed with the current
+/// key-encryption key (`KeyEncryptionKeys`); before it first signs, the ring re-seals every key
+/// stored in the clear or under another KEK, so that rotating the KEK is a restart.
 actor SigningKeyRing {
   let database: PostgresClient
   let policy: SigningKeyPolicy
+  let encryption: KeyEncryptionKeys
   let logger: Logger
   private var current: (key: TokenSigningKey, retireAfter: Date, loadedAt: ContinuousClock.Instant)?
+  private var resealed = false
 
-  init(database: PostgresClient, policy: SigningKeyPolicy, logger: Logger) {
+  init(database: PostgresClient, policy: SigningKeyPolicy, encryption: KeyEncryptionKeys, logger: Logger) {
     self.database = database
     self.policy = policy
+    self.encryption = encryption
     self.logger = logger
   }
 
@@ -42,9 +47,49 @@ actor SigningKeyRing {
     if let current, current.retireAfter > Date(), clock.now - current.loadedAt < policy.cacheTTL {
       return current.key
     }
+    if !resealed {
+      try await resealUnderCurrentKEK()
+      resealed = true
+    }
     let (key, retireAfter) = try await loadOrCreate()
     current = (key, retireAfter, clock.now)
     return key
+  }
+
+  /// Seals every stored key that is in the clear or under another KEK with the current one, in
+  /// one transaction under the ring's advisory lock. A key whose KEK is not configured is left as
+  /// it is (and logged): it cannot sign here, and another instance may still hold its KEK.
+  private func resealUnderCurrentKEK() async throws {
+    let encryption = self.encryption
+    let logger = self.logger
+    try await database.withTransaction(logger: logger) { connection in
+      try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
+      let rows = try await connection.query(
+        "SELECT kid, private_key, kek_id FROM signing_keys WHERE kek_id IS DISTINCT FROM \(encryption.currentID)",
+        logger: logger)
+      var stale: [(String, Data, String?)] = []
+      for try await row in rows.decode((String, Data, String?).self) { stale.append(row) }
+      for (kid, stored, kekID) in stale {
+        let plaintext: Data
+        if let kekID {
+          guard let opened = try? encryption.open(stored, kekID: kekID, kid: kid) else {
+            logger.error(
+              "a signing key is sealed under a key-encryption key not configured here",
+              metadata: ["kid": "\(kid)", "kek_id": "\(kekID)"])
+            continue
+          }
+          plaintext = opened
+        } else {
+          plaintext = stored
+        }
+        let (newKEK, sealed) = try encryption.seal(plaintext, kid: kid)
+        try await connection.query(
+          "UPDATE signing_keys SET private_key = \(sealed), kek_id = \(newKEK) WHERE kid = \(kid)", logger: logger)
+        logger.notice(
+          "sealed a signing key under the current key-encryption key",
+          metadata: ["kid": "\(kid)", "kek_id": "\(newKEK)", "was": "\(kekID ?? "clear")"])
+      }
+    }
   }
 
   /// Every key still published (the current one and those retired but needed for tokens they
@@ -71,7 +116,10 @@ actor SigningKeyRing {
   /// other services cannot have seen yet (except the very first key, which has no predecessor).
   private func loadOrCreate() async throws -> (TokenSigningKey, Date) {
     let lead = Self.seconds(min(policy.cacheTTL + Self.prepublication, policy.rotation / 2))
-    if let found = try await Self.newestActive(on: database, lead: lead, logger: logger), !found.needsSuccessor {
+    let encryption = self.encryption
+    if let found = try await Self.newestActive(on: database, lead: lead, encryption: encryption, logger: logger),
+      !found.needsSuccessor
+    {
       return (found.key, found.retireAfter)
     }
     let policy = self.policy
@@ -79,7 +127,9 @@ actor SigningKeyRing {
     return try await database.withTransaction(logger: logger) { connection in
       // One creator at a time across instances; the loser of the race finds the winner's key.
       try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
-      if let found = try await Self.newestActive(on: connection, lead: lead, logger: logger), !found.needsSuccessor {
+      if let found = try await Self.newestActive(
+        on: connection, lead: lead, encryption: encryption, logger: logger), !found.needsSuccessor
+      {
         return (found.key, found.retireAfter)
       }
       // Keys expired a while ago verify nothing any more.
@@ -89,13 +139,13 @@ actor SigningKeyRing {
       let encoder = JSONEncoder()
       encoder.outputFormatting = .sortedKeys
       let jwk = String(decoding: try encoder.encode(key.publicJWK), as: UTF8.self)
-      let pem = Data(key.privateKey.pemRepresentation.utf8)
+      let (kekID, sealed) = try encryption.seal(key.privateKey.rawRepresentation, kid: key.kid)
       let rotation = Self.seconds(policy.rotation)
       let published = Self.seconds(policy.accessTokenLifetime + policy.publicationMargin)
       let rows = try await connection.query(
         """
-        INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, retire_after, expires_at)
-        VALUES (\(key.kid), 'ES256', \(pem), \(jwk)::jsonb, now() + make_interval(secs => \(rotation)),
+        INSERT INTO signing_keys (kid, algorithm, private_key, kek_id, public_jwk, retire_after, expires_at)
+        VALUES (\(key.kid), 'ES256', \(sealed), \(kekID), \(jwk)::jsonb, now() + make_interval(secs => \(rotation)),
                 now() + make_interval(secs => \(rotation + published)))
         RETURNING retire_after
         """, logger: logger)
@@ -103,7 +153,7 @@ actor SigningKeyRing {
       for try await value in rows.decode(Date.self) { retireAfter = value }
       logger.info("created a new token signing key", metadata: ["kid": "\(key.kid)"])
       // The predecessor signs until the new key has been published long enough, if it can.
-      if let found = try await Self.newestActive(on: connection, lead: lead, logger: logger) {
+      if let found = try await Self.newestActive(on: connection, lead: lead, encryption: encryption, logger: logger) {
         return (found.key, found.retireAfter)
       }
       return (key, retireAfter)
@@ -121,19 +171,23 @@ actor SigningKeyRing {
     var needsSuccessor: Bool
   }
 
-  private static func newestActive(on connection: PostgresConnection, lead: Double, logger: Logger) async throws
-    -> ActiveKey?
-  {
-    try await decodeNewest(connection.query(newestActiveQuery(lead: lead), logger: logger), logger: logger)
+  private static func newestActive(
+    on connection: PostgresConnection, lead: Double, encryption: KeyEncryptionKeys, logger: Logger
+  ) async throws -> ActiveKey? {
+    try await decodeNewest(
+      connection.query(newestActiveQuery(lead: lead), logger: logger), encryption: encryption, logger: logger)
   }
 
-  private static func newestActive(on client: PostgresClient, lead: Double, logger: Logger) async throws -> ActiveKey? {
-    try await decodeNewest(client.query(newestActiveQuery(lead: lead), logger: logger), logger: logger)
+  private static func newestActive(
+    on client: PostgresClient, lead: Double, encryption: KeyEncryptionKeys, logger: Logger
+  ) async throws -> ActiveKey? {
+    try await decodeNewest(
+      client.query(newestActiveQuery(lead: lead), logger: logger), encryption: encryption, logger: logger)
   }
 
   private static func newestActiveQuery(lead: Double) -> PostgresQuery {
     """
-    SELECT kid, private_key, retire_after,
+    SELECT kid, private_key, kek_id, retire_after,
            NOT bool_or(retire_after > now() + make_interval(secs => \(lead))) OVER () AS needs_successor
     FROM signing_keys
     WHERE algorithm = 'ES256' AND retire_after > now() AND expires_at > now()
@@ -142,10 +196,17 @@ actor SigningKeyRing {
     """
   }
 
-  private static func decodeNewest(_ rows: PostgresRowSequence, logger: Logger) async throws -> ActiveKey? {
+  private static func decodeNewest(_ rows: PostgresRowSequence, encryption: KeyEncryptionKeys, logger: Logger)
+    async throws -> ActiveKey?
+  {
     var result: ActiveKey?
-    for try await (kid, privateKey, retireAfter, needsSuccessor) in rows.decode((String, Data, Date, Bool).self) {
-      guard let key = parsePrivateKey(privateKey) else {
+    for try await (kid, stored, kekID, retireAfter, needsSuccessor) in rows.decode(
+      (String, Data, String?, Date, Bool).self)
+    {
+      // Only a sealed key signs: one in the clear is sealed first (`resealUnderCurrentKEK`).
+      guard let kekID, let opened = try? encryption.open(stored, kekID: kekID, kid: kid),
+        let key = parsePrivateKey(opened)
+      else {
         logger.error("unreadable private key in signing_keys", metadata: ["kid": "\(kid)"])
         continue
       }
@@ -155,7 +216,7 @@ actor SigningKeyRing {
     return result
   }
 
-  /// PEM (as this service writes it), or the 32-byte raw scalar.
+  /// The 32-byte raw scalar (as this service seals it), or PEM or DER (keys stored before).
   static func parsePrivateKey(_ bytes: Data) -> P256.Signing.PrivateKey? {
     if let pem = String(data: bytes, encoding: .utf8), pem.hasPrefix("-----BEGIN") {
       return try? P256.Signing.PrivateKey(pemRepresentation: pem)

@@ -33,7 +33,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       policy: SigningKeyPolicy(
         rotation: options.keyRotation, accessTokenLifetime: options.accessTokenLifetime,
         cacheTTL: options.signingKeyCacheTTL),
-      logger: context.logger)
+      encryption: options.keyEncryption, logger: context.logger)
     self.throttle = LoginThrottle(policy: options.loginThrottle, database: context.database, logger: context.logger)
   }
 

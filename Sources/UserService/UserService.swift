@@ -19,6 +19,8 @@ public enum UserServiceModule {
         Migration(version: 3, name: "profile_versions", embedded: PackageResources._003_profile_versions_sql),
         Migration(
           version: 4, name: "login_known_addresses", embedded: PackageResources._004_login_known_addresses_sql),
+        Migration(
+          version: 5, name: "signing_key_encryption", embedded: PackageResources._005_signing_key_encryption_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
@@ -40,6 +42,7 @@ public enum UserServiceModule {
 /// |---|---|
 /// | `MART_JWT_KEY_ROTATION` | `24h`: how long a signing key signs new tokens (at least `1m`) |
 /// | `MART_SESSION_LIFETIME` | `30d` written `720h`: how long a session lasts from its sign-in, however often it is refreshed |
+/// | `MART_USER_KEY_ENCRYPTION_KEYS` | none, required: `<id>:<base64 of 32 bytes>,…`, the keys that seal the signing keys at rest (`KeyEncryptionKeys`) |
 ///
 /// Issuer and audience are the shared `MART_JWT_ISSUER` / `MART_JWT_AUDIENCE` (AuthConfiguration).
 public struct UserServiceOptions: Sendable {
@@ -61,12 +64,16 @@ public struct UserServiceOptions: Sendable {
   public var signingKeyCacheTTL: Duration
   /// How failed logins are throttled (`LoginThrottle`).
   public var loginThrottle: LoginThrottle.Policy = .standard
+  /// What seals the JWT signing keys at rest (`MART_USER_KEY_ENCRYPTION_KEYS`).
+  public var keyEncryption: KeyEncryptionKeys
 
   public init(
     keyRotation: Duration = .seconds(24 * 3600), accessTokenLifetime: Duration = .seconds(15 * 60),
     refreshTokenLifetime: Duration = .seconds(30 * 24 * 3600), passwordCost: PasswordHasher.Cost = .production,
-    signingKeyCacheTTL: Duration = .seconds(60), sessionLifetime: Duration = .seconds(30 * 24 * 3600)
+    signingKeyCacheTTL: Duration = .seconds(60), sessionLifetime: Duration = .seconds(30 * 24 * 3600),
+    keyEncryption: KeyEncryptionKeys
   ) {
+    self.keyEncryption = keyEncryption
     self.sessionLifetime = sessionLifetime
     self.keyRotation = keyRotation
     self.accessTokenLifetime = accessTokenLifetime
@@ -84,6 +91,7 @@ public struct UserServiceOptions: Sendable {
     }
     self.init(
       keyRotation: rotation,
-      sessionLifetime: try environment.duration("MART_SESSION_LIFETIME", default: .seconds(30 * 24 * 3600)))
+      sessionLifetime: try environment.duration("MART_SESSION_LIFETIME", default: .seconds(30 * 24 * 3600)),
+      keyEncryption: try KeyEncryptionKeys(environment: environment))
   }
 }

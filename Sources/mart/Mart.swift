@@ -238,7 +238,26 @@ struct Events: AsyncParsableCommand {
 
 struct Keys: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Make keys the mart is configured with.", subcommands: [ServiceKeys.self])
+    abstract: "Make keys the mart is configured with.", subcommands: [ServiceKeys.self, KeyEncryptionKey.self])
+
+  struct KeyEncryptionKey: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "kek",
+      abstract: "Print a new key-encryption key entry for MART_USER_KEY_ENCRYPTION_KEYS.",
+      discussion: """
+        The user service seals its JWT signing keys with the first key of MART_USER_KEY_ENCRYPTION_KEYS
+        (<id>:<base64>,…) and opens them with any. To rotate, put the new entry first and keep the old
+        ones after it; each instance re-seals every key under the new one, and the old entry can go
+        once every instance has run with the new list. Keep it outside the database and its backups.
+        """)
+
+    @Option(help: "The key's id, stored beside each key it seals (letters, digits, '.', '_', '-').")
+    var id: String = "kek-\(Int(Date().timeIntervalSince1970))"
+
+    func run() throws {
+      print(KeyEncryptionKeys.newEntryText(id: id))
+    }
+  }
 
   struct ServiceKeys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -403,23 +403,17 @@ struct Edge {
     return (try #require(tokens["accessToken"] as? String), try #require(tokens["refreshToken"] as? String))
   }
 
-  /// The user service's current signing key, read from its database: what lets the test sign
-  /// tokens that are genuine in every respect but the one under test.
+  /// The user service's current signing key, read from its database and opened with the test
+  /// bed's key-encryption key: what lets the test sign tokens that are genuine in every respect
+  /// but the one under test.
   func currentSigningKey() async throws -> TokenSigningKey {
-    try await withPostgresClient(userDatabase) { client in
+    let encryption = try KeyEncryptionKeys(environment: EnvironmentReader())
+    return try await withPostgresClient(userDatabase) { client in
       let rows = try await client.query(
-        "SELECT kid, private_key FROM signing_keys ORDER BY created_at DESC LIMIT 1", logger: TestBed.logger)
-      for try await (kid, bytes) in rows.decode((String, ByteBuffer).self) {
-        let data = Data(buffer: bytes)
-        if let key = try? P256.Signing.PrivateKey(rawRepresentation: data) {
-          return TokenSigningKey(kid: kid, privateKey: key)
-        }
-        if let key = try? P256.Signing.PrivateKey(pemRepresentation: String(decoding: data, as: UTF8.self)) {
-          return TokenSigningKey(kid: kid, privateKey: key)
-        }
-        if let key = try? P256.Signing.PrivateKey(derRepresentation: data) {
-          return TokenSigningKey(kid: kid, privateKey: key)
-        }
+        "SELECT kid, private_key, kek_id FROM signing_keys ORDER BY created_at DESC LIMIT 1", logger: TestBed.logger)
+      for try await (kid, sealed, kekID) in rows.decode((String, Data, String).self) {
+        let raw = try encryption.open(sealed, kekID: kekID, kid: kid)
+        return TokenSigningKey(kid: kid, privateKey: try P256.Signing.PrivateKey(rawRepresentation: raw))
       }
       throw TestBed.NotConfigured(variable: "signing_keys: no readable key")
     }

@@ -42,7 +42,8 @@ import UserService
   @Test func userTokensVerifyAgainstTheUserServiceOverTheInProcessNetwork() async throws {
     let network = InProcessNetwork()
     let auth = AuthConfiguration.ephemeral()
-    let users = UserServiceModule.makeDefinition(options: UserServiceOptions(passwordCost: .testing))
+    let users = UserServiceModule.makeDefinition(
+      options: UserServiceOptions(passwordCost: .testing, keyEncryption: .random()))
     try await ScratchDatabase.with("net_user") { userDatabase in
       try await ScratchDatabase.with("net_inventory") { inventoryDatabase in
         try await withHost(

@@ -61,7 +61,8 @@ struct NotificationHarness: Sendable {
     try await ScratchDatabase.with("\(label)_u") { userDatabase in
       try await ScratchDatabase.with("\(label)_n") { notificationDatabase in
         try await withHost(
-          UserServiceModule.makeDefinition(options: UserServiceOptions(passwordCost: .testing)), service: .user,
+          UserServiceModule.makeDefinition(
+            options: UserServiceOptions(passwordCost: .testing, keyEncryption: .random())), service: .user,
           database: userDatabase, users: users, transport: transport, network: network
         ) { _, userGRPC in
           try await withHost(

@@ -250,6 +250,96 @@ import UserService
     }
   }
 
+  /// The signing keys are stored sealed with the key-encryption key, never in the clear; a key
+  /// stored before encryption is sealed at start; and a new KEK put first re-seals every key,
+  /// after which the old KEK can go and the same key still signs.
+  @Test func signingKeysAreSealedAtRestAndTheKEKRotates() async throws {
+    let oldEntry = KeyEncryptionKeys.newEntryText(id: "old")
+    let newEntry = KeyEncryptionKeys.newEntryText(id: "new")
+    func options(_ entries: String) throws -> UserServiceOptions {
+      var options = testOptions
+      options.keyEncryption = try KeyEncryptionKeys(
+        environment: EnvironmentReader([KeyEncryptionKeys.variable: entries]))
+      return options
+    }
+    @Sendable func rows(_ database: PostgresClient) async throws -> [String: (kek: String?, sealed: Data)] {
+      var found: [String: (kek: String?, sealed: Data)] = [:]
+      let rows = try await database.query("SELECT kid, kek_id, private_key FROM signing_keys", logger: TestBed.logger)
+      for try await (kid, kek, sealed) in rows.decode((String, String?, Data).self) { found[kid] = (kek, sealed) }
+      return found
+    }
+    try await ScratchDatabase.with("users_kek") { database in
+      let configuration = ServiceConfiguration(service: .user, port: 0, database: database.configuration)
+      func run(_ entries: String, _ body: (any Mart_User_V1_UserService.ClientProtocol) async throws -> Void)
+        async throws
+      {
+        try await withHost(
+          UserServiceModule.makeDefinition(options: try options(entries)), configuration: configuration,
+          auth: testAuth
+        ) { _, grpc in try await body(Mart_User_V1_UserService.Client(wrapping: grpc)) }
+      }
+      func signIn(_ client: any Mart_User_V1_UserService.ClientProtocol) async throws -> String {
+        let tokens = try await client.login(
+          .with {
+            $0.email = "kek@example.com"
+            $0.password = defaultPassword
+          }
+        ).tokens
+        _ = try await client.getMe(.init(), metadata: bearer(tokens.accessToken))
+        return try decodeKid(tokens.accessToken)
+      }
+      var firstKid = ""
+      try await run(oldEntry) { client in
+        _ = try await client.register(
+          .with {
+            $0.email = "kek@example.com"
+            $0.password = defaultPassword
+            $0.fullName = "K"
+          })
+        firstKid = try await signIn(client)
+      }
+      let kid = firstKid
+      try await withPostgresClient(database.configuration) { postgres in
+        let stored = try #require(try await rows(postgres)[kid])
+        #expect(stored.kek == "old")
+        // Neither PEM nor a raw scalar: nothing in the row signs without the KEK.
+        #expect(!String(decoding: stored.sealed, as: UTF8.self).contains("PRIVATE KEY"))
+        #expect(stored.sealed.count == 12 + 32 + 16)
+        // A key from before encryption, in the clear, retired but still published.
+        let legacy = TokenSigningKey.random(kid: "legacy-key")
+        let jwk = String(decoding: try JSONEncoder().encode(legacy.publicJWK), as: UTF8.self)
+        let pem = Data(legacy.privateKey.pemRepresentation.utf8)
+        try await postgres.query(
+          """
+          INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, retire_after, expires_at, created_at)
+          VALUES ('legacy-key', 'ES256', \(pem), \(jwk)::jsonb, now() - interval '1 minute',
+                  now() + interval '1 hour', now() - interval '1 day')
+          """, logger: TestBed.logger)
+      }
+      // The new KEK first: every key is sealed under it, the one in the clear too.
+      try await run("\(newEntry),\(oldEntry)") { client in
+        let signedWith = try await signIn(client)
+        #expect(signedWith == kid)
+      }
+      try await withPostgresClient(database.configuration) { postgres in
+        let stored = try await rows(postgres)
+        #expect(stored.mapValues(\.kek) == [kid: "new", "legacy-key": "new"])
+        let legacySealed = String(decoding: stored["legacy-key"]?.sealed ?? Data(), as: UTF8.self)
+        #expect(!legacySealed.isEmpty && !legacySealed.contains("PRIVATE KEY"))
+      }
+      // The old KEK gone: the same key still signs.
+      try await run(newEntry) { client in
+        let signedWith = try await signIn(client)
+        #expect(signedWith == kid)
+      }
+      // A KEK that opens nothing: the sealed keys do not sign, a new key does.
+      try await run(KeyEncryptionKeys.newEntryText(id: "stranger")) { client in
+        let signedWith = try await signIn(client)
+        #expect(signedWith != kid)
+      }
+    }
+  }
+
   @Test func reusedRefreshTokenRevokesItsFamily() async throws {
     try await withUserService("users_reuse") { service in
       let registered = try await service.register(email: "frank@example.com")
@@ -804,7 +894,10 @@ struct UserServiceUnderTest: Sendable {
 }
 
 /// Cheap hashes (the production cost is for production) and no key caching (tests rotate keys).
-let testOptions = UserServiceOptions(passwordCost: .testing, signingKeyCacheTTL: .zero)
+let testOptions = UserServiceOptions(passwordCost: .testing, signingKeyCacheTTL: .zero, keyEncryption: testKEK)
+
+/// The key-encryption key of the tests' user services.
+let testKEK = KeyEncryptionKeys.random()
 
 /// No verified-token cache either: a test that expires a key expects its tokens to stop at once.
 let testAuth: AuthConfiguration = {
