@@ -15,8 +15,10 @@ bench_build mart GRPCReadBenchmark
 bench_start_mart
 
 email="bench-$RANDOM@example.com"
-token=$(curl -fs -X POST "http://127.0.0.1:$port/v1/auth/register" -H 'Content-Type: application/json' \
-  -d "{\"email\":\"$email\",\"password\":\"bench-password-1\",\"fullName\":\"Bench\"}" |
+curl -fs -X POST "http://127.0.0.1:$port/v1/auth/register" -H 'Content-Type: application/json' \
+  -d "{\"email\":\"$email\",\"password\":\"bench-password-1\",\"fullName\":\"Bench\"}" >/dev/null
+token=$(curl -fs -X POST "http://127.0.0.1:$port/v1/auth/login" -H 'Content-Type: application/json' \
+  -d "{\"email\":\"$email\",\"password\":\"bench-password-1\"}" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"]["accessToken"])')
 
 bench_machine

@@ -66,11 +66,16 @@ struct Customer: Sendable {
 
   static func register(client: HTTPClient, base: String, products: [String], results: Results) async throws -> Customer {
     let email = "bench-\(UUID().uuidString.lowercased())@example.com"
-    let (status, body) = try await call(
+    let password = "Bench-order-flow-2026!"
+    let (registered, _) = try await call(
       client, "POST", base + "/v1/auth/register",
-      json: ["email": email, "password": "Bench-order-flow-2026!", "fullName": "Bench Customer"])
+      json: ["email": email, "password": password, "fullName": "Bench Customer"])
+    guard registered == 200 else { throw Failure(description: "register \(registered)") }
+    // Register signs nobody in (it answers a taken email as a new one): Login does.
+    let (status, body) = try await call(
+      client, "POST", base + "/v1/auth/login", json: ["email": email, "password": password])
     guard status == 200, let tokens = body["tokens"] as? [String: Any], let token = tokens["accessToken"] as? String
-    else { throw Failure(description: "register \(status)") }
+    else { throw Failure(description: "login \(status)") }
     return Customer(client: client, base: base, token: token, products: products, results: results)
   }
 

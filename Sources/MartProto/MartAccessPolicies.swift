@@ -46,6 +46,8 @@ public enum MartAccessPolicies {
     "mart.product.v1.ProductService/ListCategories": .public,
     "mart.product.v1.ProductService/BatchGetProducts": .internal,
     "mart.user.v1.UserService/Register": .public,
+    "mart.user.v1.UserService/VerifyEmail": .public,
+    "mart.user.v1.UserService/ResendVerificationEmail": .public,
     "mart.user.v1.UserService/Login": .public,
     "mart.user.v1.UserService/Refresh": .public,
     "mart.user.v1.UserService/Logout": .public,

@@ -101,7 +101,10 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
   /// session family is revoked. (UNAUTHENTICATED)
   case refreshTokenReused // = 4
 
-  /// Register: the email is already registered. (ALREADY_EXISTS)
+  /// No longer answered: Register answers a taken email as a new one, so that
+  /// it does not tell which emails have accounts. Kept for the number.
+  ///
+  /// NOTE: This enum value was marked as deprecated in the .proto file
   case emailAlreadyRegistered // = 5
 
   /// Register: the password does not meet the password policy. (INVALID_ARGUMENT)
@@ -180,6 +183,14 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
   /// A provider's webhook was called but that provider or its callbacks are
   /// not configured here (FAILED_PRECONDITION).
   case webhookNotConfigured // = 26
+
+  /// VerifyEmail: the token is unknown, used, expired, or for an address the
+  /// account no longer has. (INVALID_ARGUMENT)
+  case invalidVerificationToken // = 27
+
+  /// The account's email must be verified first (CreateOrder, when the shop
+  /// requires it). (FAILED_PRECONDITION)
+  case emailNotVerified // = 28
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -215,6 +226,8 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case 24: self = .validationFailed
     case 25: self = .idempotencyKeyInFlight
     case 26: self = .webhookNotConfigured
+    case 27: self = .invalidVerificationToken
+    case 28: self = .emailNotVerified
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -248,6 +261,8 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case .validationFailed: return 24
     case .idempotencyKeyInFlight: return 25
     case .webhookNotConfigured: return 26
+    case .invalidVerificationToken: return 27
+    case .emailNotVerified: return 28
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -281,6 +296,8 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     .validationFailed,
     .idempotencyKeyInFlight,
     .webhookNotConfigured,
+    .invalidVerificationToken,
+    .emailNotVerified,
   ]
 
 }
@@ -402,7 +419,7 @@ nonisolated extension Mart_Common_V1_PaymentProvider: SwiftProtobuf._ProtoNamePr
 }
 
 nonisolated extension Mart_Common_V1_ErrorReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0\u{1}WEBHOOK_NOT_CONFIGURED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0\u{1}WEBHOOK_NOT_CONFIGURED\0\u{1}INVALID_VERIFICATION_TOKEN\0\u{1}EMAIL_NOT_VERIFIED\0")
 }
 
 nonisolated extension Mart_Common_V1_Money: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -133,8 +133,10 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
     /// Not used.
     case unspecified // = 0
 
-    /// Account created (UserRegistered). Email (category account; it goes
-    /// out before a new user could have turned it off).
+    /// Account created (the first EmailVerificationRequested, after
+    /// UserRegistered), with the link that verifies the email. Email (category
+    /// account; it goes out before a new user could have turned it off); the
+    /// in-app item never shows the link.
     case welcome // = 1
 
     /// Order placed (OrderPlaced).
@@ -167,6 +169,15 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
     /// The account's roles changed (UserUpdated). A security notice: email,
     /// always sent, whatever the preferences.
     case rolesChanged // = 11
+
+    /// A new link that verifies the account's email (EmailVerificationRequested
+    /// after ResendVerificationEmail). Email, always sent; the in-app item never
+    /// shows the link.
+    case verifyEmail // = 12
+
+    /// Someone tried to register with the account's email
+    /// (RegistrationAttempted). A security notice: email, always sent.
+    case registrationAttempted // = 13
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -187,6 +198,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case 9: self = .lowStock
       case 10: self = .test
       case 11: self = .rolesChanged
+      case 12: self = .verifyEmail
+      case 13: self = .registrationAttempted
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -205,6 +218,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case .lowStock: return 9
       case .test: return 10
       case .rolesChanged: return 11
+      case .verifyEmail: return 12
+      case .registrationAttempted: return 13
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -223,6 +238,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       .lowStock,
       .test,
       .rolesChanged,
+      .verifyEmail,
+      .registrationAttempted,
     ]
 
   }
@@ -858,7 +875,7 @@ nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, 
 }
 
 nonisolated extension Mart_Notification_V1_Notification.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0\u{1}ROLES_CHANGED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0\u{1}ROLES_CHANGED\0\u{1}VERIFY_EMAIL\0\u{1}REGISTRATION_ATTEMPTED\0")
 }
 
 nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

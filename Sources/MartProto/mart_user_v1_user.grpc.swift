@@ -36,6 +36,32 @@ public enum Mart_User_V1_UserService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "VerifyEmail" metadata.
+        public enum VerifyEmail: Sendable {
+            /// Request type for "VerifyEmail".
+            public typealias Input = Mart_User_V1_VerifyEmailRequest
+            /// Response type for "VerifyEmail".
+            public typealias Output = Mart_User_V1_VerifyEmailResponse
+            /// Descriptor for "VerifyEmail".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.user.v1.UserService"),
+                method: "VerifyEmail",
+                type: .unary
+            )
+        }
+        /// Namespace for "ResendVerificationEmail" metadata.
+        public enum ResendVerificationEmail: Sendable {
+            /// Request type for "ResendVerificationEmail".
+            public typealias Input = Mart_User_V1_ResendVerificationEmailRequest
+            /// Response type for "ResendVerificationEmail".
+            public typealias Output = Mart_User_V1_ResendVerificationEmailResponse
+            /// Descriptor for "ResendVerificationEmail".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.user.v1.UserService"),
+                method: "ResendVerificationEmail",
+                type: .unary
+            )
+        }
         /// Namespace for "Login" metadata.
         public enum Login: Sendable {
             /// Request type for "Login".
@@ -195,6 +221,8 @@ public enum Mart_User_V1_UserService: Sendable {
         /// Descriptors for all methods in the "mart.user.v1.UserService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Register.descriptor,
+            VerifyEmail.descriptor,
+            ResendVerificationEmail.descriptor,
             Login.descriptor,
             Refresh.descriptor,
             Logout.descriptor,
@@ -247,9 +275,14 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Creates a customer account and signs it in. Public.
-        /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-        /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        /// > Creates a customer account and emails a link that verifies its address;
+        /// > sign in with Login. Public. The answer is the same whether or not the
+        /// > email already has an account, so that Register does not tell which
+        /// > emails do: a new account gets the verification email, the owner of an
+        /// > existing one an email saying that someone tried to register with it.
+        /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+        /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+        /// > or from this address, whether or not it has an account).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Mart_User_V1_RegisterRequest` messages.
@@ -262,6 +295,48 @@ extension Mart_User_V1_UserService {
             request: GRPCCore.StreamingServerRequest<Mart_User_V1_RegisterRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_RegisterResponse>
+
+        /// Handle the "VerifyEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks an account's email verified with the token its verification email
+        /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+        /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+        /// > expired, or for an address the account no longer has).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_User_V1_VerifyEmailRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_User_V1_VerifyEmailResponse` messages.
+        func verifyEmail(
+            request: GRPCCore.StreamingServerRequest<Mart_User_V1_VerifyEmailRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_VerifyEmailResponse>
+
+        /// Handle the "ResendVerificationEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a new verification link when the email has an account that is
+        /// > not verified yet. Public; the same answer for any email. Errors:
+        /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+        /// > at most 3 an hour for one email, whether or not it has an account).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_User_V1_ResendVerificationEmailRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_User_V1_ResendVerificationEmailResponse` messages.
+        func resendVerificationEmail(
+            request: GRPCCore.StreamingServerRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResendVerificationEmailResponse>
 
         /// Handle the "Login" method.
         ///
@@ -517,9 +592,14 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Creates a customer account and signs it in. Public.
-        /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-        /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        /// > Creates a customer account and emails a link that verifies its address;
+        /// > sign in with Login. Public. The answer is the same whether or not the
+        /// > email already has an account, so that Register does not tell which
+        /// > emails do: a new account gets the verification email, the owner of an
+        /// > existing one an email saying that someone tried to register with it.
+        /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+        /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+        /// > or from this address, whether or not it has an account).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_RegisterRequest` message.
@@ -532,6 +612,48 @@ extension Mart_User_V1_UserService {
             request: GRPCCore.ServerRequest<Mart_User_V1_RegisterRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_RegisterResponse>
+
+        /// Handle the "VerifyEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks an account's email verified with the token its verification email
+        /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+        /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+        /// > expired, or for an address the account no longer has).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_VerifyEmailRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_User_V1_VerifyEmailResponse` message.
+        func verifyEmail(
+            request: GRPCCore.ServerRequest<Mart_User_V1_VerifyEmailRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_VerifyEmailResponse>
+
+        /// Handle the "ResendVerificationEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a new verification link when the email has an account that is
+        /// > not verified yet. Public; the same answer for any email. Errors:
+        /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+        /// > at most 3 an hour for one email, whether or not it has an account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResendVerificationEmailRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_User_V1_ResendVerificationEmailResponse` message.
+        func resendVerificationEmail(
+            request: GRPCCore.ServerRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse>
 
         /// Handle the "Login" method.
         ///
@@ -785,9 +907,14 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Creates a customer account and signs it in. Public.
-        /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-        /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        /// > Creates a customer account and emails a link that verifies its address;
+        /// > sign in with Login. Public. The answer is the same whether or not the
+        /// > email already has an account, so that Register does not tell which
+        /// > emails do: a new account gets the verification email, the owner of an
+        /// > existing one an email saying that someone tried to register with it.
+        /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+        /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+        /// > or from this address, whether or not it has an account).
         ///
         /// - Parameters:
         ///   - request: A `Mart_User_V1_RegisterRequest` message.
@@ -800,6 +927,48 @@ extension Mart_User_V1_UserService {
             request: Mart_User_V1_RegisterRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Mart_User_V1_RegisterResponse
+
+        /// Handle the "VerifyEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks an account's email verified with the token its verification email
+        /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+        /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+        /// > expired, or for an address the account no longer has).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_User_V1_VerifyEmailRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_User_V1_VerifyEmailResponse` to respond with.
+        func verifyEmail(
+            request: Mart_User_V1_VerifyEmailRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_User_V1_VerifyEmailResponse
+
+        /// Handle the "ResendVerificationEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a new verification link when the email has an account that is
+        /// > not verified yet. Public; the same answer for any email. Errors:
+        /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+        /// > at most 3 an hour for one email, whether or not it has an account).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_User_V1_ResendVerificationEmailRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_User_V1_ResendVerificationEmailResponse` to respond with.
+        func resendVerificationEmail(
+            request: Mart_User_V1_ResendVerificationEmailRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_User_V1_ResendVerificationEmailResponse
 
         /// Handle the "Login" method.
         ///
@@ -1050,6 +1219,28 @@ extension Mart_User_V1_UserService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Mart_User_V1_UserService.Method.VerifyEmail.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_VerifyEmailRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_VerifyEmailResponse>(),
+            handler: { request, context in
+                try await self.verifyEmail(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Mart_User_V1_UserService.Method.ResendVerificationEmail.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ResendVerificationEmailRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ResendVerificationEmailResponse>(),
+            handler: { request, context in
+                try await self.resendVerificationEmail(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Mart_User_V1_UserService.Method.Login.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_LoginRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_LoginResponse>(),
@@ -1198,6 +1389,28 @@ extension Mart_User_V1_UserService.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
+    public func verifyEmail(
+        request: GRPCCore.StreamingServerRequest<Mart_User_V1_VerifyEmailRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_VerifyEmailResponse> {
+        let response = try await self.verifyEmail(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func resendVerificationEmail(
+        request: GRPCCore.StreamingServerRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResendVerificationEmailResponse> {
+        let response = try await self.resendVerificationEmail(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func login(
         request: GRPCCore.StreamingServerRequest<Mart_User_V1_LoginRequest>,
         context: GRPCCore.ServerContext
@@ -1340,6 +1553,32 @@ extension Mart_User_V1_UserService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_RegisterResponse> {
         return GRPCCore.ServerResponse<Mart_User_V1_RegisterResponse>(
             message: try await self.register(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func verifyEmail(
+        request: GRPCCore.ServerRequest<Mart_User_V1_VerifyEmailRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_VerifyEmailResponse> {
+        return GRPCCore.ServerResponse<Mart_User_V1_VerifyEmailResponse>(
+            message: try await self.verifyEmail(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func resendVerificationEmail(
+        request: GRPCCore.ServerRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse> {
+        return GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse>(
+            message: try await self.resendVerificationEmail(
                 request: request.message,
                 context: context
             ),
@@ -1527,9 +1766,14 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Creates a customer account and signs it in. Public.
-        /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-        /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        /// > Creates a customer account and emails a link that verifies its address;
+        /// > sign in with Login. Public. The answer is the same whether or not the
+        /// > email already has an account, so that Register does not tell which
+        /// > emails do: a new account gets the verification email, the owner of an
+        /// > existing one an email saying that someone tried to register with it.
+        /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+        /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+        /// > or from this address, whether or not it has an account).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_RegisterRequest` message.
@@ -1546,6 +1790,58 @@ extension Mart_User_V1_UserService {
             deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_RegisterResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_RegisterResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "VerifyEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks an account's email verified with the token its verification email
+        /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+        /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+        /// > expired, or for an address the account no longer has).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_VerifyEmailRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_VerifyEmailRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_VerifyEmailResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func verifyEmail<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_VerifyEmailRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_VerifyEmailRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_VerifyEmailResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_VerifyEmailResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ResendVerificationEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a new verification link when the email has an account that is
+        /// > not verified yet. Public; the same answer for any email. Errors:
+        /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+        /// > at most 3 an hour for one email, whether or not it has an account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResendVerificationEmailRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ResendVerificationEmailRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ResendVerificationEmailResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func resendVerificationEmail<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ResendVerificationEmailRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ResendVerificationEmailResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResendVerificationEmailResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Login" method.
@@ -1870,9 +2166,14 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Creates a customer account and signs it in. Public.
-        /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-        /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        /// > Creates a customer account and emails a link that verifies its address;
+        /// > sign in with Login. Public. The answer is the same whether or not the
+        /// > email already has an account, so that Register does not tell which
+        /// > emails do: a new account gets the verification email, the owner of an
+        /// > existing one an email saying that someone tried to register with it.
+        /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+        /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+        /// > or from this address, whether or not it has an account).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Mart_User_V1_RegisterRequest` message.
@@ -1895,6 +2196,80 @@ extension Mart_User_V1_UserService {
             try await self.client.unary(
                 request: request,
                 descriptor: Mart_User_V1_UserService.Method.Register.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "VerifyEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Marks an account's email verified with the token its verification email
+        /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+        /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+        /// > expired, or for an address the account no longer has).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_VerifyEmailRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_VerifyEmailRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_VerifyEmailResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func verifyEmail<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_VerifyEmailRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_VerifyEmailRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_VerifyEmailResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_VerifyEmailResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_User_V1_UserService.Method.VerifyEmail.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ResendVerificationEmail" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a new verification link when the email has an account that is
+        /// > not verified yet. Public; the same answer for any email. Errors:
+        /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+        /// > at most 3 an hour for one email, whether or not it has an account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResendVerificationEmailRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ResendVerificationEmailRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ResendVerificationEmailResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func resendVerificationEmail<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ResendVerificationEmailRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ResendVerificationEmailResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResendVerificationEmailResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_User_V1_UserService.Method.ResendVerificationEmail.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2334,9 +2709,14 @@ extension Mart_User_V1_UserService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Creates a customer account and signs it in. Public.
-    /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-    /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+    /// > Creates a customer account and emails a link that verifies its address;
+    /// > sign in with Login. Public. The answer is the same whether or not the
+    /// > email already has an account, so that Register does not tell which
+    /// > emails do: a new account gets the verification email, the owner of an
+    /// > existing one an email saying that someone tried to register with it.
+    /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+    /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+    /// > or from this address, whether or not it has an account).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Mart_User_V1_RegisterRequest` message.
@@ -2356,6 +2736,70 @@ extension Mart_User_V1_UserService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_RegisterRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_RegisterResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "VerifyEmail" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Marks an account's email verified with the token its verification email
+    /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+    /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+    /// > expired, or for an address the account no longer has).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_User_V1_VerifyEmailRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func verifyEmail<Result>(
+        request: GRPCCore.ClientRequest<Mart_User_V1_VerifyEmailRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_VerifyEmailResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.verifyEmail(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_VerifyEmailRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_VerifyEmailResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ResendVerificationEmail" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Emails a new verification link when the email has an account that is
+    /// > not verified yet. Public; the same answer for any email. Errors:
+    /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+    /// > at most 3 an hour for one email, whether or not it has an account).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_User_V1_ResendVerificationEmailRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func resendVerificationEmail<Result>(
+        request: GRPCCore.ClientRequest<Mart_User_V1_ResendVerificationEmailRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResendVerificationEmailResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.resendVerificationEmail(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ResendVerificationEmailRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ResendVerificationEmailResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2732,9 +3176,14 @@ extension Mart_User_V1_UserService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Creates a customer account and signs it in. Public.
-    /// > Errors: ALREADY_EXISTS (EMAIL_ALREADY_REGISTERED), INVALID_ARGUMENT
-    /// > (WEAK_PASSWORD, VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED).
+    /// > Creates a customer account and emails a link that verifies its address;
+    /// > sign in with Login. Public. The answer is the same whether or not the
+    /// > email already has an account, so that Register does not tell which
+    /// > emails do: a new account gets the verification email, the owner of an
+    /// > existing one an email saying that someone tried to register with it.
+    /// > Errors: INVALID_ARGUMENT (WEAK_PASSWORD, VALIDATION_FAILED),
+    /// > RESOURCE_EXHAUSTED (RATE_LIMITED: too many registrations for this email
+    /// > or from this address, whether or not it has an account).
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -2757,6 +3206,78 @@ extension Mart_User_V1_UserService.ClientProtocol {
             metadata: metadata
         )
         return try await self.register(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "VerifyEmail" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Marks an account's email verified with the token its verification email
+    /// > carried (single use, valid for 24 hours). Public: the token is the proof.
+    /// > Errors: INVALID_ARGUMENT (INVALID_VERIFICATION_TOKEN: unknown, used,
+    /// > expired, or for an address the account no longer has).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func verifyEmail<Result>(
+        _ message: Mart_User_V1_VerifyEmailRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_VerifyEmailResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_User_V1_VerifyEmailRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.verifyEmail(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ResendVerificationEmail" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Emails a new verification link when the email has an account that is
+    /// > not verified yet. Public; the same answer for any email. Errors:
+    /// > INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED (RATE_LIMITED:
+    /// > at most 3 an hour for one email, whether or not it has an account).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func resendVerificationEmail<Result>(
+        _ message: Mart_User_V1_ResendVerificationEmailRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResendVerificationEmailResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_User_V1_ResendVerificationEmailRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.resendVerificationEmail(
             request: request,
             options: options,
             onResponse: handleResponse

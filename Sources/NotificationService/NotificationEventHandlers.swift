@@ -20,10 +20,8 @@ enum NotificationEventHandlers {
           userID, email: event.email, phone: event.phone, name: event.fullName, locale: event.locale,
           roles: event.roles),
         version: max(event.version, 1), on: connection)
-      try await notifier.notify(
-        userID, of: .welcome, values: ["email": .text(event.email)], sourceEventID: received.envelope.id,
-        eventTime: received.envelope.time,
-        on: connection)
+      // The welcome email is sent on the account's first EmailVerificationRequested, which
+      // follows this event: it carries the link that verifies the address.
     }
     handlers.on(Mart_User_V1_UserUpdated.self) { received, connection in
       let event = received.event
@@ -45,6 +43,34 @@ enum NotificationEventHandlers {
           "roles": .text(roles), "admin_granted": .flag(after.contains(.admin) && !before.contains(.admin)),
           "admin_revoked": .flag(before.contains(.admin) && !after.contains(.admin)),
         ], sourceEventID: received.envelope.id, eventTime: received.envelope.time, on: connection)
+    }
+    // The link that verifies an email, in the welcome email at registration and in an email of its
+    // own when asked for again; to the address it verifies (which the projection may not hold
+    // yet, or any more); never shown in the app (`emailOnlyValues`).
+    handlers.on(Mart_User_V1_EmailVerificationRequested.self) { received, connection in
+      let event = received.event
+      let userID = try uuid(event.userID, "user_id", received)
+      guard !event.token.isEmpty, !event.email.isEmpty else {
+        throw InvalidEvent("EmailVerificationRequested \(received.envelope.id) has no token or email")
+      }
+      var values: TemplateValues = [
+        "email": .text(event.email), "token": .text(event.token), "expires": .text(format(event.expireTime.date)),
+      ]
+      if let base = notifier.settings.verifyEmailURL, var link = URLComponents(string: base) {
+        link.queryItems = (link.queryItems ?? []) + [URLQueryItem(name: "token", value: event.token)]
+        values["verify_link"] = .text(link.string ?? base)
+      }
+      try await notifier.notify(
+        userID, of: event.atRegistration ? .welcome : .verifyEmail, values: values, sourceEventID: received.envelope.id,
+        eventTime: received.envelope.time, destination: event.email, on: connection)
+    }
+    handlers.on(Mart_User_V1_RegistrationAttempted.self) { received, connection in
+      let event = received.event
+      let userID = try uuid(event.userID, "user_id", received)
+      try await notifier.notify(
+        userID, of: .registrationAttempted,
+        values: ["email": .text(event.email), "time": .text(format(event.attemptTime.date))],
+        sourceEventID: received.envelope.id, eventTime: received.envelope.time, on: connection)
     }
     return EventConsumerDefinition(name: "users", topics: [.users], handlers: handlers)
   }

@@ -7,6 +7,7 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
   case welcome, orderPlaced = "order_placed", orderPaid = "order_paid", orderCancelled = "order_cancelled"
   case orderShipped = "order_shipped", orderDelivered = "order_delivered", paymentFailed = "payment_failed"
   case paymentRefunded = "payment_refunded", lowStock = "low_stock", test, rolesChanged = "roles_changed"
+  case verifyEmail = "verify_email", registrationAttempted = "registration_attempted"
 
   /// The preference category that can turn its email and SMS off; nil: always sent (security
   /// notices, admins' alerts, tests an admin asked for).
@@ -15,7 +16,7 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
     case .orderPlaced, .orderPaid, .orderCancelled, .orderShipped, .orderDelivered, .paymentFailed, .paymentRefunded:
       .orders
     case .welcome: .account
-    case .lowStock, .test, .rolesChanged: nil
+    case .lowStock, .test, .rolesChanged, .verifyEmail, .registrationAttempted: nil
     }
   }
 
@@ -24,7 +25,7 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
   var channels: [DeliveryChannel] {
     switch self {
     case .orderPlaced, .orderPaid, .orderCancelled, .orderShipped, .orderDelivered, .paymentRefunded: [.email, .sms]
-    case .welcome, .paymentFailed, .lowStock, .rolesChanged: [.email]
+    case .welcome, .paymentFailed, .lowStock, .rolesChanged, .verifyEmail, .registrationAttempted: [.email]
     case .test: [.email, .sms]
     }
   }
@@ -42,7 +43,15 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
     case .lowStock: .lowStock
     case .test: .test
     case .rolesChanged: .rolesChanged
+    case .verifyEmail: .verifyEmail
+    case .registrationAttempted: .registrationAttempted
     }
+  }
+
+  /// Template values only the email may show: the in-app item is rendered without them, so that
+  /// being signed in is not enough to read a link that proves access to the mailbox.
+  var emailOnlyValues: Set<String> {
+    [.welcome, .verifyEmail].contains(self) ? ["token", "verify_link"] : []
   }
 }
 

@@ -30,6 +30,8 @@ public enum NotificationServiceModule {
         .eventTables(version: 2),
         Migration(version: 3, name: "delivery_log", embedded: PackageResources._003_delivery_log_sql),
         Migration(version: 4, name: "provider_status", embedded: PackageResources._004_provider_status_sql),
+        Migration(
+          version: 5, name: "account_security_kinds", embedded: PackageResources._005_account_security_kinds_sql),
       ],
       makeRPCServices: { context in
         let parts = try made.parts(for: context)

@@ -19,6 +19,10 @@ public struct NotificationSettings: Sendable {
   public var mailboxDirectory: String
   /// The shop's name in messages.
   public var shopName: String
+  /// Where the verification email links to (`MART_NOTIFICATION_VERIFY_EMAIL_URL`): the shop's page
+  /// that calls POST /v1/auth/verify-email with the `token` query parameter. Without it, the
+  /// email gives the token as a code to paste.
+  public var verifyEmailURL: String?
   /// The right-hand side of our Message-IDs.
   public var messageDomain: String
   /// Attempts of one delivery before it is failed for good (8 over about 30 minutes by default).
@@ -81,6 +85,15 @@ public struct NotificationSettings: Sendable {
     twilio = try TwilioSettings.fromEnvironment(env)
     mailboxDirectory = env.string("MART_NOTIFICATION_MAILBOX_DIR", default: mailboxDirectory)
     shopName = env.string("MART_NOTIFICATION_SHOP_NAME", default: shopName)
+    if let url = env.string("MART_NOTIFICATION_VERIFY_EMAIL_URL") {
+      guard let parsed = URL(string: url), ["https", "http"].contains(parsed.scheme?.lowercased() ?? ""),
+        parsed.host != nil
+      else {
+        throw ConfigurationError(
+          variable: "MART_NOTIFICATION_VERIFY_EMAIL_URL", value: url, reason: "expected an http(s) URL")
+      }
+      verifyEmailURL = url
+    }
     messageDomain = String(from.address.split(separator: "@").last ?? "mart.localhost")
     // EHLO names the client; some servers refuse "localhost". The From address's domain is the
     // name the mail claims to come from anyway.

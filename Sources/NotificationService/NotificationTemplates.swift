@@ -41,6 +41,10 @@ struct NotificationTemplates: Sendable {
     "test.en": PackageResources.test_en_mustache, "test.de": PackageResources.test_de_mustache,
     "roles_changed.en": PackageResources.roles_changed_en_mustache,
     "roles_changed.de": PackageResources.roles_changed_de_mustache,
+    "verify_email.en": PackageResources.verify_email_en_mustache,
+    "verify_email.de": PackageResources.verify_email_de_mustache,
+    "registration_attempted.en": PackageResources.registration_attempted_en_mustache,
+    "registration_attempted.de": PackageResources.registration_attempted_de_mustache,
   ]
 
   struct Broken: Error, CustomStringConvertible {

@@ -87,7 +87,7 @@ struct Notifier: Sendable {
     claimedFor lease: Duration? = nil, on connection: PostgresConnection
   ) async throws -> Outcome? {
     let contact = try await store.user(userID, on: connection)
-    let message = render(kind, values: values, for: contact)
+    let message = render(kind, values: values.filter { !kind.emailOnlyValues.contains($0.key) }, for: contact)
     guard
       let notificationID = try await store.insertNotification(
         userID: userID, kind: kind, title: String(String.UnicodeScalarView(message.subject.unicodeScalars.prefix(200))),

@@ -33,6 +33,11 @@ public struct OrderSettings: Sendable {
   /// How long a request may hold its idempotency key in flight before a retry may take it over
   /// (a process that died mid-request must not block the key until it expires).
   public var inFlightKeyLease: Duration
+  /// Whether only a customer whose email is verified may order (`MART_ORDER_REQUIRE_VERIFIED_EMAIL`,
+  /// default false: like most shops, an account orders at once and verifies its email when it
+  /// likes). Read from the access token's `email_verified`, so a customer who just verified signs
+  /// in again (or refreshes) first.
+  public var requireVerifiedEmail: Bool = false
 
   public init(
     paymentWindow: Duration = .seconds(30 * 60), reservationGrace: Duration = .seconds(10 * 60),
@@ -73,6 +78,7 @@ public struct OrderSettings: Sendable {
       idempotencyKeyTTL: try env.duration("MART_ORDER_IDEMPOTENCY_KEY_TTL", default: defaults.idempotencyKeyTTL),
       sagaPollInterval: try env.duration("MART_ORDER_SAGA_POLL_INTERVAL", default: defaults.sagaPollInterval),
       stepLease: try env.duration("MART_ORDER_SAGA_STEP_LEASE", default: defaults.stepLease))
+    requireVerifiedEmail = try env.bool("MART_ORDER_REQUIRE_VERIFIED_EMAIL", default: false)
   }
 
   /// The shipping fee of an order with this subtotal: the flat fee, or nothing from the

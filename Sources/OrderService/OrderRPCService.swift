@@ -31,6 +31,10 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
     request: Mart_Order_V1_CreateOrderRequest, context: ServerContext
   ) async throws -> Mart_Order_V1_Order {
     let userID = try Caller.requiredUserID()
+    if settings.requireVerifiedEmail, Caller.current?.claims.emailVerified != true {
+      throw APIStatus.status(
+        .failedPrecondition, "verify your email before you order (then sign in again)", reason: "EMAIL_NOT_VERIFIED")
+    }
     let input = try Self.validated(request)
     guard let key = input.idempotencyKey else { return try await place(input, userID: userID).proto }
     switch try await store.claimKey(

@@ -29,16 +29,22 @@ enum UserServiceError {
     .unauthenticated, "the refresh token was already used; every token of this session is now revoked",
     reason: "REFRESH_TOKEN_REUSED")
 
+  /// Only `mart users create-admin` says so: Register answers a taken email as a new one.
   static let emailTaken = APIStatus.status(
     .alreadyExists, "an account with this email already exists", reason: "EMAIL_ALREADY_REGISTERED")
+
+  static let invalidVerificationToken = APIStatus.status(
+    .invalidArgument, "the verification link is invalid, used or expired; ask for a new one",
+    reason: "INVALID_VERIFICATION_TOKEN", metadata: ["field": "token"],
+    extra: [.badRequest(violations: [.init(field: "token", description: "is invalid, used or expired")])])
 
   static let lastAdmin = APIStatus.status(
     .failedPrecondition, "the shop must keep at least one admin", reason: "LAST_ADMIN")
 
-  static func rateLimited(retryAfter: Duration) -> GoogleRPCStatus {
+  static func rateLimited(retryAfter: Duration, _ what: String = "too many failed logins") -> GoogleRPCStatus {
     let seconds = max(1, retryAfter.components.seconds + (retryAfter.components.attoseconds > 0 ? 1 : 0))
     return APIStatus.status(
-      .resourceExhausted, "too many failed logins; try again in \(seconds) s", reason: "RATE_LIMITED",
+      .resourceExhausted, "\(what); try again in \(seconds) s", reason: "RATE_LIMITED",
       extra: [.retryInfo(delay: .seconds(seconds))])
   }
 }

@@ -167,3 +167,32 @@ enum ClientAddress {
 
   static func key(_ address: IPAddress) -> String { IPNetwork.subscriberKey(address) }
 }
+
+/// Fixed-window request quotas in `request_quotas`, shared by every instance: Register per email
+/// and ResendVerificationEmail per email. A key counts whether or not an account has that email,
+/// so that being refused tells nothing about which emails do.
+struct RequestQuota: Sendable {
+  let database: PostgresClient
+  let logger: Logger
+
+  /// Counts one request for `key`; how long until the window ends if that makes more than
+  /// `limit`, else nil.
+  func take(_ key: String, limit: Int, per window: Duration) async throws -> Duration? {
+    let seconds = Double(window.components.seconds)
+    let rows = try await database.query(
+      """
+      INSERT INTO request_quotas AS q (key, window_start, requests) VALUES (\(key), now(), 1)
+      ON CONFLICT (key) DO UPDATE SET
+        window_start = CASE WHEN q.window_start <= now() - make_interval(secs => \(seconds))
+                            THEN now() ELSE q.window_start END,
+        requests = CASE WHEN q.window_start <= now() - make_interval(secs => \(seconds))
+                        THEN 1 ELSE q.requests + 1 END
+      RETURNING requests,
+        extract(epoch FROM window_start + make_interval(secs => \(seconds)) - now())::float8
+      """, logger: logger)
+    for try await (requests, remaining) in rows.decode((Int32, Double).self) where requests > limit {
+      return .milliseconds(Int64(max(remaining, 0.001) * 1000))
+    }
+    return nil
+  }
+}

@@ -52,6 +52,21 @@ struct UserAccounts: Sendable {
     return ValidAccount(email: email, fullName: fullName, phone: phone, locale: locale)
   }
 
+  /// Register: validates, hashes the password, then, in one transaction, creates the account with
+  /// its UserRegistered event and a verification link (EmailVerificationRequested), or, when the
+  /// email is taken, records RegistrationAttempted for its owner. The same work and the same
+  /// answer either way (the email as stored), so that the caller cannot tell which happened.
+  func register(_ input: NewAccount, verificationLifetime: Duration) async throws -> String {
+    let account = try Self.validate(input)
+    let hash = try await hasher.hash(input.password)
+    let verification = SecretTokens.make()
+    try await store.register(
+      email: account.email, passwordHash: hash, fullName: account.fullName, phone: account.phone,
+      locale: account.locale,
+      verification: NewVerification(token: verification.token, hash: verification.hash, lifetime: verificationLifetime))
+    return account.email
+  }
+
   /// Validates, hashes the password (no transaction is open meanwhile), then inserts the user
   /// with its event (and the session's first refresh token, if given) in one transaction.
   /// ALREADY_EXISTS if the email is taken.
@@ -70,8 +85,9 @@ struct UserAccounts: Sendable {
   }
 }
 
-/// Opaque refresh tokens: 32 random bytes, base64url; only their SHA-256 is stored.
-enum RefreshTokens {
+/// Opaque secret tokens (refresh tokens, email-verification tokens): 32 random bytes, base64url;
+/// only their SHA-256 is stored.
+enum SecretTokens {
   static func make() -> (token: String, hash: Data) {
     let bytes = PasswordHasher.randomBytes(32)
     return (Base64URL.encode(bytes), Data(SHA256.hash(data: bytes)))

@@ -17,6 +17,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   let hasher: PasswordHasher
   let keys: SigningKeyRing
   let throttle: LoginThrottle
+  let quotas: RequestQuota
   let logger: Logger
 
   init(context: ServiceContext, options: UserServiceOptions) {
@@ -35,6 +36,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
         cacheTTL: options.signingKeyCacheTTL),
       encryption: options.keyEncryption, logger: context.logger)
     self.throttle = LoginThrottle(policy: options.loginThrottle, database: context.database, logger: context.logger)
+    self.quotas = RequestQuota(database: context.database, logger: context.logger)
   }
 
   // MARK: - Authentication
@@ -46,19 +48,45 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let account = UserAccounts.NewAccount(
       email: request.email, password: request.password, fullName: request.fullName, phone: request.phone,
       locale: request.locale)
-    _ = try UserAccounts.validate(account)
-    let key = try await keys.signingKey()
-    let refresh = RefreshTokens.make()
-    let (user, refreshExpiresAt) = try await accounts.create(
-      account,
-      roles: [MartRole.customer],
-      session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
-    logger.info("user registered", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
-    return try .with {
-      $0.user = user.proto
-      $0.tokens = try tokens(
-        for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt ?? Date())
+    let valid = try UserAccounts.validate(account)
+    // Per email, taken or not: so that the owner of a taken one cannot be flooded with "someone
+    // tried to register" mail. Per address is the gateway's register quota.
+    if let wait = try await quotas.take("register:\(valid.email)", limit: 5, per: .seconds(3600)) {
+      throw UserServiceError.rateLimited(retryAfter: wait, "too many registrations for this email")
     }
+    let email = try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
+    logger.info("registration accepted")
+    return .with { $0.email = email }
+  }
+
+  func verifyEmail(request: Mart_User_V1_VerifyEmailRequest, context: ServerContext) async throws
+    -> Mart_User_V1_VerifyEmailResponse
+  {
+    guard !request.token.isEmpty else { throw APIStatus.invalid("token", "is required") }
+    guard let hash = SecretTokens.hash(request.token), let user = try await store.verifyEmail(tokenHash: hash) else {
+      throw UserServiceError.invalidVerificationToken
+    }
+    logger.info("email verified", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
+    return .with { $0.user = user.proto }
+  }
+
+  func resendVerificationEmail(request: Mart_User_V1_ResendVerificationEmailRequest, context: ServerContext)
+    async throws -> Mart_User_V1_ResendVerificationEmailResponse
+  {
+    let email: String
+    switch Validation.normalizedEmail(request.email) {
+    case .success(let value): email = value
+    case .failure(let violation): throw UserServiceError.invalid([violation])
+    }
+    if let wait = try await quotas.take("resend:\(email)", limit: 3, per: .seconds(3600)) {
+      throw UserServiceError.rateLimited(retryAfter: wait, "too many verification emails for this address")
+    }
+    let verification = SecretTokens.make()
+    try await store.resendVerification(
+      email: email,
+      verification: NewVerification(
+        token: verification.token, hash: verification.hash, lifetime: options.emailVerificationLifetime))
+    return .init()
   }
 
   func login(request: Mart_User_V1_LoginRequest, context: ServerContext) async throws -> Mart_User_V1_LoginResponse {
@@ -96,7 +124,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     // A hash made with weaker (older) parameters is replaced while the password is at hand.
     let newHash = hasher.needsRehash(found.passwordHash) ? try await hasher.hash(request.password) : nil
     let key = try await keys.signingKey()
-    let refresh = RefreshTokens.make()
+    let refresh = SecretTokens.make()
     guard
       let (user, refreshExpiresAt) = try await store.completeLogin(
         userID: found.user.id, newPasswordHash: newHash,
@@ -112,11 +140,11 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     -> Mart_User_V1_RefreshResponse
   {
     guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
-    guard let presented = RefreshTokens.hash(request.refreshToken) else {
+    guard let presented = SecretTokens.hash(request.refreshToken) else {
       throw UserServiceError.invalidRefreshToken()
     }
     let key = try await keys.signingKey()
-    let successor = RefreshTokens.make()
+    let successor = SecretTokens.make()
     let outcome = try await store.rotate(
       presentedHash: presented, successorHash: successor.hash, lifetime: options.refreshTokenLifetime,
       sessionLifetime: options.sessionLifetime)
@@ -138,7 +166,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
   {
     guard !request.refreshToken.isEmpty else { throw APIStatus.invalid("refresh_token", "is required") }
     // Idempotent: a token that cannot be ours has nothing to revoke.
-    if let presented = RefreshTokens.hash(request.refreshToken) {
+    if let presented = SecretTokens.hash(request.refreshToken) {
       try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
     }
     return Mart_User_V1_LogoutResponse()
@@ -154,7 +182,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let accessToken = try key.sign(
       AccessTokenClaims(
         sub: user.id.uuidString.lowercased(), roles: user.tokenRoles, iss: auth.issuer, aud: auth.audience,
-        iat: issuedAt, exp: issuedAt + lifetime))
+        iat: issuedAt, exp: issuedAt + lifetime, emailVerified: user.emailVerifiedAt != nil))
     return .with {
       $0.accessToken = accessToken
       $0.tokenType = "Bearer"

@@ -21,6 +21,7 @@ public enum UserServiceModule {
           version: 4, name: "login_known_addresses", embedded: PackageResources._004_login_known_addresses_sql),
         Migration(
           version: 5, name: "signing_key_encryption", embedded: PackageResources._005_signing_key_encryption_sql),
+        Migration(version: 6, name: "email_verification", embedded: PackageResources._006_email_verification_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
@@ -64,6 +65,8 @@ public struct UserServiceOptions: Sendable {
   public var signingKeyCacheTTL: Duration
   /// How failed logins are throttled (`LoginThrottle`).
   public var loginThrottle: LoginThrottle.Policy = .standard
+  /// How long an email-verification link works.
+  public var emailVerificationLifetime: Duration = .seconds(24 * 3600)
   /// What seals the JWT signing keys at rest (`MART_USER_KEY_ENCRYPTION_KEYS`).
   public var keyEncryption: KeyEncryptionKeys
 

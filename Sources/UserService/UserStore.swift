@@ -141,6 +141,14 @@ struct NewRefreshToken: Sendable {
   var lifetime: Duration
 }
 
+/// A link that verifies an account's email: the token goes into the event for the email, only its
+/// hash into the table.
+struct NewVerification: Sendable {
+  var token: String
+  var hash: Data
+  var lifetime: Duration
+}
+
 /// What happened to a presented refresh token.
 enum RotationOutcome: Sendable {
   /// Spent; its successor is stored. The user and the successor's expiry.
@@ -191,24 +199,136 @@ struct UserStore: Sendable {
       var inserted: UserRecord?
       for try await row in rows.decode(UserRecord.Row.self) { inserted = UserRecord(row) }
       guard let user = inserted else { return nil }
-      let event = Mart_User_V1_UserRegistered.with {
-        $0.userID = user.id.uuidString.lowercased()
-        $0.email = user.email
-        $0.fullName = user.fullName
-        $0.phone = user.phone ?? ""
-        $0.roles = user.protoRoles
-        $0.registerTime = Google_Protobuf_Timestamp(date: user.createdAt)
-        $0.locale = user.locale
-        $0.version = user.version
-      }
-      try await outbox.append(
-        event, aggregateType: "user", aggregateID: user.id.uuidString.lowercased(), on: connection, logger: logger)
+      try await Self.appendRegistered(user, outbox: outbox, on: connection, logger: logger)
       var expiresAt: Date?
       if let session {
         expiresAt = try await Self.insertRefreshToken(session, userID: user.id, on: connection, logger: logger)
       }
       return (user, expiresAt)
     }
+  }
+
+  /// Register's transaction: a new account with its UserRegistered event and its first
+  /// verification link, or, for a taken email, RegistrationAttempted for the existing account.
+  func register(
+    email: String, passwordHash: String, fullName: String, phone: String?, locale: String,
+    verification: NewVerification
+  ) async throws {
+    let outbox = self.outbox
+    let logger = self.logger
+    try await database.withTransaction(logger: logger) { connection in
+      let rows = try await connection.query(
+        """
+        INSERT INTO users (email, password_hash, full_name, phone, locale, roles)
+        VALUES (lower(\(email)), \(passwordHash), \(fullName), \(phone), \(locale), \(["customer"]))
+        ON CONFLICT DO NOTHING
+        RETURNING \(unescaped: UserRecord.columns)
+        """, logger: logger)
+      if let user = try await Self.firstUser(rows) {
+        try await Self.appendRegistered(user, outbox: outbox, on: connection, logger: logger)
+        try await Self.insertVerification(
+          verification, userID: user.id, email: user.email, atRegistration: true, outbox: outbox, on: connection,
+          logger: logger)
+        return
+      }
+      let existing = try await connection.query(
+        "SELECT id, email FROM users WHERE lower(email) = lower(\(email))", logger: logger)
+      for try await (id, storedEmail) in existing.decode((UUID, String).self) {
+        let event = Mart_User_V1_RegistrationAttempted.with {
+          $0.userID = id.uuidString.lowercased()
+          $0.email = storedEmail
+          $0.attemptTime = Google_Protobuf_Timestamp(date: Date())
+        }
+        try await outbox.append(
+          event, aggregateType: "user", aggregateID: id.uuidString.lowercased(), on: connection, logger: logger)
+      }
+    }
+  }
+
+  /// A new verification link for the account with this email, if it has one that is not verified
+  /// yet; nothing otherwise.
+  func resendVerification(email: String, verification: NewVerification) async throws {
+    let outbox = self.outbox
+    let logger = self.logger
+    try await database.withTransaction(logger: logger) { connection in
+      let rows = try await connection.query(
+        """
+        SELECT id, email FROM users
+        WHERE lower(email) = lower(\(email)) AND email_verified_at IS NULL AND disabled_at IS NULL
+        FOR UPDATE
+        """, logger: logger)
+      for try await (id, storedEmail) in rows.decode((UUID, String).self) {
+        try await Self.insertVerification(
+          verification, userID: id, email: storedEmail, atRegistration: false, outbox: outbox, on: connection,
+          logger: logger)
+      }
+    }
+  }
+
+  /// Spends a verification token and marks its account's email verified; nil when the token is
+  /// unknown, spent, expired, or for an address the account no longer has.
+  func verifyEmail(tokenHash: Data) async throws -> UserRecord? {
+    let logger = self.logger
+    return try await database.withTransaction(logger: logger) { connection in
+      let spent = try await connection.query(
+        """
+        UPDATE email_verifications v SET used_at = now()
+        FROM users u
+        WHERE v.token_hash = \(tokenHash) AND v.used_at IS NULL AND v.expires_at > now()
+          AND u.id = v.user_id AND lower(u.email) = lower(v.email) AND u.disabled_at IS NULL
+        RETURNING v.user_id
+        """, logger: logger)
+      var userID: UUID?
+      for try await id in spent.decode(UUID.self) { userID = id }
+      guard let userID else { return nil }
+      let rows = try await connection.query(
+        """
+        UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = \(userID)
+        RETURNING \(unescaped: UserRecord.columns)
+        """, logger: logger)
+      return try await Self.firstUser(rows)
+    }
+  }
+
+  private static func insertVerification(
+    _ verification: NewVerification, userID: UUID, email: String, atRegistration: Bool, outbox: Outbox,
+    on connection: PostgresConnection, logger: Logger
+  ) async throws {
+    let lifetime = Double(verification.lifetime.components.seconds)
+    let rows = try await connection.query(
+      """
+      INSERT INTO email_verifications (token_hash, user_id, email, expires_at)
+      VALUES (\(verification.hash), \(userID), \(email), now() + make_interval(secs => \(lifetime)))
+      RETURNING expires_at
+      """, logger: logger)
+    var expiresAt = Date()
+    for try await value in rows.decode(Date.self) { expiresAt = value }
+    let event = Mart_User_V1_EmailVerificationRequested.with {
+      $0.userID = userID.uuidString.lowercased()
+      $0.email = email
+      $0.token = verification.token
+      $0.expireTime = Google_Protobuf_Timestamp(date: expiresAt)
+      $0.atRegistration = atRegistration
+    }
+    try await outbox.append(
+      event, aggregateType: "user", aggregateID: userID.uuidString.lowercased(), on: connection, logger: logger)
+  }
+
+  private static func appendRegistered(
+    _ user: UserRecord, outbox: Outbox, on connection: PostgresConnection, logger: Logger
+  ) async throws {
+    let event = Mart_User_V1_UserRegistered.with {
+      $0.userID = user.id.uuidString.lowercased()
+      $0.email = user.email
+      $0.fullName = user.fullName
+      $0.phone = user.phone ?? ""
+      $0.roles = user.protoRoles
+      $0.registerTime = Google_Protobuf_Timestamp(date: user.createdAt)
+      $0.locale = user.locale
+      $0.version = user.version
+    }
+    try await outbox.append(
+      event, aggregateType: "user", aggregateID: user.id.uuidString.lowercased(), on: connection, logger: logger)
   }
 
   /// The account with this email (any case) and its password hash.

@@ -31,13 +31,21 @@ import UserService
       let registered = try await edge.call(
         "POST", "/v1/auth/register", json: ["email": email, "password": "correct horse 1", "fullName": "Ada"])
       #expect(registered.status == 200, "\(registered.text)")
-      let user = try registered.object("user")
-      #expect(user["email"] as? String == email.lowercased())
-      #expect((user["roles"] as? [String]) == ["CUSTOMER"])
+      #expect(try registered.json()["email"] as? String == email.lowercased())
+      // A taken email gets the very same answer (no 409): Register tells nobody who has an account.
+      let again = try await edge.call(
+        "POST", "/v1/auth/register",
+        json: ["email": email.uppercased(), "password": "other horse 2", "fullName": "Eve"])
+      #expect(again.status == 200, "\(again.text)")
+      #expect(again.body == registered.body)
 
       let login = try await edge.call(
         "POST", "/v1/auth/login", json: ["email": email.uppercased(), "password": "correct horse 1"])
       #expect(login.status == 200, "\(login.text)")
+      let user = try login.object("user")
+      #expect(user["email"] as? String == email.lowercased())
+      #expect((user["roles"] as? [String]) == ["CUSTOMER"])
+      #expect(user["emailVerified"] as? Bool != true)
       let tokens = try login.object("tokens")
       let access = try #require(tokens["accessToken"] as? String)
       let refresh = try #require(tokens["refreshToken"] as? String)
@@ -395,9 +403,11 @@ struct Edge {
 
   /// A new customer, signed in: (access token, refresh token).
   func register() async throws -> (String, String) {
-    let response = try await call(
-      "POST", "/v1/auth/register",
-      json: ["email": "c-\(UUID().uuidString.prefix(8))@example.com", "password": "a fine password", "fullName": "C"])
+    let email = "c-\(UUID().uuidString.prefix(8))@example.com"
+    let registered = try await call(
+      "POST", "/v1/auth/register", json: ["email": email, "password": "a fine password", "fullName": "C"])
+    #expect(registered.status == 200, "\(registered.text)")
+    let response = try await call("POST", "/v1/auth/login", json: ["email": email, "password": "a fine password"])
     #expect(response.status == 200, "\(response.text)")
     let tokens = try response.object("tokens")
     return (try #require(tokens["accessToken"] as? String), try #require(tokens["refreshToken"] as? String))

@@ -56,11 +56,17 @@ import UserService
               service: .inventory, port: 0, database: inventoryDatabase.configuration),
             auth: auth, network: network
           ) { _, inventoryGRPC in
-            let registered = try await Mart_User_V1_UserService.Client(wrapping: userGRPC).register(
+            let userService = Mart_User_V1_UserService.Client(wrapping: userGRPC)
+            _ = try await userService.register(
               .with {
                 $0.email = "net@example.com"
                 $0.password = "correct horse battery staple"
                 $0.fullName = "Net User"
+              })
+            let registered = try await userService.login(
+              .with {
+                $0.email = "net@example.com"
+                $0.password = "correct horse battery staple"
               })
             let inventory = Mart_Inventory_V1_InventoryService.Client(wrapping: inventoryGRPC)
             let customer: Metadata = ["authorization": "Bearer \(registered.tokens.accessToken)"]

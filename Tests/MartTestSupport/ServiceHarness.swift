@@ -27,16 +27,16 @@ public struct TestUsers: Sendable {
   }
 
   /// An access token for a user with `roles`, valid for an hour.
-  public func token(roles: [String], subject: UUID = UUID()) throws -> String {
+  public func token(roles: [String], subject: UUID = UUID(), emailVerified: Bool? = nil) throws -> String {
     let now = Int64(Date().timeIntervalSince1970)
     return try key.sign(
       AccessTokenClaims(
         sub: subject.uuidString.lowercased(), roles: roles, iss: auth.issuer, aud: auth.audience, iat: now,
-        exp: now + 3600))
+        exp: now + 3600, emailVerified: emailVerified))
   }
 
-  public func bearer(roles: [String], subject: UUID = UUID()) throws -> Metadata {
-    ["authorization": "Bearer \(try token(roles: roles, subject: subject))"]
+  public func bearer(roles: [String], subject: UUID = UUID(), emailVerified: Bool? = nil) throws -> Metadata {
+    ["authorization": "Bearer \(try token(roles: roles, subject: subject, emailVerified: emailVerified))"]
   }
 
   /// The metadata of a call from another service (`service`) to `target`.

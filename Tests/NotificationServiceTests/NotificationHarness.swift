@@ -87,13 +87,18 @@ struct NotificationHarness: Sendable {
   func register(
     _ email: String, name: String = "Thandi Nkosi", phone: String = "", locale: String = ""
   ) async throws -> (id: UUID, auth: Metadata) {
-    let response = try await userService.register(
+    _ = try await userService.register(
       .with {
         $0.email = email
         $0.password = Self.password
         $0.fullName = name
         $0.phone = phone
         $0.locale = locale
+      })
+    let response = try await userService.login(
+      .with {
+        $0.email = email
+        $0.password = Self.password
       })
     let id = try #require(UUID(uuidString: response.user.id))
     return (id, try users.bearer(roles: ["customer"], subject: id))

@@ -148,6 +148,54 @@ struct NotificationServiceTests {
     }
   }
 
+  /// The welcome email carries the link that verifies the address, and the link works; the in-app
+  /// item never shows it. Registering a taken email mails its owner a security notice, and a
+  /// resend is an email of its own.
+  @Test func theWelcomeEmailVerifiesTheAddressAndATakenEmailWarnsItsOwner() async throws {
+    let mailbox = FileManager.default.temporaryDirectory.appendingPathComponent("mart-mail-\(UUID())")
+    var settings = try NotificationHarness.settings(mailbox: mailbox.path)
+    settings.verifyEmailURL = "https://shop.example/verify-email"
+    try await NotificationHarness.run("notify_verify", settings: settings) { mart in
+      let (userID, auth) = try await mart.register("nia@example.com", name: "Nia")
+      let welcome = try await mart.settledDeliveries(of: userID, count: 1)
+      #expect(welcome.map(\.kind) == ["welcome"])
+      // The messages as text, quoted-printable undone where it matters here (soft line breaks
+      // and the "=" of the query).
+      func mails() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: mailbox.path).filter { $0.hasSuffix(".eml") }.sorted()
+          .map { try String(contentsOf: mailbox.appendingPathComponent($0), encoding: .utf8) }
+          .map {
+            $0.replacingOccurrences(of: "=\r\n", with: "").replacingOccurrences(of: "=\n", with: "")
+              .replacingOccurrences(of: "=3D", with: "=")
+          }
+      }
+      let text = try #require(try mails().first)
+      let prefix = "https://shop.example/verify-email?token="
+      let start = try #require(text.range(of: prefix))
+      let token = String(text[start.upperBound...].prefix { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" })
+      #expect(token.count == 43)
+      let inbox = try await mart.notifications.listMyNotifications(.init(), metadata: auth)
+      #expect(inbox.notifications.map(\.kind) == [.welcome])
+      #expect(inbox.notifications.allSatisfy { !$0.body.contains(token) && !$0.title.contains(token) })
+      let verified = try await mart.userService.verifyEmail(.with { $0.token = token })
+      #expect(verified.user.emailVerified)
+
+      _ = try await mart.userService.register(
+        .with {
+          $0.email = "NIA@example.com"
+          $0.password = "someone else's password"
+          $0.fullName = "Not Nia"
+        })
+      _ = try await mart.userService.resendVerificationEmail(.with { $0.email = "nia@example.com" })
+      let all = try await mart.settledDeliveries(of: userID, count: 2)
+      // Verified already: the resend sends nothing; the stranger's attempt is the owner's notice.
+      #expect(all.map(\.kind) == ["welcome", "registration_attempted"])
+      #expect(all.allSatisfy { $0.status == "sent" && $0.recipient == "nia@example.com" })
+      let notice = try #require(try mails().first { $0.contains("tried to register") })
+      #expect(notice.contains("nia@example.com"))
+    }
+  }
+
   /// The same OrderPaid delivered three times, then once more later, sends one email.
   @Test func aRedeliveredEventSendsNothingTwice() async throws {
     let mailbox = FileManager.default.temporaryDirectory.appendingPathComponent("mart-mail-\(UUID())")

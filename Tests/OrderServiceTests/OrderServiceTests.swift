@@ -78,6 +78,25 @@ import Testing
     }
   }
 
+  /// A shop that requires a verified email (MART_ORDER_REQUIRE_VERIFIED_EMAIL) refuses an order
+  /// from a token that does not say `email_verified`, and takes it from one that does.
+  @Test func aShopCanRequireAVerifiedEmailToOrder() async throws {
+    var settings = OrderSettings()
+    settings.requireVerifiedEmail = true
+    try await OrderHarness.run("order_verified", settings: settings) { mart in
+      let product = try await mart.product(sku: "VERIFY-1", price: 1000, onHand: 5)
+      for claim in [nil, false] as [Bool?] {
+        let unverified = try mart.users.bearer(roles: ["customer"], emailVerified: claim)
+        let refused = await rpcError { _ = try await mart.place([(product, 1)], as: unverified) }
+        #expect(refused?.code == .failedPrecondition)
+        #expect(reason(refused) == "EMAIL_NOT_VERIFIED")
+      }
+      let verified = try mart.users.bearer(roles: ["customer"], emailVerified: true)
+      let order = try await mart.place([(product, 1)], as: verified)
+      #expect(order.status == .pending || order.status == .awaitingPayment)
+    }
+  }
+
   @Test func anOrderBeyondTheStockIsCancelledOutOfStockAndReservesNothing() async throws {
     try await OrderHarness.run("order_short") { mart in
       let scarce = try await mart.product(sku: "SCARCE", price: 1000, onHand: 1)

@@ -66,12 +66,106 @@ import UserService
     }
   }
 
-  @Test func emailIsUniqueRegardlessOfCase() async throws {
+  /// Register answers a taken email (in any case) exactly as a new one, so it cannot be used to
+  /// find out who has an account; the owner is told instead, and the stranger's password opens
+  /// nothing.
+  @Test func aTakenEmailIsAnsweredAsANewOneAndItsOwnerIsTold() async throws {
     try await withUserService("users_dup") { service in
-      _ = try await service.register(email: "Bob@Example.com")
-      let error = await rpcError { _ = try await service.register(email: "bob@EXAMPLE.com") }
-      #expect(error?.code == .alreadyExists)
-      #expect(reason(error) == "EMAIL_ALREADY_REGISTERED")
+      let request = Mart_User_V1_RegisterRequest.with {
+        $0.email = "Bob@Example.com"
+        $0.password = defaultPassword
+        $0.fullName = "Bob"
+      }
+      let first = try await service.client.register(request)
+      var again = request
+      again.email = "bob@EXAMPLE.com"
+      again.password = "another fine password"
+      let second = try await service.client.register(again)
+      #expect(first == second)
+      #expect(first.email == "bob@example.com")
+      #expect(try await service.count("SELECT count(*)::int8 FROM users") == 1)
+      let events = try await service.strings(
+        "SELECT event_type FROM outbox WHERE event_type LIKE 'mart.user.v1.%' ORDER BY id")
+      #expect(
+        events == [
+          "mart.user.v1.UserRegistered", "mart.user.v1.EmailVerificationRequested",
+          "mart.user.v1.RegistrationAttempted",
+        ])
+      let wrong = await rpcError {
+        _ = try await service.client.login(
+          .with {
+            $0.email = "bob@example.com"
+            $0.password = "another fine password"
+          })
+      }
+      #expect(wrong?.code == .unauthenticated)
+      _ = try await service.client.login(
+        .with {
+          $0.email = "bob@example.com"
+          $0.password = defaultPassword
+        })
+      // Per email, taken or not: five an hour, then RATE_LIMITED for any email alike.
+      for _ in 0..<3 { _ = try await service.client.register(again) }
+      let limited = await rpcError { _ = try await service.client.register(again) }
+      #expect(limited?.code == .resourceExhausted)
+      #expect(reason(limited) == "RATE_LIMITED")
+      var unknown = request
+      unknown.email = "nobody-yet@example.com"
+      for _ in 0..<5 { _ = try await service.client.register(unknown) }
+      let unknownLimited = await rpcError { _ = try await service.client.register(unknown) }
+      #expect(unknownLimited?.code == .resourceExhausted)
+    }
+  }
+
+  /// The link in the verification email verifies the address once; the access token then says
+  /// so; a used, unknown or resent-over token does not verify, and resending has a quota that
+  /// answers the same for any email.
+  @Test func emailVerificationIsSingleUseAndResendIsQuotaed() async throws {
+    try await withUserService("users_verify") { service in
+      let signedIn = try await service.register(email: "vera@example.com")
+      #expect(!signedIn.user.emailVerified)
+      #expect(try decodeClaims(signedIn.tokens.accessToken).emailVerified == false)
+      let token = try #require(try await service.verificationTokens("vera@example.com").first)
+      let bogus = await rpcError { _ = try await service.client.verifyEmail(.with { $0.token = "not-a-token" }) }
+      #expect(bogus?.code == .invalidArgument)
+      #expect(reason(bogus) == "INVALID_VERIFICATION_TOKEN")
+      #expect(fields(bogus) == ["token"])
+      let verified = try await service.client.verifyEmail(.with { $0.token = token })
+      #expect(verified.user.emailVerified)
+      #expect(verified.user.email == "vera@example.com")
+      let reused = await rpcError { _ = try await service.client.verifyEmail(.with { $0.token = token }) }
+      #expect(reason(reused) == "INVALID_VERIFICATION_TOKEN")
+      let after = try await service.client.login(
+        .with {
+          $0.email = "vera@example.com"
+          $0.password = defaultPassword
+        })
+      #expect(after.user.emailVerified)
+      #expect(try decodeClaims(after.tokens.accessToken).emailVerified == true)
+
+      // Resend: a new link only for an account that is not verified yet, the same answer always.
+      _ = try await service.register(email: "walt@example.com")
+      for email in ["walt@example.com", "vera@example.com", "nobody@example.com"] {
+        _ = try await service.client.resendVerificationEmail(.with { $0.email = email })
+      }
+      #expect(try await service.verificationTokens("walt@example.com").count == 2)
+      #expect(try await service.verificationTokens("vera@example.com").count == 1)
+      for _ in 0..<2 { _ = try await service.client.resendVerificationEmail(.with { $0.email = "nobody@example.com" }) }
+      let limited = await rpcError {
+        _ = try await service.client.resendVerificationEmail(.with { $0.email = "nobody@example.com" })
+      }
+      #expect(limited?.code == .resourceExhausted)
+      let badEmail = await rpcError {
+        _ = try await service.client.resendVerificationEmail(.with { $0.email = "not an email" })
+      }
+      #expect(fields(badEmail) == ["email"])
+      // An expired link verifies nothing.
+      let walt = try await service.verificationTokens("walt@example.com")
+      try await service.database.query(
+        "UPDATE email_verifications SET created_at = now() - interval '2 days', expires_at = now() - interval '1 day'",
+        logger: TestBed.logger)
+      let expired = await rpcError { _ = try await service.client.verifyEmail(.with { $0.token = walt[1] }) }
+      #expect(reason(expired) == "INVALID_VERIFICATION_TOKEN")
     }
   }
 
@@ -699,12 +793,17 @@ import UserService
   /// and a version that grows with every change, so a copy can refuse an older one.
   @Test func localeAndUserUpdatedCarryTheWholeStateWithAVersion() async throws {
     try await withUserService("users_updated") { service in
-      let registered = try await service.client.register(
+      _ = try await service.client.register(
         .with {
           $0.email = "lena@example.com"
           $0.password = defaultPassword
           $0.fullName = "Lena Berg"
           $0.locale = "de_ch"
+        })
+      let registered = try await service.client.login(
+        .with {
+          $0.email = "lena@example.com"
+          $0.password = defaultPassword
         })
       #expect(registered.user.locale == "de-CH")
       let auth = bearer(registered.tokens.accessToken)
@@ -867,15 +966,34 @@ struct UserServiceUnderTest: Sendable {
   /// The service's database, for set-up and for looking behind the API.
   let database: PostgresClient
 
+  /// Registers and signs in (Register itself answers with no account and no tokens).
   func register(email: String, password: String = defaultPassword, fullName: String = "Test User") async throws
-    -> Mart_User_V1_RegisterResponse
+    -> Mart_User_V1_LoginResponse
   {
-    try await client.register(
+    _ = try await client.register(
       .with {
         $0.email = email
         $0.password = password
         $0.fullName = fullName
       })
+    return try await client.login(
+      .with {
+        $0.email = email
+        $0.password = password
+      })
+  }
+
+  /// The verification tokens the outbox holds for this email, oldest first.
+  func verificationTokens(_ email: String) async throws -> [String] {
+    let rows = try await database.query(
+      "SELECT payload FROM outbox WHERE event_type = 'mart.user.v1.EmailVerificationRequested' ORDER BY id",
+      logger: TestBed.logger)
+    var tokens: [String] = []
+    for try await payload in rows.decode(ByteBuffer.self) {
+      let event = try Mart_User_V1_EmailVerificationRequested(serializedBytes: Array(buffer: payload))
+      if event.email == email { tokens.append(event.token) }
+    }
+    return tokens
   }
 
   func strings(_ sql: String) async throws -> [String] {

@@ -493,6 +493,36 @@ extension GatewayRouteTable {
     ),
     GatewayRoute(
       httpMethod: "POST",
+      pathTemplate: "/v1/auth/verify-email",
+      body: "*",
+      responseBody: "",
+      access: .public,
+      upstream: .user,
+      requestMessage: "mart.user.v1.VerifyEmailRequest",
+      responseMessage: "mart.user.v1.VerifyEmailResponse",
+      operationID: "UserService_VerifyEmail",
+      rpc: ProtobufGatewayRPC<Mart_User_V1_VerifyEmailRequest, Mart_User_V1_VerifyEmailResponse>(
+        service: "mart.user.v1.UserService",
+        method: "VerifyEmail"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
+      pathTemplate: "/v1/auth/verify-email:resend",
+      body: "*",
+      responseBody: "",
+      access: .public,
+      upstream: .user,
+      requestMessage: "mart.user.v1.ResendVerificationEmailRequest",
+      responseMessage: "mart.user.v1.ResendVerificationEmailResponse",
+      operationID: "UserService_ResendVerificationEmail",
+      rpc: ProtobufGatewayRPC<Mart_User_V1_ResendVerificationEmailRequest, Mart_User_V1_ResendVerificationEmailResponse>(
+        service: "mart.user.v1.UserService",
+        method: "ResendVerificationEmail"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
       pathTemplate: "/v1/auth/login",
       body: "*",
       responseBody: "",
@@ -1070,6 +1100,12 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "locale", jsonName: "locale", kind: .string),
       ]
     ),
+    "mart.user.v1.ResendVerificationEmailRequest": MessageSchema(
+      fullName: "mart.user.v1.ResendVerificationEmailRequest",
+      fields: [
+        FieldSchema(protoName: "email", jsonName: "email", kind: .string),
+      ]
+    ),
     "mart.user.v1.SetRolesRequest": MessageSchema(
       fullName: "mart.user.v1.SetRolesRequest",
       fields: [
@@ -1097,6 +1133,12 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "update_time", jsonName: "updateTime", kind: .message("google.protobuf.Timestamp")),
         FieldSchema(protoName: "last_login_time", jsonName: "lastLoginTime", kind: .message("google.protobuf.Timestamp")),
         FieldSchema(protoName: "locale", jsonName: "locale", kind: .string),
+      ]
+    ),
+    "mart.user.v1.VerifyEmailRequest": MessageSchema(
+      fullName: "mart.user.v1.VerifyEmailRequest",
+      fields: [
+        FieldSchema(protoName: "token", jsonName: "token", kind: .string),
       ]
     ),
   ]

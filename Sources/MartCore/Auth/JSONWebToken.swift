@@ -25,11 +25,15 @@ public struct AccessTokenClaims: Codable, Sendable, Equatable {
   public var nbf: Int64?
   /// Unique token id.
   public var jti: String
+  /// Whether the user's email was verified when the token was issued (OpenID Connect's
+  /// `email_verified`); nil in service tokens.
+  public var emailVerified: Bool?
 
   public init(
     sub: String, roles: [String], iss: String, aud: String, iat: Int64, exp: Int64, nbf: Int64? = nil,
-    jti: String = UUID().uuidString.lowercased()
+    jti: String = UUID().uuidString.lowercased(), emailVerified: Bool? = nil
   ) {
+    self.emailVerified = emailVerified
     self.sub = sub
     self.roles = roles
     self.iss = iss
@@ -40,7 +44,10 @@ public struct AccessTokenClaims: Codable, Sendable, Equatable {
     self.jti = jti
   }
 
-  enum CodingKeys: String, CodingKey { case sub, roles, iss, aud, iat, exp, nbf, jti }
+  enum CodingKeys: String, CodingKey {
+    case sub, roles, iss, aud, iat, exp, nbf, jti
+    case emailVerified = "email_verified"
+  }
 
   public init(from decoder: any Decoder) throws {
     let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -56,6 +63,7 @@ public struct AccessTokenClaims: Codable, Sendable, Equatable {
     exp = try container.decode(Int64.self, forKey: .exp)
     nbf = try container.decodeIfPresent(Int64.self, forKey: .nbf)
     jti = try container.decodeIfPresent(String.self, forKey: .jti) ?? ""
+    emailVerified = try container.decodeIfPresent(Bool.self, forKey: .emailVerified)
   }
 
   public func encode(to encoder: any Encoder) throws {
@@ -72,6 +80,7 @@ public struct AccessTokenClaims: Codable, Sendable, Equatable {
     try container.encode(exp, forKey: .exp)
     try container.encodeIfPresent(nbf, forKey: .nbf)
     try container.encode(jti, forKey: .jti)
+    try container.encodeIfPresent(emailVerified, forKey: .emailVerified)
   }
 }
 

@@ -42,6 +42,8 @@ extension DomainEvents {
     Mart_Product_V1_ProductArchived.self,
     Mart_User_V1_UserRegistered.self,
     Mart_User_V1_UserUpdated.self,
+    Mart_User_V1_EmailVerificationRequested.self,
+    Mart_User_V1_RegistrationAttempted.self,
   ]
 }
 
@@ -126,5 +128,13 @@ extension Mart_User_V1_UserRegistered: DomainEvent {
 }
 
 extension Mart_User_V1_UserUpdated: DomainEvent {
+  public static var topic: EventTopic { .`users` }
+}
+
+extension Mart_User_V1_EmailVerificationRequested: DomainEvent {
+  public static var topic: EventTopic { .`users` }
+}
+
+extension Mart_User_V1_RegistrationAttempted: DomainEvent {
   public static var topic: EventTopic { .`users` }
 }
