@@ -60,7 +60,7 @@ public enum Gateway {
       EdgeCORSMiddleware(policy: CORSPolicy(settings.cors))
       HeadMiddleware()
       GatewayErrorMiddleware(logger: logger)
-      BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments)
+      BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments, adminToken: configuration.adminToken)
       RouteMatchMiddleware(matcher: matcher)
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))

@@ -18,16 +18,21 @@ public struct GatewayConfiguration: Sendable {
   public var auth: AuthConfiguration
   /// The edge policy, from the configuration file.
   public var settings: GatewaySettings
+  /// The bearer token that reads /metrics and /readyz's detail (`MART_GATEWAY_ADMIN_TOKEN`, a
+  /// secret, so from the environment and not the file); nil: nobody reads them.
+  public var adminToken: AdminToken?
 
   public init(
     bindHost: String = "127.0.0.1", port: Int = 8000, directory: ServiceDirectory,
-    auth: AuthConfiguration = AuthConfiguration(keys: .none), settings: GatewaySettings = GatewaySettings()
+    auth: AuthConfiguration = AuthConfiguration(keys: .none), settings: GatewaySettings = GatewaySettings(),
+    adminToken: AdminToken? = nil
   ) {
     self.bindHost = bindHost
     self.port = port
     self.directory = directory
     self.auth = auth
     self.settings = settings
+    self.adminToken = adminToken
   }
 
   public static let configFileVariable = "MART_GATEWAY_CONFIG"
@@ -45,7 +50,8 @@ public struct GatewayConfiguration: Sendable {
       port: try env.port("MART_GATEWAY_PORT", default: 8000),
       directory: try ServiceDirectory(environment: env),
       auth: try auth ?? AuthConfiguration(environment: env, for: .gateway),
-      settings: settings)
+      settings: settings,
+      adminToken: try AdminToken(environment: env))
   }
 }
 

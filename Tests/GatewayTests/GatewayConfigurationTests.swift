@@ -118,6 +118,23 @@ import Testing
     #expect(throws: ConfigurationError.self) { try conflict.validate(against: GatewayRouteTable.routes, source: "t") }
   }
 
+  /// The admin token has no default, and one short enough to guess is refused at start-up.
+  @Test func theAdminTokenComesFromTheEnvironmentAndMustBeLong() throws {
+    #expect(try GatewayConfiguration(environment: EnvironmentReader([:]), auth: .ephemeral()).adminToken == nil)
+    let long = String(repeating: "k", count: AdminToken.minimumLength)
+    let configured = try GatewayConfiguration(
+      environment: EnvironmentReader([AdminToken.variable: long]), auth: .ephemeral())
+    #expect(configured.adminToken != nil)
+    let short = String(repeating: "k", count: AdminToken.minimumLength - 1)
+    do {
+      _ = try GatewayConfiguration(environment: EnvironmentReader([AdminToken.variable: short]), auth: .ephemeral())
+      Issue.record("a short admin token was accepted")
+    } catch let error as ConfigurationError {
+      #expect(error.variable == AdminToken.variable)
+      #expect(!error.description.contains(short), "the secret is not repeated in the error")
+    }
+  }
+
   @Test func aMissingExplicitFileIsAnError() {
     #expect(throws: ConfigurationError.self) {
       try GatewayConfiguration(
