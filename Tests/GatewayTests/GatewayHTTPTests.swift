@@ -401,6 +401,26 @@ import Testing
     }
   }
 
+  /// /docs runs a CDN's code in our origin: every stylesheet and script it loads from elsewhere is
+  /// at an exact version and carries a SHA-384 integrity hash, checked by the browser.
+  @Test func theDocsPageLoadsAPinnedSwaggerUIWithIntegrityHashes() async throws {
+    try await withGateway { _, client in
+      let docs = try await client.execute(uri: "/docs", method: .get)
+      #expect(docs.status == .ok)
+      let tags = docs.text.matches(of: try Regex(#"<(script|link)\b[^>]*>"#)).map { String(docs.text[$0.range]) }
+      let external = tags.filter { $0.contains("https://") }
+      #expect(external.count == 2, "the stylesheet and the bundle: \(tags)")
+      for tag in external {
+        #expect(tag.contains("swagger-ui-dist@\(APIDocumentation.swaggerUIVersion)/"), "\(tag)")
+        #expect(tag.contains(try Regex(#"@\d+\.\d+\.\d+/"#)), "an exact version: \(tag)")
+        let integrity = try #require(
+          tag.firstMatch(of: try Regex(#"integrity="sha384-([A-Za-z0-9+/]{64})""#)), "\(tag)")
+        #expect(integrity.output.count == 2)
+        #expect(tag.contains(#"crossorigin="anonymous""#), "integrity needs a CORS fetch: \(tag)")
+      }
+    }
+  }
+
   /// Without a token configured, nobody reads /metrics through the gateway.
   @Test func withoutAnAdminTokenConfiguredMetricsAreClosed() async throws {
     try await withGateway(adminToken: nil) { gateway, client in
