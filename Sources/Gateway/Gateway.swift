@@ -1,7 +1,9 @@
 import GRPCNIOTransportHTTP2
 import Hummingbird
+import HummingbirdCore
 import Logging
 import MartCore
+import NIOCore
 import Prometheus
 import ServiceLifecycle
 
@@ -68,8 +70,13 @@ public enum Gateway {
         upstreams: upstreams, gatewayTokens: ServiceTokenIssuer(.gateway, configuration: configuration.auth),
         maxBodyBytes: settings.maxBodyBytes, streamHeartbeat: settings.streamHeartbeat, logger: logger)
     }
+    let timeouts = settings.timeouts
     return Application(
       router: router,
+      server: .http1(
+        configuration: .init(
+          additionalChannelHandlers: [RequestReadTimeoutHandler(header: timeouts.header, body: timeouts.body)],
+          idleTimeout: TimeAmount(timeouts.idle))),
       configuration: .init(address: .hostname(configuration.bindHost, port: configuration.port), serverName: "mart"),
       onServerRunning: { channel in
         if let port = channel.localAddress?.port { await onListening?(port) }

@@ -92,6 +92,8 @@ public struct GatewaySettings: Sendable {
   /// The `Strict-Transport-Security` value every answer carries, when the gateway is reached over
   /// TLS only (behind a TLS-terminating proxy); nil: none (configuration `"hsts"`).
   public var strictTransportSecurity: String?
+  /// How long a connection may go without a request making progress (slow clients).
+  public var timeouts = ConnectionTimeouts()
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
@@ -140,6 +142,20 @@ public struct GatewaySettings: Sendable {
     // Fields the gateway fills are checked against the schemas when the routes are compiled;
     // for routes not in this build's table they are simply unused.
   }
+}
+
+/// Limits on how long a client may hold a connection without a request making progress, so that a
+/// slow client (slowloris) cannot hold connections for ever (SlowClientTimeouts.swift).
+public struct ConnectionTimeouts: Sendable, Equatable {
+  /// A connection on which nothing arrives that completes a request head (a new one, or one kept
+  /// alive after its answer) is closed after this long.
+  public var idle: Duration = .seconds(30)
+  /// From the first bytes of a request to the end of its head.
+  public var header: Duration = .seconds(10)
+  /// From a request's head to the end of its body.
+  public var body: Duration = .seconds(30)
+
+  public init() {}
 }
 
 /// Cross-origin access for browser clients.
@@ -220,6 +236,16 @@ extension GatewaySettings {
         if cors.allowCredentials && cors.allowedOrigins.contains("*") {
           throw reader.invalid(
             "cors.allowCredentials", "cannot be true while cors.allowedOrigins allows \"*\": list the origins")
+        }
+      case "timeouts":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          let name = "timeouts.\(subkey)"
+          switch subkey {
+          case "idle": timeouts.idle = try reader.duration(subvalue, name)
+          case "header": timeouts.header = try reader.duration(subvalue, name)
+          case "body": timeouts.body = try reader.duration(subvalue, name)
+          default: throw reader.unknown(name)
+          }
         }
       case "hsts":
         let text = try reader.string(value, key)

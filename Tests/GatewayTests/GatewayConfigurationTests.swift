@@ -34,6 +34,7 @@ import Testing
     #expect(settings.rateLimit(for: "UserService_GetMe").name == "default")
     #expect(settings.deadline(for: "UserService_Register") == .seconds(15))
     #expect(settings.deadline(for: "UserService_GetMe") == .seconds(10))
+    #expect(settings.timeouts == ConnectionTimeouts(), "the shipped file says what the defaults are")
     #expect(settings.requestHeaderFields["PaymentService_StripeWebhook"] == ["signature": "Stripe-Signature"])
     // The shipped (production) policy lets no local development page call the API with a user's token.
     #expect(!settings.cors.allowedOrigins.contains { $0.contains("localhost") || $0.contains("127.0.0.1") })
@@ -56,7 +57,8 @@ import Testing
         "trustedProxies": ["10.0.0.0/8", "::1"],
         "hsts": "max-age=31536000",
         "requestHeaderFields": {},
-        "clientIPFields": { "UserService_Login": "email" }
+        "clientIPFields": { "UserService_Login": "email" },
+        "timeouts": { "idle": "1m", "header": "5s", "body": "45s" }
       }
       """)
     #expect(parsed.maxBodyBytes == 16384)
@@ -75,6 +77,9 @@ import Testing
     #expect(parsed.strictTransportSecurity == "max-age=31536000")
     #expect(parsed.requestHeaderFields.isEmpty)
     #expect(parsed.clientIPFields == ["UserService_Login": "email"])
+    #expect(parsed.timeouts.idle == .seconds(60))
+    #expect(parsed.timeouts.header == .seconds(5))
+    #expect(parsed.timeouts.body == .seconds(45))
     try parsed.validate(against: GatewayRouteTable.routes, source: "test.json")
   }
 
@@ -90,6 +95,8 @@ import Testing
       (#"{"deadlines": {"default": "0s"}}"#, "deadlines.default"),
       (#"{"trustedProxies": ["10.0.0.0/99"]}"#, "trustedProxies"),
       (#"{"hsts": "includeSubDomains"}"#, "hsts"),
+      (#"{"timeouts": {"header": "0s"}}"#, "timeouts.header"),
+      (#"{"timeouts": {"read": "10s"}}"#, "timeouts.read: unknown setting"),
       (#"{"cors": {"allowedOrigins": ["*"], "allowCredentials": true}}"#, "cors.allowCredentials"),
       (#"{"cors": {"allowedOrigins": "*"}}"#, "cors.allowedOrigins"),
       (#"{"rateLimits": {"default": {"name": "a\"b", "limit": 1, "window": "1s"}}}"#, "rateLimits.default.name"),

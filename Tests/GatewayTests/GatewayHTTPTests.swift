@@ -482,6 +482,7 @@ extension TestResponse {
 func withGateway(
   _ setup: TestingSetup = .router, trustedProxies: [String] = [], hsts: String? = nil,
   routeLimits: [String: RateLimitPolicy] = [:], adminToken: String? = TestGateway.adminEndpointToken,
+  timeouts: ConnectionTimeouts = ConnectionTimeouts(),
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
   let userKey = TokenSigningKey.random(kid: "test-user-key")
@@ -520,6 +521,7 @@ func withGateway(
       settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
       settings.strictTransportSecurity = hsts
       settings.routeRateLimits.merge(routeLimits) { _, new in new }
+      settings.timeouts = timeouts
       // The gateway's configuration holds every service's key (as in `mart dev`), and still checks
       // no service token: they are for calls between services only.
       let configuration = GatewayConfiguration(
