@@ -39,9 +39,9 @@ final class RequestReadTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
   private let headerTimeout: TimeAmount
   private let bodyTimeout: TimeAmount
   private var state = State.waitingForRequest
-  /// A response was started for a request and has not ended; a body may still be arriving then,
-  /// when the answer did not wait for it.
-  private var answerPending = false
+  /// Requests whose answer has not ended yet: more than one when a client pipelines, and a body
+  /// may still be arriving after its answer ended when the answer did not wait for it.
+  private var answersPending = 0
   private var deadline: Scheduled<Void>?
   /// Whether the current read from the socket produced a part: then it was no stray first bytes.
   private var decodedPartInThisRead = false
@@ -55,14 +55,14 @@ final class RequestReadTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
     decodedPartInThisRead = true
     switch unwrapInboundIn(data) {
     case .head:
-      answerPending = true
+      answersPending += 1
       state = .readingBody
       arm(bodyTimeout, context: context)
     case .body:
       break
     case .end:
       cancelDeadline()
-      state = answerPending ? .answering : .waitingForRequest
+      state = answersPending > 0 ? .answering : .waitingForRequest
     }
     context.fireChannelRead(data)
   }
@@ -80,8 +80,8 @@ final class RequestReadTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
 
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
     if case .end = unwrapOutboundIn(data) {
-      answerPending = false
-      if case .answering = state { state = .waitingForRequest }
+      answersPending = max(0, answersPending - 1)
+      if answersPending == 0, case .answering = state { state = .waitingForRequest }
     }
     context.write(data, promise: promise)
   }
