@@ -101,6 +101,9 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    // Already in the graph through hummingbird: the HTTP request parts the gateway's slow-client
+    // timeouts watch (NIOHTTPTypes).
+    .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     // Already in the graph through postgres-nio: ES256 tokens (Crypto) and scrypt (CryptoExtras).
     .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
@@ -220,7 +223,11 @@ let package = Package(
       dependencies: [
         "MartCore",
         "MartProto",
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdCore", package: "hummingbird"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -343,6 +350,7 @@ let package = Package(
         "Gateway",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdTesting", package: "hummingbird"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ],
       swiftSettings: strictSwift
     ),

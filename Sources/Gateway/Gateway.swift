@@ -1,7 +1,9 @@
 import GRPCNIOTransportHTTP2
 import Hummingbird
+import HummingbirdCore
 import Logging
 import MartCore
+import NIOCore
 import Prometheus
 import ServiceLifecycle
 
@@ -60,7 +62,7 @@ public enum Gateway {
       EdgeCORSMiddleware(policy: CORSPolicy(settings.cors))
       HeadMiddleware()
       GatewayErrorMiddleware(logger: logger)
-      BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments)
+      BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments, adminToken: configuration.adminToken)
       RouteMatchMiddleware(matcher: matcher)
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))
@@ -68,8 +70,13 @@ public enum Gateway {
         upstreams: upstreams, gatewayTokens: ServiceTokenIssuer(.gateway, configuration: configuration.auth),
         maxBodyBytes: settings.maxBodyBytes, streamHeartbeat: settings.streamHeartbeat, logger: logger)
     }
+    let timeouts = settings.timeouts
     return Application(
       router: router,
+      server: .http1(
+        configuration: .init(
+          additionalChannelHandlers: [RequestReadTimeoutHandler(header: timeouts.header, body: timeouts.body)],
+          idleTimeout: TimeAmount(timeouts.idle))),
       configuration: .init(address: .hostname(configuration.bindHost, port: configuration.port), serverName: "mart"),
       onServerRunning: { channel in
         if let port = channel.localAddress?.port { await onListening?(port) }

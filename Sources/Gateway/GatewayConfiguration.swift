@@ -18,16 +18,21 @@ public struct GatewayConfiguration: Sendable {
   public var auth: AuthConfiguration
   /// The edge policy, from the configuration file.
   public var settings: GatewaySettings
+  /// The bearer token that reads /metrics and /readyz's detail (`MART_GATEWAY_ADMIN_TOKEN`, a
+  /// secret, so from the environment and not the file); nil: nobody reads them.
+  public var adminToken: AdminToken?
 
   public init(
     bindHost: String = "127.0.0.1", port: Int = 8000, directory: ServiceDirectory,
-    auth: AuthConfiguration = AuthConfiguration(keys: .none), settings: GatewaySettings = GatewaySettings()
+    auth: AuthConfiguration = AuthConfiguration(keys: .none), settings: GatewaySettings = GatewaySettings(),
+    adminToken: AdminToken? = nil
   ) {
     self.bindHost = bindHost
     self.port = port
     self.directory = directory
     self.auth = auth
     self.settings = settings
+    self.adminToken = adminToken
   }
 
   public static let configFileVariable = "MART_GATEWAY_CONFIG"
@@ -45,7 +50,8 @@ public struct GatewayConfiguration: Sendable {
       port: try env.port("MART_GATEWAY_PORT", default: 8000),
       directory: try ServiceDirectory(environment: env),
       auth: try auth ?? AuthConfiguration(environment: env, for: .gateway),
-      settings: settings)
+      settings: settings,
+      adminToken: try AdminToken(environment: env))
   }
 }
 
@@ -86,6 +92,8 @@ public struct GatewaySettings: Sendable {
   /// The `Strict-Transport-Security` value every answer carries, when the gateway is reached over
   /// TLS only (behind a TLS-terminating proxy); nil: none (configuration `"hsts"`).
   public var strictTransportSecurity: String?
+  /// How long a connection may go without a request making progress (slow clients).
+  public var timeouts = ConnectionTimeouts()
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
@@ -134,6 +142,20 @@ public struct GatewaySettings: Sendable {
     // Fields the gateway fills are checked against the schemas when the routes are compiled;
     // for routes not in this build's table they are simply unused.
   }
+}
+
+/// Limits on how long a client may hold a connection without a request making progress, so that a
+/// slow client (slowloris) cannot hold connections for ever (SlowClientTimeouts.swift).
+public struct ConnectionTimeouts: Sendable, Equatable {
+  /// A connection on which nothing arrives that completes a request head (a new one, or one kept
+  /// alive after its answer) is closed after this long.
+  public var idle: Duration = .seconds(30)
+  /// From the first bytes of a request to the end of its head.
+  public var header: Duration = .seconds(10)
+  /// From a request's head to the end of its body.
+  public var body: Duration = .seconds(30)
+
+  public init() {}
 }
 
 /// Cross-origin access for browser clients.
@@ -214,6 +236,16 @@ extension GatewaySettings {
         if cors.allowCredentials && cors.allowedOrigins.contains("*") {
           throw reader.invalid(
             "cors.allowCredentials", "cannot be true while cors.allowedOrigins allows \"*\": list the origins")
+        }
+      case "timeouts":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          let name = "timeouts.\(subkey)"
+          switch subkey {
+          case "idle": timeouts.idle = try reader.duration(subvalue, name)
+          case "header": timeouts.header = try reader.duration(subvalue, name)
+          case "body": timeouts.body = try reader.duration(subvalue, name)
+          default: throw reader.unknown(name)
+          }
         }
       case "hsts":
         let text = try reader.string(value, key)

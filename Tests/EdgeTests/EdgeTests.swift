@@ -326,7 +326,9 @@ import UserService
       let docs = try await edge.call("GET", "/docs")
       #expect(docs.status == 200)
       #expect(docs.text.contains("swagger-ui"))
-      let metrics = try await edge.call("GET", "/metrics")
+      let refused = try await edge.call("GET", "/metrics")
+      #expect(refused.status == 401, "/metrics is for the admin token only")
+      let metrics = try await edge.call("GET", "/metrics", token: Edge.adminToken)
       #expect(metrics.status == 200)
     }
   }
@@ -370,6 +372,9 @@ struct HTTPResult {
 }
 
 struct Edge {
+  /// The operator's token for /metrics, which every edge's gateway is configured with.
+  static let adminToken = "edge-tests-admin-endpoint-token-0123456789"
+
   let gatewayPort: Int
   let userPort: Int
   let userDatabase: DatabaseConfiguration
@@ -596,7 +601,9 @@ private func withEdge(
               logger: TestBed.logger))
         }
         try await withServing(paymentHosts[...], ports: orderPorts) { ports in
-          var environment = ["MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path]
+          var environment = [
+            "MART_GATEWAY_PORT": "0", "MART_GATEWAY_CONFIG": configFile.path, AdminToken.variable: Edge.adminToken,
+          ]
           for (service, port) in ports {
             environment["\(service.environmentPrefix)_ADDRESS"] = "127.0.0.1:\(port)"
           }

@@ -34,6 +34,7 @@ import Testing
     #expect(settings.rateLimit(for: "UserService_GetMe").name == "default")
     #expect(settings.deadline(for: "UserService_Register") == .seconds(15))
     #expect(settings.deadline(for: "UserService_GetMe") == .seconds(10))
+    #expect(settings.timeouts == ConnectionTimeouts(), "the shipped file says what the defaults are")
     #expect(settings.requestHeaderFields["PaymentService_StripeWebhook"] == ["signature": "Stripe-Signature"])
     // The shipped (production) policy lets no local development page call the API with a user's token.
     #expect(!settings.cors.allowedOrigins.contains { $0.contains("localhost") || $0.contains("127.0.0.1") })
@@ -56,7 +57,8 @@ import Testing
         "trustedProxies": ["10.0.0.0/8", "::1"],
         "hsts": "max-age=31536000",
         "requestHeaderFields": {},
-        "clientIPFields": { "UserService_Login": "email" }
+        "clientIPFields": { "UserService_Login": "email" },
+        "timeouts": { "idle": "1m", "header": "5s", "body": "45s" }
       }
       """)
     #expect(parsed.maxBodyBytes == 16384)
@@ -75,6 +77,9 @@ import Testing
     #expect(parsed.strictTransportSecurity == "max-age=31536000")
     #expect(parsed.requestHeaderFields.isEmpty)
     #expect(parsed.clientIPFields == ["UserService_Login": "email"])
+    #expect(parsed.timeouts.idle == .seconds(60))
+    #expect(parsed.timeouts.header == .seconds(5))
+    #expect(parsed.timeouts.body == .seconds(45))
     try parsed.validate(against: GatewayRouteTable.routes, source: "test.json")
   }
 
@@ -90,6 +95,8 @@ import Testing
       (#"{"deadlines": {"default": "0s"}}"#, "deadlines.default"),
       (#"{"trustedProxies": ["10.0.0.0/99"]}"#, "trustedProxies"),
       (#"{"hsts": "includeSubDomains"}"#, "hsts"),
+      (#"{"timeouts": {"header": "0s"}}"#, "timeouts.header"),
+      (#"{"timeouts": {"read": "10s"}}"#, "timeouts.read: unknown setting"),
       (#"{"cors": {"allowedOrigins": ["*"], "allowCredentials": true}}"#, "cors.allowCredentials"),
       (#"{"cors": {"allowedOrigins": "*"}}"#, "cors.allowedOrigins"),
       (#"{"rateLimits": {"default": {"name": "a\"b", "limit": 1, "window": "1s"}}}"#, "rateLimits.default.name"),
@@ -116,6 +123,23 @@ import Testing
       #"{"rateLimits": {"routes": {"UserService_Login": {"name": "auth", "limit": 1, "window": "1s"}, "#
         + #""UserService_Register": {"name": "auth", "limit": 2, "window": "1s"}}}}"#)
     #expect(throws: ConfigurationError.self) { try conflict.validate(against: GatewayRouteTable.routes, source: "t") }
+  }
+
+  /// The admin token has no default, and one short enough to guess is refused at start-up.
+  @Test func theAdminTokenComesFromTheEnvironmentAndMustBeLong() throws {
+    #expect(try GatewayConfiguration(environment: EnvironmentReader([:]), auth: .ephemeral()).adminToken == nil)
+    let long = String(repeating: "k", count: AdminToken.minimumLength)
+    let configured = try GatewayConfiguration(
+      environment: EnvironmentReader([AdminToken.variable: long]), auth: .ephemeral())
+    #expect(configured.adminToken != nil)
+    let short = String(repeating: "k", count: AdminToken.minimumLength - 1)
+    do {
+      _ = try GatewayConfiguration(environment: EnvironmentReader([AdminToken.variable: short]), auth: .ephemeral())
+      Issue.record("a short admin token was accepted")
+    } catch let error as ConfigurationError {
+      #expect(error.variable == AdminToken.variable)
+      #expect(!error.description.contains(short), "the secret is not repeated in the error")
+    }
   }
 
   @Test func aMissingExplicitFileIsAnError() {

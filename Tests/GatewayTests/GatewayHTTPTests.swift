@@ -352,7 +352,8 @@ import Testing
       let health = try await client.execute(uri: "/healthz", method: .get)
       #expect(health.status == .ok)
       _ = try await client.execute(uri: "/v1/nothing", method: .get)
-      let metrics = try await client.execute(uri: "/metrics", method: .get)
+      let metrics = try await client.execute(
+        uri: "/metrics", method: .get, headers: gateway.headers(token: TestGateway.adminEndpointToken))
       #expect(metrics.status == .ok)
       #expect(metrics.text.contains(#"mart_gateway_requests_total{operation="unmatched",method="GET",status="404"} 1"#))
       #expect(metrics.text.contains("mart_gateway_request_duration_seconds_bucket"))
@@ -367,11 +368,78 @@ import Testing
       #expect(post.status == .methodNotAllowed)
     }
   }
+
+  /// /metrics and which service is down are for the operator: the admin token, compared in
+  /// constant time. Liveness and readiness themselves stay public, as load balancers need them.
+  @Test func metricsAndReadinessDetailNeedTheAdminToken() async throws {
+    try await withGateway { gateway, client in
+      let health = try await client.execute(uri: "/healthz", method: .get)
+      #expect(health.status == .ok)
+
+      let wrongTokens: [String?] = [
+        nil, "not-the-admin-token-0123456789abcdef", gateway.adminToken, TestGateway.adminEndpointToken + "x",
+      ]
+      for token in wrongTokens {
+        let metrics = try await client.execute(uri: "/metrics", method: .get, headers: gateway.headers(token: token))
+        #expect(metrics.status == .unauthorized, "token \(token ?? "none")")
+        #expect(metrics.headers[.wwwAuthenticate] == #"Bearer realm="mart-admin""#)
+        #expect(!metrics.text.contains("mart_gateway_"))
+      }
+      let metrics = try await client.execute(
+        uri: "/metrics", method: .get, headers: [.authorization: "bearer \(TestGateway.adminEndpointToken)"])
+      #expect(metrics.status == .ok, "the scheme is case-insensitive")
+
+      // The product service is nowhere: not ready, and only the admin learns which one it is.
+      let publicReadiness = try await client.execute(uri: "/readyz", method: .get)
+      #expect(publicReadiness.status == .serviceUnavailable)
+      #expect(try publicReadiness.json().keys.sorted() == ["status"], "\(publicReadiness.text)")
+      let detailed = try await client.execute(
+        uri: "/readyz", method: .get, headers: gateway.headers(token: TestGateway.adminEndpointToken))
+      #expect(detailed.status == .serviceUnavailable)
+      let services = try #require(try detailed.json()["services"] as? [String: String], "\(detailed.text)")
+      #expect(services["product"] == "NOT_SERVING")
+    }
+  }
+
+  /// /docs runs a CDN's code in our origin: every stylesheet and script it loads from elsewhere is
+  /// at an exact version and carries a SHA-384 integrity hash, checked by the browser.
+  @Test func theDocsPageLoadsAPinnedSwaggerUIWithIntegrityHashes() async throws {
+    try await withGateway { _, client in
+      let docs = try await client.execute(uri: "/docs", method: .get)
+      #expect(docs.status == .ok)
+      let tags = docs.text.matches(of: try Regex(#"<(script|link)\b[^>]*>"#)).map { String(docs.text[$0.range]) }
+      let external = tags.filter { $0.contains("https://") }
+      #expect(external.count == 2, "the stylesheet and the bundle: \(tags)")
+      for tag in external {
+        #expect(tag.contains("swagger-ui-dist@\(APIDocumentation.swaggerUIVersion)/"), "\(tag)")
+        #expect(tag.contains(try Regex(#"@\d+\.\d+\.\d+/"#)), "an exact version: \(tag)")
+        let integrity = try #require(
+          tag.firstMatch(of: try Regex(#"integrity="sha384-([A-Za-z0-9+/]{64})""#)), "\(tag)")
+        #expect(integrity.output.count == 2)
+        #expect(tag.contains(#"crossorigin="anonymous""#), "integrity needs a CORS fetch: \(tag)")
+      }
+    }
+  }
+
+  /// Without a token configured, nobody reads /metrics through the gateway.
+  @Test func withoutAnAdminTokenConfiguredMetricsAreClosed() async throws {
+    try await withGateway(adminToken: nil) { gateway, client in
+      let metrics = try await client.execute(
+        uri: "/metrics", method: .get, headers: gateway.headers(token: TestGateway.adminEndpointToken))
+      #expect(metrics.status == .unauthorized)
+      let readiness = try await client.execute(
+        uri: "/readyz", method: .get, headers: gateway.headers(token: TestGateway.adminEndpointToken))
+      #expect(try readiness.json()["services"] == nil)
+    }
+  }
 }
 
 // MARK: - The harness
 
 struct TestGateway: Sendable {
+  /// The operator's token for /metrics and /readyz's detail (not a JWT).
+  static let adminEndpointToken = "gateway-tests-admin-endpoint-token-0123456789"
+
   let clock: ManualClock
   let customerToken: String
   let adminToken: String
@@ -413,7 +481,8 @@ extension TestResponse {
 /// an HTTP client for the gateway.
 func withGateway(
   _ setup: TestingSetup = .router, trustedProxies: [String] = [], hsts: String? = nil,
-  routeLimits: [String: RateLimitPolicy] = [:],
+  routeLimits: [String: RateLimitPolicy] = [:], adminToken: String? = TestGateway.adminEndpointToken,
+  timeouts: ConnectionTimeouts = ConnectionTimeouts(),
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
   let userKey = TokenSigningKey.random(kid: "test-user-key")
@@ -452,9 +521,11 @@ func withGateway(
       settings.trustedProxies = trustedProxies.compactMap { IPNetwork($0) }
       settings.strictTransportSecurity = hsts
       settings.routeRateLimits.merge(routeLimits) { _, new in new }
+      settings.timeouts = timeouts
       // The gateway's configuration holds every service's key (as in `mart dev`), and still checks
       // no service token: they are for calls between services only.
-      let configuration = GatewayConfiguration(directory: directory, auth: serviceAuth, settings: settings)
+      let configuration = GatewayConfiguration(
+        directory: directory, auth: serviceAuth, settings: settings, adminToken: try adminToken.map(AdminToken.init))
       let app = try Gateway.makeApplication(
         configuration: configuration, upstreams: upstreams, clock: clock.function, logger: TestBed.logger)
       try await app.test(setup) { client in

@@ -156,17 +156,22 @@ import Testing
 
   @Test func builtInEndpointsAnswerThemselvesAndPassEverythingElseOn() async throws {
     let registry = PrometheusCollectorRegistry()
+    let adminToken = "metrics-reader-0123456789abcdef0123"
     let middleware = BuiltInEndpointsMiddleware(
       upstreams: try ServiceClients(directory: ServiceDirectory(endpoints: [:]), services: []),
-      instruments: GatewayInstruments(registry: registry))
+      instruments: GatewayInstruments(registry: registry), adminToken: try AdminToken(adminToken))
     let context = makeContext()
     let health = try await middleware.handle(request(.get, "/healthz"), context: context, next: Inner.unreachable)
     #expect(health.status == .ok)
     #expect(try await collect(health) == #"{"status":"ok"}"#)
     #expect(context.exchange.current.operation == "healthz")
     let metrics = try await middleware.handle(
-      request(.get, "/metrics"), context: makeContext(), next: Inner.unreachable)
+      request(.get, "/metrics", headers: [.authorization: "Bearer \(adminToken)"]), context: makeContext(),
+      next: Inner.unreachable)
     #expect(metrics.headers[.contentType]?.hasPrefix("text/plain") == true)
+    await #expect(throws: GatewayError.self, "no admin token") {
+      try await middleware.handle(request(.get, "/metrics"), context: makeContext(), next: Inner.unreachable)
+    }
     let options = try await middleware.handle(
       request(.options, "/docs"), context: makeContext(), next: Inner.unreachable)
     #expect(options.status == .noContent)

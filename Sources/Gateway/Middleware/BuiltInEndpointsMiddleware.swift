@@ -3,12 +3,15 @@ import MartCore
 
 /// The gateway's own endpoints, answered before any route: `/healthz`, `/readyz` (every service
 /// SERVING on grpc.health.v1), `/metrics`, `/openapi.json` and `/docs`. They answer GET and HEAD;
-/// OPTIONS gets 204 with `Allow`, any other method 405. They have no quota and need no token.
+/// OPTIONS gets 204 with `Allow`, any other method 405. They have no quota. `/metrics` and the
+/// per-service detail of `/readyz` need the admin token; the rest, and `/readyz`'s status, are public.
 struct BuiltInEndpointsMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
   let upstreams: Upstreams
   let instruments: GatewayInstruments
+  /// nil: no one reads the admin endpoints through the gateway.
+  let adminToken: AdminToken?
 
   /// Path → the operation name in the access log and the metrics.
   static let endpoints = [
@@ -25,7 +28,7 @@ struct BuiltInEndpointsMiddleware: RouterMiddleware {
     context.exchange.name(operation: operation, route: path)
     switch request.method {
     case .get, .head:
-      return await response(path)
+      return try await response(path, admitted: adminToken?.admits(request) ?? false)
     case .options:
       return Self.allow(Self.methods)
     default:
@@ -33,13 +36,14 @@ struct BuiltInEndpointsMiddleware: RouterMiddleware {
     }
   }
 
-  private func response(_ path: String) async -> Response {
+  private func response(_ path: String, admitted: Bool) async throws(GatewayError) -> Response {
     switch path {
     case "/healthz":
       return Self.json(#"{"status":"ok"}"#, status: .ok)
     case "/readyz":
-      return await readiness()
+      return await readiness(detailed: admitted)
     case "/metrics":
+      guard admitted else { throw Self.adminTokenRequired }
       var headers = HTTPFields()
       headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
       return Response(
@@ -51,8 +55,9 @@ struct BuiltInEndpointsMiddleware: RouterMiddleware {
     }
   }
 
-  /// Ready when every upstream service reports SERVING on grpc.health.v1.
-  private func readiness() async -> Response {
+  /// Ready when every upstream service reports SERVING on grpc.health.v1. Only the admin sees
+  /// which service is not: the status code is all a load balancer or `make run` needs.
+  private func readiness(detailed: Bool) async -> Response {
     let upstreams = self.upstreams
     let statuses = await withTaskGroup(of: (MartService, HealthStatus).self) { group in
       for service in upstreams.clients.keys {
@@ -64,12 +69,18 @@ struct BuiltInEndpointsMiddleware: RouterMiddleware {
     let services = statuses.sorted { $0.key.rawValue < $1.key.rawValue }.map {
       JSONMember(key: $0.key.rawValue, value: .string($0.value == .serving ? "SERVING" : "NOT_SERVING"))
     }
-    let body = JSONValue.object([
-      JSONMember(key: "services", value: .object(services)),
-      JSONMember(key: "status", value: .string(ready ? "ready" : "not ready")),
-    ])
+    let status = JSONMember(key: "status", value: .string(ready ? "ready" : "not ready"))
+    let body = JSONValue.object(detailed ? [JSONMember(key: "services", value: .object(services)), status] : [status])
     return Self.json(body.serialized, status: ready ? .ok : .serviceUnavailable)
   }
+
+  /// One answer whether the token is missing, wrong or not configured at all.
+  static let adminTokenRequired: GatewayError = {
+    var headers = HTTPFields()
+    headers[.wwwAuthenticate] = #"Bearer realm="mart-admin""#
+    return GatewayError(
+      .unauthorized, code: .unauthenticated, message: "the admin bearer token is required", headers: headers)
+  }()
 
   static func json(_ text: String, status: HTTPResponse.Status) -> Response {
     var headers = HTTPFields()
