@@ -195,6 +195,14 @@ struct GatewayError: Error, Sendable {
     default:
       break
     }
+    // A service that says when to retry (a throttled login, a full password-hashing queue) says
+    // it to HTTP clients too, in whole seconds rounded up (RFC 9110 §10.2.3).
+    if let retry = details.first(where: { $0.typeURL.hasSuffix("/google.rpc.RetryInfo") }),
+      let info = try? Google_Rpc_RetryInfo(unpackingAny: retry)
+    {
+      let seconds = info.retryDelay.seconds + (info.retryDelay.nanos > 0 ? 1 : 0)
+      headers[.retryAfter] = String(max(1, seconds))
+    }
     if message.isEmpty { message = "request failed" }
     return GatewayError(
       httpStatus(for: code, details: details), code: code, message: message, details: details, headers: headers)

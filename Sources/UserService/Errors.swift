@@ -41,6 +41,14 @@ enum UserServiceError {
   static let lastAdmin = APIStatus.status(
     .failedPrecondition, "the shop must keep at least one admin", reason: "LAST_ADMIN")
 
+  /// The password-hashing queue is full: not the caller's fault, and over soon.
+  static func busy(_ busy: PasswordHashingQueue.Busy) -> GoogleRPCStatus {
+    let seconds = max(1, busy.retryAfter.components.seconds)
+    return APIStatus.status(
+      .unavailable, "too many sign-ins at once; try again in \(seconds) s", reason: "OVERLOADED",
+      extra: [.retryInfo(delay: .seconds(seconds))])
+  }
+
   static func rateLimited(retryAfter: Duration, _ what: String = "too many failed logins") -> GoogleRPCStatus {
     let seconds = max(1, retryAfter.components.seconds + (retryAfter.components.attoseconds > 0 ? 1 : 0))
     return APIStatus.status(

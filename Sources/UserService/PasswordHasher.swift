@@ -1,15 +1,17 @@
 import Crypto
 import CryptoExtras
 import Foundation
+import Synchronization
 
 /// Memory-hard password hashing with scrypt (RFC 7914), stored as a PHC string:
 /// `$scrypt$ln=15,r=8,p=1$<salt>$<hash>` (salt and hash in base64 without padding, as PHC says).
 ///
 /// A stored hash carries its own parameters, so hashes made with another cost still verify (and
 /// `needsRehash` tells when one should be replaced after a successful login). The work runs on a
-/// dedicated operation queue, at most a few at a time: one hash at the production cost takes
-/// 32 MiB and ~100 ms of CPU, which must neither block the cooperative pool nor exhaust memory
-/// under a burst of logins.
+/// dedicated queue (`PasswordHashingQueue`), at most a few at a time, with at most a few more
+/// waiting: one hash at the production cost takes 128 MiB and a few hundred ms of CPU, which must
+/// neither block the cooperative pool nor exhaust memory under a burst of logins. Past that, a
+/// hash is refused at once (`PasswordHashingQueue.Busy`, UNAVAILABLE with RetryInfo).
 public struct PasswordHasher: Sendable {
   /// scrypt's cost parameters: N = 2^logN, block size r, parallelism p.
   public struct Cost: Sendable, Equatable, CustomStringConvertible {
@@ -23,8 +25,9 @@ public struct PasswordHasher: Sendable {
       self.parallelism = parallelism
     }
 
-    /// N = 2^15, r = 8, p = 1 (32 MiB per hash): the production cost.
-    public static let production = Cost(logN: 15, blockSize: 8, parallelism: 1)
+    /// N = 2^17, r = 8, p = 1 (128 MiB per hash): OWASP's minimum for scrypt (Password Storage
+    /// Cheat Sheet). Hashes made with a lower cost are replaced at the next successful login.
+    public static let production = Cost(logN: 17, blockSize: 8, parallelism: 1)
 
     /// For tests only: fast, and far too weak for real passwords.
     public static let testing = Cost(logN: 10, blockSize: 8, parallelism: 1)
@@ -42,37 +45,42 @@ public struct PasswordHasher: Sendable {
   public static let hashByteCount = 32
 
   public let cost: Cost
+  let queue: PasswordHashingQueue
   /// A well-formed hash of nothing: what a login for an unknown email is checked against, so that
   /// it costs as much as a wrong password for a known one.
   let dummyHash: String
 
-  public init(cost: Cost = .production) {
+  public init(cost: Cost = .production, queue: PasswordHashingQueue = .shared) {
     self.cost = cost
+    self.queue = queue
     self.dummyHash = Self.format(cost: cost, salt: Self.randomBytes(Self.saltByteCount), hash: Self.randomBytes(32))
   }
 
-  /// A new salted hash of `password`.
+  /// A new salted hash of `password`. Throws `PasswordHashingQueue.Busy` when the queue is full.
   public func hash(_ password: String) async throws -> String {
     let cost = self.cost
     let salt = Self.randomBytes(Self.saltByteCount)
-    let derived = try await Self.offloaded {
+    let derived = try await queue.run {
       try Self.derive(password, salt: salt, cost: cost, byteCount: Self.hashByteCount)
     }
     return Self.format(cost: cost, salt: salt, hash: derived)
   }
 
   /// Whether `password` matches `stored` (constant-time comparison). False for a malformed hash.
-  public func verify(_ password: String, against stored: String) async -> Bool {
+  /// Throws `PasswordHashingQueue.Busy` when the queue is full.
+  public func verify(_ password: String, against stored: String) async throws(PasswordHashingQueue.Busy) -> Bool {
     guard let parsed = Self.parse(stored) else {
       // Still spend the usual time, so that a malformed row is not a timing oracle.
-      _ = await verify(password, against: dummyHash)
+      _ = try await verify(password, against: dummyHash)
       return false
     }
     do {
-      let derived = try await Self.offloaded {
+      let derived = try await queue.run {
         try Self.derive(password, salt: parsed.salt, cost: parsed.cost, byteCount: parsed.hash.count)
       }
       return Self.constantTimeEquals(derived, parsed.hash)
+    } catch let busy as PasswordHashingQueue.Busy {
+      throw busy
     } catch {
       return false
     }
@@ -137,21 +145,56 @@ public struct PasswordHasher: Sendable {
     var generator = SystemRandomNumberGenerator()
     return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
   }
+}
 
-  /// Hashes in progress at once: bounds CPU and memory (32 MiB each at the production cost).
-  /// Waiting work waits in the queue, not on a blocked thread.
-  private static let queue: OperationQueue = {
-    let queue = OperationQueue()
-    queue.name = "mart.user.password-hashing"
-    queue.maxConcurrentOperationCount = max(2, ProcessInfo.processInfo.activeProcessorCount)
-    queue.qualityOfService = .userInitiated
-    return queue
-  }()
+/// Where password hashes are computed: at most `concurrency` at once on threads of its own (off
+/// the cooperative pool), and at most `maximumWaiting` more waiting for one. Beyond that a hash is
+/// refused at once with `Busy`, rather than queued for ever: memory stays bounded (128 MiB per
+/// running hash at the production cost) and a burst of logins gets a quick UNAVAILABLE with a
+/// time to retry, not a slow timeout.
+public final class PasswordHashingQueue: Sendable {
+  /// The queue is full; retry after `retryAfter`.
+  public struct Busy: Error, Sendable, CustomStringConvertible {
+    public var retryAfter: Duration
+    public var description: String { "the password-hashing queue is full" }
+  }
 
-  /// Runs CPU-heavy work off the cooperative thread pool.
-  static func offloaded<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-      queue.addOperation {
+  /// The process's queue: one hash per core (at least two), and four more per core waiting.
+  public static let shared = PasswordHashingQueue(
+    concurrency: max(2, ProcessInfo.processInfo.activeProcessorCount),
+    maximumWaiting: 4 * max(2, ProcessInfo.processInfo.activeProcessorCount))
+
+  public let concurrency: Int
+  public let maximumWaiting: Int
+  private let operations: OperationQueue
+  private let admitted = Mutex(0)
+
+  public init(concurrency: Int, maximumWaiting: Int) {
+    self.concurrency = concurrency
+    self.maximumWaiting = maximumWaiting
+    let operations = OperationQueue()
+    operations.name = "mart.user.password-hashing"
+    operations.maxConcurrentOperationCount = concurrency
+    operations.qualityOfService = .userInitiated
+    self.operations = operations
+  }
+
+  /// Runs `work` on the queue's threads; `Busy` at once if `concurrency + maximumWaiting` are
+  /// already admitted.
+  func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    let limit = concurrency + maximumWaiting
+    let isAdmitted = admitted.withLock { count -> Bool in
+      guard count < limit else { return false }
+      count += 1
+      return true
+    }
+    guard isAdmitted else {
+      // About how long the work already admitted takes to drain, a second at least.
+      throw Busy(retryAfter: .seconds(max(1, limit / concurrency)))
+    }
+    defer { admitted.withLock { $0 -= 1 } }
+    return try await withCheckedThrowingContinuation { continuation in
+      operations.addOperation {
         continuation.resume(with: Result { try work() })
       }
     }

@@ -25,7 +25,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     self.auth = context.auth
     self.logger = context.logger
     let store = UserStore(database: context.database, outbox: context.outbox, logger: context.logger)
-    let hasher = PasswordHasher(cost: options.passwordCost)
+    let hasher = PasswordHasher(cost: options.passwordCost, queue: options.hashingQueue)
     self.store = store
     self.hasher = hasher
     self.accounts = UserAccounts(store: store, hasher: hasher)
@@ -54,7 +54,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     if let wait = try await quotas.take("register:\(valid.email)", limit: 5, per: .seconds(3600)) {
       throw UserServiceError.rateLimited(retryAfter: wait, "too many registrations for this email")
     }
-    let email = try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
+    let email = try await Self.hashing {
+      try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
+    }
     logger.info("registration accepted")
     return .with { $0.email = email }
   }
@@ -111,7 +113,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     // Unknown email and wrong password take the same path and the same time: the password is
     // checked against a dummy hash of the same cost when there is no account.
     let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
-    let matches = await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
+    let matches = try await Self.hashing {
+      try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
+    }
     guard matches, let found else {
       try await throttle.recordFailure(account: accountKey, address: clientAddress)
       logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
@@ -122,7 +126,8 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     }
     try await throttle.recordSuccess(account: accountKey, address: clientAddress)
     // A hash made with weaker (older) parameters is replaced while the password is at hand.
-    let newHash = hasher.needsRehash(found.passwordHash) ? try await hasher.hash(request.password) : nil
+    // A full queue skips the rehash: the sign-in itself has succeeded, and the next one rehashes.
+    let newHash = hasher.needsRehash(found.passwordHash) ? try? await hasher.hash(request.password) : nil
     let key = try await keys.signingKey()
     let refresh = SecretTokens.make()
     guard
@@ -170,6 +175,15 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
     }
     return Mart_User_V1_LogoutResponse()
+  }
+
+  /// `body`, with a full password-hashing queue answered as UNAVAILABLE with a time to retry.
+  private static func hashing<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+      return try await body()
+    } catch let busy as PasswordHashingQueue.Busy {
+      throw UserServiceError.busy(busy)
+    }
   }
 
   /// The token pair for a signed-in user: an ES256 access token and the given refresh token.

@@ -65,6 +65,8 @@ public struct UserServiceOptions: Sendable {
   public var signingKeyCacheTTL: Duration
   /// How failed logins are throttled (`LoginThrottle`).
   public var loginThrottle: LoginThrottle.Policy = .standard
+  /// Where password hashes are computed, and how many may wait (`PasswordHashingQueue`).
+  public var hashingQueue: PasswordHashingQueue = .shared
   /// How long an email-verification link works.
   public var emailVerificationLifetime: Duration = .seconds(24 * 3600)
   /// What seals the JWT signing keys at rest (`MART_USER_KEY_ENCRYPTION_KEYS`).

@@ -45,6 +45,18 @@ import Testing
     #expect(violations.first?["field"] as? String == "email")
   }
 
+  /// A service's RetryInfo becomes Retry-After, in whole seconds rounded up: a full
+  /// password-hashing queue is a 503 the client knows when to retry.
+  @Test func anUpstreamRetryInfoBecomesRetryAfter() throws {
+    let status = GoogleRPCStatus(
+      code: .unavailable, message: "too many sign-ins at once",
+      details: [.errorInfo(reason: "OVERLOADED", domain: "mart"), .retryInfo(delay: .milliseconds(2500))])
+    let error = GatewayError.upstream(RPCError(status), service: "user", requestID: "r2")
+    #expect(error.httpStatus == .serviceUnavailable)
+    #expect(error.headers[.retryAfter] == "3")
+    #expect(try json(error)["message"] as? String == "too many sign-ins at once")
+  }
+
   @Test func internalErrorsSayNothingButTheRequestID() throws {
     for code in [RPCError.Code.internalError, .unknown, .dataLoss] {
       let error = GatewayError.upstream(

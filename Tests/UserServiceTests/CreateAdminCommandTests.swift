@@ -39,7 +39,7 @@ import UserService
         for try await row in rows.decode((String, [String], String).self) { users.append(row) }
         #expect(users.map(\.0) == ["boss@example.com"])
         #expect(users.first?.1 == ["customer", "admin"])
-        #expect(users.first?.2.hasPrefix("$scrypt$ln=15,r=8,p=1$") == true)
+        #expect(users.first?.2.hasPrefix("$scrypt$ln=17,r=8,p=1$") == true)
         let events = try await client.query(
           "SELECT count(*)::int8 FROM outbox WHERE event_type = 'mart.user.v1.UserRegistered'", logger: TestBed.logger)
         for try await count in events.decode(Int64.self) { #expect(count == 1) }

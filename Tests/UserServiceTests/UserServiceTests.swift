@@ -434,6 +434,40 @@ import UserService
     }
   }
 
+  /// A burst of sign-ins beyond what the hashing queue admits gets UNAVAILABLE (OVERLOADED) with a
+  /// time to retry at once, rather than waiting in an unbounded queue.
+  @Test func aBurstOfLoginsBeyondTheHashingQueueIsUnavailableWithRetryInfo() async throws {
+    var options = testOptions
+    options.passwordCost = .init(logN: 14, blockSize: 8, parallelism: 1)
+    options.hashingQueue = PasswordHashingQueue(concurrency: 1, maximumWaiting: 1)
+    try await withUserService("users_busy", options: options) { service in
+      _ = try await service.register(email: "busy@example.com")
+      let client = service.client
+      let outcomes = await withTaskGroup(of: String.self) { group in
+        for _ in 0..<16 {
+          group.addTask {
+            let error = await rpcError {
+              _ = try await client.login(
+                .with {
+                  $0.email = "busy@example.com"
+                  $0.password = defaultPassword
+                })
+            }
+            guard let error else { return "signed in" }
+            let delay = details(error).compactMap(\.retryInfo).first?.delay ?? .zero
+            return "\(error.code) \(reason(error) ?? "") \(delay > .zero)"
+          }
+        }
+        var outcomes: [String] = []
+        for await outcome in group { outcomes.append(outcome) }
+        return outcomes
+      }
+      #expect(outcomes.contains("signed in"))
+      #expect(outcomes.contains("unavailable OVERLOADED true"), "\(outcomes)")
+      #expect(outcomes.allSatisfy { $0 == "signed in" || $0 == "unavailable OVERLOADED true" }, "\(outcomes)")
+    }
+  }
+
   @Test func reusedRefreshTokenRevokesItsFamily() async throws {
     try await withUserService("users_reuse") { service in
       let registered = try await service.register(email: "frank@example.com")
