@@ -220,6 +220,28 @@ import Testing
     await #expect(throws: TokenError.expired) { try await verifier.verify(token) }
   }
 
+  /// While the user service is away, the set it gave last keeps verifying its keys for the
+  /// grace, and then no longer: UNAVAILABLE rather than trusting a withdrawn key for ever.
+  @Test func aStaleKeySetIsTrustedForABoundedTimeOnly() async throws {
+    let published = Published([userKey.publicJWK])
+    let clock = ManualInstant()
+    let provider = JWKSKeyProvider(
+      maxAge: .seconds(300), staleGrace: .seconds(600), minRefetchInterval: .seconds(5), now: { clock.now }
+    ) { try await published.keys() }
+    #expect(try await provider.key(for: userKey.kid) != nil)
+    await published.fail()
+    clock.advance(by: .seconds(400))
+    #expect(try await provider.key(for: userKey.kid) != nil, "stale, within the grace")
+    clock.advance(by: .seconds(600))
+    await #expect(throws: TokenError.self) { try await provider.key(for: self.userKey.kid) }
+    // Too soon to fetch again, and still too old.
+    await #expect(throws: TokenError.self) { try await provider.key(for: self.userKey.kid) }
+    await published.set([userKey.publicJWK])
+    await published.succeed()
+    clock.advance(by: .seconds(10))
+    #expect(try await provider.key(for: userKey.kid) != nil, "fresh again once the user service is back")
+  }
+
   @Test func callersArrivingDuringTheFirstFetchShareIt() async throws {
     // Found by the gateway benchmark: 32 requests at once on a cold cache, and all but the first
     // were told the keys were unavailable while the first fetch was still running.
@@ -279,6 +301,13 @@ final class ManualDate: Sendable {
   func advance(by seconds: TimeInterval) { current.withLock { $0 += seconds } }
 }
 
+/// A monotonic clock a test moves by hand.
+final class ManualInstant: Sendable {
+  private let current = Mutex(ContinuousClock.now)
+  var now: ContinuousClock.Instant { current.withLock { $0 } }
+  func advance(by duration: Duration) { current.withLock { $0 = $0.advanced(by: duration) } }
+}
+
 /// A JWK set that a test can change or make unreachable.
 actor Published {
   private var set: [JSONWebKeyValue]
@@ -292,6 +321,7 @@ actor Published {
   }
   func set(_ keys: [JSONWebKeyValue]) { set = keys }
   func fail() { failing = true }
+  func succeed() { failing = false }
   func keys() async throws -> [JSONWebKeyValue] {
     fetches += 1
     if delay > .zero { try await Task.sleep(for: delay) }

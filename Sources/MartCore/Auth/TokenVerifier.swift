@@ -283,45 +283,63 @@ public struct StaticKeyProvider: VerificationKeyProvider {
 /// The user service's public keys, fetched as a JWK set and cached. The set is fetched again when
 /// it is older than `maxAge`, and when a token names a key that is not in it (a rotation), but at
 /// most once per `minRefetchInterval`, so that tokens with made-up key ids cannot make every
-/// request a fetch. Concurrent callers share one fetch.
+/// request a fetch. Concurrent callers share one fetch. While the user service cannot be reached,
+/// the set it last gave keeps verifying for `staleGrace` past `maxAge`, and no longer: a key the
+/// user service has since withdrawn must not verify for ever, so after that the answer is
+/// `keysUnavailable` (UNAVAILABLE, 503), not a guess.
 public actor JWKSKeyProvider: VerificationKeyProvider {
   public typealias Fetch = @Sendable () async throws -> [JSONWebKeyValue]
 
   private let fetch: Fetch
   private let maxAge: Duration
+  private let staleGrace: Duration
   private let minRefetchInterval: Duration
+  private let now: @Sendable () -> ContinuousClock.Instant
   private var keys: [String: P256.Signing.PublicKey] = [:]
   private var fetchedAt: ContinuousClock.Instant?
   private var attemptedAt: ContinuousClock.Instant?
   private var inFlight: Task<[String: P256.Signing.PublicKey], any Error>?
 
-  public init(maxAge: Duration = .seconds(300), minRefetchInterval: Duration = .seconds(5), fetch: @escaping Fetch) {
+  public init(
+    maxAge: Duration = .seconds(300), staleGrace: Duration = .seconds(600), minRefetchInterval: Duration = .seconds(5),
+    now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }, fetch: @escaping Fetch
+  ) {
     self.fetch = fetch
     self.maxAge = maxAge
+    self.staleGrace = staleGrace
     self.minRefetchInterval = minRefetchInterval
+    self.now = now
   }
 
   public func key(for kid: String) async throws(TokenError) -> P256.Signing.PublicKey? {
-    let clock = ContinuousClock()
-    let stale = fetchedAt.map { clock.now - $0 > maxAge } ?? true
+    let age = fetchedAt.map { now() - $0 }
+    let stale = age.map { $0 > maxAge } ?? true
     if let key = keys[kid], !stale { return key }
     // Joining a fetch already under way costs nothing: callers that arrive while the first fetch
     // runs wait for it rather than being told the keys are unavailable.
-    let mayRefetch = inFlight != nil || (attemptedAt.map { clock.now - $0 >= minRefetchInterval } ?? true)
+    let mayRefetch = inFlight != nil || (attemptedAt.map { now() - $0 >= minRefetchInterval } ?? true)
     guard mayRefetch else {
-      // Too soon to ask again: answer from what we have, if we have anything.
-      guard fetchedAt != nil else { throw .keysUnavailable("the last fetch of the key set failed") }
+      // Too soon to ask again: answer from what we have, if it is not too old.
+      try usable()
       return keys[kid]
     }
     do {
       try await refresh()
     } catch {
-      // A key we already hold still verifies the tokens it signed; only an unknown kid is
-      // undecidable, and that is unavailability, not a bad token.
-      if let key = keys[kid] { return key }
+      // A key we already hold still verifies the tokens it signed, for a while; only an unknown
+      // kid is undecidable, and that is unavailability, not a bad token.
+      if let key = keys[kid], (try? usable()) != nil { return key }
       throw error
     }
     return keys[kid]
+  }
+
+  /// Throws unless the set held was fetched, and not more than `maxAge + staleGrace` ago.
+  private func usable() throws(TokenError) {
+    guard let fetchedAt else { throw .keysUnavailable("the last fetch of the key set failed") }
+    guard now() - fetchedAt <= maxAge + staleGrace else {
+      throw .keysUnavailable("the key set could not be fetched again and is too old to trust")
+    }
   }
 
   private func refresh() async throws(TokenError) {
@@ -329,7 +347,7 @@ public actor JWKSKeyProvider: VerificationKeyProvider {
     if let inFlight {
       task = inFlight
     } else {
-      attemptedAt = ContinuousClock().now
+      attemptedAt = now()
       let fetch = self.fetch
       task = Task {
         var keys: [String: P256.Signing.PublicKey] = [:]
@@ -345,7 +363,7 @@ public actor JWKSKeyProvider: VerificationKeyProvider {
       if inFlight == task {
         inFlight = nil
         keys = fetched
-        fetchedAt = ContinuousClock().now
+        fetchedAt = now()
       }
     } catch {
       if inFlight == task { inFlight = nil }
