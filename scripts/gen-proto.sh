@@ -157,7 +157,7 @@ generate_gateway() {
 # silently stop working: generation fails for an internal RPC that names no callers, a public
 # one that names some, and one that names its own service.
 check_plugin_refuses_bad_callers() {
-  local dir=$1 out expected
+  local dir=$1 out
   mkdir -p "$dir/protos/bad" "$dir/out"
   cat >"$dir/protos/bad/callers.proto" <<'PROTO'
 syntax = "proto3";
@@ -188,17 +188,26 @@ PROTO
     log "$GATEWAY_PLUGIN accepted RPCs with missing or misplaced (mart.api.v1.callers)"
     exit 1
   fi
-  for expected in "NoCallers is open to services but has no (mart.api.v1.callers)" \
+  expect_refusal "$out" "rpc mart.order.v1.BadCallers.Fine" \
+    "NoCallers is open to services but has no (mart.api.v1.callers)" \
     "PublicWithCallers names (mart.api.v1.callers) but its access does not admit services" \
-    "CallsItself names its own service as a caller"; do
+    "CallsItself names its own service as a caller"
+}
+
+# expect_refusal OUTPUT VALID EXPECTED...: fails unless the plugin's OUTPUT says every EXPECTED
+# problem and does not name VALID, the one good input beside the bad ones.
+expect_refusal() {
+  local out=$1 valid=$2 expected
+  shift 2
+  for expected in "$@"; do
     if ! grep -qF -- "$expected" <<<"$out"; then
-      log "$GATEWAY_PLUGIN failed on bad callers without saying: $expected"
+      log "$GATEWAY_PLUGIN failed on bad input without saying: $expected"
       echo "$out" >&2
       exit 1
     fi
   done
-  if grep -qF "rpc mart.order.v1.BadCallers.Fine" <<<"$out"; then
-    log "$GATEWAY_PLUGIN refused BadCallers.Fine, a valid internal RPC"
+  if grep -qF -- "$valid" <<<"$out"; then
+    log "$GATEWAY_PLUGIN refused $valid, which is valid"
     echo "$out" >&2
     exit 1
   fi
@@ -234,20 +243,9 @@ PROTO
     log "$GATEWAY_PLUGIN accepted an event without EventMetadata metadata = 1 and an events.proto without a topic"
     exit 1
   fi
-  local expected
-  for expected in "message mart.bad.v1.NoMetadata in mart/bad/v1/events.proto: field 1 is \`id\`" \
-    "mart/untopical/v1/events.proto has no (mart.api.v1.event_topic) option"; do
-    if ! grep -qF -- "$expected" <<<"$out"; then
-      log "$GATEWAY_PLUGIN failed on bad events.proto files without saying: $expected"
-      echo "$out" >&2
-      exit 1
-    fi
-  done
-  if grep -qF "mart.bad.v1.Fine" <<<"$out"; then
-    log "$GATEWAY_PLUGIN refused mart.bad.v1.Fine, a valid event"
-    echo "$out" >&2
-    exit 1
-  fi
+  expect_refusal "$out" "mart.bad.v1.Fine" \
+    "message mart.bad.v1.NoMetadata in mart/bad/v1/events.proto: field 1 is \`id\`" \
+    "mart/untopical/v1/events.proto has no (mart.api.v1.event_topic) option"
 }
 
 # copy_generated SRC DST: copies only generated files (*.pb.swift,
