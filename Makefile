@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test build proto proto-check lint format bench bench-gateway bench-catalog bench-orders bench-notifications clean
+.PHONY: help run admin seed test build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ build: ## Debug build of everything
 
 proto: ## Regenerate Sources/MartProto from proto/ (protoc + our release-built plugins)
 	@scripts/gen-proto.sh
+
+proto-baseline: ## Accept today's proto/ as the contract the breaking-change check compares against (deliberately)
+	@scripts/gen-proto.sh --baseline
 
 proto-check: ## Fail when the committed generated code differs from proto/
 	@scripts/gen-proto.sh --check

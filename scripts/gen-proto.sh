@@ -4,6 +4,8 @@
 #   scripts/gen-proto.sh           regenerate in place
 #   scripts/gen-proto.sh --check   regenerate into a temporary directory and fail
 #                                  (exit 1) if the committed code differs
+#   scripts/gen-proto.sh --baseline  accept today's proto/ as the breaking-change
+#                                  baseline (proto/breaking-baseline.binpb)
 #
 # What is generated:
 #   Sources/MartProto/*.pb.swift, *.grpc.swift   messages and gRPC stubs (public)
@@ -52,15 +54,21 @@ readonly PLUGIN_PROTOS=(google/api/http.proto google/api/annotations.proto googl
 readonly ACCESS_POLICIES=$OUT_DIR/MartAccessPolicies.swift
 readonly GATEWAY_OUT_DIR=Sources/Gateway/Generated
 readonly EVENTS_OUT_DIR=Sources/MartEvents/Generated
+# The contract the breaking-change check compares proto/ against: a descriptor set committed
+# beside the protos (not the merge-base with main, which a clean clone of main, as CI has, would
+# compare with itself). Refreshed on purpose only, with `make proto-baseline`.
+readonly BREAKING_BASELINE=$PROTO_DIR/breaking-baseline.binpb
 
 usage() {
-  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 check=0
+baseline=0
 case "${1:-}" in
   "") ;;
   --check) check=1 ;;
+  --baseline) baseline=1 ;;
   -h | --help) usage; exit 0 ;;
   *) echo "gen-proto: unknown argument: $1" >&2; usage >&2; exit 2 ;;
 esac
@@ -213,6 +221,100 @@ expect_refusal() {
   fi
 }
 
+# descriptor_set OUT ROOT FILE...: the descriptor set of FILE... (paths under ROOT), with
+# everything they import, as the breaking-change check reads it.
+descriptor_set() {
+  local out=$1 root=$2
+  shift 2
+  protoc -I "$root" -I "$PROTO_DIR" -I "$WKT_INCLUDE" --include_imports --descriptor_set_out="$out" "$@"
+}
+
+# check_breaking DIR: proto/ against the committed baseline; fails naming every change that
+# would break a reader built from the baseline.
+check_breaking() {
+  local dir=$1
+  mkdir -p "$dir"
+  descriptor_set "$dir/current.binpb" "$PROTO_DIR" "${protos[@]}"
+  if [[ $baseline -eq 1 ]]; then
+    cp "$dir/current.binpb" "$BREAKING_BASELINE"
+    log "breaking-change baseline written to $BREAKING_BASELINE"
+    return
+  fi
+  if [[ ! -f $BREAKING_BASELINE ]]; then
+    log "no breaking-change baseline at $BREAKING_BASELINE: run make proto-baseline"
+    exit 1
+  fi
+  "$gen_gateway" --check-breaking "$BREAKING_BASELINE" "$dir/current.binpb"
+}
+
+# check_breaking_rules DIR: each rule of the breaking-change check on a small proto pair, so that
+# none can silently stop working: a change that breaks must fail saying what, an addition pass.
+check_breaking_rules() {
+  local dir=$1
+  local head='syntax = "proto3"; package mart.rule.v1;'
+  local http='import "google/api/annotations.proto";'
+  breaking_case() {
+    local name=$1 expected=$2 before=$3 after=$4 side out
+    mkdir -p "$dir/$name/before/rule" "$dir/$name/after/rule"
+    printf '%s\n' "$before" >"$dir/$name/before/rule/rule.proto"
+    printf '%s\n' "$after" >"$dir/$name/after/rule/rule.proto"
+    for side in before after; do
+      descriptor_set "$dir/$name/$side.binpb" "$dir/$name/$side" rule/rule.proto
+    done
+    if out=$("$gen_gateway" --check-breaking "$dir/$name/before.binpb" "$dir/$name/after.binpb" 2>&1); then
+      if [[ $expected != pass ]]; then
+        log "the breaking-change check let through $name: expected \"$expected\""
+        exit 1
+      fi
+    elif [[ $expected == pass ]]; then
+      log "the breaking-change check refused $name, which only adds:"
+      echo "$out" >&2
+      exit 1
+    elif ! grep -qF -- "$expected" <<<"$out" || ! grep -qF -- "new package version" <<<"$out"; then
+      log "the breaking-change check refused $name without saying: $expected"
+      echo "$out" >&2
+      exit 1
+    fi
+  }
+  breaking_case field-removed "field mart.rule.v1.M.b (2) removed without reserving its number and name" \
+    "$head message M { string a = 1; string b = 2; }" "$head message M { string a = 1; }"
+  breaking_case field-removed-reserved pass \
+    "$head message M { string a = 1; string b = 2; }" "$head message M { string a = 1; reserved 2; reserved \"b\"; }"
+  breaking_case number-reused "field mart.rule.v1.M.c reuses the reserved number 2" \
+    "$head message M { string a = 1; reserved 2; reserved \"b\"; }" "$head message M { string a = 1; string c = 2; }"
+  breaking_case type-changed "field mart.rule.v1.M.a (1): type changed" \
+    "$head message M { string a = 1; }" "$head message M { int64 a = 1; }"
+  breaking_case cardinality-changed "field mart.rule.v1.M.a (1): cardinality changed" \
+    "$head message M { string a = 1; }" "$head message M { repeated string a = 1; }"
+  breaking_case json-name-changed "field mart.rule.v1.M.a (1): name or JSON name changed" \
+    "$head message M { string a = 1; }" "$head message M { string a = 1 [json_name = \"x\"]; }"
+  breaking_case enum-value-removed "enum value mart.rule.v1.E.E_ONE (1) removed" \
+    "$head enum E { E_UNSPECIFIED = 0; E_ONE = 1; }" "$head enum E { E_UNSPECIFIED = 0; }"
+  breaking_case enum-value-renumbered "enum value mart.rule.v1.E.E_ONE renumbered from 1 to 2" \
+    "$head enum E { E_UNSPECIFIED = 0; E_ONE = 1; }" "$head enum E { E_UNSPECIFIED = 0; E_ONE = 2; }"
+  breaking_case message-renamed "message mart.rule.v1.M removed or renamed" \
+    "$head message M { string a = 1; }" "$head message N { string a = 1; }"
+  breaking_case service-removed "service mart.rule.v1.S removed or renamed" \
+    "$head message M {} service S { rpc Do(M) returns (M); }" "$head message M {}"
+  breaking_case rpc-renamed "rpc mart.rule.v1.S.Do removed or renamed" \
+    "$head message M {} service S { rpc Do(M) returns (M); }" "$head message M {} service S { rpc Done(M) returns (M); }"
+  breaking_case rpc-type-changed "rpc mart.rule.v1.S.Do: request or response type changed" \
+    "$head message M {} message N {} service S { rpc Do(M) returns (M); }" \
+    "$head message M {} message N {} service S { rpc Do(N) returns (M); }"
+  breaking_case http-path-changed "rpc mart.rule.v1.S.Do: google.api.http changed from GET /v1/m to GET /v1/ms" \
+    "$head $http message M {} service S { rpc Do(M) returns (M) { option (google.api.http) = { get: \"/v1/m\" }; } }" \
+    "$head $http message M {} service S { rpc Do(M) returns (M) { option (google.api.http) = { get: \"/v1/ms\" }; } }"
+  breaking_case http-verb-changed "google.api.http changed from GET /v1/m to POST /v1/m" \
+    "$head $http message M {} service S { rpc Do(M) returns (M) { option (google.api.http) = { get: \"/v1/m\" }; } }" \
+    "$head $http message M {} service S { rpc Do(M) returns (M) { option (google.api.http) = { post: \"/v1/m\" }; } }"
+  breaking_case package-changed "file rule/rule.proto: package changed from mart.rule.v1 to mart.rule.v2" \
+    "$head message M { string a = 1; }" 'syntax = "proto3"; package mart.rule.v2; message M { string a = 1; }'
+  breaking_case additions pass \
+    "$head enum E { E_UNSPECIFIED = 0; } message M { string a = 1; } service S { rpc Do(M) returns (M); }" \
+    "$head enum E { E_UNSPECIFIED = 0; E_ONE = 1; } message M { string a = 1; string b = 2; } message N {}
+     service S { rpc Do(M) returns (M); rpc Other(N) returns (N); }"
+}
+
 # check_plugin_refuses_bad_events DIR: runs protoc-gen-mart-gateway on two bad
 # events.proto files written into DIR and fails unless generation fails naming
 # both problems: a message whose field 1 is not the event metadata, and a file
@@ -299,6 +401,9 @@ fi
 generate_gateway "$tmp/new"
 check_plugin_refuses_bad_events "$tmp/bad"
 check_plugin_refuses_bad_callers "$tmp/bad-callers"
+check_breaking_rules "$tmp/breaking-rules"
+check_breaking "$tmp/breaking"
+[[ $baseline -eq 0 ]] || exit 0
 
 if [[ $check -eq 1 ]]; then
   mkdir -p "$OUT_DIR" "$PLUGIN_OUT_DIR" "$GATEWAY_OUT_DIR"

@@ -1,3 +1,4 @@
+import Foundation
 import SwiftProtobuf
 import SwiftProtobufPluginLibrary
 
@@ -27,6 +28,16 @@ struct MartGatewayGenerator: CodeGenerator {
   static let domainEventsFile = "Sources/MartEvents/Generated/MartDomainEvents.swift"
 
   var supportedFeatures: [Google_Protobuf_Compiler_CodeGeneratorResponse.Feature] { [.proto3Optional] }
+
+  /// As protoc runs it, a plugin; with `--check-breaking BASELINE CURRENT`, the breaking-change
+  /// check over two descriptor sets (`BreakingChangeCheck`), which reads the same options.
+  static func main() {
+    let arguments = CommandLine.arguments
+    if arguments.count == 4, arguments[1] == "--check-breaking" {
+      exit(BreakingChangeCheck.run(baselinePath: arguments[2], currentPath: arguments[3]))
+    }
+    Self().main(nil)
+  }
 
   var version: String? { "1.0.0" }
 
