@@ -57,7 +57,7 @@ public enum MartAccessPolicies {
     "mart.user.v1.UserService/AddAddress": .user,
     "mart.user.v1.UserService/DeleteAddress": .user,
     "mart.user.v1.UserService/ListUsers": .admin,
-    "mart.user.v1.UserService/GetUser": .adminOrInternal,
+    "mart.user.v1.UserService/GetUser": .admin,
     "mart.user.v1.UserService/SetRoles": .admin,
     "mart.user.v1.UserService/GetJwks": .public,
   ]
@@ -72,6 +72,5 @@ public enum MartAccessPolicies {
     "mart.inventory.v1.InventoryService/ReturnReservation": ["order"],
     "mart.order.v1.OrderService/GetOrder": ["payment"],
     "mart.product.v1.ProductService/BatchGetProducts": ["order"],
-    "mart.user.v1.UserService/GetUser": ["notification"],
   ]
 }

@@ -513,8 +513,9 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Returns one user. Admin, or internal (e.g. the notification service
-        /// > looking up contact details). Note for the gateway: the literal route
+        /// > Returns one user. Admin (no service needs it: the notification service
+        /// > keeps its own copy of contact details from the user events). Note for the
+        /// > gateway: the literal route
         /// > GET /v1/users/me must take precedence over this one.
         ///
         /// - Parameters:
@@ -830,8 +831,9 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Returns one user. Admin, or internal (e.g. the notification service
-        /// > looking up contact details). Note for the gateway: the literal route
+        /// > Returns one user. Admin (no service needs it: the notification service
+        /// > keeps its own copy of contact details from the user events). Note for the
+        /// > gateway: the literal route
         /// > GET /v1/users/me must take precedence over this one.
         ///
         /// - Parameters:
@@ -1145,8 +1147,9 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Returns one user. Admin, or internal (e.g. the notification service
-        /// > looking up contact details). Note for the gateway: the literal route
+        /// > Returns one user. Admin (no service needs it: the notification service
+        /// > keeps its own copy of contact details from the user events). Note for the
+        /// > gateway: the literal route
         /// > GET /v1/users/me must take precedence over this one.
         ///
         /// - Parameters:
@@ -2064,8 +2067,9 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Returns one user. Admin, or internal (e.g. the notification service
-        /// > looking up contact details). Note for the gateway: the literal route
+        /// > Returns one user. Admin (no service needs it: the notification service
+        /// > keeps its own copy of contact details from the user events). Note for the
+        /// > gateway: the literal route
         /// > GET /v1/users/me must take precedence over this one.
         ///
         /// - Parameters:
@@ -2596,8 +2600,9 @@ extension Mart_User_V1_UserService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Returns one user. Admin, or internal (e.g. the notification service
-        /// > looking up contact details). Note for the gateway: the literal route
+        /// > Returns one user. Admin (no service needs it: the notification service
+        /// > keeps its own copy of contact details from the user events). Note for the
+        /// > gateway: the literal route
         /// > GET /v1/users/me must take precedence over this one.
         ///
         /// - Parameters:
@@ -3079,8 +3084,9 @@ extension Mart_User_V1_UserService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Returns one user. Admin, or internal (e.g. the notification service
-    /// > looking up contact details). Note for the gateway: the literal route
+    /// > Returns one user. Admin (no service needs it: the notification service
+    /// > keeps its own copy of contact details from the user events). Note for the
+    /// > gateway: the literal route
     /// > GET /v1/users/me must take precedence over this one.
     ///
     /// - Parameters:
@@ -3594,8 +3600,9 @@ extension Mart_User_V1_UserService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Returns one user. Admin, or internal (e.g. the notification service
-    /// > looking up contact details). Note for the gateway: the literal route
+    /// > Returns one user. Admin (no service needs it: the notification service
+    /// > keeps its own copy of contact details from the user events). Note for the
+    /// > gateway: the literal route
     /// > GET /v1/users/me must take precedence over this one.
     ///
     /// - Parameters:

@@ -192,16 +192,17 @@ actor SigningKeyRing {
     FROM signing_keys
     WHERE algorithm = 'ES256' AND retire_after > now() AND expires_at > now()
     ORDER BY (created_at <= now() - make_interval(secs => \(seconds(prepublication)))) DESC, created_at DESC, kid
-    LIMIT 1
     """
   }
 
   private static func decodeNewest(_ rows: PostgresRowSequence, encryption: KeyEncryptionKeys, logger: Logger)
     async throws -> ActiveKey?
   {
+    // The first, in order of preference, that opens here: a key sealed under a KEK this instance
+    // does not hold (mid-rotation) is passed over, not taken as a reason to make a new key.
     var result: ActiveKey?
     for try await (kid, stored, kekID, retireAfter, needsSuccessor) in rows.decode(
-      (String, Data, String?, Date, Bool).self)
+      (String, Data, String?, Date, Bool).self) where result == nil
     {
       // Only a sealed key signs: one in the clear is sealed first (`resealUnderCurrentKEK`).
       guard let kekID, let opened = try? encryption.open(stored, kekID: kekID, kid: kid),

@@ -116,6 +116,12 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     let matches = try await Self.hashing {
       try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
     }
+    // A wrong password against a hash made at a lower cost than today's would answer sooner than
+    // an unknown email, which is checked at today's cost: spend the difference, so that timing
+    // does not tell which accounts predate a cost change.
+    if !matches, let found, hasher.needsRehash(found.passwordHash) {
+      _ = try? await hasher.verify(request.password, against: hasher.dummyHash)
+    }
     guard matches, let found else {
       try await throttle.recordFailure(account: accountKey, address: clientAddress)
       logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])

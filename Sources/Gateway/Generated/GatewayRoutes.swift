@@ -661,7 +661,7 @@ extension GatewayRouteTable {
       pathTemplate: "/v1/users/{user_id}",
       body: "",
       responseBody: "",
-      access: .adminOrInternal,
+      access: .admin,
       upstream: .user,
       requestMessage: "mart.user.v1.GetUserRequest",
       responseMessage: "mart.user.v1.User",
