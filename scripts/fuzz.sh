@@ -113,6 +113,9 @@ main() {
   }
   bin=$(swift build --scratch-path "$REPO_ROOT/.build" --show-bin-path)
 
+  # A fresh test bed each time: one kept by FUZZ_KEEP=1 already has the admin, and create-admin
+  # rightly refuses to make it again.
+  scripts/testbed.sh stop --dir "$REPO_ROOT/.testbed/run-schemathesis" --purge >/dev/null
   bench_testbed "$REPO_ROOT/.testbed/run-schemathesis"
   trap fuzz_cleanup EXIT
   bench_start_mart
@@ -130,9 +133,13 @@ main() {
 
   results=()
   local failed=0
-  # Log in right before each run: an access token lasts 15 minutes.
-  fuzz_as customer "$(login "$customer_email" "$customer_pw")" || failed=1
-  fuzz_as admin "$(login "$admin_email" "$admin_pw")" || failed=1
+  # Log in right before each run: an access token lasts 15 minutes. (An assignment of its own, so
+  # that a failed login stops the script instead of fuzzing with no token.)
+  local token
+  token=$(login "$customer_email" "$customer_pw")
+  fuzz_as customer "$token" || failed=1
+  token=$(login "$admin_email" "$admin_pw")
+  fuzz_as admin "$token" || failed=1
 
   say "summary (machine: $(nproc) cores; $((SECONDS - started)) s in all):"
   printf '  %s\n' "${results[@]}"
