@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications clean
+.PHONY: help run admin seed test build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench-orders: ## Only the order-flow benchmark: orders placed -> PAID per second
 
 bench-notifications: ## Only the notification benchmark: emails/s to a local SMTP server, event -> SMTP p50/p99
 	@scripts/bench-notifications.sh
+
+fuzz: ## schemathesis against a private mart's /openapi.json as a customer and as an admin: no 5xx, no answer off the document
+	@scripts/fuzz.sh
 
 clean: ## Remove build products and test scratch state (keeps the `make run` data in .mart/)
 	rm -rf .build .build-tools .testbed/run-*
