@@ -6,20 +6,21 @@ import MartCore
 import PostgresNIO
 
 extension APIStatus {
-  /// What a handler threw, as the status the client gets: statuses pass as they are (also from
-  /// inside a transaction), a cancelled call is CANCELLED, an unreachable database is UNAVAILABLE
+  /// What a handler threw, as the status the client gets: statuses, and errors that say their own
+  /// status (`RPCErrorConvertible`, e.g. a full password-hashing queue), pass as they are (also
+  /// from inside a transaction), a cancelled call is CANCELLED, an unreachable database is UNAVAILABLE
   /// (the client may retry), anything else INTERNAL without detail for the client. The last two
   /// are logged here, with `redactedDescription`, so that no handler has to.
   public static func mapped(_ error: any Error, method: String, logger: Logger) -> RPCError {
     switch error {
-    case let status as GoogleRPCStatus: return RPCError(status)
     case let rpcError as RPCError: return rpcError.withoutTransportMetadata
+    case let convertible as any RPCErrorConvertible: return RPCError(convertible)
     case is CancellationError: return RPCError(code: .cancelled, message: "the call was cancelled")
     default: break
     }
     let unwrapped = error.unwrappingTransactionError
-    if let status = unwrapped as? GoogleRPCStatus { return RPCError(status) }
     if let rpcError = unwrapped as? RPCError { return rpcError.withoutTransportMetadata }
+    if let convertible = unwrapped as? any RPCErrorConvertible { return RPCError(convertible) }
     if error.isDatabaseUnavailable {
       logger.warning(
         "database unavailable", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])

@@ -132,7 +132,8 @@ extension PaymentRPCService {
       throw Self.refusedITN("its signature does not verify", field: "signature")
     }
     // Check 2: it comes from PayFast's addresses, as the gateway saw the caller.
-    let source = Self.sourceAddress(forwarded: ForwardedClient.address, peer: context.remotePeer)
+    // (A direct caller is judged by its own address, whatever it claims.)
+    let source = ForwardedClient.clientAddress(peer: context.remotePeer)
     guard let source, config.sourceRanges.contains(where: { $0.contains(source) }) else {
       logger.warning(
         "refused a PayFast ITN from outside PayFast's ranges",
@@ -192,20 +193,5 @@ extension PaymentRPCService {
     APIStatus.status(
       .invalidArgument, "the PayFast notification was refused: \(why)", reason: "INVALID_WEBHOOK_SIGNATURE",
       metadata: ["field": field], extra: [.badRequest(violations: [.init(field: field, description: why)])])
-  }
-
-  /// The webhook caller's address: the one the gateway vouches for with its signed token
-  /// (`ForwardedClient`); otherwise the caller's own, whatever it claims in the request or its
-  /// headers, so that a direct caller cannot pass for PayFast.
-  static func sourceAddress(forwarded: IPAddress?, peer: String) -> IPAddress? {
-    forwarded ?? peerAddress(peer)
-  }
-
-  /// The address in a gRPC peer description (`ipv4:192.0.2.1:5678`, `ipv6:[2001:db8::1]:443`).
-  static func peerAddress(_ peer: String) -> IPAddress? {
-    for prefix in ["ipv4:", "ipv6:"] where peer.hasPrefix(prefix) {
-      return IPAddress(hostPort: peer.dropFirst(prefix.count))
-    }
-    return nil
   }
 }

@@ -56,3 +56,12 @@ enum UserServiceError {
       extra: [.retryInfo(delay: .seconds(seconds))])
   }
 }
+
+/// A full password-hashing queue says its own status, wherever it is thrown: UNAVAILABLE with the
+/// time to retry (the runtime's status mapping passes it on; the gateway makes it `Retry-After`).
+extension PasswordHashingQueue.Busy: RPCErrorConvertible {
+  private var status: GoogleRPCStatus { UserServiceError.busy(self) }
+  public var rpcErrorCode: RPCError.Code { status.rpcErrorCode }
+  public var rpcErrorMessage: String { status.rpcErrorMessage }
+  public var rpcErrorMetadata: Metadata { status.rpcErrorMetadata }
+}

@@ -147,24 +147,10 @@ public struct LoginThrottle: Sendable {
   }
 }
 
-/// The address a call came from: the client's, when the gateway vouches for it
-/// (`ForwardedClient`), else the peer of the connection. Address headers from anyone else are
-/// ignored: a direct caller that could name its address could spread its guesses over made-up
-/// ones, or lock others out by naming theirs. An IPv6 address is reduced to its /64 (one
-/// subscriber usually holds a whole /64). Nil if neither is an IP address.
+/// The key the login throttle counts a client address by: an IPv6 address by its /64 (one
+/// subscriber usually holds a whole /64). The address itself is `ForwardedClient.clientAddress`:
+/// the gateway's word, else the connection's peer, never a direct caller's claim.
 enum ClientAddress {
-  static func resolve(forwarded: IPAddress?, peer: String) -> String? {
-    forwarded.map(key) ?? normalize(fromPeer: peer)
-  }
-
-  /// `ipv4:127.0.0.1:31415` or `ipv6:[::1]:443` (grpc-swift's peer descriptions).
-  static func normalize(fromPeer peer: String) -> String? {
-    for scheme in ["ipv4:", "ipv6:"] where peer.hasPrefix(scheme) {
-      return IPAddress(hostPort: peer.dropFirst(scheme.count)).map(key)
-    }
-    return nil
-  }
-
   static func key(_ address: IPAddress) -> String { IPNetwork.subscriberKey(address) }
 }
 

@@ -54,9 +54,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     if let wait = try await quotas.take("register:\(valid.email)", limit: 5, per: .seconds(3600)) {
       throw UserServiceError.rateLimited(retryAfter: wait, "too many registrations for this email")
     }
-    let email = try await Self.hashing {
-      try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
-    }
+    let email = try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
     logger.info("registration accepted")
     return .with { $0.email = email }
   }
@@ -93,7 +91,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
 
   func login(request: Mart_User_V1_LoginRequest, context: ServerContext) async throws -> Mart_User_V1_LoginResponse {
     try await login(
-      request, clientAddress: ClientAddress.resolve(forwarded: ForwardedClient.address, peer: context.remotePeer))
+      request, clientAddress: ForwardedClient.clientAddress(peer: context.remotePeer).map(ClientAddress.key))
   }
 
   private func login(_ request: Mart_User_V1_LoginRequest, clientAddress: String?) async throws
@@ -113,9 +111,7 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     // Unknown email and wrong password take the same path and the same time: the password is
     // checked against a dummy hash of the same cost when there is no account.
     let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
-    let matches = try await Self.hashing {
-      try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
-    }
+    let matches = try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
     // A wrong password against a hash made at a lower cost than today's would answer sooner than
     // an unknown email, which is checked at today's cost: spend the difference, so that timing
     // does not tell which accounts predate a cost change.
@@ -181,15 +177,6 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
       try await store.revoke(presentedHash: presented, allSessions: request.allSessions)
     }
     return Mart_User_V1_LogoutResponse()
-  }
-
-  /// `body`, with a full password-hashing queue answered as UNAVAILABLE with a time to retry.
-  private static func hashing<T>(_ body: () async throws -> T) async throws -> T {
-    do {
-      return try await body()
-    } catch let busy as PasswordHashingQueue.Busy {
-      throw UserServiceError.busy(busy)
-    }
   }
 
   /// The token pair for a signed-in user: an ES256 access token and the given refresh token.

@@ -153,16 +153,4 @@ import Testing
     #expect(fields.map(\.1) == ["2", "", "x y&z", "again"])
     #expect(FormEncoding.decode("a=%zz") == nil)
   }
-
-  @Test func webhookSourceAddressIsTheGatewaysWordElseThePeer() {
-    // The gateway vouched (its token verified): the client's address it saw.
-    #expect(
-      PaymentRPCService.sourceAddress(forwarded: IPAddress("197.97.145.145"), peer: "ipv4:127.0.0.1:5000")
-        == IPAddress("197.97.145.145"))
-    // Anyone else: their own address, whatever they claim.
-    #expect(PaymentRPCService.sourceAddress(forwarded: nil, peer: "ipv4:203.0.113.9:5000") == IPAddress("203.0.113.9"))
-    #expect(PaymentRPCService.sourceAddress(forwarded: nil, peer: "ipv6:[2001:db8::5]:443") == IPAddress("2001:db8::5"))
-    #expect(PaymentRPCService.sourceAddress(forwarded: nil, peer: "unix:/tmp/x") == nil)
-    #expect(PaymentRPCService.sourceAddress(forwarded: nil, peer: "in-process:payment") == nil)
-  }
 }

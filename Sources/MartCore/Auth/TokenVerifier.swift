@@ -79,6 +79,12 @@ public struct Caller: Sendable, Equatable {
 public enum ForwardedClient {
   @TaskLocal public static var address: IPAddress?
 
+  /// The client of the current call: the address the gateway vouches for, else the connection's
+  /// peer (`ServerContext.remotePeer`). What a service counts or checks a client by.
+  public static func clientAddress(peer: String) -> IPAddress? {
+    address ?? IPAddress(grpcPeer: peer)
+  }
+
   /// The metadata keys: the gateway's token, and the address it vouches for.
   public static let tokenKey = "x-mart-gateway"
   public static let addressKey = "x-mart-client-ip"

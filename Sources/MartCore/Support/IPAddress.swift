@@ -54,6 +54,17 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
     self.description = printed
   }
 
+  /// The address in a grpc-swift peer description (`ipv4:192.0.2.1:5678`, `ipv6:[2001:db8::1]:443`);
+  /// nil for another kind of peer (`in-process:…`, `unix:…`).
+  public init?(grpcPeer peer: String) {
+    for scheme in ["ipv4:", "ipv6:"] where peer.hasPrefix(scheme) {
+      guard let address = IPAddress(hostPort: peer.dropFirst(scheme.count)) else { return nil }
+      self = address
+      return
+    }
+    return nil
+  }
+
   /// An address with an optional port, as proxies write them in `X-Forwarded-For` and gRPC in its
   /// peer descriptions: `192.0.2.1`, `192.0.2.1:5678`, `2001:db8::1`, `[2001:db8::1]:443`.
   public init?(hostPort text: some StringProtocol) {
