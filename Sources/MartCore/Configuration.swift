@@ -32,9 +32,12 @@ public enum MartService: String, CaseIterable, Sendable, Codable {
 
   /// The service whose gRPC API has this fully qualified name; nil for any other (health).
   public init?(grpcServiceName name: String) {
-    guard let service = Self.allCases.first(where: { $0.grpcServiceName == name }) else { return nil }
+    guard let service = Self.byGRPCServiceName[name] else { return nil }
     self = service
   }
+
+  /// Looked up on every outgoing call (`ClientAuthInterceptor`), so built once.
+  private static let byGRPCServiceName = Dictionary(uniqueKeysWithValues: allCases.map { ($0.grpcServiceName, $0) })
 
   /// The database each service owns (database per service).
   public var defaultDatabaseName: String { "mart_\(rawValue)" }

@@ -74,7 +74,12 @@ public struct ServiceKeys: Sendable {
     for principal in Principal.all {
       privateKeys[principal] = try privateKey(principal, env, required: false) ?? P256.Signing.PrivateKey()
     }
-    return ServiceKeys(signing: privateKeys, publicKeys: privateKeys.mapValues(\.publicKey))
+    return ServiceKeys(holdingAll: privateKeys)
+  }
+
+  /// A process that is every principal: it signs as each, and knows each's public key.
+  init(holdingAll privateKeys: [Principal: P256.Signing.PrivateKey]) {
+    self.init(signing: privateKeys, publicKeys: privateKeys.mapValues(\.publicKey))
   }
 
   /// The keys of one process run by `mart serve`: its own private key (required), and, for a
@@ -130,31 +135,29 @@ public struct ServiceKeys: Sendable {
   }
 
   /// The variables of a whole new key set, one `NAME=value` a line, as `mart keys services` prints
-  /// them.
+  /// them: every private key, in `Principal.all`'s order, then the public list.
   public static func newSetText() -> String {
-    environment(of: Principal.all.map { ($0, P256.Signing.PrivateKey()) })
-      .map { "\($0.key)=\($0.value)" }.joined(separator: "\n")
-  }
-
-  /// The variables that configure these private keys and the public keys of all of them (in the
-  /// order given, the public list last).
-  public static func environment(of keys: [(Principal, P256.Signing.PrivateKey)]) -> [(key: String, value: String)] {
-    let privateKeys = keys.map { (key: $0.0.keyVariable, value: $0.1.rawRepresentation.base64EncodedString()) }
-    let publicKeys = keys.map { "\($0.0.name):\($0.1.publicKey.x963Representation.base64EncodedString())" }
-    return privateKeys + [(key: publicKeysVariable, value: publicKeys.joined(separator: ","))]
+    let keys = ephemeral()
+    let privateKeys = Principal.all.compactMap { principal in
+      keys.environment(for: principal)[principal.keyVariable].map { "\(principal.keyVariable)=\($0)" }
+    }
+    return (privateKeys + ["\(publicKeysVariable)=\(keys.publicKeysText)"]).joined(separator: "\n")
   }
 
   /// What `mart serve` of `principal` needs to trust this key set (tests that start a service as
   /// a process): its private key and every public key.
   public func environment(for principal: Principal) -> [String: String] {
-    var values: [String: String] = [:]
+    var values = [Self.publicKeysVariable: publicKeysText]
     if let own = signing[principal] {
       values[principal.keyVariable] = own.privateKey.rawRepresentation.base64EncodedString()
     }
-    values[Self.publicKeysVariable] = verifying.values.map {
-      "\($0.principal.name):\($0.key.x963Representation.base64EncodedString())"
-    }.sorted().joined(separator: ",")
     return values
+  }
+
+  /// `MART_SERVICE_PUBLIC_KEYS`'s form: `<name>:<base64 of the uncompressed key>`, comma-separated.
+  private var publicKeysText: String {
+    verifying.values.map { "\($0.principal.name):\($0.key.x963Representation.base64EncodedString())" }.sorted()
+      .joined(separator: ",")
   }
 
   static func privateKey(_ principal: Principal, _ env: EnvironmentReader, required: Bool) throws
@@ -259,8 +262,7 @@ public struct AuthConfiguration: Sendable {
 extension ServiceKeys {
   /// Every principal's key, fresh.
   public static func ephemeral() -> ServiceKeys {
-    let privateKeys = Principal.all.reduce(into: [:]) { $0[$1] = P256.Signing.PrivateKey() }
-    return ServiceKeys(signing: privateKeys, publicKeys: privateKeys.mapValues(\.publicKey))
+    ServiceKeys(holdingAll: Principal.all.reduce(into: [:]) { $0[$1] = P256.Signing.PrivateKey() })
   }
 }
 
