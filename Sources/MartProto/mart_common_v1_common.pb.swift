@@ -196,6 +196,10 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
   /// retry after `google.rpc.RetryInfo`. (UNAVAILABLE; HTTP 503 with
   /// Retry-After)
   case overloaded // = 29
+
+  /// ResetPassword: the token is unknown, used, expired, or for an address
+  /// the account no longer has. (INVALID_ARGUMENT)
+  case invalidResetToken // = 30
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -234,6 +238,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case 27: self = .invalidVerificationToken
     case 28: self = .emailNotVerified
     case 29: self = .overloaded
+    case 30: self = .invalidResetToken
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -270,6 +275,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     case .invalidVerificationToken: return 27
     case .emailNotVerified: return 28
     case .overloaded: return 29
+    case .invalidResetToken: return 30
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -306,6 +312,7 @@ public nonisolated enum Mart_Common_V1_ErrorReason: SwiftProtobuf.Enum, Swift.Ca
     .invalidVerificationToken,
     .emailNotVerified,
     .overloaded,
+    .invalidResetToken,
   ]
 
 }
@@ -427,7 +434,7 @@ nonisolated extension Mart_Common_V1_PaymentProvider: SwiftProtobuf._ProtoNamePr
 }
 
 nonisolated extension Mart_Common_V1_ErrorReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0\u{1}WEBHOOK_NOT_CONFIGURED\0\u{1}INVALID_VERIFICATION_TOKEN\0\u{1}EMAIL_NOT_VERIFIED\0\u{1}OVERLOADED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_REASON_UNSPECIFIED\0\u{1}INVALID_CREDENTIALS\0\u{1}TOKEN_EXPIRED\0\u{1}TOKEN_INVALID\0\u{1}REFRESH_TOKEN_REUSED\0\u{1}EMAIL_ALREADY_REGISTERED\0\u{1}WEAK_PASSWORD\0\u{1}LAST_ADMIN\0\u{1}SKU_ALREADY_EXISTS\0\u{1}SLUG_ALREADY_EXISTS\0\u{1}VERSION_MISMATCH\0\u{1}PRODUCT_ARCHIVED\0\u{1}INSUFFICIENT_STOCK\0\u{1}STOCK_WOULD_GO_NEGATIVE\0\u{1}RESERVATION_CONFLICT\0\u{1}RESERVATION_NOT_ACTIVE\0\u{1}INVALID_ORDER_STATUS\0\u{1}CURRENCY_MISMATCH\0\u{1}PAYMENT_PROVIDER_UNAVAILABLE\0\u{1}ORDER_ALREADY_PAID\0\u{1}REFUND_NOT_ALLOWED\0\u{1}INVALID_WEBHOOK_SIGNATURE\0\u{1}RATE_LIMITED\0\u{1}IDEMPOTENCY_KEY_REUSED\0\u{1}VALIDATION_FAILED\0\u{1}IDEMPOTENCY_KEY_IN_FLIGHT\0\u{1}WEBHOOK_NOT_CONFIGURED\0\u{1}INVALID_VERIFICATION_TOKEN\0\u{1}EMAIL_NOT_VERIFIED\0\u{1}OVERLOADED\0\u{1}INVALID_RESET_TOKEN\0")
 }
 
 nonisolated extension Mart_Common_V1_Money: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

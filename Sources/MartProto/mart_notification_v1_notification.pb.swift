@@ -178,6 +178,14 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
     /// Someone tried to register with the account's email
     /// (RegistrationAttempted). A security notice: email, always sent.
     case registrationAttempted // = 13
+
+    /// A link that sets a new password (PasswordResetRequested). Email, always
+    /// sent; the in-app item never shows the link.
+    case passwordReset // = 14
+
+    /// The account's password changed (PasswordChanged). A security notice:
+    /// email, always sent.
+    case passwordChanged // = 15
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -200,6 +208,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case 11: self = .rolesChanged
       case 12: self = .verifyEmail
       case 13: self = .registrationAttempted
+      case 14: self = .passwordReset
+      case 15: self = .passwordChanged
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -220,6 +230,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       case .rolesChanged: return 11
       case .verifyEmail: return 12
       case .registrationAttempted: return 13
+      case .passwordReset: return 14
+      case .passwordChanged: return 15
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -240,6 +252,8 @@ public nonisolated struct Mart_Notification_V1_Notification: Sendable {
       .rolesChanged,
       .verifyEmail,
       .registrationAttempted,
+      .passwordReset,
+      .passwordChanged,
     ]
 
   }
@@ -875,7 +889,7 @@ nonisolated extension Mart_Notification_V1_Notification: SwiftProtobuf.Message, 
 }
 
 nonisolated extension Mart_Notification_V1_Notification.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0\u{1}ROLES_CHANGED\0\u{1}VERIFY_EMAIL\0\u{1}REGISTRATION_ATTEMPTED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}WELCOME\0\u{1}ORDER_PLACED\0\u{1}ORDER_PAID\0\u{1}ORDER_CANCELLED\0\u{1}ORDER_SHIPPED\0\u{1}ORDER_DELIVERED\0\u{1}PAYMENT_FAILED\0\u{1}PAYMENT_REFUNDED\0\u{1}LOW_STOCK\0\u{1}TEST\0\u{1}ROLES_CHANGED\0\u{1}VERIFY_EMAIL\0\u{1}REGISTRATION_ATTEMPTED\0\u{1}PASSWORD_RESET\0\u{1}PASSWORD_CHANGED\0")
 }
 
 nonisolated extension Mart_Notification_V1_Delivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -257,6 +257,148 @@ public nonisolated struct Mart_User_V1_RegistrationAttempted: Sendable {
   fileprivate var _attemptTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
+/// A link that sets a new password, to be emailed to the account
+/// (RequestPasswordReset). Like EmailVerificationRequested it carries the
+/// secret token, which only the notification service reads; it is never shown
+/// in the in-app inbox.
+public nonisolated struct Mart_User_V1_PasswordResetRequested: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Event metadata.
+  public var metadata: Mart_Common_V1_EventMetadata {
+    get {_metadata ?? Mart_Common_V1_EventMetadata()}
+    set {_metadata = newValue}
+  }
+  /// Returns true if `metadata` has been explicitly set.
+  public var hasMetadata: Bool {self._metadata != nil}
+  /// Clears the value of `metadata`. Subsequent reads from it will return its default value.
+  public mutating func clearMetadata() {self._metadata = nil}
+
+  /// The account (aggregate id).
+  public var userID: String = String()
+
+  /// The address the link goes to: the account's email.
+  public var email: String = String()
+
+  /// The single-use token ResetPassword takes.
+  public var token: String = String()
+
+  /// When the token stops working.
+  public var expireTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_expireTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_expireTime = newValue}
+  }
+  /// Returns true if `expireTime` has been explicitly set.
+  public var hasExpireTime: Bool {self._expireTime != nil}
+  /// Clears the value of `expireTime`. Subsequent reads from it will return its default value.
+  public mutating func clearExpireTime() {self._expireTime = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _metadata: Mart_Common_V1_EventMetadata? = nil
+  fileprivate var _expireTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+/// An account's password changed: by ChangePassword, by ResetPassword, or by
+/// `mart users create-admin --promote-existing`. Every session of the account
+/// was signed out (but the one ChangePassword opened). The owner is told by
+/// email (a security notice, always sent).
+public nonisolated struct Mart_User_V1_PasswordChanged: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Event metadata.
+  public var metadata: Mart_Common_V1_EventMetadata {
+    get {_metadata ?? Mart_Common_V1_EventMetadata()}
+    set {_metadata = newValue}
+  }
+  /// Returns true if `metadata` has been explicitly set.
+  public var hasMetadata: Bool {self._metadata != nil}
+  /// Clears the value of `metadata`. Subsequent reads from it will return its default value.
+  public mutating func clearMetadata() {self._metadata = nil}
+
+  /// The account (aggregate id).
+  public var userID: String = String()
+
+  /// Its email.
+  public var email: String = String()
+
+  public var method: Mart_User_V1_PasswordChanged.Method = .unspecified
+
+  /// When it changed.
+  public var changeTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_changeTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_changeTime = newValue}
+  }
+  /// Returns true if `changeTime` has been explicitly set.
+  public var hasChangeTime: Bool {self._changeTime != nil}
+  /// Clears the value of `changeTime`. Subsequent reads from it will return its default value.
+  public mutating func clearChangeTime() {self._changeTime = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  /// How it was changed.
+  public nonisolated enum Method: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+
+    /// Not used.
+    case unspecified // = 0
+
+    /// By the signed-in owner, who gave the current password.
+    case change // = 1
+
+    /// With a password-reset link.
+    case reset // = 2
+
+    /// By an operator (`mart users create-admin --promote-existing`).
+    case `operator` // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .change
+      case 2: self = .reset
+      case 3: self = .operator
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .change: return 1
+      case .reset: return 2
+      case .operator: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Mart_User_V1_PasswordChanged.Method] = [
+      .unspecified,
+      .change,
+      .reset,
+      .operator,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _metadata: Mart_Common_V1_EventMetadata? = nil
+  fileprivate var _changeTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "mart.user.v1"
@@ -574,4 +716,116 @@ nonisolated extension Mart_User_V1_RegistrationAttempted: SwiftProtobuf.Message,
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
+}
+
+nonisolated extension Mart_User_V1_PasswordResetRequested: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PasswordResetRequested"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{1}token\0\u{3}expire_time\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._metadata) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.email) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._expireTime) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._metadata {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 2)
+    }
+    if !self.email.isEmpty {
+      try visitor.visitSingularStringField(value: self.email, fieldNumber: 3)
+    }
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 4)
+    }
+    try { if let v = self._expireTime {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_User_V1_PasswordResetRequested, rhs: Mart_User_V1_PasswordResetRequested) -> Bool {
+    if lhs._metadata != rhs._metadata {return false}
+    if lhs.userID != rhs.userID {return false}
+    if lhs.email != rhs.email {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs._expireTime != rhs._expireTime {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_User_V1_PasswordChanged: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PasswordChanged"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{1}method\0\u{3}change_time\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._metadata) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.email) }()
+      case 4: try { try decoder.decodeSingularEnumField(value: &self.method) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._changeTime) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._metadata {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 2)
+    }
+    if !self.email.isEmpty {
+      try visitor.visitSingularStringField(value: self.email, fieldNumber: 3)
+    }
+    if self.method != .unspecified {
+      try visitor.visitSingularEnumField(value: self.method, fieldNumber: 4)
+    }
+    try { if let v = self._changeTime {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Mart_User_V1_PasswordChanged, rhs: Mart_User_V1_PasswordChanged) -> Bool {
+    if lhs._metadata != rhs._metadata {return false}
+    if lhs.userID != rhs.userID {return false}
+    if lhs.email != rhs.email {return false}
+    if lhs.method != rhs.method {return false}
+    if lhs._changeTime != rhs._changeTime {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Mart_User_V1_PasswordChanged.Method: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0METHOD_UNSPECIFIED\0\u{1}METHOD_CHANGE\0\u{1}METHOD_RESET\0\u{1}METHOD_OPERATOR\0")
 }

@@ -62,6 +62,45 @@ public enum Mart_User_V1_UserService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "RequestPasswordReset" metadata.
+        public enum RequestPasswordReset: Sendable {
+            /// Request type for "RequestPasswordReset".
+            public typealias Input = Mart_User_V1_RequestPasswordResetRequest
+            /// Response type for "RequestPasswordReset".
+            public typealias Output = Mart_User_V1_RequestPasswordResetResponse
+            /// Descriptor for "RequestPasswordReset".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.user.v1.UserService"),
+                method: "RequestPasswordReset",
+                type: .unary
+            )
+        }
+        /// Namespace for "ResetPassword" metadata.
+        public enum ResetPassword: Sendable {
+            /// Request type for "ResetPassword".
+            public typealias Input = Mart_User_V1_ResetPasswordRequest
+            /// Response type for "ResetPassword".
+            public typealias Output = Mart_User_V1_ResetPasswordResponse
+            /// Descriptor for "ResetPassword".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.user.v1.UserService"),
+                method: "ResetPassword",
+                type: .unary
+            )
+        }
+        /// Namespace for "ChangePassword" metadata.
+        public enum ChangePassword: Sendable {
+            /// Request type for "ChangePassword".
+            public typealias Input = Mart_User_V1_ChangePasswordRequest
+            /// Response type for "ChangePassword".
+            public typealias Output = Mart_User_V1_ChangePasswordResponse
+            /// Descriptor for "ChangePassword".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "mart.user.v1.UserService"),
+                method: "ChangePassword",
+                type: .unary
+            )
+        }
         /// Namespace for "Login" metadata.
         public enum Login: Sendable {
             /// Request type for "Login".
@@ -223,6 +262,9 @@ public enum Mart_User_V1_UserService: Sendable {
             Register.descriptor,
             VerifyEmail.descriptor,
             ResendVerificationEmail.descriptor,
+            RequestPasswordReset.descriptor,
+            ResetPassword.descriptor,
+            ChangePassword.descriptor,
             Login.descriptor,
             Refresh.descriptor,
             Logout.descriptor,
@@ -337,6 +379,76 @@ extension Mart_User_V1_UserService {
             request: GRPCCore.StreamingServerRequest<Mart_User_V1_ResendVerificationEmailRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResendVerificationEmailResponse>
+
+        /// Handle the "RequestPasswordReset" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a link that sets a new password (single use, valid for one hour)
+        /// > when the email has an account that is not disabled. Public; the same
+        /// > answer for any email. The link also proves the mailbox, so it is how the
+        /// > owner of an email takes back an account someone else registered with it.
+        /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+        /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+        /// > account).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_User_V1_RequestPasswordResetRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_User_V1_RequestPasswordResetResponse` messages.
+        func requestPasswordReset(
+            request: GRPCCore.StreamingServerRequest<Mart_User_V1_RequestPasswordResetRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_RequestPasswordResetResponse>
+
+        /// Handle the "ResetPassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets a new password with the token a password-reset email carried. The
+        /// > account's email counts as verified (the link proved the mailbox), every
+        /// > session is signed out, and the owner gets a "password changed" email.
+        /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+        /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+        /// > account no longer has; WEAK_PASSWORD).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_User_V1_ResetPasswordRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_User_V1_ResetPasswordResponse` messages.
+        func resetPassword(
+            request: GRPCCore.StreamingServerRequest<Mart_User_V1_ResetPasswordRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResetPasswordResponse>
+
+        /// Handle the "ChangePassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes the signed-in user's password, given the current one. Every
+        /// > other session is signed out; the answer carries the tokens of a new one.
+        /// > The owner gets a "password changed" email. Customer. Errors:
+        /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+        /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+        /// > login throttle counts wrong current passwords).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Mart_User_V1_ChangePasswordRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Mart_User_V1_ChangePasswordResponse` messages.
+        func changePassword(
+            request: GRPCCore.StreamingServerRequest<Mart_User_V1_ChangePasswordRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ChangePasswordResponse>
 
         /// Handle the "Login" method.
         ///
@@ -656,6 +768,76 @@ extension Mart_User_V1_UserService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse>
 
+        /// Handle the "RequestPasswordReset" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a link that sets a new password (single use, valid for one hour)
+        /// > when the email has an account that is not disabled. Public; the same
+        /// > answer for any email. The link also proves the mailbox, so it is how the
+        /// > owner of an email takes back an account someone else registered with it.
+        /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+        /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+        /// > account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_RequestPasswordResetRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_User_V1_RequestPasswordResetResponse` message.
+        func requestPasswordReset(
+            request: GRPCCore.ServerRequest<Mart_User_V1_RequestPasswordResetRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_RequestPasswordResetResponse>
+
+        /// Handle the "ResetPassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets a new password with the token a password-reset email carried. The
+        /// > account's email counts as verified (the link proved the mailbox), every
+        /// > session is signed out, and the owner gets a "password changed" email.
+        /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+        /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+        /// > account no longer has; WEAK_PASSWORD).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResetPasswordRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_User_V1_ResetPasswordResponse` message.
+        func resetPassword(
+            request: GRPCCore.ServerRequest<Mart_User_V1_ResetPasswordRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResetPasswordResponse>
+
+        /// Handle the "ChangePassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes the signed-in user's password, given the current one. Every
+        /// > other session is signed out; the answer carries the tokens of a new one.
+        /// > The owner gets a "password changed" email. Customer. Errors:
+        /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+        /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+        /// > login throttle counts wrong current passwords).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ChangePasswordRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Mart_User_V1_ChangePasswordResponse` message.
+        func changePassword(
+            request: GRPCCore.ServerRequest<Mart_User_V1_ChangePasswordRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ChangePasswordResponse>
+
         /// Handle the "Login" method.
         ///
         /// > Source IDL Documentation:
@@ -972,6 +1154,76 @@ extension Mart_User_V1_UserService {
             context: GRPCCore.ServerContext
         ) async throws -> Mart_User_V1_ResendVerificationEmailResponse
 
+        /// Handle the "RequestPasswordReset" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a link that sets a new password (single use, valid for one hour)
+        /// > when the email has an account that is not disabled. Public; the same
+        /// > answer for any email. The link also proves the mailbox, so it is how the
+        /// > owner of an email takes back an account someone else registered with it.
+        /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+        /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+        /// > account).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_User_V1_RequestPasswordResetRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_User_V1_RequestPasswordResetResponse` to respond with.
+        func requestPasswordReset(
+            request: Mart_User_V1_RequestPasswordResetRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_User_V1_RequestPasswordResetResponse
+
+        /// Handle the "ResetPassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets a new password with the token a password-reset email carried. The
+        /// > account's email counts as verified (the link proved the mailbox), every
+        /// > session is signed out, and the owner gets a "password changed" email.
+        /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+        /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+        /// > account no longer has; WEAK_PASSWORD).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_User_V1_ResetPasswordRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_User_V1_ResetPasswordResponse` to respond with.
+        func resetPassword(
+            request: Mart_User_V1_ResetPasswordRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_User_V1_ResetPasswordResponse
+
+        /// Handle the "ChangePassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes the signed-in user's password, given the current one. Every
+        /// > other session is signed out; the answer carries the tokens of a new one.
+        /// > The owner gets a "password changed" email. Customer. Errors:
+        /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+        /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+        /// > login throttle counts wrong current passwords).
+        ///
+        /// - Parameters:
+        ///   - request: A `Mart_User_V1_ChangePasswordRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Mart_User_V1_ChangePasswordResponse` to respond with.
+        func changePassword(
+            request: Mart_User_V1_ChangePasswordRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Mart_User_V1_ChangePasswordResponse
+
         /// Handle the "Login" method.
         ///
         /// > Source IDL Documentation:
@@ -1244,6 +1496,39 @@ extension Mart_User_V1_UserService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Mart_User_V1_UserService.Method.RequestPasswordReset.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_RequestPasswordResetRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_RequestPasswordResetResponse>(),
+            handler: { request, context in
+                try await self.requestPasswordReset(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Mart_User_V1_UserService.Method.ResetPassword.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ResetPasswordRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ResetPasswordResponse>(),
+            handler: { request, context in
+                try await self.resetPassword(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Mart_User_V1_UserService.Method.ChangePassword.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ChangePasswordRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ChangePasswordResponse>(),
+            handler: { request, context in
+                try await self.changePassword(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Mart_User_V1_UserService.Method.Login.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_LoginRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_LoginResponse>(),
@@ -1408,6 +1693,39 @@ extension Mart_User_V1_UserService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResendVerificationEmailResponse> {
         let response = try await self.resendVerificationEmail(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func requestPasswordReset(
+        request: GRPCCore.StreamingServerRequest<Mart_User_V1_RequestPasswordResetRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_RequestPasswordResetResponse> {
+        let response = try await self.requestPasswordReset(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func resetPassword(
+        request: GRPCCore.StreamingServerRequest<Mart_User_V1_ResetPasswordRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ResetPasswordResponse> {
+        let response = try await self.resetPassword(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func changePassword(
+        request: GRPCCore.StreamingServerRequest<Mart_User_V1_ChangePasswordRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Mart_User_V1_ChangePasswordResponse> {
+        let response = try await self.changePassword(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1582,6 +1900,45 @@ extension Mart_User_V1_UserService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse> {
         return GRPCCore.ServerResponse<Mart_User_V1_ResendVerificationEmailResponse>(
             message: try await self.resendVerificationEmail(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func requestPasswordReset(
+        request: GRPCCore.ServerRequest<Mart_User_V1_RequestPasswordResetRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_RequestPasswordResetResponse> {
+        return GRPCCore.ServerResponse<Mart_User_V1_RequestPasswordResetResponse>(
+            message: try await self.requestPasswordReset(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func resetPassword(
+        request: GRPCCore.ServerRequest<Mart_User_V1_ResetPasswordRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ResetPasswordResponse> {
+        return GRPCCore.ServerResponse<Mart_User_V1_ResetPasswordResponse>(
+            message: try await self.resetPassword(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func changePassword(
+        request: GRPCCore.ServerRequest<Mart_User_V1_ChangePasswordRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Mart_User_V1_ChangePasswordResponse> {
+        return GRPCCore.ServerResponse<Mart_User_V1_ChangePasswordResponse>(
+            message: try await self.changePassword(
                 request: request.message,
                 context: context
             ),
@@ -1845,6 +2202,91 @@ extension Mart_User_V1_UserService {
             deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ResendVerificationEmailResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResendVerificationEmailResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RequestPasswordReset" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a link that sets a new password (single use, valid for one hour)
+        /// > when the email has an account that is not disabled. Public; the same
+        /// > answer for any email. The link also proves the mailbox, so it is how the
+        /// > owner of an email takes back an account someone else registered with it.
+        /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+        /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+        /// > account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_RequestPasswordResetRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_RequestPasswordResetRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_RequestPasswordResetResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func requestPasswordReset<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_RequestPasswordResetRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_RequestPasswordResetRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_RequestPasswordResetResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_RequestPasswordResetResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ResetPassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets a new password with the token a password-reset email carried. The
+        /// > account's email counts as verified (the link proved the mailbox), every
+        /// > session is signed out, and the owner gets a "password changed" email.
+        /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+        /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+        /// > account no longer has; WEAK_PASSWORD).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResetPasswordRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ResetPasswordRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ResetPasswordResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func resetPassword<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ResetPasswordRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ResetPasswordRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ResetPasswordResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResetPasswordResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ChangePassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes the signed-in user's password, given the current one. Every
+        /// > other session is signed out; the answer carries the tokens of a new one.
+        /// > The owner gets a "password changed" email. Customer. Errors:
+        /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+        /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+        /// > login throttle counts wrong current passwords).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ChangePasswordRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ChangePasswordRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ChangePasswordResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func changePassword<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ChangePasswordRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ChangePasswordRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ChangePasswordResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ChangePasswordResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Login" method.
@@ -2274,6 +2716,124 @@ extension Mart_User_V1_UserService {
             try await self.client.unary(
                 request: request,
                 descriptor: Mart_User_V1_UserService.Method.ResendVerificationEmail.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RequestPasswordReset" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Emails a link that sets a new password (single use, valid for one hour)
+        /// > when the email has an account that is not disabled. Public; the same
+        /// > answer for any email. The link also proves the mailbox, so it is how the
+        /// > owner of an email takes back an account someone else registered with it.
+        /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+        /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+        /// > account).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_RequestPasswordResetRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_RequestPasswordResetRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_RequestPasswordResetResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func requestPasswordReset<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_RequestPasswordResetRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_RequestPasswordResetRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_RequestPasswordResetResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_RequestPasswordResetResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_User_V1_UserService.Method.RequestPasswordReset.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ResetPassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets a new password with the token a password-reset email carried. The
+        /// > account's email counts as verified (the link proved the mailbox), every
+        /// > session is signed out, and the owner gets a "password changed" email.
+        /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+        /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+        /// > account no longer has; WEAK_PASSWORD).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ResetPasswordRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ResetPasswordRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ResetPasswordResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func resetPassword<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ResetPasswordRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ResetPasswordRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ResetPasswordResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResetPasswordResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_User_V1_UserService.Method.ResetPassword.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ChangePassword" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes the signed-in user's password, given the current one. Every
+        /// > other session is signed out; the answer carries the tokens of a new one.
+        /// > The owner gets a "password changed" email. Customer. Errors:
+        /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+        /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+        /// > login throttle counts wrong current passwords).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Mart_User_V1_ChangePasswordRequest` message.
+        ///   - serializer: A serializer for `Mart_User_V1_ChangePasswordRequest` messages.
+        ///   - deserializer: A deserializer for `Mart_User_V1_ChangePasswordResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func changePassword<Result>(
+            request: GRPCCore.ClientRequest<Mart_User_V1_ChangePasswordRequest>,
+            serializer: some GRPCCore.MessageSerializer<Mart_User_V1_ChangePasswordRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Mart_User_V1_ChangePasswordResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ChangePasswordResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Mart_User_V1_UserService.Method.ChangePassword.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2810,6 +3370,109 @@ extension Mart_User_V1_UserService.ClientProtocol {
         )
     }
 
+    /// Call the "RequestPasswordReset" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Emails a link that sets a new password (single use, valid for one hour)
+    /// > when the email has an account that is not disabled. Public; the same
+    /// > answer for any email. The link also proves the mailbox, so it is how the
+    /// > owner of an email takes back an account someone else registered with it.
+    /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+    /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+    /// > account).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_User_V1_RequestPasswordResetRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func requestPasswordReset<Result>(
+        request: GRPCCore.ClientRequest<Mart_User_V1_RequestPasswordResetRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_RequestPasswordResetResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.requestPasswordReset(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_RequestPasswordResetRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_RequestPasswordResetResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ResetPassword" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets a new password with the token a password-reset email carried. The
+    /// > account's email counts as verified (the link proved the mailbox), every
+    /// > session is signed out, and the owner gets a "password changed" email.
+    /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+    /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+    /// > account no longer has; WEAK_PASSWORD).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_User_V1_ResetPasswordRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func resetPassword<Result>(
+        request: GRPCCore.ClientRequest<Mart_User_V1_ResetPasswordRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResetPasswordResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.resetPassword(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ResetPasswordRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ResetPasswordResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ChangePassword" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes the signed-in user's password, given the current one. Every
+    /// > other session is signed out; the answer carries the tokens of a new one.
+    /// > The owner gets a "password changed" email. Customer. Errors:
+    /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+    /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+    /// > login throttle counts wrong current passwords).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Mart_User_V1_ChangePasswordRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func changePassword<Result>(
+        request: GRPCCore.ClientRequest<Mart_User_V1_ChangePasswordRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ChangePasswordResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.changePassword(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Mart_User_V1_ChangePasswordRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Mart_User_V1_ChangePasswordResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Login" method.
     ///
     /// > Source IDL Documentation:
@@ -3284,6 +3947,121 @@ extension Mart_User_V1_UserService.ClientProtocol {
             metadata: metadata
         )
         return try await self.resendVerificationEmail(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RequestPasswordReset" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Emails a link that sets a new password (single use, valid for one hour)
+    /// > when the email has an account that is not disabled. Public; the same
+    /// > answer for any email. The link also proves the mailbox, so it is how the
+    /// > owner of an email takes back an account someone else registered with it.
+    /// > Errors: INVALID_ARGUMENT (VALIDATION_FAILED), RESOURCE_EXHAUSTED
+    /// > (RATE_LIMITED: at most 3 an hour for one email, whether or not it has an
+    /// > account).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func requestPasswordReset<Result>(
+        _ message: Mart_User_V1_RequestPasswordResetRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_RequestPasswordResetResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_User_V1_RequestPasswordResetRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.requestPasswordReset(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ResetPassword" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets a new password with the token a password-reset email carried. The
+    /// > account's email counts as verified (the link proved the mailbox), every
+    /// > session is signed out, and the owner gets a "password changed" email.
+    /// > Public: the token is the proof. Errors: INVALID_ARGUMENT
+    /// > (INVALID_RESET_TOKEN: unknown, used, expired, or for an address the
+    /// > account no longer has; WEAK_PASSWORD).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func resetPassword<Result>(
+        _ message: Mart_User_V1_ResetPasswordRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ResetPasswordResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_User_V1_ResetPasswordRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.resetPassword(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ChangePassword" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes the signed-in user's password, given the current one. Every
+    /// > other session is signed out; the answer carries the tokens of a new one.
+    /// > The owner gets a "password changed" email. Customer. Errors:
+    /// > UNAUTHENTICATED (INVALID_CREDENTIALS: the current password is wrong),
+    /// > INVALID_ARGUMENT (WEAK_PASSWORD), RESOURCE_EXHAUSTED (RATE_LIMITED: the
+    /// > login throttle counts wrong current passwords).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func changePassword<Result>(
+        _ message: Mart_User_V1_ChangePasswordRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Mart_User_V1_ChangePasswordResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Mart_User_V1_ChangePasswordRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.changePassword(
             request: request,
             options: options,
             onResponse: handleResponse

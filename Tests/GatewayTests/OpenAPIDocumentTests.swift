@@ -62,8 +62,8 @@ import Testing
   }
 
   @Test func accessPoliciesCoverEveryRPC() {
-    #expect(Self.martMethods.count == 52)
-    #expect(MartAccessPolicies.byMethod.count == 52)
+    #expect(Self.martMethods.count == 55)
+    #expect(MartAccessPolicies.byMethod.count == 55)
     #expect(Set(MartAccessPolicies.byMethod.keys) == Set(Self.martMethods.map(\.fullyQualifiedMethod)))
     #expect(!MartAccessPolicies.byMethod.values.contains(.unspecified))
     #expect(MartAccessPolicies.byMethod["mart.user.v1.UserService/Register"] == .public)

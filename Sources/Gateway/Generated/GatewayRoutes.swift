@@ -523,6 +523,51 @@ extension GatewayRouteTable {
     ),
     GatewayRoute(
       httpMethod: "POST",
+      pathTemplate: "/v1/auth/password-reset",
+      body: "*",
+      responseBody: "",
+      access: .public,
+      upstream: .user,
+      requestMessage: "mart.user.v1.RequestPasswordResetRequest",
+      responseMessage: "mart.user.v1.RequestPasswordResetResponse",
+      operationID: "UserService_RequestPasswordReset",
+      rpc: ProtobufGatewayRPC<Mart_User_V1_RequestPasswordResetRequest, Mart_User_V1_RequestPasswordResetResponse>(
+        service: "mart.user.v1.UserService",
+        method: "RequestPasswordReset"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
+      pathTemplate: "/v1/auth/password-reset:confirm",
+      body: "*",
+      responseBody: "",
+      access: .public,
+      upstream: .user,
+      requestMessage: "mart.user.v1.ResetPasswordRequest",
+      responseMessage: "mart.user.v1.ResetPasswordResponse",
+      operationID: "UserService_ResetPassword",
+      rpc: ProtobufGatewayRPC<Mart_User_V1_ResetPasswordRequest, Mart_User_V1_ResetPasswordResponse>(
+        service: "mart.user.v1.UserService",
+        method: "ResetPassword"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
+      pathTemplate: "/v1/users/me/password:change",
+      body: "*",
+      responseBody: "",
+      access: .user,
+      upstream: .user,
+      requestMessage: "mart.user.v1.ChangePasswordRequest",
+      responseMessage: "mart.user.v1.ChangePasswordResponse",
+      operationID: "UserService_ChangePassword",
+      rpc: ProtobufGatewayRPC<Mart_User_V1_ChangePasswordRequest, Mart_User_V1_ChangePasswordResponse>(
+        service: "mart.user.v1.UserService",
+        method: "ChangePassword"
+      )
+    ),
+    GatewayRoute(
+      httpMethod: "POST",
       pathTemplate: "/v1/auth/login",
       body: "*",
       responseBody: "",
@@ -1034,6 +1079,13 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "set_default", jsonName: "setDefault", kind: .bool),
       ]
     ),
+    "mart.user.v1.ChangePasswordRequest": MessageSchema(
+      fullName: "mart.user.v1.ChangePasswordRequest",
+      fields: [
+        FieldSchema(protoName: "current_password", jsonName: "currentPassword", kind: .string),
+        FieldSchema(protoName: "new_password", jsonName: "newPassword", kind: .string),
+      ]
+    ),
     "mart.user.v1.DeleteAddressRequest": MessageSchema(
       fullName: "mart.user.v1.DeleteAddressRequest",
       fields: [
@@ -1100,10 +1152,23 @@ extension GatewayRouteTable {
         FieldSchema(protoName: "locale", jsonName: "locale", kind: .string),
       ]
     ),
+    "mart.user.v1.RequestPasswordResetRequest": MessageSchema(
+      fullName: "mart.user.v1.RequestPasswordResetRequest",
+      fields: [
+        FieldSchema(protoName: "email", jsonName: "email", kind: .string),
+      ]
+    ),
     "mart.user.v1.ResendVerificationEmailRequest": MessageSchema(
       fullName: "mart.user.v1.ResendVerificationEmailRequest",
       fields: [
         FieldSchema(protoName: "email", jsonName: "email", kind: .string),
+      ]
+    ),
+    "mart.user.v1.ResetPasswordRequest": MessageSchema(
+      fullName: "mart.user.v1.ResetPasswordRequest",
+      fields: [
+        FieldSchema(protoName: "token", jsonName: "token", kind: .string),
+        FieldSchema(protoName: "new_password", jsonName: "newPassword", kind: .string),
       ]
     ),
     "mart.user.v1.SetRolesRequest": MessageSchema(

@@ -44,6 +44,8 @@ extension DomainEvents {
     Mart_User_V1_UserUpdated.self,
     Mart_User_V1_EmailVerificationRequested.self,
     Mart_User_V1_RegistrationAttempted.self,
+    Mart_User_V1_PasswordResetRequested.self,
+    Mart_User_V1_PasswordChanged.self,
   ]
 }
 
@@ -136,5 +138,13 @@ extension Mart_User_V1_EmailVerificationRequested: DomainEvent {
 }
 
 extension Mart_User_V1_RegistrationAttempted: DomainEvent {
+  public static var topic: EventTopic { .`users` }
+}
+
+extension Mart_User_V1_PasswordResetRequested: DomainEvent {
+  public static var topic: EventTopic { .`users` }
+}
+
+extension Mart_User_V1_PasswordChanged: DomainEvent {
   public static var topic: EventTopic { .`users` }
 }
