@@ -249,6 +249,11 @@ public nonisolated struct Mart_User_V1_RegistrationAttempted: Sendable {
   /// Clears the value of `attemptTime`. Subsequent reads from it will return its default value.
   public mutating func clearAttemptTime() {self._attemptTime = nil}
 
+  /// Whether the existing account's email was ever verified. When it was not,
+  /// someone else may have registered the owner's email first: the email tells
+  /// the owner to take the account back with a password reset.
+  public var emailVerified: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -671,7 +676,7 @@ nonisolated extension Mart_User_V1_EmailVerificationRequested: SwiftProtobuf.Mes
 
 nonisolated extension Mart_User_V1_RegistrationAttempted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegistrationAttempted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{3}attempt_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}metadata\0\u{3}user_id\0\u{1}email\0\u{3}attempt_time\0\u{3}email_verified\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -683,6 +688,7 @@ nonisolated extension Mart_User_V1_RegistrationAttempted: SwiftProtobuf.Message,
       case 2: try { try decoder.decodeSingularStringField(value: &self.userID) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.email) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._attemptTime) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.emailVerified) }()
       default: break
       }
     }
@@ -705,6 +711,9 @@ nonisolated extension Mart_User_V1_RegistrationAttempted: SwiftProtobuf.Message,
     try { if let v = self._attemptTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
+    if self.emailVerified != false {
+      try visitor.visitSingularBoolField(value: self.emailVerified, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -713,6 +722,7 @@ nonisolated extension Mart_User_V1_RegistrationAttempted: SwiftProtobuf.Message,
     if lhs.userID != rhs.userID {return false}
     if lhs.email != rhs.email {return false}
     if lhs._attemptTime != rhs._attemptTime {return false}
+    if lhs.emailVerified != rhs.emailVerified {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -56,10 +56,7 @@ enum NotificationEventHandlers {
       var values: TemplateValues = [
         "email": .text(event.email), "token": .text(event.token), "expires": .text(format(event.expireTime.date)),
       ]
-      if let base = notifier.settings.verifyEmailURL, var link = URLComponents(string: base) {
-        link.queryItems = (link.queryItems ?? []) + [URLQueryItem(name: "token", value: event.token)]
-        values["verify_link"] = .text(link.string ?? base)
-      }
+      if let link = link(notifier.settings.verifyEmailURL, token: event.token) { values["verify_link"] = .text(link) }
       try await notifier.notify(
         userID, of: event.atRegistration ? .welcome : .verifyEmail, values: values, sourceEventID: received.envelope.id,
         eventTime: received.envelope.time, destination: event.email, on: connection)
@@ -69,8 +66,38 @@ enum NotificationEventHandlers {
       let userID = try uuid(event.userID, "user_id", received)
       try await notifier.notify(
         userID, of: .registrationAttempted,
-        values: ["email": .text(event.email), "time": .text(format(event.attemptTime.date))],
+        values: [
+          "email": .text(event.email), "time": .text(format(event.attemptTime.date)),
+          "email_verified": .flag(event.emailVerified),
+        ],
         sourceEventID: received.envelope.id, eventTime: received.envelope.time, on: connection)
+    }
+    // To the account's email as the user service knows it (the projection may lag behind a change).
+    handlers.on(Mart_User_V1_PasswordResetRequested.self) { received, connection in
+      let event = received.event
+      let userID = try uuid(event.userID, "user_id", received)
+      guard !event.token.isEmpty, !event.email.isEmpty else {
+        throw InvalidEvent("PasswordResetRequested \(received.envelope.id) has no token or email")
+      }
+      var values: TemplateValues = [
+        "email": .text(event.email), "token": .text(event.token), "expires": .text(format(event.expireTime.date)),
+      ]
+      if let link = link(notifier.settings.resetPasswordURL, token: event.token) { values["reset_link"] = .text(link) }
+      try await notifier.notify(
+        userID, of: .passwordReset, values: values, sourceEventID: received.envelope.id,
+        eventTime: received.envelope.time, destination: event.email, on: connection)
+    }
+    handlers.on(Mart_User_V1_PasswordChanged.self) { received, connection in
+      let event = received.event
+      let userID = try uuid(event.userID, "user_id", received)
+      try await notifier.notify(
+        userID, of: .passwordChanged,
+        values: [
+          "email": .text(event.email), "time": .text(format(event.changeTime.date)),
+          "by_reset": .flag(event.method == .reset), "by_operator": .flag(event.method == .operator),
+        ],
+        sourceEventID: received.envelope.id, eventTime: received.envelope.time,
+        destination: event.email.isEmpty ? nil : event.email, on: connection)
     }
     return EventConsumerDefinition(name: "users", topics: [.users], handlers: handlers)
   }
@@ -205,6 +232,14 @@ enum NotificationEventHandlers {
   }
 
   /// A time in messages: UTC, unambiguous in every language ("2026-12-06 14:30 UTC").
+  /// A shop page's URL with `token` added to its query; nil without a page (the email then gives
+  /// the token as a code).
+  static func link(_ page: String?, token: String) -> String? {
+    guard let page, var link = URLComponents(string: page) else { return nil }
+    link.queryItems = (link.queryItems ?? []) + [URLQueryItem(name: "token", value: token)]
+    return link.string ?? page
+  }
+
   static func format(_ date: Date) -> String {
     var calendar = Calendar(identifier: .gregorian)
     calendar.timeZone = TimeZone(identifier: "UTC") ?? .current

@@ -8,6 +8,7 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
   case orderShipped = "order_shipped", orderDelivered = "order_delivered", paymentFailed = "payment_failed"
   case paymentRefunded = "payment_refunded", lowStock = "low_stock", test, rolesChanged = "roles_changed"
   case verifyEmail = "verify_email", registrationAttempted = "registration_attempted"
+  case passwordReset = "password_reset", passwordChanged = "password_changed"
 
   /// The preference category that can turn its email and SMS off; nil: always sent (security
   /// notices, admins' alerts, tests an admin asked for).
@@ -16,7 +17,7 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
     case .orderPlaced, .orderPaid, .orderCancelled, .orderShipped, .orderDelivered, .paymentFailed, .paymentRefunded:
       .orders
     case .welcome: .account
-    case .lowStock, .test, .rolesChanged, .verifyEmail, .registrationAttempted: nil
+    case .lowStock, .test, .rolesChanged, .verifyEmail, .registrationAttempted, .passwordReset, .passwordChanged: nil
     }
   }
 
@@ -25,7 +26,9 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
   var channels: [DeliveryChannel] {
     switch self {
     case .orderPlaced, .orderPaid, .orderCancelled, .orderShipped, .orderDelivered, .paymentRefunded: [.email, .sms]
-    case .welcome, .paymentFailed, .lowStock, .rolesChanged, .verifyEmail, .registrationAttempted: [.email]
+    case .welcome, .paymentFailed, .lowStock, .rolesChanged, .verifyEmail, .registrationAttempted, .passwordReset,
+      .passwordChanged:
+      [.email]
     case .test: [.email, .sms]
     }
   }
@@ -45,13 +48,19 @@ enum NotificationKind: String, Sendable, CaseIterable, Codable {
     case .rolesChanged: .rolesChanged
     case .verifyEmail: .verifyEmail
     case .registrationAttempted: .registrationAttempted
+    case .passwordReset: .passwordReset
+    case .passwordChanged: .passwordChanged
     }
   }
 
   /// Template values only the email may show: the in-app item is rendered without them, so that
   /// being signed in is not enough to read a link that proves access to the mailbox.
   var emailOnlyValues: Set<String> {
-    [.welcome, .verifyEmail].contains(self) ? ["token", "verify_link"] : []
+    switch self {
+    case .welcome, .verifyEmail: ["token", "verify_link"]
+    case .passwordReset: ["token", "reset_link"]
+    default: []
+    }
   }
 }
 

@@ -32,6 +32,7 @@ public enum NotificationServiceModule {
         Migration(version: 4, name: "provider_status", embedded: PackageResources._004_provider_status_sql),
         Migration(
           version: 5, name: "account_security_kinds", embedded: PackageResources._005_account_security_kinds_sql),
+        Migration(version: 6, name: "password_kinds", embedded: PackageResources._006_password_kinds_sql),
       ],
       makeRPCServices: { context in
         let parts = try made.parts(for: context)

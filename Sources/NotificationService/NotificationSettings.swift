@@ -23,6 +23,10 @@ public struct NotificationSettings: Sendable {
   /// that calls POST /v1/auth/verify-email with the `token` query parameter. Without it, the
   /// email gives the token as a code to paste.
   public var verifyEmailURL: String?
+  /// Where the password-reset email links to (`MART_NOTIFICATION_RESET_PASSWORD_URL`): the shop's
+  /// page that asks for a new password and calls POST /v1/auth/password-reset:confirm with the
+  /// `token` query parameter. Without it, the email gives the token as a code to paste.
+  public var resetPasswordURL: String?
   /// The right-hand side of our Message-IDs.
   public var messageDomain: String
   /// Attempts of one delivery before it is failed for good (8 over about 30 minutes by default).
@@ -85,15 +89,8 @@ public struct NotificationSettings: Sendable {
     twilio = try TwilioSettings.fromEnvironment(env)
     mailboxDirectory = env.string("MART_NOTIFICATION_MAILBOX_DIR", default: mailboxDirectory)
     shopName = env.string("MART_NOTIFICATION_SHOP_NAME", default: shopName)
-    if let url = env.string("MART_NOTIFICATION_VERIFY_EMAIL_URL") {
-      guard let parsed = URL(string: url), ["https", "http"].contains(parsed.scheme?.lowercased() ?? ""),
-        parsed.host != nil
-      else {
-        throw ConfigurationError(
-          variable: "MART_NOTIFICATION_VERIFY_EMAIL_URL", value: url, reason: "expected an http(s) URL")
-      }
-      verifyEmailURL = url
-    }
+    verifyEmailURL = try Self.pageURL(env, "MART_NOTIFICATION_VERIFY_EMAIL_URL")
+    resetPasswordURL = try Self.pageURL(env, "MART_NOTIFICATION_RESET_PASSWORD_URL")
     messageDomain = String(from.address.split(separator: "@").last ?? "mart.localhost")
     // EHLO names the client; some servers refuse "localhost". The From address's domain is the
     // name the mail claims to come from anyway.
@@ -122,6 +119,17 @@ public struct NotificationSettings: Sendable {
 
   /// Mailtrap's sandbox unless told otherwise: `sandbox.smtp.mailtrap.io:2525` with STARTTLS and
   /// the inbox's username and password.
+  /// A page of the shop's that an email links to: an http(s) URL with a host, or nil if unset.
+  static func pageURL(_ env: EnvironmentReader, _ variable: String) throws -> String? {
+    guard let url = env.string(variable) else { return nil }
+    guard let parsed = URL(string: url), ["https", "http"].contains(parsed.scheme?.lowercased() ?? ""),
+      parsed.host != nil
+    else {
+      throw ConfigurationError(variable: variable, value: url, reason: "expected an http(s) URL")
+    }
+    return url
+  }
+
   static func smtp(_ env: EnvironmentReader) throws -> SMTPConfiguration? {
     let host = env.string("MART_SMTP_HOST")
     let username = env.string("MART_SMTP_USERNAME")

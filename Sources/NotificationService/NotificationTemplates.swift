@@ -45,6 +45,10 @@ struct NotificationTemplates: Sendable {
     "verify_email.de": PackageResources.verify_email_de_mustache,
     "registration_attempted.en": PackageResources.registration_attempted_en_mustache,
     "registration_attempted.de": PackageResources.registration_attempted_de_mustache,
+    "password_reset.en": PackageResources.password_reset_en_mustache,
+    "password_reset.de": PackageResources.password_reset_de_mustache,
+    "password_changed.en": PackageResources.password_changed_en_mustache,
+    "password_changed.de": PackageResources.password_changed_de_mustache,
   ]
 
   struct Broken: Error, CustomStringConvertible {

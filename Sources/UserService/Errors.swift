@@ -8,10 +8,11 @@ import PostgresNIO
 /// status plus `google.rpc` details (ErrorInfo with a `mart.common.v1.ErrorReason` name,
 /// BadRequest field violations, RetryInfo), so that the gateway can show them.
 enum UserServiceError {
-  /// INVALID_ARGUMENT naming every bad field. The reason is WEAK_PASSWORD when the password is all
-  /// that is wrong, VALIDATION_FAILED otherwise.
+  /// INVALID_ARGUMENT naming every bad field. The reason is WEAK_PASSWORD when the password (or the
+  /// new password) is all that is wrong, VALIDATION_FAILED otherwise.
   static func invalid(_ violations: [FieldViolation]) -> GoogleRPCStatus {
-    let onlyPassword = !violations.isEmpty && violations.allSatisfy { $0.field == "password" }
+    let onlyPassword =
+      !violations.isEmpty && violations.allSatisfy { ["password", "new_password"].contains($0.field) }
     return APIStatus.invalid(violations, reason: onlyPassword ? "WEAK_PASSWORD" : "VALIDATION_FAILED")
   }
 
@@ -36,6 +37,11 @@ enum UserServiceError {
   static let invalidVerificationToken = APIStatus.status(
     .invalidArgument, "the verification link is invalid, used or expired; ask for a new one",
     reason: "INVALID_VERIFICATION_TOKEN", metadata: ["field": "token"],
+    extra: [.badRequest(violations: [.init(field: "token", description: "is invalid, used or expired")])])
+
+  static let invalidResetToken = APIStatus.status(
+    .invalidArgument, "the password-reset link is invalid, used or expired; ask for a new one",
+    reason: "INVALID_RESET_TOKEN", metadata: ["field": "token"],
     extra: [.badRequest(violations: [.init(field: "token", description: "is invalid, used or expired")])])
 
   static let lastAdmin = APIStatus.status(

@@ -89,6 +89,88 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     return .init()
   }
 
+  // MARK: - Passwords
+
+  func requestPasswordReset(request: Mart_User_V1_RequestPasswordResetRequest, context: ServerContext)
+    async throws -> Mart_User_V1_RequestPasswordResetResponse
+  {
+    let email: String
+    switch Validation.normalizedEmail(request.email) {
+    case .success(let value): email = value
+    case .failure(let violation): throw UserServiceError.invalid([violation])
+    }
+    if let wait = try await quotas.take("reset:\(email)", limit: 3, per: .seconds(3600)) {
+      throw UserServiceError.rateLimited(retryAfter: wait, "too many password-reset emails for this address")
+    }
+    let reset = SecretTokens.make()
+    try await store.requestPasswordReset(
+      email: email,
+      reset: NewVerification(token: reset.token, hash: reset.hash, lifetime: options.passwordResetLifetime))
+    return .init()
+  }
+
+  func resetPassword(request: Mart_User_V1_ResetPasswordRequest, context: ServerContext) async throws
+    -> Mart_User_V1_ResetPasswordResponse
+  {
+    guard !request.token.isEmpty else { throw APIStatus.invalid("token", "is required") }
+    guard let tokenHash = SecretTokens.hash(request.token),
+      let email = try await store.passwordResetEmail(tokenHash: tokenHash)
+    else { throw UserServiceError.invalidResetToken }
+    let policy = Validation.passwordViolations(request.newPassword, email: email).map {
+      FieldViolation("new_password", $0.reason)
+    }
+    if !policy.isEmpty { throw UserServiceError.invalid(policy) }
+    let hash = try await hasher.hash(request.newPassword)
+    // Spent meanwhile (a second click, a concurrent reset): the same answer as an unknown token.
+    guard let user = try await store.resetPassword(tokenHash: tokenHash, passwordHash: hash) else {
+      throw UserServiceError.invalidResetToken
+    }
+    logger.notice("password reset with an emailed link", metadata: ["user_id": "\(user.id.uuidString.lowercased())"])
+    return .with { $0.email = user.email }
+  }
+
+  func changePassword(request: Mart_User_V1_ChangePasswordRequest, context: ServerContext) async throws
+    -> Mart_User_V1_ChangePasswordResponse
+  {
+    let userID = try Caller.requiredUserID()
+    var violations: [FieldViolation] = []
+    if request.currentPassword.isEmpty { violations.append(.init("current_password", "is required")) }
+    if request.currentPassword.utf8.count > 4096 { violations.append(.init("current_password", "is too long")) }
+    if !violations.isEmpty { throw UserServiceError.invalid(violations) }
+    guard let account = try await store.user(id: userID), account.disabledAt == nil,
+      let currentHash = try await store.passwordHash(userID: userID)
+    else { throw UserServiceError.invalidCredentials }
+    let policy = Validation.passwordViolations(request.newPassword, email: account.email).map {
+      FieldViolation("new_password", $0.reason)
+    }
+    if !policy.isEmpty { throw UserServiceError.invalid(policy) }
+    // A stolen access token must not become a way to guess the password: wrong current passwords
+    // count against the login throttle, from this client's address, like failed sign-ins.
+    let accountKey = LoginThrottle.accountKey(account.email)
+    let clientAddress = ForwardedClient.clientAddress(peer: context.remotePeer).map(ClientAddress.key)
+    if let wait = try await throttle.wait(account: accountKey, address: clientAddress) {
+      throw UserServiceError.rateLimited(retryAfter: wait)
+    }
+    guard try await hasher.verify(request.currentPassword, against: currentHash) else {
+      try await throttle.recordFailure(account: accountKey, address: clientAddress)
+      throw UserServiceError.invalidCredentials
+    }
+    let newHash = try await hasher.hash(request.newPassword)
+    let key = try await keys.signingKey()
+    let refresh = SecretTokens.make()
+    guard
+      let (user, refreshExpiresAt) = try await store.changePassword(
+        userID: userID, from: currentHash, to: newHash,
+        session: NewRefreshToken(familyID: UUID(), hash: refresh.hash, lifetime: options.refreshTokenLifetime))
+    else {
+      throw RPCError(code: .aborted, message: "the password changed meanwhile; sign in again and retry")
+    }
+    logger.notice("password changed", metadata: ["user_id": "\(userID.uuidString.lowercased())"])
+    return try .with {
+      $0.tokens = try tokens(for: user, key: key, refreshToken: refresh.token, refreshExpiresAt: refreshExpiresAt)
+    }
+  }
+
   func login(request: Mart_User_V1_LoginRequest, context: ServerContext) async throws -> Mart_User_V1_LoginResponse {
     try await login(
       request, clientAddress: ForwardedClient.clientAddress(peer: context.remotePeer).map(ClientAddress.key))
@@ -118,7 +200,10 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     if !matches, let found, hasher.needsRehash(found.passwordHash) {
       _ = try? await hasher.verify(request.password, against: hasher.dummyHash)
     }
-    guard matches, let found else {
+    // When the shop requires it, an unverified account fails like a wrong password, after the same
+    // work: otherwise Register then Login would tell whether the email was free.
+    let refusedUnverified = options.signInRequiresVerifiedEmail && found?.user.emailVerifiedAt == nil
+    guard matches, let found, !refusedUnverified else {
       try await throttle.recordFailure(account: accountKey, address: clientAddress)
       logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
       throw UserServiceError.invalidCredentials

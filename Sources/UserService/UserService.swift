@@ -22,6 +22,7 @@ public enum UserServiceModule {
         Migration(
           version: 5, name: "signing_key_encryption", embedded: PackageResources._005_signing_key_encryption_sql),
         Migration(version: 6, name: "email_verification", embedded: PackageResources._006_email_verification_sql),
+        Migration(version: 7, name: "password_resets", embedded: PackageResources._007_password_resets_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
@@ -44,6 +45,7 @@ public enum UserServiceModule {
 /// | `MART_JWT_KEY_ROTATION` | `24h`: how long a signing key signs new tokens (at least `1m`) |
 /// | `MART_SESSION_LIFETIME` | `30d` written `720h`: how long a session lasts from its sign-in, however often it is refreshed |
 /// | `MART_USER_KEY_ENCRYPTION_KEYS` | none, required: `<id>:<base64 of 32 bytes>,…`, the keys that seal the signing keys at rest (`KeyEncryptionKeys`) |
+/// | `MART_USER_SIGN_IN_REQUIRES_VERIFIED_EMAIL` | `false`: whether Login refuses an account whose email is not verified (`signInRequiresVerifiedEmail`) |
 ///
 /// Issuer and audience are the shared `MART_JWT_ISSUER` / `MART_JWT_AUDIENCE` (AuthConfiguration).
 public struct UserServiceOptions: Sendable {
@@ -69,6 +71,14 @@ public struct UserServiceOptions: Sendable {
   public var hashingQueue: PasswordHashingQueue = .shared
   /// How long an email-verification link works.
   public var emailVerificationLifetime: Duration = .seconds(24 * 3600)
+  /// How long a password-reset link works.
+  public var passwordResetLifetime: Duration = .seconds(3600)
+  /// Whether Login refuses an account whose email is not verified yet, with the answer and the work
+  /// of a wrong password. Off by default: most shops let a new customer sign in and buy at once.
+  /// On, Register followed by Login no longer tells whether an email was free (a new account
+  /// cannot sign in until its owner opens the link), at the cost of a step before the first
+  /// sign-in.
+  public var signInRequiresVerifiedEmail = false
   /// What seals the JWT signing keys at rest (`MART_USER_KEY_ENCRYPTION_KEYS`).
   public var keyEncryption: KeyEncryptionKeys
 
@@ -98,5 +108,6 @@ public struct UserServiceOptions: Sendable {
       keyRotation: rotation,
       sessionLifetime: try environment.duration("MART_SESSION_LIFETIME", default: .seconds(30 * 24 * 3600)),
       keyEncryption: try KeyEncryptionKeys(environment: environment))
+    signInRequiresVerifiedEmail = try environment.bool("MART_USER_SIGN_IN_REQUIRES_VERIFIED_EMAIL", default: false)
   }
 }

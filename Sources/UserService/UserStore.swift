@@ -181,7 +181,8 @@ struct UserStore: Sendable {
   // MARK: - Accounts
 
   /// Inserts a user and emits UserRegistered (and stores the first refresh token of its session,
-  /// if given) in one transaction. Nil when the email is taken (case-insensitively).
+  /// if given) in one transaction. Nil when the email is taken (case-insensitively). For the
+  /// operator's commands (`mart users`): the operator gave the email, so it counts as verified.
   func createUser(
     email: String, passwordHash: String, fullName: String, phone: String?, locale: String, roles: [String],
     session: NewRefreshToken?
@@ -191,8 +192,8 @@ struct UserStore: Sendable {
     return try await database.withTransaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
-        INSERT INTO users (email, password_hash, full_name, phone, locale, roles)
-        VALUES (lower(\(email)), \(passwordHash), \(fullName), \(phone), \(locale), \(roles))
+        INSERT INTO users (email, password_hash, full_name, phone, locale, roles, email_verified_at)
+        VALUES (lower(\(email)), \(passwordHash), \(fullName), \(phone), \(locale), \(roles), now())
         ON CONFLICT DO NOTHING
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
@@ -232,12 +233,14 @@ struct UserStore: Sendable {
         return
       }
       let existing = try await connection.query(
-        "SELECT id, email FROM users WHERE lower(email) = lower(\(email))", logger: logger)
-      for try await (id, storedEmail) in existing.decode((UUID, String).self) {
+        "SELECT id, email, email_verified_at IS NOT NULL FROM users WHERE lower(email) = lower(\(email))",
+        logger: logger)
+      for try await (id, storedEmail, verified) in existing.decode((UUID, String, Bool).self) {
         let event = Mart_User_V1_RegistrationAttempted.with {
           $0.userID = id.uuidString.lowercased()
           $0.email = storedEmail
           $0.attemptTime = Google_Protobuf_Timestamp(date: Date())
+          $0.emailVerified = verified
         }
         try await outbox.append(
           event, aggregateType: "user", aggregateID: id.uuidString.lowercased(), on: connection, logger: logger)
@@ -506,13 +509,133 @@ struct UserStore: Sendable {
         RETURNING \(unescaped: UserRecord.columns)
         """, logger: logger)
       guard let promoted = try await Self.firstUser(updated) else { return .notFound }
-      try await connection.query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = \(user.id) AND revoked_at IS NULL",
-        logger: logger)
+      try await Self.revokeSessions(of: user.id, on: connection, logger: logger)
       try await Self.appendUpdated(
         promoted, previousRoles: user.protoRoles, outbox: outbox, on: connection, logger: logger)
+      try await Self.appendPasswordChanged(promoted, method: .operator, outbox: outbox, on: connection, logger: logger)
       return .promoted(promoted)
     }
+  }
+
+  // MARK: - Passwords
+
+  /// A password-reset link for the account with this email, if it has one that is not disabled;
+  /// nothing otherwise (the caller answers the same either way).
+  func requestPasswordReset(email: String, reset: NewVerification) async throws {
+    let outbox = self.outbox
+    let logger = self.logger
+    let lifetime = Double(reset.lifetime.components.seconds)
+    try await database.withTransaction(logger: logger) { connection in
+      let rows = try await connection.query(
+        """
+        INSERT INTO password_resets (token_hash, user_id, email, expires_at)
+        SELECT \(reset.hash), id, email, now() + make_interval(secs => \(lifetime))
+        FROM users WHERE lower(email) = lower(\(email)) AND disabled_at IS NULL
+        RETURNING user_id, email, expires_at
+        """, logger: logger)
+      for try await (userID, storedEmail, expiresAt) in rows.decode((UUID, String, Date).self) {
+        let event = Mart_User_V1_PasswordResetRequested.with {
+          $0.userID = userID.uuidString.lowercased()
+          $0.email = storedEmail
+          $0.token = reset.token
+          $0.expireTime = Google_Protobuf_Timestamp(date: expiresAt)
+        }
+        try await outbox.append(
+          event, aggregateType: "user", aggregateID: userID.uuidString.lowercased(), on: connection, logger: logger)
+      }
+    }
+  }
+
+  /// The address a password-reset token was sent to, while it can still be spent.
+  func passwordResetEmail(tokenHash: Data) async throws -> String? {
+    let rows = try await database.query(
+      """
+      SELECT r.email FROM password_resets r JOIN users u ON u.id = r.user_id
+      WHERE r.token_hash = \(tokenHash) AND r.used_at IS NULL AND r.expires_at > now()
+        AND lower(u.email) = lower(r.email) AND u.disabled_at IS NULL
+      """, logger: logger)
+    for try await email in rows.decode(String.self) { return email }
+    return nil
+  }
+
+  /// Spends a password-reset token and gives its account the new password hash, in one
+  /// transaction: the email counts as verified (the link reached the mailbox), every other reset
+  /// link of the account is spent, every session is revoked, and PasswordChanged is emitted. Nil
+  /// when the token is unknown, spent, expired, or for an address the account no longer has.
+  func resetPassword(tokenHash: Data, passwordHash: String) async throws -> UserRecord? {
+    let outbox = self.outbox
+    let logger = self.logger
+    return try await database.withTransaction(logger: logger) { connection in
+      let spent = try await connection.query(
+        """
+        UPDATE password_resets r SET used_at = now()
+        FROM users u
+        WHERE r.token_hash = \(tokenHash) AND r.used_at IS NULL AND r.expires_at > now()
+          AND u.id = r.user_id AND lower(u.email) = lower(r.email) AND u.disabled_at IS NULL
+        RETURNING r.user_id
+        """, logger: logger)
+      var userID: UUID?
+      for try await id in spent.decode(UUID.self) { userID = id }
+      guard let userID else { return nil }
+      try await connection.query(
+        "UPDATE password_resets SET used_at = now() WHERE user_id = \(userID) AND used_at IS NULL", logger: logger)
+      let rows = try await connection.query(
+        """
+        UPDATE users SET password_hash = \(passwordHash), email_verified_at = coalesce(email_verified_at, now())
+        WHERE id = \(userID)
+        RETURNING \(unescaped: UserRecord.columns)
+        """, logger: logger)
+      guard let user = try await Self.firstUser(rows) else { return nil }
+      try await Self.revokeSessions(of: userID, on: connection, logger: logger)
+      try await Self.appendPasswordChanged(user, method: .reset, outbox: outbox, on: connection, logger: logger)
+      return user
+    }
+  }
+
+  /// ChangePassword's transaction: the new hash, if the account still has the hash the current
+  /// password was checked against (a concurrent change wins, and this one is refused); every
+  /// session revoked; a new one started; PasswordChanged emitted. Nil if the account is gone,
+  /// disabled, or its password changed meanwhile.
+  func changePassword(userID: UUID, from checkedHash: String, to passwordHash: String, session: NewRefreshToken)
+    async throws -> (user: UserRecord, refreshExpiresAt: Date)?
+  {
+    let outbox = self.outbox
+    let logger = self.logger
+    return try await database.withTransaction(logger: logger) { connection in
+      let rows = try await connection.query(
+        """
+        UPDATE users SET password_hash = \(passwordHash)
+        WHERE id = \(userID) AND password_hash = \(checkedHash) AND disabled_at IS NULL
+        RETURNING \(unescaped: UserRecord.columns)
+        """, logger: logger)
+      guard let user = try await Self.firstUser(rows) else { return nil }
+      try await Self.revokeSessions(of: userID, on: connection, logger: logger)
+      let expiresAt = try await Self.insertRefreshToken(session, userID: userID, on: connection, logger: logger)
+      try await Self.appendPasswordChanged(user, method: .change, outbox: outbox, on: connection, logger: logger)
+      return (user, expiresAt)
+    }
+  }
+
+  /// The account's password hash, for ChangePassword to check the current password against.
+  func passwordHash(userID: UUID) async throws -> String? {
+    let rows = try await database.query(
+      "SELECT password_hash FROM users WHERE id = \(userID) AND disabled_at IS NULL", logger: logger)
+    for try await hash in rows.decode(String.self) { return hash }
+    return nil
+  }
+
+  static func appendPasswordChanged(
+    _ user: UserRecord, method: Mart_User_V1_PasswordChanged.Method, outbox: Outbox,
+    on connection: PostgresConnection, logger: Logger
+  ) async throws {
+    let event = Mart_User_V1_PasswordChanged.with {
+      $0.userID = user.id.uuidString.lowercased()
+      $0.email = user.email
+      $0.method = method
+      $0.changeTime = Google_Protobuf_Timestamp(date: Date())
+    }
+    try await outbox.append(
+      event, aggregateType: "user", aggregateID: user.id.uuidString.lowercased(), on: connection, logger: logger)
   }
 
   // MARK: - Refresh tokens
@@ -620,6 +743,15 @@ struct UserStore: Sendable {
     }
   }
 
+  /// Revokes every session of a user, under the sessions lock (`lockSessions`), so that a Refresh
+  /// in flight cannot store a successor the revocation misses.
+  static func revokeSessions(of userID: UUID, on connection: PostgresConnection, logger: Logger) async throws {
+    try await lockSessions(ofUser: userID, on: connection, logger: logger)
+    try await connection.query(
+      "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = \(userID) AND revoked_at IS NULL",
+      logger: logger)
+  }
+
   static func revokeFamily(_ familyID: UUID, on connection: PostgresConnection, logger: Logger) async throws {
     try await connection.query(
       "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = \(familyID) AND revoked_at IS NULL",
@@ -639,10 +771,14 @@ struct UserStore: Sendable {
     var userID: UUID?
     for try await id in rows.decode(UUID.self) { userID = id }
     guard let userID else { return nil }
+    try await lockSessions(ofUser: userID, on: connection, logger: logger)
+    return userID
+  }
+
+  static func lockSessions(ofUser userID: UUID, on connection: PostgresConnection, logger: Logger) async throws {
     try await connection.query(
       "SELECT pg_advisory_xact_lock(hashtextextended('mart.user.sessions:' || \(userID)::text, 0))",
       logger: logger)
-    return userID
   }
 
   // MARK: - Address book

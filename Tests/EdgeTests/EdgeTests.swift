@@ -67,6 +67,34 @@ import UserService
       let afterLogout = try await edge.call("POST", "/v1/auth/refresh", json: ["refreshToken": next])
       #expect(afterLogout.status == 401)
       try afterLogout.expectStatusBody(code: 16)
+
+      // Passwords: a reset request answers the same for any email; a bad token is a 400 naming
+      // it; ChangePassword needs a token and the current password, and answers new tokens.
+      for address in [email, "nobody-\(UUID().uuidString.prefix(6))@example.com"] {
+        let asked = try await edge.call("POST", "/v1/auth/password-reset", json: ["email": address])
+        #expect(asked.status == 200, "\(asked.text)")
+        #expect(asked.text == "{}")
+      }
+      let badReset = try await edge.call(
+        "POST", "/v1/auth/password-reset:confirm", json: ["token": "nope", "newPassword": "a fine new password"])
+      #expect(badReset.status == 400, "\(badReset.text)")
+      try badReset.expectStatusBody(code: 3, naming: "token")
+      let unsigned = try await edge.call(
+        "POST", "/v1/users/me/password:change",
+        json: ["currentPassword": "correct horse 1", "newPassword": "a fine new password"])
+      #expect(unsigned.status == 401)
+      let wrongCurrent = try await edge.call(
+        "POST", "/v1/users/me/password:change",
+        json: ["currentPassword": "not it at all", "newPassword": "a fine new password"], token: nextAccess)
+      #expect(wrongCurrent.status == 401, "\(wrongCurrent.text)")
+      let changed = try await edge.call(
+        "POST", "/v1/users/me/password:change",
+        json: ["currentPassword": "correct horse 1", "newPassword": "a fine new password"], token: nextAccess)
+      #expect(changed.status == 200, "\(changed.text)")
+      #expect(try changed.object("tokens")["accessToken"] is String)
+      let withNew = try await edge.call(
+        "POST", "/v1/auth/login", json: ["email": email, "password": "a fine new password"])
+      #expect(withNew.status == 200, "\(withNew.text)")
     }
   }
 

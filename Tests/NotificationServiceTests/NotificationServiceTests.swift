@@ -196,6 +196,43 @@ struct NotificationServiceTests {
     }
   }
 
+  /// The password-reset email carries a link that works (the in-app item never shows it), and the
+  /// change it makes is a security notice of its own.
+  @Test func thePasswordResetEmailWorksAndTheChangeIsNoticed() async throws {
+    let mailbox = FileManager.default.temporaryDirectory.appendingPathComponent("mart-mail-\(UUID())")
+    var settings = try NotificationHarness.settings(mailbox: mailbox.path)
+    settings.resetPasswordURL = "https://shop.example/reset-password"
+    try await NotificationHarness.run("notify_reset", settings: settings) { mart in
+      let (userID, auth) = try await mart.register("pia@example.com", name: "Pia")
+      _ = try await mart.settledDeliveries(of: userID, count: 1)
+      _ = try await mart.userService.requestPasswordReset(.with { $0.email = "pia@example.com" })
+      let sent = try await mart.settledDeliveries(of: userID, count: 2)
+      #expect(sent.map(\.kind) == ["welcome", "password_reset"])
+      let mails = try FileManager.default.contentsOfDirectory(atPath: mailbox.path).filter { $0.hasSuffix(".eml") }
+        .map { try String(contentsOf: mailbox.appendingPathComponent($0), encoding: .utf8) }
+        .map {
+          $0.replacingOccurrences(of: "=\r\n", with: "").replacingOccurrences(of: "=\n", with: "")
+            .replacingOccurrences(of: "=3D", with: "=")
+        }
+      let text = try #require(mails.first { $0.contains("https://shop.example/reset-password?token=") })
+      let start = try #require(text.range(of: "https://shop.example/reset-password?token="))
+      let token = String(text[start.upperBound...].prefix { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" })
+      #expect(token.count == 43)
+      let inbox = try await mart.notifications.listMyNotifications(.init(), metadata: auth)
+      #expect(inbox.notifications.contains { $0.kind == .passwordReset })
+      #expect(inbox.notifications.allSatisfy { !$0.body.contains(token) && !$0.title.contains(token) })
+
+      _ = try await mart.userService.resetPassword(
+        .with {
+          $0.token = token
+          $0.newPassword = "pia's new password"
+        })
+      let all = try await mart.settledDeliveries(of: userID, count: 3)
+      #expect(all.map(\.kind) == ["welcome", "password_reset", "password_changed"])
+      #expect(all.allSatisfy { $0.status == "sent" && $0.recipient == "pia@example.com" })
+    }
+  }
+
   /// The same OrderPaid delivered three times, then once more later, sends one email.
   @Test func aRedeliveredEventSendsNothingTwice() async throws {
     let mailbox = FileManager.default.temporaryDirectory.appendingPathComponent("mart-mail-\(UUID())")
