@@ -109,6 +109,9 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     // The payment providers' HTTP APIs (Stripe, PayFast's validation call).
     .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+    // Tests only: reading deploy/docker-compose.yml, to check it against the configuration the
+    // mart reads.
+    .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     // The notification templates (subject, text and HTML per kind and locale).
     .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
   ],
@@ -262,6 +265,12 @@ let package = Package(
         .product(name: "PostgresNIO", package: "postgres-nio"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        // `mart health`, the containers' healthcheck: grpc.health.v1 and the gateway's /readyz.
+        "MartProto",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOCore", package: "swift-nio"),
       ] + services.map { .target(name: $0) },
       swiftSettings: strictSwift
     ),
@@ -303,9 +312,12 @@ let package = Package(
       swiftSettings: strictSwift),
     // The event backbone over the real broker: round trip, broker down, crash, poison, rebalance.
     .testTarget(name: "MartEventTests", dependencies: testDependencies, swiftSettings: strictSwift),
-    // The `mart` command as a process, and every service's schema.
+    // The `mart` command as a process, every service's schema, and deploy/'s configuration.
     .testTarget(
-      name: "MartProcessTests", dependencies: testDependencies + services.map { .target(name: $0) },
+      name: "MartProcessTests",
+      dependencies: testDependencies + services.map { .target(name: $0) } + [
+        "Gateway", .product(name: "Yams", package: "Yams"),
+      ],
       swiftSettings: strictSwift),
     // A consumer process for the test that kills one (SIGKILL) mid-batch.
     .executableTarget(

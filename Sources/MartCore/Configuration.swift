@@ -79,6 +79,9 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
 /// Reads typed values from environment variables. Every failure names the variable.
 public struct EnvironmentReader: Sendable {
   public var values: [String: String]
+  /// Told the name of every variable looked up, set or not: how a test learns which variables a
+  /// configuration reads (deploy/'s files must set no variable the mart does not read).
+  public var onRead: (@Sendable (String) -> Void)?
 
   public init(_ values: [String: String] = ProcessInfo.processInfo.environment) {
     self.values = values
@@ -86,6 +89,7 @@ public struct EnvironmentReader: Sendable {
 
   /// The variable's value, or nil when it is unset or empty.
   public func string(_ name: String) -> String? {
+    onRead?(name)
     guard let value = values[name], !value.isEmpty else { return nil }
     return value
   }

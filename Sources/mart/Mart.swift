@@ -21,7 +21,9 @@ struct Mart: AsyncParsableCommand {
       MART_ORDER_PORT, MART_ORDER_DATABASE_URL, MART_GATEWAY_PORT, KAFKA_BROKERS, MART_LOG_LEVEL.
       A malformed value stops start-up with exit code 2 and names the variable.
       """,
-    subcommands: [Serve.self, Migrate.self, Dev.self, Events.self, Users.self, Seed.self, Keys.self])
+    subcommands: [
+      Serve.self, Migrate.self, Dev.self, Health.self, Events.self, Users.self, Seed.self, Keys.self,
+    ])
 }
 
 /// The services of the mart plus the gateway, as a command-line argument.
