@@ -295,9 +295,14 @@ struct RequestQuota: Sendable {
   let database: PostgresClient
   let logger: Logger
 
+  /// The longest window any quota is taken over: a row whose window began longer ago than this
+  /// is over whatever its key, and `UserHousekeeping` deletes it.
+  static let longestWindow: Duration = .seconds(3600)
+
   /// Counts one request for `key`; how long until the window ends if that makes more than
   /// `limit`, else nil.
   func take(_ key: String, limit: Int, per window: Duration) async throws -> Duration? {
+    assert(window <= Self.longestWindow, "a quota window longer than RequestQuota.longestWindow")
     let seconds = Double(window.components.seconds)
     let rows = try await database.query(
       """
