@@ -148,13 +148,21 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     // count against the login throttle, from this client's address, like failed sign-ins.
     let accountKey = LoginThrottle.accountKey(account.email)
     let clientAddress = ForwardedClient.clientAddress(peer: context.remotePeer).map(ClientAddress.key)
-    if let wait = try await throttle.wait(account: accountKey, address: clientAddress) {
-      throw UserServiceError.rateLimited(retryAfter: wait)
+    let attempt: LoginThrottle.Attempt
+    switch try await throttle.admit(account: accountKey, address: clientAddress) {
+    case .refused(let wait): throw UserServiceError.rateLimited(retryAfter: wait)
+    case .admitted(let admitted): attempt = admitted
     }
-    guard try await hasher.verify(request.currentPassword, against: currentHash) else {
-      try await throttle.recordFailure(account: accountKey, address: clientAddress)
-      throw UserServiceError.invalidCredentials
+    let matches: Bool
+    do {
+      matches = try await hasher.verify(request.currentPassword, against: currentHash)
+    } catch {
+      try? await throttle.withdraw(attempt)
+      throw error
     }
+    // A wrong current password counts as a failed sign-in (the attempt's count stands).
+    guard matches else { throw UserServiceError.invalidCredentials }
+    try await throttle.succeeded(attempt)
     let newHash = try await hasher.hash(request.newPassword)
     let key = try await keys.signingKey()
     let refresh = SecretTokens.make()
@@ -187,13 +195,25 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
 
     let email = request.email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
     let accountKey = LoginThrottle.accountKey(email)
-    if let wait = try await throttle.wait(account: accountKey, address: clientAddress) {
-      throw UserServiceError.rateLimited(retryAfter: wait)
+    // Counted before the slow hash, in the statement that says whether to wait: parallel guesses
+    // cannot all pass the check before the first of them is counted.
+    let attempt: LoginThrottle.Attempt
+    switch try await throttle.admit(account: accountKey, address: clientAddress) {
+    case .refused(let wait): throw UserServiceError.rateLimited(retryAfter: wait)
+    case .admitted(let admitted): attempt = admitted
     }
     // Unknown email and wrong password take the same path and the same time: the password is
     // checked against a dummy hash of the same cost when there is no account.
-    let found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
-    let matches = try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
+    let found: (user: UserRecord, passwordHash: String)?
+    let matches: Bool
+    do {
+      found = email.utf8.count <= Validation.maximumEmailLength ? try await store.credentials(email: email) : nil
+      matches = try await hasher.verify(request.password, against: found?.passwordHash ?? hasher.dummyHash)
+    } catch {
+      // The password was never checked (a full hashing queue, the database away): no guess.
+      try? await throttle.withdraw(attempt)
+      throw error
+    }
     // A wrong password against a hash made at a lower cost than today's would answer sooner than
     // an unknown email, which is checked at today's cost: spend the difference, so that timing
     // does not tell which accounts predate a cost change.
@@ -204,14 +224,15 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     // work: otherwise Register then Login would tell whether the email was free.
     let refusedUnverified = options.signInRequiresVerifiedEmail && found?.user.emailVerifiedAt == nil
     guard matches, let found, !refusedUnverified else {
-      try await throttle.recordFailure(account: accountKey, address: clientAddress)
+      // The attempt's count stands: it was a failure.
       logger.info("login failed", metadata: ["client_address": "\(clientAddress ?? "unknown")"])
       throw UserServiceError.invalidCredentials
     }
     if found.user.disabledAt != nil {
+      try await throttle.withdraw(attempt)
       throw RPCError(code: .permissionDenied, message: "this account is disabled")
     }
-    try await throttle.recordSuccess(account: accountKey, address: clientAddress)
+    try await throttle.succeeded(attempt)
     // A hash made with weaker (older) parameters is replaced while the password is at hand.
     // A full queue skips the rehash: the sign-in itself has succeeded, and the next one rehashes.
     let newHash = hasher.needsRehash(found.passwordHash) ? try? await hasher.hash(request.password) : nil

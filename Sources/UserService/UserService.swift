@@ -23,6 +23,7 @@ public enum UserServiceModule {
           version: 5, name: "signing_key_encryption", embedded: PackageResources._005_signing_key_encryption_sql),
         Migration(version: 6, name: "email_verification", embedded: PackageResources._006_email_verification_sql),
         Migration(version: 7, name: "password_resets", embedded: PackageResources._007_password_resets_sql),
+        Migration(version: 8, name: "housekeeping", embedded: PackageResources._008_housekeeping_sql),
       ],
       makeRPCServices: { context in
         let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
@@ -33,6 +34,14 @@ public enum UserServiceModule {
         DatabaseKeyProvider(
           database: context.database, logger: context.logger,
           cacheTTL: fixed?.signingKeyCacheTTL ?? .seconds(60))
+      },
+      makeBackgroundServices: { context in
+        let options = try fixed ?? UserServiceOptions(environment: EnvironmentReader())
+        return [
+          UserHousekeeping(
+            database: context.database, settings: options.housekeeping,
+            throttleWindow: options.loginThrottle.window, logger: context.logger)
+        ]
       }
     )
   }
@@ -69,6 +78,8 @@ public struct UserServiceOptions: Sendable {
   public var loginThrottle: LoginThrottle.Policy = .standard
   /// Where password hashes are computed, and how many may wait (`PasswordHashingQueue`).
   public var hashingQueue: PasswordHashingQueue = .shared
+  /// How often, and how much, the housekeeping sweeper deletes stale rows (`UserHousekeeping`).
+  public var housekeeping: UserHousekeeping.Settings = .standard
   /// How long an email-verification link works.
   public var emailVerificationLifetime: Duration = .seconds(24 * 3600)
   /// How long a password-reset link works.

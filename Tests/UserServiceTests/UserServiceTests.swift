@@ -344,6 +344,53 @@ import UserService
     }
   }
 
+  /// Parallel guesses at one account from one address: each is counted before its password is
+  /// checked, so no more than the pair's threshold of them get an answer about the password; the
+  /// rest are refused as if they had come after the lock.
+  @Test func parallelGuessesPassThePairLockNoMoreThanItsThreshold() async throws {
+    var options = testOptions
+    options.loginThrottle.pairThreshold = 3
+    // A hash slow enough that all the guesses are in flight at once, and room for all of them.
+    options.passwordCost = .init(logN: 14, blockSize: 8, parallelism: 1)
+    options.hashingQueue = PasswordHashingQueue(concurrency: 2, maximumWaiting: 20)
+    try await withUserService("users_parallel_guesses", options: options) { service in
+      _ = try await service.register(email: "ivan@example.com")
+      let client = service.client
+      let viaGateway = try await testAuth.fromGateway(to: .user, clientAddress: "198.51.100.23")
+      let outcomes = await withTaskGroup(of: String.self) { group in
+        for _ in 0..<10 {
+          group.addTask {
+            let error = await rpcError {
+              _ = try await client.login(
+                .with {
+                  $0.email = "ivan@example.com"
+                  $0.password = "guess guess guess"
+                }, metadata: viaGateway)
+            }
+            return error.map { "\($0.code) \(reason($0) ?? "")" } ?? "signed in"
+          }
+        }
+        var outcomes: [String] = []
+        for await outcome in group { outcomes.append(outcome) }
+        return outcomes
+      }
+      let checked = outcomes.filter { $0 == "unauthenticated INVALID_CREDENTIALS" }.count
+      let refused = outcomes.filter { $0 == "resourceExhausted RATE_LIMITED" }.count
+      #expect(checked <= 3, "\(outcomes)")
+      #expect(checked + refused == 10, "\(outcomes)")
+      // Only the guesses that were checked count; the refused ones count nowhere.
+      let pair = try await service.count(
+        "SELECT failures::int8 FROM login_failures WHERE key = 'pair:ivan@example.com|198.51.100.23'")
+      #expect(pair == Int64(checked))
+      let address = try await service.count(
+        "SELECT failures::int8 FROM login_failures WHERE key = 'ip:198.51.100.23'")
+      #expect(address == Int64(checked))
+      let account = try await service.count(
+        "SELECT failures::int8 FROM login_failures WHERE key = 'account:ivan@example.com'")
+      #expect(account == Int64(checked))
+    }
+  }
+
   /// The signing keys are stored sealed with the key-encryption key, never in the clear; a key
   /// stored before encryption is sealed at start; and a new KEK put first re-seals every key,
   /// after which the old KEK can go and the same key still signs.
@@ -443,6 +490,9 @@ import UserService
     var options = testOptions
     options.passwordCost = .init(logN: 14, blockSize: 8, parallelism: 1)
     options.hashingQueue = PasswordHashingQueue(concurrency: 1, maximumWaiting: 1)
+    // Attempts are counted before they are hashed, the right ones too until they are decided: a
+    // burst at one account past its threshold would be throttled before it reached the queue.
+    options.loginThrottle.accountThreshold = 100
     try await withUserService("users_busy", options: options) { service in
       _ = try await service.register(email: "busy@example.com")
       let client = service.client
@@ -468,6 +518,9 @@ import UserService
       #expect(outcomes.contains("signed in"))
       #expect(outcomes.contains("unavailable OVERLOADED true"), "\(outcomes)")
       #expect(outcomes.allSatisfy { $0 == "signed in" || $0 == "unavailable OVERLOADED true" }, "\(outcomes)")
+      // Every attempt was counted, and every count given back: signed in, or never checked.
+      let counts = try await service.count("SELECT count(*)::int8 FROM login_failures")
+      #expect(counts == 0)
     }
   }
 

@@ -60,10 +60,7 @@ public struct ServiceKeys: Sendable {
   public static let none = ServiceKeys(signing: [:], publicKeys: [:])
 
   public init(signing: [Principal: P256.Signing.PrivateKey], publicKeys: [Principal: P256.Signing.PublicKey]) {
-    self.signing = signing.reduce(into: [:]) { $0[$1.key] = Self.signingKey($1.value, of: $1.key) }
-    self.verifying = publicKeys.reduce(into: [:]) { keys, entry in
-      keys[Self.keyID(entry.value, of: entry.key)] = PublicKey(principal: entry.key, key: entry.value)
-    }
+    self.init(signing: signing, publicKeys: publicKeys.map { (principal: $0.key, key: $0.value) })
   }
 
   /// Every principal's key for `mart dev`, one process that is all of them: the private keys the
@@ -83,9 +80,22 @@ public struct ServiceKeys: Sendable {
   }
 
   /// The keys of one process run by `mart serve`: its own private key (required), and, for a
-  /// service, every principal's public key from `MART_SERVICE_PUBLIC_KEYS` (required, all seven,
-  /// its own matching its private key). The gateway checks no token between services, so it
-  /// needs no public keys.
+  /// service, every principal's public key from `MART_SERVICE_PUBLIC_KEYS` (required: each of the
+  /// seven at least once, its own private key's among its own). The gateway checks no token
+  /// between services, so it needs no public keys.
+  ///
+  /// A name may be listed more than once: during a rotation a principal has two keys, the old one
+  /// and the new one, and tokens signed with either verify (a token names its key by a kid
+  /// derived from the key). So one principal's key changes without restarting everything at once:
+  /// 1. Make a new key pair (`mart keys services` prints a set: take the principal's private key
+  ///    and its entry of the public list), add the new public key beside the old one
+  ///    (`order:<old>,order:<new>,…`) wherever `MART_SERVICE_PUBLIC_KEYS` is set, and restart the
+  ///    services, one at a time if you like: each still verifies the old key too.
+  /// 2. Switch the principal's private key (`MART_ORDER_SERVICE_KEY`) to the new one and restart
+  ///    its instances: their tokens now name the new key, which every service already knows.
+  /// 3. Once no instance signs with the old key and its last tokens have expired
+  ///    (`serviceTokenLifetime`, five minutes), remove the old public key everywhere and restart
+  ///    again.
   public init(environment env: EnvironmentReader, for principal: Principal) throws {
     guard let own = try Self.privateKey(principal, env, required: true) else {
       throw ConfigurationError(variable: principal.keyVariable, value: "", reason: "required")
@@ -100,7 +110,7 @@ public struct ServiceKeys: Sendable {
         variable: variable, value: "",
         reason: "required: every service's and the gateway's public key (`mart keys services` prints a set)")
     }
-    var publicKeys: [Principal: P256.Signing.PublicKey] = [:]
+    var listed: [(principal: Principal, key: P256.Signing.PublicKey)] = []
     for item in text.split(separator: ",") {
       let parts = item.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
       guard parts.count == 2, let named = Principal(name: parts[0]) else {
@@ -109,29 +119,38 @@ public struct ServiceKeys: Sendable {
           reason: "expected <name>:<base64 public key>, name one of "
             + Principal.all.map(\.name).joined(separator: ", "))
       }
-      guard publicKeys[named] == nil else {
-        throw ConfigurationError(variable: variable, value: named.name, reason: "named twice")
-      }
       guard let raw = Data(base64Encoded: parts[1]),
         let key = try? P256.Signing.PublicKey(x963Representation: raw)
       else {
         throw ConfigurationError(
           variable: variable, value: String(item), reason: "expected the base64 of an uncompressed P-256 public key")
       }
-      publicKeys[named] = key
+      listed.append((named, key))
     }
-    let missing = Principal.all.filter { publicKeys[$0] == nil }
+    let missing = Principal.all.filter { principal in !listed.contains { $0.principal == principal } }
     guard missing.isEmpty else {
       throw ConfigurationError(
-        variable: variable, value: "(\(publicKeys.count) keys)",
+        variable: variable, value: "(\(listed.count) keys)",
         reason: "no key for \(missing.map(\.name).joined(separator: ", "))")
     }
-    guard publicKeys[principal]?.x963Representation == own.publicKey.x963Representation else {
+    let ownPublic = own.publicKey.x963Representation
+    guard listed.contains(where: { $0.principal == principal && $0.key.x963Representation == ownPublic }) else {
       throw ConfigurationError(
         variable: variable, value: principal.name,
-        reason: "does not match \(principal.keyVariable): the two come from different key sets")
+        reason: "has no key matching \(principal.keyVariable): the two come from different key sets")
     }
-    self.init(signing: [principal: own], publicKeys: publicKeys)
+    self.init(signing: [principal: own], publicKeys: listed)
+  }
+
+  /// A process that signs as `signing`'s principals and verifies every key of `publicKeys`, where
+  /// a principal may have several (a rotation).
+  init(
+    signing: [Principal: P256.Signing.PrivateKey], publicKeys: [(principal: Principal, key: P256.Signing.PublicKey)]
+  ) {
+    self.signing = signing.reduce(into: [:]) { $0[$1.key] = Self.signingKey($1.value, of: $1.key) }
+    self.verifying = publicKeys.reduce(into: [:]) { keys, entry in
+      keys[Self.keyID(entry.key, of: entry.principal)] = PublicKey(principal: entry.principal, key: entry.key)
+    }
   }
 
   /// The variables of a whole new key set, one `NAME=value` a line, as `mart keys services` prints
@@ -154,7 +173,8 @@ public struct ServiceKeys: Sendable {
     return values
   }
 
-  /// `MART_SERVICE_PUBLIC_KEYS`'s form: `<name>:<base64 of the uncompressed key>`, comma-separated.
+  /// `MART_SERVICE_PUBLIC_KEYS`'s form: `<name>:<base64 of the uncompressed key>`, comma-separated
+  /// (a principal with two keys during a rotation is listed twice).
   private var publicKeysText: String {
     verifying.values.map { "\($0.principal.name):\($0.key.x963Representation.base64EncodedString())" }.sorted()
       .joined(separator: ",")

@@ -12,5 +12,6 @@ CREATE TABLE password_resets (
 );
 
 CREATE INDEX password_resets_user_id_idx ON password_resets (user_id);
--- Pruning: the housekeeping sweeper deletes links long expired or used.
-CREATE INDEX password_resets_expires_at_idx ON password_resets (expires_at);
+-- A link is done when it expires or is used, whichever comes first: the housekeeping sweeper
+-- (UserHousekeeping) deletes links done long ago by this index.
+CREATE INDEX password_resets_finished_at_idx ON password_resets (least(expires_at, used_at));
