@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz clean
+.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 run: ## Run the whole mart on this machine (local PostgreSQL under .mart/, no Docker); Ctrl-C stops it
 	@scripts/run.sh
@@ -19,6 +19,9 @@ seed: ## Load the demo shop into the databases of `make run` (idempotent; needs 
 
 test: ## Install what is missing, check generated code, start PostgreSQL + broker, build once, run every test
 	@scripts/test.sh
+
+k8s-check: ## Validate deploy/k8s (strict schemas, kustomize output, environment against docker-compose.yml)
+	@scripts/validate-k8s.sh
 
 build: ## Debug build of everything
 	swift build

