@@ -24,22 +24,9 @@ public struct ReservationSweeper: Service {
   }
 
   public func run() async throws {
-    while !Task.isShuttingDownGracefully, !Task.isCancelled {
-      do {
-        _ = try await sweep()
-      } catch is CancellationError {
-        return
-      } catch {
-        logger.warning(
-          "sweeping expired reservations failed; retrying next round",
-          metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
-      }
-      do {
-        try await cancelWhenGracefulShutdown { try await Task.sleep(for: settings.sweepInterval) }
-      } catch {
-        return
-      }
-    }
+    await repeatUntilShutdown(
+      every: settings.sweepInterval, logger: logger, failure: "sweeping expired reservations failed; retrying next round"
+    ) { _ = try await sweep() }
   }
 
   /// Releases every reservation that is expired now; returns how many this call released.

@@ -77,31 +77,18 @@ public struct UserHousekeeping: Service {
   }
 
   public func run() async throws {
-    while !Task.isShuttingDownGracefully, !Task.isCancelled {
-      do {
-        let report = try await sweep()
-        if report.total > 0 {
-          logger.debug(
-            "housekeeping deleted stale rows",
-            metadata: [
-              "login_failures": "\(report.loginFailures)", "login_known_addresses": "\(report.knownAddresses)",
-              "request_quotas": "\(report.requestQuotas)", "email_verifications": "\(report.emailVerifications)",
-              "password_resets": "\(report.passwordResets)",
-              "refresh_token_families": "\(report.refreshTokenFamilies)",
-            ])
-        }
-      } catch is CancellationError {
-        return
-      } catch {
-        logger.warning(
-          "housekeeping failed; retrying next round",
-          metadata: ["error": "\(APIStatus.redactedDescription(of: error))"])
-      }
-      do {
-        try await cancelWhenGracefulShutdown { try await Task.sleep(for: settings.interval) }
-      } catch {
-        return
-      }
+    await repeatUntilShutdown(
+      every: settings.interval, logger: logger, failure: "housekeeping failed; retrying next round"
+    ) {
+      let report = try await sweep()
+      guard report.total > 0 else { return }
+      logger.debug(
+        "housekeeping deleted stale rows",
+        metadata: [
+          "login_failures": "\(report.loginFailures)", "login_known_addresses": "\(report.knownAddresses)",
+          "request_quotas": "\(report.requestQuotas)", "email_verifications": "\(report.emailVerifications)",
+          "password_resets": "\(report.passwordResets)", "refresh_token_families": "\(report.refreshTokenFamilies)",
+        ])
     }
   }
 
