@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz clean
+.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz deploy-check clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-orders: ## Only the order-flow benchmark: orders placed -> PAID per second
 
 bench-notifications: ## Only the notification benchmark: emails/s to a local SMTP server, event -> SMTP p50/p99
 	@scripts/bench-notifications.sh
+
+deploy-check: ## Bring deploy/docker-compose.yml up with Docker here (images built locally, host networking), drive an order to PAID, tear down
+	@scripts/deploy-check.sh
 
 fuzz: ## schemathesis against a private mart's /openapi.json as a customer and as an admin: no 5xx, no answer off the document
 	@scripts/fuzz.sh

@@ -25,7 +25,8 @@ public struct ReservationSweeper: Service {
 
   public func run() async throws {
     await repeatUntilShutdown(
-      every: settings.sweepInterval, logger: logger, failure: "sweeping expired reservations failed; retrying next round"
+      every: settings.sweepInterval, logger: logger,
+      failure: "sweeping expired reservations failed; retrying next round"
     ) { _ = try await sweep() }
   }
 
