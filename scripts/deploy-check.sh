@@ -205,6 +205,12 @@ main() {
   build mart-test/tansu:latest deploy/test/tansu.Dockerfile "$CACHE/bin/tansu"
 
   step "configuration"
+  # Without deploy/.env's secrets compose must refuse to start, naming what is missing.
+  local refusal
+  if refusal=$(docker compose -f deploy/docker-compose.yml --env-file /dev/null config 2>&1 >/dev/null); then
+    die "compose accepted an empty .env: some secret has a default"
+  fi
+  say "an empty .env is refused: ${refusal##*: }"
   write_env "$bin/mart"
   check_host_networking
   check_ports_free
