@@ -63,6 +63,7 @@ public enum Gateway {
       HeadMiddleware()
       GatewayErrorMiddleware(logger: logger)
       BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments, adminToken: configuration.adminToken)
+      AdmissionMiddleware(limiter: AdmissionLimiter(settings.admission))
       RouteMatchMiddleware(matcher: matcher)
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))

@@ -94,6 +94,10 @@ public struct GatewaySettings: Sendable {
   public var strictTransportSecurity: String?
   /// How long a connection may go without a request making progress (slow clients).
   public var timeouts = ConnectionTimeouts()
+  /// Admission control over the routes (`"admission"`): requests handled at once, how many more
+  /// may wait and for how long; the rest are answered 503 with Retry-After at once.
+  public var admission = AdmissionLimiter.Limits(
+    maximumInFlight: 256, maximumQueued: 512, maximumWait: .milliseconds(250))
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
@@ -247,6 +251,16 @@ extension GatewaySettings {
           default: throw reader.unknown(name)
           }
         }
+      case "admission":
+        for (subkey, subvalue) in try reader.object(value, key) {
+          let name = "admission.\(subkey)"
+          switch subkey {
+          case "maxInFlight": admission.maximumInFlight = try reader.positiveInteger(subvalue, name)
+          case "maxQueued": admission.maximumQueued = try reader.nonNegativeInteger(subvalue, name)
+          case "maxQueueWait": admission.maximumWait = try reader.duration(subvalue, name)
+          default: throw reader.unknown(name)
+          }
+        }
       case "hsts":
         let text = try reader.string(value, key)
         guard text.hasPrefix("max-age="), !text.contains("\r"), !text.contains("\n") else {
@@ -320,6 +334,13 @@ private struct SettingsReader {
   func positiveInteger(_ value: JSONValue, _ key: String) throws -> Int {
     guard case .number(let text) = value, let number = Int(text), number > 0 else {
       throw invalid(key, "expected a positive whole number")
+    }
+    return number
+  }
+
+  func nonNegativeInteger(_ value: JSONValue, _ key: String) throws -> Int {
+    guard case .number(let text) = value, let number = Int(text), number >= 0 else {
+      throw invalid(key, "expected a whole number, zero or more")
     }
     return number
   }

@@ -324,6 +324,59 @@ import Testing
 
   // MARK: The edge's own endpoints
 
+  /// Past its capacity the gateway answers 503 with Retry-After at once (or after a short wait in
+  /// its bounded queue), never queueing a request until its deadline; its own endpoints answer
+  /// whatever the load, and a freed slot admits the next request.
+  @Test func overCapacityIs503WithRetryAfterAndHealthStillAnswers() async throws {
+    let limits = AdmissionLimiter.Limits(maximumInFlight: 1, maximumQueued: 1, maximumWait: .milliseconds(200))
+    try await withGateway(admission: limits) { gateway, client in
+      let auth = gateway.headers(token: gateway.adminToken)
+      // Three slow calls at once: one runs (to its 2 s deadline: 504), one waits in the queue and
+      // gives up after 200 ms, one finds the queue full. Which is which depends on arrival.
+      let statuses = try await withThrowingTaskGroup(of: (HTTPResponse.Status, String?).self) { group in
+        for _ in 0..<3 {
+          group.addTask {
+            let response = try await client.execute(uri: "/v1/users/slow", method: .get, headers: auth)
+            return (response.status, response.headers[.retryAfter])
+          }
+        }
+        var all: [(HTTPResponse.Status, String?)] = []
+        for try await status in group { all.append(status) }
+        return all
+      }
+      let refused = statuses.filter { $0.0 == .serviceUnavailable }
+      #expect(refused.count == 2, "\(statuses)")
+      #expect(refused.allSatisfy { $0.1 == "1" })
+      #expect(statuses.filter { $0.0 == .gatewayTimeout }.count == 1, "\(statuses)")
+
+      // While a slow call holds the only slot: /healthz answers, and a route is refused with the
+      // reason in the usual google.rpc.Status body.
+      let refusal = try await withThrowingTaskGroup(of: String?.self) { group in
+        group.addTask {
+          _ = try await client.execute(uri: "/v1/users/slow", method: .get, headers: auth)
+          return nil
+        }
+        group.addTask {
+          try await Task.sleep(for: .milliseconds(500))
+          let health = try await client.execute(uri: "/healthz", method: .get)
+          #expect(health.status == .ok)
+          let response = try await client.execute(uri: "/v1/users/other", method: .get, headers: auth)
+          return response.status == .serviceUnavailable ? String(buffer: response.body) : nil
+        }
+        var text: String?
+        for try await value in group where value != nil { text = value }
+        return text
+      }
+      let body = try #require(refusal)
+      #expect(body.contains("\"code\":14"), "\(body)")
+      #expect(body.contains("OVERLOADED"), "\(body)")
+
+      // Nothing in flight any more: the next call is admitted.
+      let admitted = try await client.execute(uri: "/v1/users/u-1", method: .get, headers: auth)
+      #expect(admitted.status == .ok)
+    }
+  }
+
   @Test func corsPreflightAndHeaders() async throws {
     try await withGateway { gateway, client in
       var preflight = HTTPFields()
@@ -482,7 +535,7 @@ extension TestResponse {
 func withGateway(
   _ setup: TestingSetup = .router, trustedProxies: [String] = [], hsts: String? = nil,
   routeLimits: [String: RateLimitPolicy] = [:], adminToken: String? = TestGateway.adminEndpointToken,
-  timeouts: ConnectionTimeouts = ConnectionTimeouts(),
+  timeouts: ConnectionTimeouts = ConnectionTimeouts(), admission: AdmissionLimiter.Limits? = nil,
   _ body: @escaping @Sendable (TestGateway, any TestClientProtocol) async throws -> Void
 ) async throws {
   let userKey = TokenSigningKey.random(kid: "test-user-key")
@@ -522,6 +575,7 @@ func withGateway(
       settings.strictTransportSecurity = hsts
       settings.routeRateLimits.merge(routeLimits) { _, new in new }
       settings.timeouts = timeouts
+      if let admission { settings.admission = admission }
       // The gateway's configuration holds every service's key (as in `mart dev`), and still checks
       // no service token: they are for calls between services only.
       let configuration = GatewayConfiguration(
