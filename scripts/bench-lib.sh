@@ -8,6 +8,8 @@
 seconds=${BENCH_SECONDS:-15}
 connections=${BENCH_CONNECTIONS:-32}
 mart_pid=
+# The processes of bench_start_processes, by name.
+declare -A process_pids=()
 
 scripts/deps.sh
 for tool in wrk curl; do
@@ -29,6 +31,9 @@ bench_testbed() {
 bench_cleanup() {
   [[ -z $mart_pid ]] || kill "$mart_pid" 2>/dev/null || true
   [[ -z $mart_pid ]] || wait "$mart_pid" 2>/dev/null || true
+  local pid
+  for pid in "${process_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${process_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   scripts/testbed.sh stop --dir "$bench_dir" --purge >/dev/null 2>&1 || true
 }
 
@@ -74,6 +79,59 @@ JSON
     tail -n 40 "$bench_dir/mart.log"
     exit 1
   }
+}
+
+# bench_start_processes: the mart as production runs it: `mart serve` for each service and the
+# gateway, separate processes (each with its own database pool) on the test bed's broker, with
+# the rate limits lifted, until the gateway's /readyz answers. Sets `port` (the gateway's) and
+# `process_pids`. The test bed must have been started with its broker.
+bench_start_processes() {
+  cat >"$bench_dir/gateway.json" <<'JSON'
+{
+  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }
+}
+JSON
+  port=$((20000 + RANDOM % 20000))
+  local -A ports=([user]=$((port + 1)) [product]=$((port + 2)) [inventory]=$((port + 3)) [order]=$((port + 4))
+    [payment]=$((port + 5)) [notification]=$((port + 6)))
+  local keys name upper
+  keys=$("$bin/mart" keys services)
+  local -a common=(MART_LOG_LEVEL=warning MART_PAYMENT_SANDBOX_ENABLED=true MART_GATEWAY_PORT="$port"
+    "MART_SERVICE_PUBLIC_KEYS=$(sed -n 's/^MART_SERVICE_PUBLIC_KEYS=//p' <<<"$keys")")
+  for name in "${!ports[@]}"; do
+    upper=${name^^}
+    common+=("MART_${upper}_PORT=${ports[$name]}" "MART_${upper}_ADDRESS=127.0.0.1:${ports[$name]}")
+  done
+  for name in user product inventory order payment notification gateway; do
+    upper=${name^^}
+    local key_variable="MART_${upper}_SERVICE_KEY"
+    [[ $name == gateway ]] && key_variable=MART_GATEWAY_KEY
+    env "${common[@]}" "$key_variable=$(sed -n "s/^$key_variable=//p" <<<"$keys")" \
+      MART_GATEWAY_CONFIG="$bench_dir/gateway.json" MART_NOTIFICATION_MAILBOX_DIR="$bench_dir/mail" \
+      "$bin/mart" serve "$name" >"$bench_dir/$name.log" 2>&1 &
+    process_pids[$name]=$!
+  done
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || {
+    tail -n 20 "$bench_dir"/*.log
+    exit 1
+  }
+}
+
+# bench_rss LABEL: the resident memory of each running mart process, one line.
+bench_rss() {
+  local label=$1 name line=""
+  if ((${#process_pids[@]} > 0)); then
+    for name in user product inventory order payment notification gateway; do
+      line+=" $name $(awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/${process_pids[$name]}/status" 2>/dev/null)"
+    done
+  elif [[ -n $mart_pid ]]; then
+    line=" mart dev $(awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$mart_pid/status" 2>/dev/null)"
+  fi
+  echo "== RSS $label:$line"
 }
 
 bench_machine() {

@@ -1,20 +1,50 @@
 #!/usr/bin/env bash
-# The order-flow benchmark (issue 10): orders placed -> PAID per second through the JSON edge,
-# paid with the sandbox provider, and p50/p99/max from the POST of the order to PAID, at
-# BENCH_CONCURRENCY customers (default 32), each with one order in flight (OrderFlowBenchmark).
-# Against `mart dev` built in release (every service in one process, events in-process), a
-# private PostgreSQL with fsync on (orders are writes), rate limits lifted. The catalogue is
-# 100 products seeded with SQL, each with ten million units so that nothing runs short.
+# The order-flow benchmark (issues 10 and 15): orders placed -> PAID per second through the JSON
+# edge, paid with the sandbox provider, and p50/p99/max from the POST of the order to PAID
+# (OrderFlowBenchmark), with each request type's latency and the errors by class.
+#   BENCH_MART=dev (default)   `mart dev`: every service in one process, events in-process
+#   BENCH_MART=processes       `mart serve` per service and the gateway, on the Tansu broker, as
+#                              production runs it (each process with its own database pool)
+#   BENCH_LOOP=closed (default) BENCH_CONCURRENCY customers (default 32), one order in flight each
+#   BENCH_LOOP=open            BENCH_RATE orders arriving per second (default 20), whatever the
+#                              mart's speed
+#   BENCH_SECONDS (default 15), BENCH_ACCOUNTS (default: one per customer, at most 100)
+# Release build, a private PostgreSQL with fsync on (orders are writes), rate limits lifted. The
+# catalogue is 100 products seeded with SQL, each with ten million units so that nothing runs
+# short. Each process's resident memory is printed before and after the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 concurrency=${BENCH_CONCURRENCY:-32}
+loop=${BENCH_LOOP:-closed}
+rate=${BENCH_RATE:-20}
+accounts=${BENCH_ACCOUNTS:-0}
+mart_mode=${BENCH_MART:-dev}
 products=100
 
-bench_testbed .testbed/bench-orders --persistent
-bench_build mart OrderFlowBenchmark
-bench_start_mart
+case $mart_mode in
+  dev)
+    bench_testbed .testbed/bench-orders --persistent
+    bench_build mart OrderFlowBenchmark
+    bench_start_mart
+    ;;
+  processes)
+    # The broker too: events cross it between the processes.
+    bench_dir=.testbed/bench-orders
+    mkdir -p "$bench_dir"
+    trap bench_cleanup EXIT
+    scripts/testbed.sh start --dir "$bench_dir" --persistent >/dev/null
+    # shellcheck disable=SC1091
+    source "$bench_dir/env"
+    bench_build mart OrderFlowBenchmark
+    bench_start_processes
+    ;;
+  *)
+    echo "BENCH_MART must be dev or processes" >&2
+    exit 2
+    ;;
+esac
 
 psql -q -v ON_ERROR_STOP=1 "$MART_PRODUCT_DATABASE_URL" <<SQL
 INSERT INTO products (id, sku, name, price_minor, currency)
@@ -36,6 +66,10 @@ psql -At -v ON_ERROR_STOP=1 "$MART_PRODUCT_DATABASE_URL" \
   -c "SELECT id FROM products WHERE sku LIKE 'ORDER-BENCH-%' ORDER BY sku" >"$bench_dir/products.txt"
 
 bench_machine
-echo "== order flow: mart dev (in-process events), sandbox payments, $concurrency customers, ${seconds} s"
+if [[ $mart_mode == dev ]]; then what="mart dev (in-process events)"; else what="mart serve × 7 on the Tansu broker"; fi
+if [[ $loop == closed ]]; then load="$concurrency customers (closed loop)"; else load="$rate orders/s arriving (open loop)"; fi
+echo "== order flow: $what, sandbox payments, $load, ${seconds} s"
+bench_rss "before"
 "$bin/OrderFlowBenchmark" --url "http://127.0.0.1:$port" --products "$bench_dir/products.txt" \
-  --concurrency "$concurrency" --seconds "$seconds"
+  --mode "$loop" --concurrency "$concurrency" --rate "$rate" --accounts "$accounts" --seconds "$seconds"
+bench_rss "after"

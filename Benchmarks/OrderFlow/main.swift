@@ -1,9 +1,13 @@
 // `make bench-orders`: the whole order flow through the JSON edge, as customers use it.
 //
-// Each virtual customer registers once, then, until the time is up: places an order of 1–3
-// lines with an Idempotency-Key, watches the order's status stream (NDJSON), pays with the
-// sandbox provider as soon as the order awaits payment, and stops watching when it is PAID.
-// Closed loop: `--concurrency` customers, each with one order in flight.
+// Accounts register and sign in first (not measured; `--accounts`, shared by the virtual
+// customers: scrypt makes each sign-up cost a third of a second of a core). Then, until the time
+// is up, each order: browses (lists, searches and reads products), places an order of 1–3 lines
+// with an Idempotency-Key, watches the order's status stream (NDJSON), pays with the sandbox
+// provider as soon as the order awaits payment, and stops watching when it is PAID.
+// Closed loop (`--mode closed`, the default): `--concurrency` virtual customers, each with one
+// order in flight. Open loop (`--mode open`): a new order every 1/`--rate` seconds, whether or not
+// the earlier ones have finished, as independent customers arrive.
 //
 // Reported: orders placed → PAID per second (only orders that reached PAID count), p50/p99/max
 // from the POST of the order to the PAID event, each request type's latency, errors by class.
@@ -14,9 +18,16 @@ import NIOFoundationCompat
 import NIOHTTP1
 
 struct Options {
+  enum Mode: String { case closed, open }
   var url = "http://127.0.0.1:8000"
   var productsFile = ""
+  var mode = Mode.closed
   var concurrency = 32
+  /// Orders per second (open loop).
+  var rate = 20.0
+  /// Accounts the virtual customers share; 0: one per customer up to 100.
+  var accounts = 0
+  var browse = true
   var seconds = 15.0
 
   init(arguments: [String]) throws {
@@ -27,6 +38,12 @@ struct Options {
       case "--url": url = value
       case "--products": productsFile = value
       case "--concurrency": concurrency = Int(value) ?? concurrency
+      case "--mode":
+        guard let parsed = Mode(rawValue: value) else { throw UsageError(argument) }
+        mode = parsed
+      case "--rate": rate = Double(value) ?? rate
+      case "--accounts": accounts = Int(value) ?? accounts
+      case "--browse": browse = value != "false"
       case "--seconds": seconds = Double(value) ?? seconds
       default: throw UsageError(argument)
       }
@@ -39,7 +56,8 @@ struct UsageError: Error, CustomStringConvertible {
   var description: String
   init(_ what: String) {
     description =
-      "usage: OrderFlowBenchmark --products FILE [--url URL] [--concurrency N] [--seconds S] (bad: \(what))"
+      "usage: OrderFlowBenchmark --products FILE [--url URL] [--mode closed|open] [--concurrency N] [--rate R]"
+      + " [--accounts N] [--browse true|false] [--seconds S] (bad: \(what))"
   }
 }
 
@@ -77,6 +95,17 @@ struct Customer: Sendable {
     guard status == 200, let tokens = body["tokens"] as? [String: Any], let token = tokens["accessToken"] as? String
     else { throw Failure(description: "login \(status)") }
     return Customer(client: client, base: base, token: token, products: products, results: results)
+  }
+
+  /// What a shopper does before ordering: a page of the catalogue, a search, one product.
+  func browse() async throws {
+    for (kind, path) in [
+      ("list_products", "/v1/products?pageSize=20"), ("search_products", "/v1/products?query=product&pageSize=10"),
+      ("get_product", "/v1/products/\(products.randomElement() ?? "")"),
+    ] {
+      let status = try await timed(kind) { try await Self.get(client, base + path, token: token) }
+      guard status == 200 else { throw Failure(description: "\(kind) \(status)") }
+    }
   }
 
   /// One order, from its POST to PAID; the seconds that took.
@@ -163,6 +192,14 @@ struct Customer: Sendable {
     return value
   }
 
+  static func get(_ client: HTTPClient, _ url: String, token: String) async throws -> UInt {
+    var request = HTTPClientRequest(url: url)
+    request.headers.add(name: "Authorization", value: "Bearer \(token)")
+    let response = try await client.execute(request, timeout: .seconds(30))
+    _ = try await response.body.collect(upTo: 1 << 22)
+    return response.status.code
+  }
+
   static func call(
     _ client: HTTPClient, _ method: String, _ url: String, json: [String: Any], token: String? = nil,
     headers: [String: String] = [:]
@@ -197,12 +234,15 @@ func run() async throws {
   let products = try String(contentsOfFile: options.productsFile, encoding: .utf8)
     .split(whereSeparator: \.isNewline).map(String.init).filter { !$0.isEmpty }
   var configuration = HTTPClient.Configuration()
-  configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = options.concurrency * 3
+  let expectedInFlight = options.mode == .closed ? options.concurrency : Int(options.rate * 4) + 16
+  configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = expectedInFlight * 3
   let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
   let results = Results()
 
+  let accountCount =
+    options.accounts > 0 ? options.accounts : min(options.mode == .closed ? options.concurrency : 50, 100)
   let customers = try await withThrowingTaskGroup(of: Customer.self) { group in
-    for _ in 0..<options.concurrency {
+    for _ in 0..<accountCount {
       group.addTask {
         try await Customer.register(client: client, base: options.url, products: products, results: results)
       }
@@ -210,20 +250,43 @@ func run() async throws {
     return try await group.reduce(into: [Customer]()) { $0.append($1) }
   }
 
+  /// One shopper's visit: browse, order, pay; its outcome recorded.
+  @Sendable func visit(_ customer: Customer) async {
+    do {
+      if options.browse { try await customer.browse() }
+      await results.record("placed_to_paid", try await customer.orderAndPay())
+    } catch let failure as Failure {
+      await results.fail(failure.description)
+    } catch {
+      await results.fail("transport: \(type(of: error))")
+    }
+  }
+
   let started = ContinuousClock.now
   let deadline = started + .milliseconds(Int64(options.seconds * 1000))
-  await withTaskGroup(of: Void.self) { group in
-    for customer in customers {
-      group.addTask {
-        while ContinuousClock.now < deadline {
-          do {
-            await results.record("placed_to_paid", try await customer.orderAndPay())
-          } catch let failure as Failure {
-            await results.fail(failure.description)
-          } catch {
-            await results.fail("transport: \(type(of: error))")
-          }
+  switch options.mode {
+  case .closed:
+    await withTaskGroup(of: Void.self) { group in
+      for index in 0..<options.concurrency {
+        let customer = customers[index % customers.count]
+        group.addTask {
+          while ContinuousClock.now < deadline { await visit(customer) }
         }
+      }
+    }
+  case .open:
+    // Arrivals on a fixed schedule (not "after the last one finished"): a slow mart does not
+    // slow the arrivals down, which is what makes the latency honest under load.
+    let interval = Duration.milliseconds(Int64(1000 / options.rate))
+    await withTaskGroup(of: Void.self) { group in
+      var next = started
+      var index = 0
+      while next < deadline {
+        let customer = customers[index % customers.count]
+        index += 1
+        group.addTask { await visit(customer) }
+        next += interval
+        try? await Task.sleep(until: next, clock: .continuous)
       }
     }
   }
@@ -231,13 +294,17 @@ func run() async throws {
   try await client.shutdown()
 
   let paid = (await results.latencies["placed_to_paid"] ?? []).sorted()
+  let load =
+    options.mode == .closed
+    ? "concurrency \(options.concurrency)" : String(format: "arrivals %.1f orders/s (open loop)", options.rate)
+  let rate = String(format: "%.1f", Double(paid.count) / elapsed)
   print(
-    String(
-      format: "orders placed -> PAID: %d in %.1f s = %.1f orders/s at concurrency %d", paid.count, elapsed,
-      Double(paid.count) / elapsed, options.concurrency))
+    "orders placed -> PAID: \(paid.count) in \(String(format: "%.1f", elapsed)) s = \(rate) orders/s at \(load),"
+      + " \(customers.count) accounts")
   print("placed -> PAID: p50 \(milliseconds(percentile(paid, 0.5))), p99 \(milliseconds(percentile(paid, 0.99))), max \(milliseconds(paid.last ?? .nan))")
-  for kind in ["create_order", "create_payment"] {
+  for kind in ["list_products", "search_products", "get_product", "create_order", "create_payment"] {
     let latencies = (await results.latencies[kind] ?? []).sorted()
+    guard !latencies.isEmpty else { continue }
     print("\(kind): \(latencies.count) requests, p50 \(milliseconds(percentile(latencies, 0.5))), p99 \(milliseconds(percentile(latencies, 0.99)))")
   }
   let errors = await results.errors
