@@ -210,6 +210,7 @@ public enum LogFormat: String, Sendable {
 /// | `MART_GATEWAY_PORT` | `8000` |
 /// | `MART_LOG_LEVEL` / `MART_LOG_FORMAT` | `info` / `json` |
 /// | `KAFKA_BROKERS` | unset: events stay in-process |
+/// | `MART_RPC_MAX_IN_FLIGHT` / `MART_RPC_MAX_QUEUED` / `MART_RPC_MAX_QUEUE_WAIT` | `128` / `256` / `500ms` (`admission`) |
 public struct ServiceConfiguration: Sendable {
   public var service: MartService
   public var bindHost: String
@@ -222,6 +223,10 @@ public struct ServiceConfiguration: Sendable {
   public var databaseCheckTimeout: Duration
   /// Apply pending migrations at start-up; when false, the service waits (NOT_SERVING) for `mart migrate`.
   public var autoMigrate: Bool
+  /// Admission control over the service's RPCs (health checks excepted): calls handled at once,
+  /// how many more may wait, and for how long, before UNAVAILABLE with RetryInfo.
+  public var admission = AdmissionLimiter.Limits(
+    maximumInFlight: 128, maximumQueued: 256, maximumWait: .milliseconds(500))
 
   public init(
     service: MartService, bindHost: String = "127.0.0.1", port: Int, database: DatabaseConfiguration,
@@ -252,6 +257,10 @@ public struct ServiceConfiguration: Sendable {
       databaseCheckTimeout: try env.duration("MART_DATABASE_CHECK_TIMEOUT", default: .seconds(5)),
       autoMigrate: try env.bool("MART_AUTO_MIGRATE", default: true)
     )
+    admission = AdmissionLimiter.Limits(
+      maximumInFlight: try env.positiveInteger("MART_RPC_MAX_IN_FLIGHT", default: admission.maximumInFlight),
+      maximumQueued: try env.nonNegativeInteger("MART_RPC_MAX_QUEUED", default: admission.maximumQueued),
+      maximumWait: try env.duration("MART_RPC_MAX_QUEUE_WAIT", default: admission.maximumWait))
   }
 }
 

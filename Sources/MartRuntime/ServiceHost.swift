@@ -100,6 +100,7 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
       interceptors: [
         RequestContextInterceptor(), StatusMappingInterceptor(logger: logger), ReadinessInterceptor(gate: ready),
+        AdmissionInterceptor(limiter: AdmissionLimiter(configuration.admission)),
         ServerAuthInterceptor(verifier: verifier),
       ])
     let supervisor = DatabaseSupervisor(
