@@ -17,8 +17,8 @@ typealias Upstreams = ServiceClients<HTTP2ClientTransport.Posix>
 /// The edge gateway: the HTTP/JSON face of the mart on port 8000.
 public enum Gateway {
   /// The gateway's HTTP application and the gRPC clients it needs, as lifecycle services.
-  /// Metrics go to `GatewayMetrics.processRegistry` (served at /metrics); call
-  /// `GatewayMetrics.bootstrapProcessMetrics()` first to send swift-metrics there too.
+  /// Metrics go to `ProcessMetrics.processRegistry` (served at /metrics); call
+  /// `ProcessMetrics.bootstrapProcessMetrics()` first to send swift-metrics there too.
   /// `onListening` is told the port once the server accepts connections (with port 0 in the
   /// configuration, the one the system chose). `rateLimitClock` is the time since any fixed
   /// origin that quotas refill by (default: `ContinuousClock`); tests move one by hand.
@@ -28,7 +28,7 @@ public enum Gateway {
   ) throws -> [any Service] {
     let upstreams = try ServiceClients(directory: configuration.directory)
     let app = try makeApplication(
-      configuration: configuration, upstreams: upstreams, registry: GatewayMetrics.processRegistry,
+      configuration: configuration, upstreams: upstreams, registry: ProcessMetrics.processRegistry,
       clock: rateLimitClock ?? RateLimiter.monotonicClock(), onListening: onListening, logger: logger)
     return [upstreams, app]
   }

@@ -5,11 +5,13 @@ import Synchronization
 // Prometheus metrics of the edge, served at /metrics: a request counter per route, method and
 // HTTP status, an error counter per route and google.rpc code, and a latency histogram per route.
 // The gateway writes to its registry directly; `bootstrapProcessMetrics()` also points
-// swift-metrics (whatever else in the process records through it) at the same registry, once per
-// process, from the `mart` entry points, never from library code or tests.
+// swift-metrics (whatever else in the process records through it: the services' RPCs, events,
+// sagas, deliveries) at the same registry, once per process, from the `mart` entry points, never
+// from library code or tests. A service process serves it with `MetricsListener`.
 
-public enum GatewayMetrics {
-  /// The registry that /metrics of `mart serve gateway` and `mart dev` shows.
+public enum ProcessMetrics {
+  /// The registry that /metrics shows: the gateway's (`mart serve gateway`, `mart dev`) or a
+  /// service's metrics listener (`mart serve <service>`).
   public static let processRegistry = PrometheusCollectorRegistry()
 
   private static let bootstrapped = Mutex(false)

@@ -211,6 +211,7 @@ public enum LogFormat: String, Sendable {
 /// | `MART_LOG_LEVEL` / `MART_LOG_FORMAT` | `info` / `json` |
 /// | `KAFKA_BROKERS` | unset: events stay in-process |
 /// | `MART_RPC_MAX_IN_FLIGHT` / `MART_RPC_MAX_QUEUED` / `MART_RPC_MAX_QUEUE_WAIT` | `128` / `256` / `500ms` (`admission`) |
+/// | `MART_<SERVICE>_METRICS_PORT` | the gRPC port + 1000 (`metricsPort`; `0`: none) |
 public struct ServiceConfiguration: Sendable {
   public var service: MartService
   public var bindHost: String
@@ -227,6 +228,8 @@ public struct ServiceConfiguration: Sendable {
   /// how many more may wait, and for how long, before UNAVAILABLE with RetryInfo.
   public var admission = AdmissionLimiter.Limits(
     maximumInFlight: 128, maximumQueued: 256, maximumWait: .milliseconds(500))
+  /// Where `mart serve` answers GET /metrics (Prometheus); nil: nowhere.
+  public var metricsPort: Int?
 
   public init(
     service: MartService, bindHost: String = "127.0.0.1", port: Int, database: DatabaseConfiguration,
@@ -261,6 +264,8 @@ public struct ServiceConfiguration: Sendable {
       maximumInFlight: try env.positiveInteger("MART_RPC_MAX_IN_FLIGHT", default: admission.maximumInFlight),
       maximumQueued: try env.nonNegativeInteger("MART_RPC_MAX_QUEUED", default: admission.maximumQueued),
       maximumWait: try env.duration("MART_RPC_MAX_QUEUE_WAIT", default: admission.maximumWait))
+    let metrics = try env.port("\(prefix)_METRICS_PORT", default: port == 0 ? 0 : port + 1000)
+    metricsPort = metrics == 0 ? nil : metrics
   }
 }
 

@@ -190,7 +190,8 @@ public struct OutboxRelay: Service {
 }
 
 extension Timer {
-  func recordInterval(since start: ContinuousClock.Instant) {
+  /// Records the time since `start` (the services' RPC and batch timings).
+  public func recordInterval(since start: ContinuousClock.Instant) {
     let elapsed = ContinuousClock.now - start
     recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
   }

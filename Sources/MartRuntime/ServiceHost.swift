@@ -99,7 +99,8 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       transport: serverTransport,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
       interceptors: [
-        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger), ReadinessInterceptor(gate: ready),
+        RequestContextInterceptor(), RPCMetricsInterceptor(), StatusMappingInterceptor(logger: logger),
+        ReadinessInterceptor(gate: ready),
         AdmissionInterceptor(limiter: AdmissionLimiter(configuration.admission)),
         ServerAuthInterceptor(verifier: verifier),
       ])

@@ -101,10 +101,21 @@ struct Serve: AsyncParsableCommand {
             transport: events.transport, retryPolicy: process.retryPolicy, logger: logger
           ).lifecycleServices
         })
-      logger.info("starting", metadata: ["port": "\(configuration.port)", "database": "\(configuration.database)"])
+      // The process's metrics (its RPCs, events, sagas…) for Prometheus, on a port of their own.
+      ProcessMetrics.bootstrapProcessMetrics()
+      if let metricsPort = configuration.metricsPort {
+        services.append(
+          .init(service: MetricsListener(host: configuration.bindHost, port: metricsPort, logger: logger)))
+      }
+      logger.info(
+        "starting",
+        metadata: [
+          "port": "\(configuration.port)", "metrics_port": "\(configuration.metricsPort.map(String.init) ?? "none")",
+          "database": "\(configuration.database)",
+        ])
     } else {
       let configuration = try loadConfiguration { try GatewayConfiguration(environment: environment) }
-      GatewayMetrics.bootstrapProcessMetrics()
+      ProcessMetrics.bootstrapProcessMetrics()
       services = try loadConfiguration {
         try Gateway.makeServices(configuration: configuration, logger: logger).map { .init(service: $0) }
       }
@@ -178,7 +189,7 @@ struct Dev: AsyncParsableCommand {
         ).lifecycleServices
       }
     }
-    GatewayMetrics.bootstrapProcessMetrics()
+    ProcessMetrics.bootstrapProcessMetrics()
     services += try loadConfiguration {
       try Gateway.makeServices(configuration: gateway, logger: logger).map { .init(service: $0) }
     }

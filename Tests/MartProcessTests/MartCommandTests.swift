@@ -62,6 +62,34 @@ import Testing
     }
   }
 
+  /// `mart serve <service>` answers Prometheus on its metrics port with the RED metrics of its
+  /// RPCs (health checks among them) and what else it records through swift-metrics.
+  @Test func aServiceProcessServesItsMetricsForPrometheus() async throws {
+    try await withScratchDatabases("metrics") { databases in
+      let port = try freePort()
+      let metricsPort = try freePort()
+      var environment = databases
+      environment["MART_PRODUCT_PORT"] = "\(port)"
+      environment["MART_PRODUCT_METRICS_PORT"] = "\(metricsPort)"
+      let serve = try ChildProcess.mart(["serve", "product"], environment: environment)
+      let name = MartService.product.grpcServiceName
+      #expect(await eventually { await healthStatus(port: port, service: name) == .serving })
+      let url = try #require(URL(string: "http://127.0.0.1:\(metricsPort)/metrics"))
+      var text = ""
+      let scraped = await eventually {
+        guard let (data, _) = try? await URLSession.shared.data(from: url) else { return false }
+        text = String(decoding: data, as: UTF8.self)
+        return text.contains("mart_rpc_server_requests_total")
+      }
+      #expect(scraped, "\(serve.standardError.suffix(2000))")
+      #expect(text.contains(#"service="grpc.health.v1.Health""#))
+      #expect(text.contains(#"code="ok""#))
+      #expect(text.contains("mart_rpc_server_duration_seconds"))
+      serve.signal(SIGTERM)
+      #expect(await serve.waitForExit() == 0)
+    }
+  }
+
   @Test func redriveRefusesWhatIsNotADeadLetterTopic() async throws {
     let redrive = try ChildProcess.mart(["events", "redrive", "mart.orders.v1"])
     #expect(await redrive.waitForExit() == 2)

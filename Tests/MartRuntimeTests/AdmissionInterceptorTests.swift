@@ -62,3 +62,12 @@ import Testing
     _ = try await call { StreamingServerResponse(single: ServerResponse(message: "admitted")) }
   }
 }
+
+/// The RED metrics' code label: a gRPC status code's name in Prometheus' style.
+@Suite struct RPCMetricsInterceptorTests {
+  @Test func codesAreNamedInSnakeCase() {
+    #expect(RPCMetricsInterceptor.name(.notFound) == "not_found")
+    #expect(RPCMetricsInterceptor.name(.unavailable) == "unavailable")
+    #expect(RPCMetricsInterceptor.name(.resourceExhausted) == "resource_exhausted")
+  }
+}
