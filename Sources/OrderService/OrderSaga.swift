@@ -56,6 +56,7 @@ public struct OrderSaga: Service {
 
   private func work() async {
     var lastPrune = ContinuousClock.now - .seconds(3600)
+    var lastGauges = ContinuousClock.now - .seconds(3600)
     while !Task.isCancelled {
       var leased = 0
       do {
@@ -70,6 +71,10 @@ public struct OrderSaga: Service {
           try await store.pruneKeys(olderThan: settings.idempotencyKeyTTL)
           lastPrune = .now
         }
+        if ContinuousClock.now - lastGauges > .seconds(15) {
+          try await recordStepGauges()
+          lastGauges = .now
+        }
       } catch {
         if Task.isCancelled { return }
         logger.warning(
@@ -77,6 +82,20 @@ public struct OrderSaga: Service {
       }
       if leased == Self.batchSize { continue }
       await wakeup.wait(upTo: settings.sagaPollInterval)
+    }
+  }
+
+  /// Saga instances by the step they wait on (a reservation, the payment deadline, a commit, a
+  /// compensation), those retrying after failures, and the age of the oldest overdue step: what
+  /// the "saga stuck" alert watches (`mart_order_saga_step_overdue_seconds`).
+  private func recordStepGauges() async throws {
+    let counts = try await store.openStepCounts()
+    for kind in SagaStepKind.allCases {
+      let count = counts[kind] ?? (0, 0, 0)
+      let dimensions = [("kind", kind.rawValue)]
+      Gauge(label: "mart_order_saga_steps_open", dimensions: dimensions).record(count.open)
+      Gauge(label: "mart_order_saga_steps_retrying", dimensions: dimensions).record(count.retrying)
+      Gauge(label: "mart_order_saga_step_overdue_seconds", dimensions: dimensions).record(count.overdueSeconds)
     }
   }
 

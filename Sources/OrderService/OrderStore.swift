@@ -88,6 +88,23 @@ struct OrderStore: Sendable {
     }
   }
 
+  /// The open saga steps by kind: how many, how many are retrying after a failure, and how long
+  /// the oldest due one has been waiting (seconds; 0 when none is due). Read by the partial index
+  /// of open steps.
+  func openStepCounts() async throws -> [SagaStepKind: (open: Int, retrying: Int, overdueSeconds: Double)] {
+    let rows = try await database.query(
+      """
+      SELECT kind, count(*)::int8, (count(*) FILTER (WHERE attempts > 0))::int8,
+             coalesce(extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+      FROM order_saga_steps WHERE done_at IS NULL GROUP BY kind
+      """, logger: logger)
+    var counts: [SagaStepKind: (open: Int, retrying: Int, overdueSeconds: Double)] = [:]
+    for try await (kind, open, retrying, overdue) in rows.decode((String, Int64, Int64, Double).self) {
+      if let kind = SagaStepKind(rawValue: kind) { counts[kind] = (Int(open), Int(retrying), overdue) }
+    }
+    return counts
+  }
+
   /// Forgets keys older than `ttl` (the saga worker calls this now and then).
   func pruneKeys(olderThan ttl: Duration) async throws {
     try await database.query(

@@ -3,6 +3,7 @@ import GRPCCore
 import Logging
 import MartProto
 import MartRuntime
+import Metrics
 import PostgresNIO
 
 /// The payment database: payments, refunds, received webhooks, and the payment events through
@@ -679,6 +680,19 @@ struct PaymentStore: Sendable {
   {
     _ = try await outbox.append(
       event, aggregateType: "payment", aggregateID: payment.orderID.lowercasedString, on: connection, logger: logger)
+    // Payments by provider and outcome, for dashboards and the payment-failure alert. Counted as
+    // the outcome's event is written: a transaction that then fails to commit (rare: the
+    // connection lost at COMMIT) counts one too many, which a rate over minutes does not show.
+    Counter(
+      label: "mart_payments_total",
+      dimensions: [("provider", payment.provider.rawValue), ("outcome", Self.outcome(of: Event.self))]
+    ).increment()
+  }
+
+  /// `succeeded`, `failed`, `refunded`…: the outcome an event type records.
+  static func outcome<Event: DomainEvent>(of type: Event.Type) -> String {
+    let name = Event.protoMessageName.split(separator: ".").last.map(String.init) ?? "unknown"
+    return name.hasPrefix("Payment") ? String(name.dropFirst("Payment".count)).lowercased() : name.lowercased()
   }
 
   func notifyWorker(on connection: PostgresConnection) async throws {
