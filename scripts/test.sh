@@ -18,6 +18,9 @@ scripts/deps.sh
 step "Kubernetes manifests (deploy/k8s)"
 scripts/validate-k8s.sh
 
+step "alert rules (promtool)"
+promtool check rules deploy/observability/alerts.yml
+
 step "style (swift-format)"
 make --no-print-directory lint
 

@@ -100,6 +100,11 @@ public struct EventConsumer: Service {
   public var group: String { "\(service.rawValue).\(definition.name)" }
 
   public func run() async throws {
+    // Every topic's dead-letter count exists from the start, at zero: an alert on its increase
+    // sees a series rather than nothing until the first dead letter.
+    for topic in definition.topics {
+      _ = Counter(label: "mart_events_dead_lettered_total", dimensions: [("consumer", group), ("topic", topic.name)])
+    }
     let subscription = try await transport.subscribe(group: group, topics: definition.topics.map(\.name))
     do {
       try await cancelWhenGracefulShutdown { try await consume(subscription) }
