@@ -95,19 +95,17 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
     // The relay, the consumers and the RPCs need the migrated schema: they wait for, or are
     // refused by, this.
     let ready = ReadinessGate()
-    let server = GRPCServer(
-      transport: serverTransport,
-      services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
-      interceptors: [
-        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger), ReadinessInterceptor(gate: ready),
-        ServerAuthInterceptor(verifier: verifier),
-      ])
     let supervisor = DatabaseSupervisor(
       client: database,
       migrations: try MigrationRunner(migrations: definition.migrations, logger: logger),
       autoMigrate: configuration.autoMigrate,
       checkInterval: configuration.databaseCheckInterval,
       queryTimeout: configuration.databaseCheckTimeout,
+      // A probe gets at least half a second: a connection and `SELECT 1` on a healthy database
+      // take milliseconds, but a very short wait must not make a busy one count as gone.
+      probe: DatabaseProbe(
+        configuration: try configuration.database.connectionConfiguration(),
+        limit: max(configuration.databaseWait, .milliseconds(500)), logger: logger),
       logger: logger
     ) { healthy in
       ready.set(open: healthy)
@@ -115,6 +113,15 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       health.setStatus(status, for: "")
       health.setStatus(status, for: serviceName)
     }
+    let server = GRPCServer(
+      transport: serverTransport,
+      services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
+      interceptors: [
+        RequestContextInterceptor(), StatusMappingInterceptor(logger: logger),
+        ReadinessInterceptor(
+          gate: ready, wait: configuration.databaseWait, confirmReachable: { await supervisor.confirmReachable() }),
+        ServerAuthInterceptor(verifier: verifier),
+      ])
 
     self.definition = definition
     self.configuration = configuration
@@ -226,21 +233,72 @@ public func runUntilSignalled(
   try await group.run()
 }
 
-/// Refuses a service's RPCs with UNAVAILABLE (which callers retry) while its database is not
-/// reachable and migrated, instead of letting them fail on a missing table as INTERNAL: the
-/// server listens from the start, so that health checks see NOT_SERVING rather than nothing.
-/// Health checks themselves always pass.
+/// Keeps callers from waiting on a database that is gone.
+///
+/// - While the database is not reachable and migrated (starting, or NOT_SERVING after an outage
+///   was seen) a call is refused at once with UNAVAILABLE and a RetryInfo (`APIStatus.
+///   databaseUnavailable`; the gateway answers 503 with `Retry-After`), instead of failing on a
+///   missing table as INTERNAL or queueing for a connection that will not come. The server
+///   listens from the start, so that health checks see NOT_SERVING rather than nothing; health
+///   checks themselves always pass.
+/// - A call that is still running after `wait` makes the service check its database
+///   (`confirmReachable`, on a connection of its own, shared by concurrent calls). If it is gone,
+///   the call is cancelled and answered the same way, and the service turns NOT_SERVING, so that
+///   the calls after it are refused at once. A call that is merely slow, on a database that
+///   answers, goes on (and is checked again after each further `wait`).
+///
+/// Covers what a handler does before it returns its response, which is all of a unary call; a
+/// streaming response's producer runs later and is not watched.
 struct ReadinessInterceptor: ServerInterceptor {
   let gate: ReadinessGate
+  let wait: Duration
+  let confirmReachable: @Sendable () async -> Bool
+
+  init(
+    gate: ReadinessGate, wait: Duration = .seconds(1),
+    confirmReachable: @escaping @Sendable () async -> Bool = { true }
+  ) {
+    self.gate = gate
+    self.wait = wait
+    self.confirmReachable = confirmReachable
+  }
 
   func intercept<Input: Sendable, Output: Sendable>(
     request: StreamingServerRequest<Input>,
     context: ServerContext,
     next: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
   ) async throws -> StreamingServerResponse<Output> {
-    guard gate.isOpen || context.descriptor.service.fullyQualifiedService == "grpc.health.v1.Health" else {
-      throw RPCError(code: .unavailable, message: "the service is starting: its database is not ready yet; retry")
+    if context.descriptor.service.fullyQualifiedService == "grpc.health.v1.Health" {
+      return try await next(request, context)
     }
-    return try await next(request, context)
+    guard gate.isOpen else { throw RPCError(APIStatus.databaseUnavailable) }
+    let (gate, wait, confirmReachable) = (gate, wait, confirmReachable)
+    return try await withoutActuallyEscaping(next) { next in
+      // The group waits for both children before it returns, so `next` does not outlive this
+      // call; it runs in a child task, which inherits the call's task-local values.
+      let call = CallInChildTask(run: next)
+      return try await withThrowingTaskGroup(of: StreamingServerResponse<Output>?.self) { group in
+        group.addTask { try await call.run(request, context) }
+        group.addTask {
+          // Returns (nil) only when the database is found gone; cancelled when the call ends.
+          while true {
+            try await Task.sleep(for: wait)
+            if !gate.isOpen { return nil }
+            if await !confirmReachable() { return nil }
+          }
+        }
+        let first = try await group.next()
+        group.cancelAll()
+        guard case .some(.some(let response)) = first else { throw RPCError(APIStatus.databaseUnavailable) }
+        return response
+      }
+    }
   }
+}
+
+/// The interceptor's `next`, run in a child task of a group that does not outlive it.
+private struct CallInChildTask<Input: Sendable, Output: Sendable>: @unchecked Sendable {
+  // @unchecked: the closure is called once, from one child task, while the interceptor's call
+  // (which owns it) waits for that task; nothing else touches it.
+  let run: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
 }
