@@ -136,11 +136,14 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
         logger: logger)
     }
     let background = try definition.makeBackgroundServices(context)
+    // Opens when the drain begins (the gRPC server drains first).
+    let draining = ReadinessGate()
     let grpcServer = GRPCServerService(server: server) {
       // Tell load balancers first, then stop accepting calls.
       health.setStatus(.notServing, for: "")
       health.setStatus(.notServing, for: serviceName)
       health.finishWatchers()
+      draining.set(open: true)
     }
     func drainingOnFailure(_ name: String, _ service: any Service) -> ServiceGroupConfiguration.ServiceConfiguration {
       .init(
@@ -149,7 +152,13 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
     }
     self.lifecycleServices =
       [
-        .init(service: LoggingFailure(name: "database pool", wrapped: database, logger: logger)),
+        .init(
+          service: LoggingFailure(
+            name: "database pool",
+            wrapped: DatabasePoolService(
+              client: database, draining: draining, interval: configuration.databaseWait, logger: logger,
+              reachable: { await supervisor.confirmReachable() }),
+            logger: logger)),
         drainingOnFailure("service clients", clients),
         drainingOnFailure("database supervisor", supervisor),
         drainingOnFailure("outbox relay", AfterGate(ready, relay)),
@@ -173,6 +182,47 @@ extension ServiceHost where Transport == HTTP2ServerTransport.Posix {
       serverTransport: .mart(host: configuration.bindHost, port: configuration.port),
       upstream: { try HTTP2ClientTransport.Posix.mart(directory[$0]) }, auth: auth, transport: transport,
       retryPolicy: retryPolicy, logger: logger)
+  }
+}
+
+/// Runs the database pool; and, once the process drains, closes it early if the database does not
+/// answer.
+///
+/// The pool is the last service to stop, so that the calls, the relay and the consumers can finish
+/// their work during the drain. But with the database gone they cannot: a query on a connection
+/// whose server hangs ignores cancellation, and a call waiting for a connection waits while the
+/// pool retries. So they held the drain (the gRPC server's in-flight calls first) until its 30 s
+/// limit cancelled the group and the pool's shutdown at last failed them. Now, from the start of
+/// the drain, the database is checked every `interval` (`confirmReachable`); if it is gone the
+/// pool is shut down at once, its connections closed, and everything waiting on it fails and
+/// ends (UNAVAILABLE for a call), so the drain goes on.
+struct DatabasePoolService: Service {
+  let client: PostgresClient
+  let draining: ReadinessGate
+  let interval: Duration
+  let logger: Logger
+  let reachable: @Sendable () async -> Bool
+
+  func run() async {
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask { await client.run() }
+      group.addTask {
+        // Returns when the database is found gone during the drain; cancelled otherwise.
+        do { try await draining.waitUntilOpen() } catch { return }
+        while !Task.isCancelled {
+          if await !reachable() {
+            logger.warning("draining with the database unavailable: closing its connections now")
+            return
+          }
+          try? await Task.sleep(for: max(interval, .milliseconds(100)))
+        }
+      }
+      await group.next()
+      group.cancelAll()
+    }
+    // Closed early: stay until the drain reaches the pool, which a service ending before its
+    // turn would turn into cancelling the group.
+    try? await gracefulShutdown()
   }
 }
 
