@@ -3,6 +3,11 @@ import GRPCNIOTransportHTTP2
 import Logging
 import PostgresNIO
 import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 /// What one service library gives the runtime: its name, its schema, its gRPC handlers and its
 /// event consumers. Every service is described this way, so every service process is assembled
@@ -271,16 +276,58 @@ struct LoggingFailure: Service, CustomStringConvertible {
 /// Runs services until SIGTERM or SIGINT, then shuts them down gracefully (last started, first
 /// stopped). A service configured with `.gracefullyShutdownGroup` that fails starts the same drain,
 /// and its error is rethrown once the drain is over.
+///
+/// A second SIGTERM or SIGINT during the drain stops the process at once: the group is cancelled
+/// and, should something ignore cancellation, the process exits `hardStopAfter` later anyway
+/// (ServiceGroup itself cannot do this: a signal is either a drain or a cancellation for it, and
+/// after the first it no longer listens for drain signals, while still trapping them).
 public func runUntilSignalled(
-  _ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger
+  _ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger,
+  hardStopAfter: Duration = .seconds(1)
 ) async throws {
-  var configuration = ServiceGroupConfiguration(
-    services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+  var configuration = ServiceGroupConfiguration(services: services, logger: logger)
   // A drain that has not finished in 30 s becomes cancellation: a process asked to stop must
   // stop (orchestrators kill it soon after anyway), and the group's log says what was stuck.
   configuration.maximumGracefulShutdownDuration = .seconds(30)
   let group = ServiceGroup(configuration: configuration)
-  try await group.run()
+  let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+  enum Outcome { case finished, stopNow(UnixSignal) }
+  try await withThrowingTaskGroup(of: Outcome.self) { tasks in
+    tasks.addTask {
+      try await group.run()
+      return .finished
+    }
+    tasks.addTask {
+      var draining = false
+      for await signal in signals {
+        if draining { return .stopNow(signal) }
+        draining = true
+        logger.info("\(signal) received: draining (send it again to stop at once)")
+        await group.triggerGracefulShutdown()
+      }
+      return .finished
+    }
+    guard case .some(.stopNow(let signal)) = try await tasks.next() else {
+      tasks.cancelAll()
+      return
+    }
+    logger.warning("\(signal) received again: stopping now, without finishing the drain")
+    tasks.cancelAll()
+    let hardStop = Task {
+      try await Task.sleep(for: hardStopAfter)
+      logger.error("still running \(hardStopAfter) after cancellation; exiting")
+      exit(EXIT_FAILURE)
+    }
+    defer { hardStop.cancel() }
+    _ = try? await tasks.next()
+    throw StoppedBySignal(signal: "\(signal)")
+  }
+}
+
+/// The process was told twice to stop and did not finish its drain.
+public struct StoppedBySignal: Error, CustomStringConvertible {
+  public var signal: String
+  public var description: String { "stopped by a second \(signal) before the drain finished" }
 }
 
 /// Keeps callers from waiting on a database that is gone.

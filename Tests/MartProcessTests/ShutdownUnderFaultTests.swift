@@ -110,4 +110,30 @@ import Testing
       }
     }
   }
+
+  /// A drain held up (a long MART_DATABASE_WAIT keeps the service from giving up on the hung
+  /// database) ends at a second SIGTERM.
+  @Test func aSecondSigtermStopsAtOnce() async throws {
+    try await PrivateCluster.with { cluster in
+      try await Self.withServingProduct(cluster, environment: ["MART_DATABASE_WAIT": "60s"]) { mart, port in
+        try await cluster.freeze()
+        let load = Task { await Self.load(port: port, timeout: .seconds(60)) }
+        defer { load.cancel() }
+        try await Task.sleep(for: .milliseconds(300))
+        mart.signal(SIGTERM)
+        try await Task.sleep(for: .seconds(1))
+        try #require(mart.process.isRunning, "the drain was not held up: \(mart.standardError.suffix(3000))")
+        let start = ContinuousClock.now
+        mart.signal(SIGTERM)
+        let elapsed = await Self.exitTime(of: mart, since: start, limit: .seconds(90))
+        try await cluster.thaw()
+        print("mart serve product exited \(Self.describe(elapsed)) after a second SIGTERM")
+        // At once: a small fraction of the drain limit, however loaded the machine.
+        let atOnce = elapsed.map { $0 < Self.drainLimit / 3 } ?? false
+        #expect(atOnce, "took \(Self.describe(elapsed)); stderr: \(mart.standardError.suffix(3000))")
+        #expect(mart.process.terminationStatus != 0)
+        #expect(mart.standardError.contains("received again"))
+      }
+    }
+  }
 }
