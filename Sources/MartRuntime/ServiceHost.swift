@@ -190,7 +190,7 @@ extension ServiceHost where Transport == HTTP2ServerTransport.Posix {
   }
 }
 
-/// Runs the database pool; and, once the process drains, closes it early if the database does not
+/// Runs the database pool; and, once the process or the host drains, closes it early if the database does not
 /// answer.
 ///
 /// The pool is the last service to stop, so that the calls, the relay and the consumers can finish
@@ -213,7 +213,12 @@ struct DatabasePoolService: Service {
       group.addTask { await client.run() }
       group.addTask {
         // Returns when the database is found gone during the drain; cancelled otherwise.
-        do { try await draining.waitUntilOpen() } catch { return }
+        await withTaskGroup(of: Void.self) { started in
+          started.addTask { try? await draining.waitUntilOpen() }
+          started.addTask { try? await ProcessDrain.started.waitUntilOpen() }
+          await started.next()
+          started.cancelAll()
+        }
         while !Task.isCancelled {
           if await !reachable() {
             logger.warning("draining with the database unavailable: closing its connections now")
@@ -303,6 +308,7 @@ public func runUntilSignalled(
         if draining { return .stopNow(signal) }
         draining = true
         logger.info("\(signal) received: draining (send it again to stop at once)")
+        ProcessDrain.started.set(open: true)
         await group.triggerGracefulShutdown()
       }
       return .finished
@@ -322,6 +328,13 @@ public func runUntilSignalled(
     _ = try? await tasks.next()
     throw StoppedBySignal(signal: "\(signal)")
   }
+}
+
+/// Whether the process has begun to drain (told to stop by a signal). In `mart dev` the gateway
+/// drains before any service's gRPC server, and its calls wait for those services: their pools
+/// must stop waiting for a database that is gone from the first signal on, not from their turn.
+enum ProcessDrain {
+  static let started = ReadinessGate()
 }
 
 /// The process was told twice to stop and did not finish its drain.
