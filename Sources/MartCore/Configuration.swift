@@ -206,6 +206,7 @@ public enum LogFormat: String, Sendable {
 /// | `MART_<SERVICE>_DATABASE_URL` | `postgres://mart@127.0.0.1:5432/mart_<service>` |
 /// | `MART_DATABASE_CHECK_INTERVAL` | `5s` |
 /// | `MART_DATABASE_CHECK_TIMEOUT` | `5s` |
+/// | `MART_DATABASE_WAIT` | `1s` |
 /// | `MART_AUTO_MIGRATE` | `true` |
 /// | `MART_GATEWAY_PORT` | `8000` |
 /// | `MART_LOG_LEVEL` / `MART_LOG_FORMAT` | `info` / `json` |
@@ -230,11 +231,15 @@ public struct ServiceConfiguration: Sendable {
     maximumInFlight: 128, maximumQueued: 256, maximumWait: .milliseconds(500))
   /// Where `mart serve` answers GET /metrics (Prometheus); nil: nowhere.
   public var metricsPort: Int?
+  /// How long a call may wait for a database that does not answer before the service checks it
+  /// on a connection of its own and, if it is gone, answers UNAVAILABLE with RetryInfo (turning
+  /// NOT_SERVING, so that later calls are refused at once) instead of keeping the caller waiting.
+  public var databaseWait: Duration
 
   public init(
     service: MartService, bindHost: String = "127.0.0.1", port: Int, database: DatabaseConfiguration,
     databaseCheckInterval: Duration = .seconds(5), databaseCheckTimeout: Duration = .seconds(5),
-    autoMigrate: Bool = true
+    autoMigrate: Bool = true, databaseWait: Duration = .seconds(1)
   ) {
     self.service = service
     self.bindHost = bindHost
@@ -243,6 +248,7 @@ public struct ServiceConfiguration: Sendable {
     self.databaseCheckInterval = databaseCheckInterval
     self.databaseCheckTimeout = databaseCheckTimeout
     self.autoMigrate = autoMigrate
+    self.databaseWait = databaseWait
   }
 
   public init(_ service: MartService, environment env: EnvironmentReader) throws {
@@ -258,7 +264,8 @@ public struct ServiceConfiguration: Sendable {
           default: "postgres://mart@127.0.0.1:5432/\(service.defaultDatabaseName)")),
       databaseCheckInterval: try env.duration("MART_DATABASE_CHECK_INTERVAL", default: .seconds(5)),
       databaseCheckTimeout: try env.duration("MART_DATABASE_CHECK_TIMEOUT", default: .seconds(5)),
-      autoMigrate: try env.bool("MART_AUTO_MIGRATE", default: true)
+      autoMigrate: try env.bool("MART_AUTO_MIGRATE", default: true),
+      databaseWait: try env.duration("MART_DATABASE_WAIT", default: .seconds(1))
     )
     admission = AdmissionLimiter.Limits(
       maximumInFlight: try env.positiveInteger("MART_RPC_MAX_IN_FLIGHT", default: admission.maximumInFlight),

@@ -21,6 +21,17 @@ extension DatabaseConfiguration {
     return configuration
   }
 
+  /// Settings for one connection outside the pool (`DatabaseProbe`).
+  public func connectionConfiguration() throws -> PostgresConnection.Configuration {
+    let tlsSetting: PostgresConnection.Configuration.TLS =
+      switch tls {
+      case .disable: .disable
+      case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+      }
+    return PostgresConnection.Configuration(
+      host: host, port: port, username: username, password: password, database: database, tls: tlsSetting)
+  }
+
   public func makeClient(logger: Logger) throws -> PostgresClient {
     PostgresClient(configuration: try clientConfiguration(), backgroundLogger: logger)
   }

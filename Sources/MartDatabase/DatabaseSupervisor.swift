@@ -10,6 +10,10 @@ import Synchronization
 /// database is retried with capped exponential backoff and logged, never a crash loop. Once
 /// SERVING, it re-checks every `checkInterval` and turns NOT_SERVING while the database is gone.
 /// A database at a newer schema version than this build stops the process.
+///
+/// Between checks, a call that has waited long for the database asks `confirmReachable()`: a
+/// probe on a connection of its own (`DatabaseProbe`) that, when the database is gone, turns the
+/// service NOT_SERVING at once and wakes the loop, which then retries as after a failed check.
 public struct DatabaseSupervisor: Service {
   public let client: PostgresClient
   public let migrations: MigrationRunner
@@ -19,14 +23,32 @@ public struct DatabaseSupervisor: Service {
   let logger: Logger
   /// How long a health query may take before the database counts as unavailable.
   public let queryTimeout: Duration
+  /// Checks the database on demand, outside the pool; nil: `confirmReachable()` always says yes.
+  public let probe: DatabaseProbe?
   var initialBackoff: Duration = .milliseconds(200)
   var maximumBackoff: Duration = .seconds(10)
+  private let shared = Shared()
+
+  /// What the loop and `confirmReachable()` (called from RPCs) both see.
+  private final class Shared: Sendable {
+    let healthy = Atomic<Bool>(false)
+    /// Set by a failed probe, taken by the loop.
+    let lost = Atomic<Bool>(false)
+    let changed = AsyncCondition()
+  }
+
+  /// The database a probe found gone.
+  struct ProbeFailed: Error, CustomStringConvertible {
+    var description: String { "the database did not answer a probe" }
+  }
 
   public init(
     client: PostgresClient, migrations: MigrationRunner, autoMigrate: Bool, checkInterval: Duration,
-    queryTimeout: Duration = .seconds(5), logger: Logger, onHealthChange: @escaping @Sendable (Bool) -> Void
+    queryTimeout: Duration = .seconds(5), probe: DatabaseProbe? = nil, logger: Logger,
+    onHealthChange: @escaping @Sendable (Bool) -> Void
   ) {
     self.client = client
+    self.probe = probe
     self.migrations = migrations
     self.autoMigrate = autoMigrate
     self.checkInterval = checkInterval
@@ -40,11 +62,27 @@ public struct DatabaseSupervisor: Service {
     try await cancelWhenGracefulShutdown { try await supervise() }
   }
 
+  /// Whether the database answers now, asked by a call that has waited for it. If it does not,
+  /// the service turns NOT_SERVING at once (later calls are refused without waiting) and the loop
+  /// retries it with backoff until it is back.
+  public func confirmReachable() async -> Bool {
+    guard let probe else { return true }
+    if await probe.isReachable() { return true }
+    if shared.healthy.compareExchange(expected: true, desired: false, ordering: .acquiringAndReleasing).exchanged {
+      logger.warning("database unavailable; not serving until it is back")
+      onHealthChange(false)
+    }
+    shared.lost.store(true, ordering: .releasing)
+    shared.changed.broadcast()
+    return false
+  }
+
   private func supervise() async throws {
-    var healthy = false
     var failures = 0
     while !Task.isCancelled {
+      var healthy: Bool { shared.healthy.load(ordering: .acquiring) }
       do {
+        if shared.lost.exchange(false, ordering: .acquiringAndReleasing) { throw ProbeFailed() }
         // Reachable within the timeout? Checked before migrating too: the pool keeps a query
         // waiting while it retries a refused connection, so without this an unreachable
         // database at startup would hold the first migration attempt, unlogged, for minutes.
@@ -57,20 +95,19 @@ public struct DatabaseSupervisor: Service {
         }
         if !healthy {
           logger.info("database ready", metadata: ["attempts": "\(failures + 1)"])
-          healthy = true
+          shared.healthy.store(true, ordering: .releasing)
           onHealthChange(true)
         }
         failures = 0
-        try? await Task.sleep(for: checkInterval)
+        await pause(checkInterval)
       } catch let error as MigrationError {
-        if healthy { onHealthChange(false) }
+        if shared.healthy.exchange(false, ordering: .acquiringAndReleasing) { onHealthChange(false) }
         logger.critical("refusing to serve: \(error)")
         throw error
       } catch {
-        if healthy {
-          healthy = false
-          onHealthChange(false)
-        }
+        // Shutdown cancelled the check: not an unavailable database, and nothing to retry.
+        if Task.isCancelled { return }
+        if shared.healthy.exchange(false, ordering: .acquiringAndReleasing) { onHealthChange(false) }
         failures += 1
         let delay = backoff(after: failures)
         logger.warning(
@@ -81,6 +118,17 @@ public struct DatabaseSupervisor: Service {
           ])
         try? await Task.sleep(for: delay)
       }
+    }
+  }
+
+  /// Sleeps for `duration`, or less if a probe finds the database gone.
+  private func pause(_ duration: Duration) async {
+    let shared = shared
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask { try? await Task.sleep(for: duration) }
+      group.addTask { await shared.changed.wait { shared.lost.load(ordering: .acquiring) } }
+      await group.next()
+      group.cancelAll()
     }
   }
 

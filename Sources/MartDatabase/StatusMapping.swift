@@ -9,7 +9,7 @@ extension APIStatus {
   /// What a handler threw, as the status the client gets: statuses, and errors that say their own
   /// status (`RPCErrorConvertible`, e.g. a full password-hashing queue), pass as they are (also
   /// from inside a transaction), a cancelled call is CANCELLED, an unreachable database is UNAVAILABLE
-  /// (the client may retry), anything else INTERNAL without detail for the client. The last two
+  /// with RetryInfo (the client may retry; the gateway says `Retry-After`), anything else INTERNAL without detail for the client. The last two
   /// are logged here, with `redactedDescription`, so that no handler has to.
   public static func mapped(_ error: any Error, method: String, logger: Logger) -> RPCError {
     switch error {
@@ -24,7 +24,7 @@ extension APIStatus {
     if error.isDatabaseUnavailable {
       logger.warning(
         "database unavailable", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])
-      return RPCError(code: .unavailable, message: "the database is unavailable; try again")
+      return RPCError(databaseUnavailable)
     }
     logger.error("internal error", metadata: ["method": "\(method)", "error": "\(redactedDescription(of: unwrapped))"])
     return RPCError(code: .internalError, message: "internal error")

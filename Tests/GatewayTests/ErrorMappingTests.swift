@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCProtobuf
 import MartProto
+import MartRuntime
 import Testing
 
 @testable import Gateway
@@ -55,6 +56,15 @@ import Testing
     #expect(error.httpStatus == .serviceUnavailable)
     #expect(error.headers[.retryAfter] == "3")
     #expect(try json(error)["message"] as? String == "too many sign-ins at once")
+  }
+
+  /// A service whose database is down answers `APIStatus.databaseUnavailable` at once: the client
+  /// gets 503 with Retry-After, not a 504 after the upstream deadline.
+  @Test func aServiceWithoutItsDatabaseIs503WithRetryAfter() throws {
+    let error = GatewayError.upstream(RPCError(APIStatus.databaseUnavailable), service: "product", requestID: "r3")
+    #expect(error.httpStatus == .serviceUnavailable)
+    #expect(error.headers[.retryAfter] == "1")
+    #expect(try json(error)["message"] as? String == "the database is unavailable; try again")
   }
 
   @Test func internalErrorsSayNothingButTheRequestID() throws {

@@ -53,6 +53,15 @@ public enum APIStatus {
     if !violations.isEmpty { throw invalid(violations) }
   }
 
+  /// How long a client is told to wait before retrying a call refused for an unavailable database.
+  public static let databaseRetryDelay: Duration = .seconds(1)
+
+  /// UNAVAILABLE for a call that cannot be served while the service's database is unavailable,
+  /// with a RetryInfo (the gateway answers 503 with `Retry-After`).
+  public static let databaseUnavailable = GoogleRPCStatus(
+    code: .unavailable, message: "the database is unavailable; try again",
+    details: [.retryInfo(delay: databaseRetryDelay)])
+
   public static func notFound(_ message: String) -> RPCError {
     RPCError(code: .notFound, message: message)
   }
