@@ -62,4 +62,16 @@ if [[ $status -ne 0 ]]; then
   [[ $status -ne 124 ]] || echo "make test: the test run did not finish within 20 minutes (stuck)" >&2
   exit "$status"
 fi
+
+step "tests on private PostgreSQL clusters (stopped, frozen, restarted), each suite in a process of its own"
+# PrivateCluster.testsEnabled: sharing a process with other tests, DatabaseOutageTests sometimes
+# never finishes after its cluster restarts (not understood yet); alone it always has.
+for suite in DatabaseOutageTests ShutdownUnderFaultTests; do
+  MART_PRIVATE_CLUSTER_TESTS=1 timeout --kill-after=30 300 stdbuf -oL -eL \
+    swift test --skip-build --filter "$suite" || status=$?
+  if [[ $status -ne 0 ]]; then
+    [[ $status -ne 124 ]] || echo "make test: $suite did not finish within 5 minutes (stuck)" >&2
+    exit "$status"
+  fi
+done
 step "done"

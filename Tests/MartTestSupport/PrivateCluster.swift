@@ -1,5 +1,6 @@
 import Foundation
 import MartRuntime
+import Testing
 
 #if canImport(Glibc)
   import Glibc
@@ -10,6 +11,14 @@ import MartRuntime
 /// fsync, trust authentication; `initdb` and `pg_ctl` run as the `postgres` OS user when the
 /// tests run as root (they refuse to run as root), as scripts/testbed.sh does.
 public final class PrivateCluster: Sendable {
+  /// Tests on a private cluster run each suite in a test process of its own (scripts/test.sh,
+  /// `MART_PRIVATE_CLUSTER_TESTS=1`): sharing a process with other tests, DatabaseOutageTests
+  /// sometimes never finished after its cluster restarted. Closing the descriptors a spawned
+  /// `pg_ctl` inherits (see `run`) did not cure it, and the cause is not understood yet; alone,
+  /// it has always finished.
+  public static let testsEnabled = ProcessInfo.processInfo.environment["MART_PRIVATE_CLUSTER_TESTS"] == "1"
+  public static let whyApart: Comment = "runs in its own test process: MART_PRIVATE_CLUSTER_TESTS=1 (scripts/test.sh)"
+
   public struct Failed: Error, CustomStringConvertible {
     public var description: String
   }
@@ -101,8 +110,12 @@ public final class PrivateCluster: Sendable {
     let command =
       (getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", executable] : [executable]) + arguments
     let output = directory.appendingPathComponent("command.log").path
+    // Every descriptor but the standard three is closed first: posix_spawn hands the child all
+    // of this test process's open descriptors, and a postmaster started with them would hold
+    // other tests' sockets open for its whole life (so their peers never see them close).
+    let closeInherited = #"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; "#
     let status = await runToEnd(
-      command.map(Self.quoted).joined(separator: " ") + " </dev/null >\(Self.quoted(output)) 2>&1")
+      closeInherited + command.map(Self.quoted).joined(separator: " ") + " </dev/null >\(Self.quoted(output)) 2>&1")
     guard status == 0 else {
       let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
       let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
@@ -121,12 +134,12 @@ public final class PrivateCluster: Sendable {
   private func runToEnd(_ command: String) async -> Int32 {
     await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
       let thread = Thread {
-        let words: [String] = ["/bin/sh", "-c", command]
+        let words: [String] = ["/bin/bash", "-c", command]
         var argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) }
         argv.append(nil)
         defer { for argument in argv { free(argument) } }
         var pid: pid_t = 0
-        guard posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ) == 0 else {
+        guard posix_spawn(&pid, "/bin/bash", nil, nil, argv, environ) == 0 else {
           continuation.resume(returning: -1)
           return
         }

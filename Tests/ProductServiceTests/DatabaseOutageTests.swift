@@ -11,7 +11,8 @@ import Testing
 /// The product service while its database is stopped: calls are answered at once, UNAVAILABLE
 /// with a RetryInfo, not held until the database is back or the caller's deadline passes; and it
 /// serves again once the database is back. On a private cluster, stopped and started by the test.
-@Suite struct DatabaseOutageTests {
+@Suite(.enabled(if: PrivateCluster.testsEnabled, PrivateCluster.whyApart))
+struct DatabaseOutageTests {
   @Test func callsAreRefusedWithRetryInfoWhileTheDatabaseIsDownAndServedAfter() async throws {
     let users = try TestUsers()
     try await PrivateCluster.with { cluster in
