@@ -31,7 +31,7 @@ import uuid
 DIR = os.environ["CHAOS_DIR"]
 BIN = os.environ["CHAOS_BIN"]
 ORDERS = int(os.environ.get("CHAOS_ORDERS", "2000"))
-RATE = float(os.environ.get("CHAOS_RATE", "15"))
+RATE = float(os.environ.get("CHAOS_RATE", "12"))
 THREADS = int(os.environ.get("CHAOS_THREADS", "24"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
 TERMS = int(os.environ.get("CHAOS_TERMS", "1"))
@@ -40,6 +40,7 @@ DRAIN_TIMEOUT = float(os.environ.get("CHAOS_DRAIN_TIMEOUT", "240"))
 SEED = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
 BROKER_FREEZE = float(os.environ.get("CHAOS_BROKER_FREEZE", "20"))
 PG_STOP = float(os.environ.get("CHAOS_PG_STOP", "10"))
+TERM_PATIENCE = float(os.environ.get("CHAOS_TERM_PATIENCE", "30"))  # then SIGKILL
 
 SERVICES = ["user", "product", "inventory", "order", "payment", "notification"]
 PROCESSES = SERVICES + ["gateway"]
@@ -154,7 +155,10 @@ class Proc:
                     return r.status == 200
             except Exception:
                 return False
-        result = subprocess.run([BIN, "health", self.name], env=base_env(), capture_output=True, timeout=10)
+        try:
+            result = subprocess.run([BIN, "health", self.name], env=base_env(), capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
         return result.returncode == 0
 
     def wait_healthy(self, timeout=90):
@@ -488,12 +492,12 @@ def term_and_restart(name):
         t = now()
         proc.popen.send_signal(signal.SIGTERM)
         try:
-            code = proc.popen.wait(60)
+            code = proc.popen.wait(TERM_PATIENCE)
             took = now() - t
         except subprocess.TimeoutExpired:
             took = now() - t
             proc.popen.kill()
-            code = "killed after 60 s"
+            code = f"none: still running, SIGKILLed after {TERM_PATIENCE:.0f} s"
             proc.popen.wait()
         TERM_EXITS.append((name, took, code))
         time.sleep(0.5)
@@ -579,7 +583,10 @@ def kafka():
     return Consumer
 
 
-def broker_state():
+GROUP_NOTES = {}
+
+
+def broker_state(describe=False):
     """(lag per group/topic, dead letters by topic, list of dead-letter descriptions)."""
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
@@ -612,6 +619,14 @@ def broker_state():
                 total += max(0, high - offset)
             lag[f"{group} {topic}"] = total
         consumer.close()
+    lagging = sorted({name.split(" ")[0] for name, n in lag.items() if n})
+    if lagging and describe:
+        try:
+            for group, future in AdminClient({"bootstrap.servers": brokers}).describe_consumer_groups(lagging).items():
+                d = future.result()
+                GROUP_NOTES[group] = f"{d.state}, members {[m.member_id for m in d.members]}"
+        except Exception as error:
+            GROUP_NOTES["describe"] = str(error)
     dead = {}
     letters = []
     for topic in sorted(t for t in topics if t.endswith(".dlq")):
@@ -842,14 +857,15 @@ def invariants(drain_seconds, busy):
           "duplicate Message-IDs: " + "; ".join(f"{k}: {v}" for k, v in list(dup_ids.items())[:10]) if dup_ids else "")
 
     # Broker
-    lag, dead, letters = broker_state()
+    lag, dead, letters = broker_state(describe=True)
     check("broker: no dead letters", not letters,
           "dead-letter topics: " + (", ".join(f"{t} {n}" for t, n in dead.items()) or "none"),
           "\n".join("    " + x for x in letters[:30]))
     outboxes = {s: int(scalar(s, "SELECT count(*) FROM outbox WHERE published_at IS NULL")) for s in SERVICES}
     check("outbox drained everywhere and consumer lag 0", not any(outboxes.values()) and not any(lag.values()),
           "unpublished: " + ", ".join(f"{s} {n}" for s, n in outboxes.items()),
-          "lag: " + ", ".join(f"{g} {n}" for g, n in lag.items()))
+          "lag: " + ", ".join(f"{g} {n}" for g, n in lag.items()),
+          "lagging groups at the broker: " + "; ".join(f"{g}: {n}" for g, n in GROUP_NOTES.items()) if GROUP_NOTES else "")
 
 
 # ------------------------------------------------------------------------------------ report

@@ -5,7 +5,7 @@
 # (scripts/chaos.py does the driving, the faults, the checks and the report).
 #
 # Settings (environment): CHAOS_ORDERS (default 2000; 200 for a short run), CHAOS_RATE (orders
-# started per second, default 15), CHAOS_THREADS (client threads, default 24), CHAOS_KILLS
+# started per second, default 12), CHAOS_THREADS (client threads, default 24), CHAOS_KILLS
 # (SIGKILLs per process, default 3), CHAOS_TERMS (SIGTERMs per process, default 1),
 # CHAOS_PAYMENT_WINDOW (the order's payment deadline, default 25s), CHAOS_DRAIN_TIMEOUT (seconds,
 # default 240), CHAOS_SEED (random seed), CHAOS_KEEP=1 (leave the test bed running afterwards).
