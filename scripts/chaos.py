@@ -486,6 +486,18 @@ def kill_and_restart(name):
         fault(f"SIGKILL {name}", t, now(), "" if ok else "NOT HEALTHY AGAIN")
 
 
+def dump_stacks(proc):
+    """Every thread's stack of a process that does not exit after SIGTERM (gdb, if installed)."""
+    path = os.path.join(LOGS, f"{proc.name}-sigterm-hang-{proc.starts}.txt")
+    try:
+        with open(path, "w") as out:
+            subprocess.run(["gdb", "-p", str(proc.popen.pid), "-batch", "-ex", "thread apply all bt"],
+                           stdout=out, stderr=subprocess.STDOUT, timeout=90)
+    except Exception as error:
+        with open(path, "a") as out:
+            out.write(f"no stacks: {error}\n")
+
+
 def term_and_restart(name):
     proc = PROCS[name]
     with proc.lock:
@@ -496,6 +508,7 @@ def term_and_restart(name):
             took = now() - t
         except subprocess.TimeoutExpired:
             took = now() - t
+            dump_stacks(proc)
             proc.popen.kill()
             code = f"none: still running, SIGKILLed after {TERM_PATIENCE:.0f} s"
             proc.popen.wait()
