@@ -79,7 +79,7 @@ def read_keys():
 def free_port_base():
     import socket
     for _ in range(50):
-        base = rng.randrange(21000, 40000, 10)
+        base = rng.randrange(20000, 32000, 10)  # below the ephemeral range (32768-)
         ok = True
         for offset in range(7):
             with socket.socket() as s:
