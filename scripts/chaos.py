@@ -9,6 +9,14 @@ keeps its topics in memory, so a real stop would lose them) and stops PostgreSQL
 (`pg_ctl stop -m fast`, then start; data kept). Then it waits until the mart is quiet and checks
 the invariants from the databases, the mailbox and the broker, never from responses or logs.
 
+What the test broker adds (Tansu 0.6.0, memory storage), seen in the first runs:
+- after the freeze, Tansu answers PRODUCER_FENCED to an idempotent producer whose sends timed
+  out during it (librdkafka bumps the producer epoch), and keeps doing so until the process makes
+  a new producer: the outbox of a process that is not restarted afterwards stops draining;
+- a consumer group whose leader died during a rebalance can stay "rebalance in progress" for
+  good (JoinGroup names the dead leader; SyncGroup never completes), so its lag never falls.
+The report shows both as FAILs (outbox not drained, lag), with the lagging groups' broker state.
+
 Standard library only, plus psql for queries and confluent-kafka (the wheel scripts/deps.sh
 unpacks) for consumer lag and dead letters.
 """
@@ -609,7 +617,7 @@ def broker_state(describe=False):
     groups = set()
     try:
         admin = AdminClient({"bootstrap.servers": brokers})
-        listed = admin.list_consumer_groups(request_timeout=10).result()
+        listed = admin.list_consumer_groups(request_timeout=10).result(timeout=20)
         groups = {g.group_id for g in listed.valid if not g.group_id.startswith("chaos-")}
     except Exception as error:
         log(f"list_consumer_groups failed ({error}); using the known groups")
@@ -635,8 +643,9 @@ def broker_state(describe=False):
     lagging = sorted({name.split(" ")[0] for name, n in lag.items() if n})
     if lagging and describe:
         try:
-            for group, future in AdminClient({"bootstrap.servers": brokers}).describe_consumer_groups(lagging).items():
-                d = future.result()
+            described = AdminClient({"bootstrap.servers": brokers}).describe_consumer_groups(lagging, request_timeout=10)
+            for group, future in described.items():
+                d = future.result(timeout=20)  # Tansu may never answer for a group stuck in a rebalance
                 GROUP_NOTES[group] = f"{d.state}, members {[m.member_id for m in d.members]}"
         except Exception as error:
             GROUP_NOTES["describe"] = str(error)
