@@ -262,7 +262,9 @@ def http(method, path, body=None, token=None, key=None, route=None, timeout=30):
 def call(method, path, body=None, token=None, key=None, route=None, give_up_after=120):
     """Retries what a client retries (same Idempotency-Key); returns the last (status, payload)."""
     deadline = time.monotonic() + give_up_after
-    conflict_deadline = time.monotonic() + 15  # 409: the first request with this key still in flight
+    # 409: the first request with this key is still in flight, or died with its process; the order
+    # service lets a retry take the key over after its in-flight lease (60 s), so wait longer.
+    conflict_deadline = time.monotonic() + 75
     delay = 0.2
     while True:
         status, payload = http(method, path, body, token, key, route)
