@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz deploy-check clean
+.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz deploy-check chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ deploy-check: ## Bring deploy/docker-compose.yml up with Docker here (images bui
 
 fuzz: ## schemathesis against a private mart's /openapi.json as a customer and as an admin: no 5xx, no answer off the document
 	@scripts/fuzz.sh
+
+chaos: ## Seven processes on a private PostgreSQL + broker, 2000 orders (CHAOS_ORDERS) while every process is killed and restarted, the broker frozen and PostgreSQL stopped; then the invariants (report in .testbed/chaos/report.txt)
+	@scripts/chaos.sh
 
 clean: ## Remove build products and test scratch state (keeps the `make run` data in .mart/)
 	rm -rf .build .build-tools .testbed/run-*
