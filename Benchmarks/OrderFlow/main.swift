@@ -85,13 +85,18 @@ struct Customer: Sendable {
   static func register(client: HTTPClient, base: String, products: [String], results: Results) async throws -> Customer {
     let email = "bench-\(UUID().uuidString.lowercased())@example.com"
     let password = "Bench-order-flow-2026!"
-    let (registered, _) = try await call(
-      client, "POST", base + "/v1/auth/register",
-      json: ["email": email, "password": password, "fullName": "Bench Customer"])
+    // Sign-ups and sign-ins share a bounded password-hashing queue (scrypt): a burst of them is
+    // answered 503 with Retry-After, and a client waits and tries again, as this one does.
+    let (registered, _) = try await retryingWhenBusy {
+      try await call(
+        client, "POST", base + "/v1/auth/register",
+        json: ["email": email, "password": password, "fullName": "Bench Customer"])
+    }
     guard registered == 200 else { throw Failure(description: "register \(registered)") }
     // Register signs nobody in (it answers a taken email as a new one): Login does.
-    let (status, body) = try await call(
-      client, "POST", base + "/v1/auth/login", json: ["email": email, "password": password])
+    let (status, body) = try await retryingWhenBusy {
+      try await call(client, "POST", base + "/v1/auth/login", json: ["email": email, "password": password])
+    }
     guard status == 200, let tokens = body["tokens"] as? [String: Any], let token = tokens["accessToken"] as? String
     else { throw Failure(description: "login \(status)") }
     return Customer(client: client, base: base, token: token, products: products, results: results)
@@ -215,6 +220,16 @@ struct Customer: Sendable {
     let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
     return (response.status.code, object)
   }
+}
+
+/// Calls `request` again while it answers 503 (the mart shedding load), after a jittered pause.
+func retryingWhenBusy(_ request: () async throws -> (UInt, [String: Any])) async throws -> (UInt, [String: Any]) {
+  for _ in 0..<60 {
+    let answer = try await request()
+    guard answer.0 == 503 else { return answer }
+    try await Task.sleep(for: .milliseconds(Int64.random(in: 500...1500)))
+  }
+  return try await request()
 }
 
 extension Duration {

@@ -299,6 +299,12 @@ struct RequestQuota: Sendable {
   /// is over whatever its key, and `UserHousekeeping` deletes it.
   static let longestWindow: Duration = .seconds(3600)
 
+  /// Uncounts one request for `key` (one that was refused for the service's own load).
+  func giveBack(_ key: String) async throws {
+    try await database.query(
+      "UPDATE request_quotas SET requests = greatest(requests - 1, 0) WHERE key = \(key)", logger: logger)
+  }
+
   /// Counts one request for `key`; how long until the window ends if that makes more than
   /// `limit`, else nil.
   func take(_ key: String, limit: Int, per window: Duration) async throws -> Duration? {

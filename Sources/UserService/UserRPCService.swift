@@ -54,7 +54,15 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     if let wait = try await quotas.take("register:\(valid.email)", limit: 5, per: .seconds(3600)) {
       throw UserServiceError.rateLimited(retryAfter: wait, "too many registrations for this email")
     }
-    let email = try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
+    let email: String
+    do {
+      email = try await accounts.register(account, verificationLifetime: options.emailVerificationLifetime)
+    } catch let busy as PasswordHashingQueue.Busy {
+      // Refused for the service's load, not the caller's: the attempt does not count, or a client
+      // retrying after Retry-After would use up the email's quota on refusals.
+      try? await quotas.giveBack("register:\(valid.email)")
+      throw busy
+    }
     logger.info("registration accepted")
     return .with { $0.email = email }
   }

@@ -244,6 +244,35 @@ import UserService
     }
   }
 
+  /// A registration refused because the hashing queue is full (503, retry later) does not count
+  /// against the email's quota: a client that retries after Retry-After is not locked out by the
+  /// shop's own load.
+  @Test func registrationsRefusedForLoadDoNotUseUpTheEmailsQuota() async throws {
+    var options = testOptions
+    options.passwordCost = .init(logN: 14, blockSize: 8, parallelism: 1)
+    options.hashingQueue = PasswordHashingQueue(concurrency: 1, maximumWaiting: 0)
+    try await withUserService("users_busy_register", options: options) { service in
+      let client = service.client
+      let request = registration("retrying@example.com", "a patient password")
+      // Five at once: no more than the quota, so that nothing here is refused for the quota itself.
+      let outcomes = await withTaskGroup(of: RPCError?.self) { group in
+        for _ in 0..<5 {
+          group.addTask { await rpcError { _ = try await client.register(request) } }
+        }
+        var outcomes: [RPCError?] = []
+        for await outcome in group { outcomes.append(outcome) }
+        return outcomes
+      }
+      let accepted = outcomes.filter { $0 == nil }.count
+      let busy = outcomes.filter { $0?.code == .unavailable }.count
+      #expect(busy > 0, "the queue of one never overflowed: \(outcomes)")
+      #expect(accepted + busy == 5, "\(outcomes)")
+      let counted = try await service.count(
+        "SELECT requests::int8 FROM request_quotas WHERE key = 'register:retrying@example.com'")
+      #expect(counted == Int64(accepted))
+    }
+  }
+
   private func registration(_ email: String, _ password: String) -> Mart_User_V1_RegisterRequest {
     .with {
       $0.email = email
