@@ -49,17 +49,10 @@ enum NotificationEventHandlers {
     // yet, or any more); never shown in the app (`emailOnlyValues`).
     handlers.on(Mart_User_V1_EmailVerificationRequested.self) { received, connection in
       let event = received.event
-      let userID = try uuid(event.userID, "user_id", received)
-      guard !event.token.isEmpty, !event.email.isEmpty else {
-        throw InvalidEvent("EmailVerificationRequested \(received.envelope.id) has no token or email")
-      }
-      var values: TemplateValues = [
-        "email": .text(event.email), "token": .text(event.token), "expires": .text(format(event.expireTime.date)),
-      ]
-      if let link = link(notifier.settings.verifyEmailURL, token: event.token) { values["verify_link"] = .text(link) }
-      try await notifier.notify(
-        userID, of: event.atRegistration ? .welcome : .verifyEmail, values: values, sourceEventID: received.envelope.id,
-        eventTime: received.envelope.time, destination: event.email, on: connection)
+      try await notifyEmailedLink(
+        notifier, received, userID: event.userID, email: event.email, token: event.token,
+        expires: event.expireTime.date, kind: event.atRegistration ? .welcome : .verifyEmail,
+        page: notifier.settings.verifyEmailURL, linkValue: "verify_link", on: connection)
     }
     handlers.on(Mart_User_V1_RegistrationAttempted.self) { received, connection in
       let event = received.event
@@ -75,17 +68,10 @@ enum NotificationEventHandlers {
     // To the account's email as the user service knows it (the projection may lag behind a change).
     handlers.on(Mart_User_V1_PasswordResetRequested.self) { received, connection in
       let event = received.event
-      let userID = try uuid(event.userID, "user_id", received)
-      guard !event.token.isEmpty, !event.email.isEmpty else {
-        throw InvalidEvent("PasswordResetRequested \(received.envelope.id) has no token or email")
-      }
-      var values: TemplateValues = [
-        "email": .text(event.email), "token": .text(event.token), "expires": .text(format(event.expireTime.date)),
-      ]
-      if let link = link(notifier.settings.resetPasswordURL, token: event.token) { values["reset_link"] = .text(link) }
-      try await notifier.notify(
-        userID, of: .passwordReset, values: values, sourceEventID: received.envelope.id,
-        eventTime: received.envelope.time, destination: event.email, on: connection)
+      try await notifyEmailedLink(
+        notifier, received, userID: event.userID, email: event.email, token: event.token,
+        expires: event.expireTime.date, kind: .passwordReset, page: notifier.settings.resetPasswordURL,
+        linkValue: "reset_link", on: connection)
     }
     handlers.on(Mart_User_V1_PasswordChanged.self) { received, connection in
       let event = received.event
@@ -232,6 +218,24 @@ enum NotificationEventHandlers {
   }
 
   /// A time in messages: UTC, unambiguous in every language ("2026-12-06 14:30 UTC").
+  /// An email carrying a single-use token (a verification or password-reset link) to the address
+  /// the event names, which the projection may not hold yet, or any more. The token and the link
+  /// are email-only values (`NotificationKind.emailOnlyValues`): never shown in the app.
+  static func notifyEmailedLink<Event>(
+    _ notifier: Notifier, _ received: ReceivedEvent<Event>, userID rawUserID: String, email: String, token: String,
+    expires: Date, kind: NotificationKind, page: String?, linkValue: String, on connection: PostgresConnection
+  ) async throws {
+    let userID = try uuid(rawUserID, "user_id", received)
+    guard !token.isEmpty, !email.isEmpty else {
+      throw InvalidEvent("\(Event.self) \(received.envelope.id) has no token or email")
+    }
+    var values: TemplateValues = ["email": .text(email), "token": .text(token), "expires": .text(format(expires))]
+    if let link = link(page, token: token) { values[linkValue] = .text(link) }
+    try await notifier.notify(
+      userID, of: kind, values: values, sourceEventID: received.envelope.id, eventTime: received.envelope.time,
+      destination: email, on: connection)
+  }
+
   /// A shop page's URL with `token` added to its query; nil without a page (the email then gives
   /// the token as a code).
   static func link(_ page: String?, token: String) -> String? {

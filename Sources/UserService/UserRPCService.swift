@@ -145,9 +145,9 @@ struct UserRPCService: Mart_User_V1_UserService.SimpleServiceProtocol {
     if request.currentPassword.isEmpty { violations.append(.init("current_password", "is required")) }
     if request.currentPassword.utf8.count > 4096 { violations.append(.init("current_password", "is too long")) }
     if !violations.isEmpty { throw UserServiceError.invalid(violations) }
-    guard let account = try await store.user(id: userID), account.disabledAt == nil,
-      let currentHash = try await store.passwordHash(userID: userID)
-    else { throw UserServiceError.invalidCredentials }
+    guard let (account, currentHash) = try await store.credentials(userID: userID), account.disabledAt == nil else {
+      throw UserServiceError.invalidCredentials
+    }
     let policy = Validation.passwordViolations(request.newPassword, email: account.email).map {
       FieldViolation("new_password", $0.reason)
     }

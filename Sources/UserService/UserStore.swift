@@ -336,10 +336,18 @@ struct UserStore: Sendable {
 
   /// The account with this email (any case) and its password hash.
   func credentials(email: String) async throws -> (user: UserRecord, passwordHash: String)? {
-    let rows = try await database.query(
-      """
-      SELECT \(unescaped: UserRecord.columns), password_hash FROM users WHERE lower(email) = lower(\(email))
-      """, logger: logger)
+    try await credentials(
+      where: "SELECT \(unescaped: UserRecord.columns), password_hash FROM users WHERE lower(email) = lower(\(email))")
+  }
+
+  /// The account with this id and its password hash (ChangePassword).
+  func credentials(userID: UUID) async throws -> (user: UserRecord, passwordHash: String)? {
+    try await credentials(
+      where: "SELECT \(unescaped: UserRecord.columns), password_hash FROM users WHERE id = \(userID)")
+  }
+
+  private func credentials(where query: PostgresQuery) async throws -> (user: UserRecord, passwordHash: String)? {
+    let rows = try await database.query(query, logger: logger)
     var result: (UserRecord, String)?
     for try await row in rows.decode(
       (UUID, String, String, String?, [String], Date?, Date?, Date, Date, Date?, String, Int64, String).self)
@@ -614,14 +622,6 @@ struct UserStore: Sendable {
       try await Self.appendPasswordChanged(user, method: .change, outbox: outbox, on: connection, logger: logger)
       return (user, expiresAt)
     }
-  }
-
-  /// The account's password hash, for ChangePassword to check the current password against.
-  func passwordHash(userID: UUID) async throws -> String? {
-    let rows = try await database.query(
-      "SELECT password_hash FROM users WHERE id = \(userID) AND disabled_at IS NULL", logger: logger)
-    for try await hash in rows.decode(String.self) { return hash }
-    return nil
   }
 
   static func appendPasswordChanged(
