@@ -36,6 +36,9 @@ public struct MetricsListener: Service {
     }
     let app = Application(
       router: router, configuration: .init(address: .hostname(host, port: port), serverName: nil), logger: logger)
-    try await app.runService()
+    // `run()`, not `runService()`: the latter starts a service group of its own that traps
+    // SIGTERM, so the listener would end before the process's drain reached it, and the group
+    // would count that as a failure (exit 1) and cancel the gRPC server mid-drain.
+    try await app.run()
   }
 }
