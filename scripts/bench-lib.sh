@@ -6,6 +6,8 @@
 # shellcheck shell=bash
 
 seconds=${BENCH_SECONDS:-15}
+# A descriptor per connection: the load tools open thousands (concurrency 5,000), and so does the mart.
+ulimit -n "$(ulimit -Hn)"
 connections=${BENCH_CONNECTIONS:-32}
 mart_pid=
 # The processes of bench_start_processes, by name.
@@ -49,15 +51,28 @@ bench_build() {
   bin=$(swift build -c release --scratch-path .build-bench --show-bin-path)
 }
 
+# bench_gateway_config: the gateway's configuration for a benchmark: rate limits lifted, and with
+# BENCH_ADMISSION=off admission control lifted too (the gateway's and, through the environment
+# this exports, each service's), to measure overload as it was before admission control existed.
+bench_gateway_config() {
+  local admission=""
+  if [[ ${BENCH_ADMISSION:-on} == off ]]; then
+    admission=',
+  "admission": { "maxInFlight": 100000000, "maxQueued": 0, "maxQueueWait": "1ms" }'
+    export MART_RPC_MAX_IN_FLIGHT=100000000 MART_RPC_MAX_QUEUED=0
+  fi
+  cat >"$bench_dir/gateway.json" <<JSON
+{
+  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }$admission
+}
+JSON
+}
+
 # bench_start_mart: `mart dev` with the rate limits lifted, every port its own (so that a
 # `make run` on this machine is not in the way), until /readyz answers. Sets `port` (the
 # gateway's) and `user_port`, `product_port`, `inventory_port`.
 bench_start_mart() {
-  cat >"$bench_dir/gateway.json" <<'JSON'
-{
-  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }
-}
-JSON
+  bench_gateway_config
   port=$((20000 + RANDOM % 20000))
   user_port=$((port + 1))
   product_port=$((port + 2))
@@ -86,11 +101,7 @@ JSON
 # the rate limits lifted, until the gateway's /readyz answers. Sets `port` (the gateway's) and
 # `process_pids`. The test bed must have been started with its broker.
 bench_start_processes() {
-  cat >"$bench_dir/gateway.json" <<'JSON'
-{
-  "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }
-}
-JSON
+  bench_gateway_config
   port=$((20000 + RANDOM % 20000))
   local -A ports=([user]=$((port + 1)) [product]=$((port + 2)) [inventory]=$((port + 3)) [order]=$((port + 4))
     [payment]=$((port + 5)) [notification]=$((port + 6)))

@@ -108,7 +108,7 @@ struct Customer: Sendable {
       ("list_products", "/v1/products?pageSize=20"), ("search_products", "/v1/products?query=product&pageSize=10"),
       ("get_product", "/v1/products/\(products.randomElement() ?? "")"),
     ] {
-      let status = try await timed(kind) { try await Self.get(client, base + path, token: token) }
+      let status = try await timed(kind, status: { $0 }) { try await Self.get(client, base + path, token: token) }
       guard status == 200 else { throw Failure(description: "\(kind) \(status)") }
     }
   }
@@ -123,10 +123,10 @@ struct Customer: Sendable {
         "recipientName": "Bench Customer", "lines": ["1 Long Street"], "city": "Cape Town", "countryCode": "ZA",
       ],
     ]
-    let (placedStatus, placed) = try await timed("create_order") {
+    let idempotencyKey = "\"\(UUID().uuidString)\""
+    let (placedStatus, placed) = try await timed("create_order", status: \.0) {
       try await Self.call(
-        client, "POST", base + "/v1/orders", json: order, token: token,
-        headers: ["Idempotency-Key": "\"\(UUID().uuidString)\""])
+        client, "POST", base + "/v1/orders", json: order, token: token, headers: ["Idempotency-Key": idempotencyKey])
     }
     guard placedStatus == 200, let orderID = placed["id"] as? String else {
       throw Failure(description: "create_order \(placedStatus)")
@@ -148,10 +148,11 @@ struct Customer: Sendable {
       for try await status in statuses {
         switch status {
         case "AWAITING_PAYMENT":
-          let (paidStatus, payment) = try await timed("create_payment") {
+          let paymentKey = "\"\(UUID().uuidString)\""
+          let (paidStatus, payment) = try await timed("create_payment", status: \.0) {
             try await Self.call(
               client, "POST", base + "/v1/orders/\(orderID)/payments", json: ["sandboxOutcome": "SUCCEED"],
-              token: token, headers: ["Idempotency-Key": "\"\(UUID().uuidString)\""])
+              token: token, headers: ["Idempotency-Key": paymentKey])
           }
           guard paidStatus == 200, (payment["payment"] as? [String: Any])?["status"] as? String == "SUCCEEDED" else {
             throw Failure(description: "create_payment \(paidStatus)")
@@ -173,7 +174,9 @@ struct Customer: Sendable {
     var request = HTTPClientRequest(url: base + "/v1/orders/\(orderID):watch")
     request.headers.add(name: "Authorization", value: "Bearer \(token)")
     request.headers.add(name: "Accept", value: "application/x-ndjson")
-    let response = try await client.execute(request, timeout: .seconds(60))
+    let response = try await timed("watch_order", status: { $0.status.code }) {
+      try await client.execute(request, timeout: .seconds(60))
+    }
     guard response.status == .ok else { throw Failure(description: "watch_order \(response.status.code)") }
     var buffer = ByteBuffer()
     for try await var chunk in response.body {
@@ -190,11 +193,24 @@ struct Customer: Sendable {
     }
   }
 
-  func timed<T>(_ kind: String, _ body: () async throws -> T) async throws -> T {
-    let start = ContinuousClock.now
-    let value = try await body()
-    await results.record(kind, (ContinuousClock.now - start).seconds)
-    return value
+  /// Sends a request as a client that honours shedding does: a 503 (the mart refusing what it
+  /// cannot serve in time, with Retry-After) is counted as shed and sent again after a jittered
+  /// pause of about a second, the same request (an order keeps its Idempotency-Key). The latency
+  /// of every answer is recorded, the shed ones under their own name, so that the requests that
+  /// were let in show their own latency.
+  func timed<T>(_ kind: String, status: (T) -> UInt, _ body: () async throws -> T) async throws -> T {
+    for attempt in 1... {
+      let start = ContinuousClock.now
+      let value = try await body()
+      let seconds = (ContinuousClock.now - start).seconds
+      guard status(value) == 503, attempt < 60 else {
+        await results.record(kind, seconds)
+        return value
+      }
+      await results.record(kind + " shed", seconds)
+      try await Task.sleep(for: .milliseconds(Int64.random(in: 500...1500)))
+    }
+    fatalError("unreachable: the loop returns by its 60th attempt")
   }
 
   static func get(_ client: HTTPClient, _ url: String, token: String) async throws -> UInt {
@@ -317,10 +333,14 @@ func run() async throws {
     "orders placed -> PAID: \(paid.count) in \(String(format: "%.1f", elapsed)) s = \(rate) orders/s at \(load),"
       + " \(customers.count) accounts")
   print("placed -> PAID: p50 \(milliseconds(percentile(paid, 0.5))), p99 \(milliseconds(percentile(paid, 0.99))), max \(milliseconds(paid.last ?? .nan))")
-  for kind in ["list_products", "search_products", "get_product", "create_order", "create_payment"] {
+  for kind in ["list_products", "search_products", "get_product", "create_order", "watch_order", "create_payment"] {
     let latencies = (await results.latencies[kind] ?? []).sorted()
     guard !latencies.isEmpty else { continue }
     print("\(kind): \(latencies.count) requests, p50 \(milliseconds(percentile(latencies, 0.5))), p99 \(milliseconds(percentile(latencies, 0.99)))")
+    let shed = (await results.latencies[kind + " shed"] ?? []).sorted()
+    if !shed.isEmpty {
+      print("  \(kind) shed (503, sent again): \(shed.count), answered in p50 \(milliseconds(percentile(shed, 0.5))), p99 \(milliseconds(percentile(shed, 0.99)))")
+    }
   }
   let errors = await results.errors
   print(errors.isEmpty ? "errors: none" : "errors: " + errors.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
