@@ -39,9 +39,14 @@ bench_cleanup() {
   scripts/testbed.sh stop --dir "$bench_dir" --purge >/dev/null 2>&1 || true
 }
 
-# bench_build PRODUCT...: release builds; sets `bin` to their folder.
+# bench_build PRODUCT...: release builds; sets `bin` to their folder. BENCH_SKIP_BUILD=1 uses
+# what .build-bench holds (a series of runs builds once, before the first).
 bench_build() {
   local log="$bench_dir/build.log" product
+  if [[ ${BENCH_SKIP_BUILD:-0} == 1 ]]; then
+    bin=$(swift build -c release --scratch-path .build-bench --show-bin-path)
+    return
+  fi
   for product in "$@"; do
     swift build -c release --scratch-path .build-bench --product "$product" >"$log" 2>&1 || {
       tail -n 40 "$log"
