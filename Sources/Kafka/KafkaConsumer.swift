@@ -139,6 +139,10 @@ struct ConsumerState {
   /// Whether the sequence ended with a fatal error (later `next()` calls return nil).
   var failed = false
   var assignment: Set<KafkaTopicPartition> = []
+  /// Since when this member, while polling, has held no partition (nil while it holds some).
+  var unassignedSince: ContinuousClock.Instant?
+  /// Whether that stretch was already reported.
+  var reportedUnassigned = false
 }
 
 /// The consumer's callback target: its state, and the rebalance and error callbacks (which run
@@ -416,9 +420,40 @@ final class ConsumerCore: Sendable {
     }
   }
 
+  /// How long a polling member may hold no partition before it says so.
+  static let unassignedWarningAfter = Duration.seconds(60)
+
+  /// Warns, once per stretch, when this member has polled for `unassignedWarningAfter` without
+  /// holding a partition. A group with no more members than partitions then is stuck (seen with
+  /// Tansu 0.6.0 when the group's leader died): records wait and nothing else would say why above
+  /// debug level.
+  private func warnIfLongUnassigned() {
+    let now = ContinuousClock.now
+    let unassignedFor = shared.state.withLock { state -> Duration? in
+      guard state.assignment.isEmpty else {
+        state.unassignedSince = nil
+        state.reportedUnassigned = false
+        return nil
+      }
+      guard let since = state.unassignedSince else {
+        state.unassignedSince = now
+        return nil
+      }
+      guard !state.reportedUnassigned, now - since >= Self.unassignedWarningAfter else { return nil }
+      state.reportedUnassigned = true
+      return now - since
+    }
+    if let unassignedFor {
+      logger.warning(
+        "this consumer has held no partition for \(unassignedFor.components.seconds) s: unless its group has more members than partitions, the group is stuck and its records wait; restarting the process rejoins it"
+      )
+    }
+  }
+
   /// One `rd_kafka_consumer_poll`. Every polled message is destroyed here, after its bytes were
   /// copied into a `KafkaRecord`.
   private func poll() {
+    warnIfLongUnassigned()
     guard let message = rd_kafka_consumer_poll(handle.pointer, 100) else { return }
     defer { rd_kafka_message_destroy(message) }
     let error = message.pointee.err

@@ -69,6 +69,10 @@ public struct KafkaError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let invalidArgument = Code(RD_KAFKA_RESP_ERR__INVALID_ARG)
     /// `_FATAL`: the client raised a fatal error.
     public static let fatal = Code(RD_KAFKA_RESP_ERR__FATAL)
+    /// `PRODUCER_FENCED`: the broker has given the producer's id to a newer producer.
+    public static let producerFenced = Code(RD_KAFKA_RESP_ERR_PRODUCER_FENCED)
+    /// `INVALID_PRODUCER_EPOCH`: the producer's epoch is older than the broker's.
+    public static let invalidProducerEpoch = Code(RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
     /// `_UNKNOWN_TOPIC`: the topic is not known to the cluster.
     public static let unknownTopic = Code(RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)
     /// `UNKNOWN_TOPIC_OR_PART`: the broker does not host this topic or partition.
@@ -96,12 +100,15 @@ extension KafkaError {
   /// The client's fatal error, with the underlying code librdkafka reports through
   /// `rd_kafka_fatal_error` (the `_FATAL` code itself only says that there is one).
   static func fatalError(of handle: OpaquePointer) -> KafkaError {
+    raisedFatalError(of: handle) ?? KafkaError(code: .fatal, message: "fatal error", isFatal: true)
+  }
+
+  /// The client's fatal error, or nil if it has raised none.
+  static func raisedFatalError(of handle: OpaquePointer) -> KafkaError? {
     var buffer = [CChar](repeating: 0, count: 512)
     let underlying = rd_kafka_fatal_error(handle, &buffer, buffer.count)
+    guard underlying != RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
     let message = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    if underlying == RD_KAFKA_RESP_ERR_NO_ERROR {
-      return KafkaError(code: .fatal, message: "fatal error", isFatal: true)
-    }
     return KafkaError(code: Code(underlying), message: message, isFatal: true)
   }
 

@@ -70,6 +70,17 @@ public final class KafkaProducer: Sendable {
     }
   }
 
+  /// The fatal error librdkafka raised on this producer (`rd_kafka_fatal_error`), or nil. An
+  /// idempotent producer with one (fenced, or its sequence lost) delivers nothing more: every
+  /// later send fails, so the owner must replace it with a new producer.
+  public var fatalError: KafkaError? { core.fatalError }
+
+  /// Makes librdkafka raise a fabricated fatal error with `code` (`rd_kafka_test_fatal_error`),
+  /// for tests of what follows one: the real ones cannot be provoked at will.
+  public func raiseFatalErrorForTesting(_ code: KafkaError.Code, reason: String) {
+    core.raiseFatalErrorForTesting(code, reason: reason)
+  }
+
   /// How many records have been sent (or are waiting for queue space) and are not yet
   /// acknowledged or failed: the sends currently waiting. Useful as a gauge.
   public var pendingDeliveries: Int { core.pendingDeliveries }
@@ -242,6 +253,21 @@ final class ProducerCore: Sendable {
   }
 
   var pendingDeliveries: Int { registry.count }
+
+  var fatalError: KafkaError? {
+    // The handle is destroyed once shut down; a producer shut down has no error to report.
+    state.withLock { state in
+      guard case .running = state.phase else { return nil }
+      return KafkaError.raisedFatalError(of: handle.pointer)
+    }
+  }
+
+  func raiseFatalErrorForTesting(_ code: KafkaError.Code, reason: String) {
+    state.withLock { state in
+      guard case .running = state.phase else { return }
+      _ = rd_kafka_test_fatal_error(handle.pointer, rd_kafka_resp_err_t(rawValue: code.rawValue), reason)
+    }
+  }
 
   func flush(timeout: Duration) async throws {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

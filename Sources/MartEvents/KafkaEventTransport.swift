@@ -1,9 +1,14 @@
 import Kafka
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Events over Kafka: one idempotent producer per process (acks=all, per-key order kept across
 /// retries) and one consumer-group member per subscription, committing only what was handled.
+///
+/// A producer that librdkafka declares unusable (a fatal error: fenced by the broker, or its
+/// sequence lost) fails every later send, so it is replaced by a new one as soon as a publish
+/// sees it; the relay's retry then sends the same outbox records through the new producer.
 ///
 /// As a Service it creates the mart's topics and their dead-letter topics at start-up (retrying
 /// while the broker is unreachable) and flushes the producer on shutdown; list it before the
@@ -13,7 +18,9 @@ public final class KafkaEventTransport: EventTransport, Service {
   /// Put before every topic name on the broker, so that several environments (or tests) can
   /// share one cluster; the rest of the mart never sees it.
   public let topicPrefix: String
-  let producer: KafkaProducer
+  /// The producer in use; replaced after a fatal error (`replaceProducer`).
+  private let currentProducer: Mutex<KafkaProducer>
+  private let producerConfiguration: KafkaConfiguration
   let partitions: Int
   let logger: Logger
 
@@ -28,7 +35,8 @@ public final class KafkaEventTransport: EventTransport, Service {
     producerConfiguration.properties["linger.ms"] = properties["linger.ms"] ?? "2"
     // Fail a send after 10 s so that the relay reports and retries instead of waiting minutes.
     producerConfiguration.properties["message.timeout.ms"] = properties["message.timeout.ms"] ?? "10000"
-    producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+    self.producerConfiguration = producerConfiguration
+    currentProducer = Mutex(try KafkaProducer(configuration: producerConfiguration, logger: logger))
     self.partitions = partitions
     self.logger = logger
   }
@@ -56,6 +64,9 @@ public final class KafkaEventTransport: EventTransport, Service {
     await producer.shutdown()
   }
 
+  /// The producer that sends now.
+  public var producer: KafkaProducer { currentProducer.withLock { $0 } }
+
   public func prepareTopics(_ names: [String]) async throws {
     try await KafkaAdmin.ensureTopics(
       names.map { KafkaTopicSpec(name: topicPrefix + $0, partitions: Int32(partitions)) }, configuration: configuration,
@@ -68,7 +79,36 @@ public final class KafkaEventTransport: EventTransport, Service {
         topic: topicPrefix + record.topic, key: record.key, value: record.value,
         headers: record.headers.map { KafkaHeader(name: $0.name, value: $0.value) })
     }
-    return await producer.send(messages).map { result in result.map { _ in () }.mapError { $0 as any Error } }
+    let producer = self.producer
+    let results = await producer.send(messages)
+    if results.contains(where: { if case .failure = $0 { true } else { false } }), let fatal = producer.fatalError {
+      replaceProducer(producer, after: fatal)
+    }
+    return results.map { result in result.map { _ in () }.mapError { $0 as any Error } }
+  }
+
+  /// Puts a new producer in the place of `failed`, unless another publish already did. Before
+  /// this, a fenced producer (seen with Tansu after the broker stalled) failed every send for
+  /// ever while the process reported itself healthy, and only a restart drained its outbox.
+  private func replaceProducer(_ failed: KafkaProducer, after error: KafkaError) {
+    let replaced = currentProducer.withLock { current -> Bool in
+      guard current === failed else { return false }
+      do {
+        current = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        return true
+      } catch {
+        // The configuration built the first producer, so this is not expected; the next failed
+        // publish tries again.
+        logger.error("cannot create a new Kafka producer", metadata: ["error": "\(error)"])
+        return false
+      }
+    }
+    guard replaced else { return }
+    logger.error(
+      "the Kafka producer hit a fatal error; replaced it with a new one, and unsent events will be sent again",
+      metadata: ["error": "\(error)", "kafka.client": "\(failed.name)"])
+    // Its records have failed already (a fatal error fails everything it holds).
+    Task { await failed.shutdown(flushTimeout: .zero) }
   }
 
   public func subscribe(group: String, topics: [String]) async throws -> any EventSubscription {

@@ -53,6 +53,36 @@ import Testing
     }
   }
 
+  /// A producer that librdkafka declares unusable (here: fenced, as Tansu did after a stall in
+  /// the chaos run) is replaced, and the outbox still drains through the relay's retry. Before,
+  /// every later publish failed for ever.
+  @Test func aFencedProducerIsReplacedAndTheOutboxStillDrains() async throws {
+    let transport = try TestBed.kafkaTransport(prefix: TestBed.uniquePrefix("fenced"))
+    try await ScratchDatabase.with("kafka_fenced") { database in
+      try await withPostgresClient(database.configuration) { client in
+        try await EventFixtures.migrate(client)
+        let relay = OutboxRelay(service: .order, database: client, transport: transport, logger: TestBed.logger)
+        let reader = try await transport.subscribe(group: "reader", topics: [EventTopic.orders.name])
+        try await withServices([transport, relay]) {
+          try await EventFixtures.append([EventFixtures.orderPlaced(order: "order-1", number: 1)], to: client)
+          try #require(await eventually { try await EventFixtures.unpublishedCount(client) == 0 })
+          let fenced = transport.producer
+          fenced.raiseFatalErrorForTesting(.producerFenced, reason: "fenced by a newer producer")
+          #expect(fenced.fatalError?.code == .producerFenced)
+          try await EventFixtures.append([EventFixtures.orderPlaced(order: "order-2", number: 2)], to: client)
+          try #require(await eventually { try await EventFixtures.unpublishedCount(client) == 0 })
+          #expect(transport.producer !== fenced)
+          #expect(transport.producer.fatalError == nil)
+          // Both reached the broker.
+          var seen: Set<[UInt8]> = []
+          while seen.count < 2, let record = try await reader.next() { seen.insert(record.key ?? []) }
+          #expect(seen == [Array("order-1".utf8), Array("order-2".utf8)])
+        }
+        await reader.close()
+      }
+    }
+  }
+
   @Test func eventsWrittenWhileTheBrokerIsDownAreDeliveredOnceInOrder() async throws {
     let port = try freePort()
     let brokers = "127.0.0.1:\(port)"
