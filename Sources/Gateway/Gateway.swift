@@ -63,8 +63,11 @@ public enum Gateway {
       HeadMiddleware()
       GatewayErrorMiddleware(logger: logger)
       BuiltInEndpointsMiddleware(upstreams: upstreams, instruments: instruments, adminToken: configuration.adminToken)
-      AdmissionMiddleware(limiter: AdmissionLimiter(settings.admission))
       RouteMatchMiddleware(matcher: matcher)
+      // After matching (cheap, and an unknown path is 404 whatever the load), so that the route
+      // decides the priority.
+      AdmissionMiddleware(
+        limiter: AdmissionLimiter(settings.admission), priorityOperations: settings.admissionPriorityOperations)
       EdgeAuthMiddleware(authenticator: EdgeAuthenticator(verifier: verifier))
       RateLimitMiddleware(limiter: RateLimiter(maximumBuckets: settings.maxRateLimitBuckets, now: clock))
       TranscodingMiddleware(

@@ -95,9 +95,18 @@ public struct GatewaySettings: Sendable {
   /// How long a connection may go without a request making progress (slow clients).
   public var timeouts = ConnectionTimeouts()
   /// Admission control over the routes (`"admission"`): requests handled at once, how many more
-  /// may wait and for how long; the rest are answered 503 with Retry-After at once.
+  /// may wait and for how long (`maxQueueWaitUnderLoad` once the queue has stood for 100 ms); the
+  /// rest are answered 503 with Retry-After at once.
   public var admission = AdmissionLimiter.Limits(
     maximumInFlight: 256, maximumQueued: 512, maximumWait: .milliseconds(250))
+  /// The routes admitted with priority (`"admission": {"priorityOperations": [...]}`): they may use
+  /// every slot and are served first, the others only three quarters. By default, what finishes
+  /// an order already placed: paying for it, following it, cancelling it, and the payment
+  /// providers' notifications.
+  public var admissionPriorityOperations: Set<String> = [
+    "OrderService_GetOrder", "OrderService_WatchOrder", "OrderService_CancelOrder", "PaymentService_CreatePayment",
+    "PaymentService_GetPayment", "PaymentService_StripeWebhook", "PaymentService_PayfastWebhook",
+  ]
   /// Request fields the gateway fills from request headers, by operationID: field → header.
   public var requestHeaderFields: [String: [String: String]] = [
     "PaymentService_StripeWebhook": ["signature": "Stripe-Signature"],
@@ -134,6 +143,7 @@ public struct GatewaySettings: Sendable {
     }
     try check(routeDeadlines.keys, "deadlines.routes")
     try check(routeRateLimits.keys, "rateLimits.routes")
+    try check(admissionPriorityOperations, "admission.priorityOperations")
     var byName: [String: RateLimitPolicy] = [defaultRateLimit.name: defaultRateLimit]
     for (id, policy) in routeRateLimits.sorted(by: { $0.key < $1.key }) {
       if let other = byName[policy.name], other != policy {
@@ -258,6 +268,9 @@ extension GatewaySettings {
           case "maxInFlight": admission.maximumInFlight = try reader.positiveInteger(subvalue, name)
           case "maxQueued": admission.maximumQueued = try reader.nonNegativeInteger(subvalue, name)
           case "maxQueueWait": admission.maximumWait = try reader.duration(subvalue, name)
+          case "maxQueueWaitUnderLoad": admission.maximumWaitUnderLoad = try reader.duration(subvalue, name)
+          case "priorityOperations":
+            admissionPriorityOperations = Set(try reader.strings(subvalue, name))
           default: throw reader.unknown(name)
           }
         }

@@ -212,6 +212,7 @@ public enum LogFormat: String, Sendable {
 /// | `MART_LOG_LEVEL` / `MART_LOG_FORMAT` | `info` / `json` |
 /// | `KAFKA_BROKERS` | unset: events stay in-process |
 /// | `MART_RPC_MAX_IN_FLIGHT` / `MART_RPC_MAX_QUEUED` / `MART_RPC_MAX_QUEUE_WAIT` | `128` / `256` / `500ms` (`admission`) |
+/// | `MART_RPC_MAX_QUEUE_WAIT_UNDER_LOAD` | `10ms`: the wait once the queue has stood for 100 ms |
 /// | `MART_<SERVICE>_METRICS_PORT` | the gRPC port + 1000 (`metricsPort`; `0`: none) |
 public struct ServiceConfiguration: Sendable {
   public var service: MartService
@@ -226,7 +227,8 @@ public struct ServiceConfiguration: Sendable {
   /// Apply pending migrations at start-up; when false, the service waits (NOT_SERVING) for `mart migrate`.
   public var autoMigrate: Bool
   /// Admission control over the service's RPCs (health checks excepted): calls handled at once,
-  /// how many more may wait, and for how long, before UNAVAILABLE with RetryInfo.
+  /// how many more may wait, and for how long (less under sustained load), before UNAVAILABLE
+  /// with RetryInfo.
   public var admission = AdmissionLimiter.Limits(
     maximumInFlight: 128, maximumQueued: 256, maximumWait: .milliseconds(500))
   /// Where `mart serve` answers GET /metrics (Prometheus); nil: nowhere.
@@ -270,7 +272,9 @@ public struct ServiceConfiguration: Sendable {
     admission = AdmissionLimiter.Limits(
       maximumInFlight: try env.positiveInteger("MART_RPC_MAX_IN_FLIGHT", default: admission.maximumInFlight),
       maximumQueued: try env.nonNegativeInteger("MART_RPC_MAX_QUEUED", default: admission.maximumQueued),
-      maximumWait: try env.duration("MART_RPC_MAX_QUEUE_WAIT", default: admission.maximumWait))
+      maximumWait: try env.duration("MART_RPC_MAX_QUEUE_WAIT", default: admission.maximumWait),
+      maximumWaitUnderLoad: try env.duration(
+        "MART_RPC_MAX_QUEUE_WAIT_UNDER_LOAD", default: admission.maximumWaitUnderLoad))
     let metrics = try env.port("\(prefix)_METRICS_PORT", default: port == 0 ? 0 : port + 1000)
     metricsPort = metrics == 0 ? nil : metrics
   }

@@ -18,7 +18,9 @@ struct AdmissionInterceptor: ServerInterceptor {
       return try await next(request, context)
     }
     do {
-      return try await limiter.withAdmission { try await next(request, context) }
+      // Every call may use every slot: the gateway decides what is shed first, and a service does
+      // not yet know which of its callers' calls finish work already taken.
+      return try await limiter.withAdmission(priority: true) { try await next(request, context) }
     } catch let refused as AdmissionLimiter.Refused {
       throw APIStatus.status(
         .unavailable, "the service is at capacity (\(refused)); retry", reason: "OVERLOADED",

@@ -119,6 +119,12 @@ import Testing
     #expect(throws: ConfigurationError.self) {
       try deadlineTypo.validate(against: GatewayRouteTable.routes, source: "t")
     }
+    let priorityTypo = try settings(#"{"admission": {"priorityOperations": ["OrderService_WatchOrdr"]}}"#)
+    #expect(throws: ConfigurationError.self) {
+      try priorityTypo.validate(against: GatewayRouteTable.routes, source: "t")
+    }
+    // The defaults name real routes.
+    try GatewaySettings().validate(against: GatewayRouteTable.routes, source: "defaults")
     let conflict = try settings(
       #"{"rateLimits": {"routes": {"UserService_Login": {"name": "auth", "limit": 1, "window": "1s"}, "#
         + #""UserService_Register": {"name": "auth", "limit": 2, "window": "1s"}}}}"#)

@@ -12,12 +12,15 @@ struct AdmissionMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
   let limiter: AdmissionLimiter
+  /// The operationIDs admitted with priority (`admission.priorityOperations`).
+  let priorityOperations: Set<String>
 
   func handle(
     _ request: Request, context: Context, next: (Request, Context) async throws -> Response
   ) async throws -> Response {
+    let priority = context.route.map { priorityOperations.contains($0.compiled.route.operationID) } ?? false
     do {
-      return try await limiter.withAdmission { try await next(request, context) }
+      return try await limiter.withAdmission(priority: priority) { try await next(request, context) }
     } catch let refused as AdmissionLimiter.Refused {
       // Counted with every answer by the access log's metrics: 503, code UNAVAILABLE.
       throw Self.overloaded(refused)
