@@ -15,6 +15,7 @@ import SwiftProtobuf
 /// | `MART_ORDER_IDEMPOTENCY_KEY_TTL` | `24h`: how long an `Idempotency-Key` (request_id) is remembered |
 /// | `MART_ORDER_SAGA_POLL_INTERVAL` | `500ms`: how often the saga worker looks for due steps it was not woken for |
 /// | `MART_ORDER_SAGA_STEP_LEASE` | `30s`: how long a step stays with the worker that took it before another may |
+/// | `MART_ORDER_MAX_SAGA_DELAY` | `1s`: how far behind the saga worker may fall before new orders are refused (503, Retry-After) |
 public struct OrderSettings: Sendable {
   public var paymentWindow: Duration
   public var reservationGrace: Duration
@@ -38,6 +39,9 @@ public struct OrderSettings: Sendable {
   /// likes). Read from the access token's `email_verified`, so a customer who just verified signs
   /// in again (or refreshes) first.
   public var requireVerifiedEmail: Bool = false
+  /// How far behind the saga worker may be (`OrderSagaBacklog`) before CreateOrder refuses new
+  /// orders with UNAVAILABLE (OVERLOADED, RetryInfo; 503 with Retry-After at the edge).
+  public var maximumSagaDelay: Duration = .seconds(1)
 
   public init(
     paymentWindow: Duration = .seconds(30 * 60), reservationGrace: Duration = .seconds(10 * 60),
@@ -79,6 +83,7 @@ public struct OrderSettings: Sendable {
       sagaPollInterval: try env.duration("MART_ORDER_SAGA_POLL_INTERVAL", default: defaults.sagaPollInterval),
       stepLease: try env.duration("MART_ORDER_SAGA_STEP_LEASE", default: defaults.stepLease))
     requireVerifiedEmail = try env.bool("MART_ORDER_REQUIRE_VERIFIED_EMAIL", default: false)
+    maximumSagaDelay = try env.duration("MART_ORDER_MAX_SAGA_DELAY", default: maximumSagaDelay)
   }
 
   /// The shipping fee of an order with this subtotal: the flat fee, or nothing from the

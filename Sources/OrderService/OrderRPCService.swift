@@ -15,6 +15,7 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
   let store: OrderStore
   let product: any Mart_Product_V1_ProductService.ClientProtocol
   let signals: OrderTimelineSignals
+  let backlog: OrderSagaBacklog
   let settings: OrderSettings
   let logger: Logger
 
@@ -36,6 +37,13 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
         .failedPrecondition, "verify your email before you order (then sign in again)", reason: "EMAIL_NOT_VERIFIED")
     }
     let input = try Self.validated(request)
+    // Before any work: an order taken now would wait behind the saga's backlog.
+    let sagaDelay = backlog.current
+    if sagaDelay > settings.maximumSagaDelay {
+      throw APIStatus.status(
+        .unavailable, "the shop is taking orders more slowly than they arrive; retry shortly", reason: "OVERLOADED",
+        extra: [.retryInfo(delay: .seconds(1))])
+    }
     guard let key = input.idempotencyKey else { return try await place(input, userID: userID).proto }
     switch try await store.claimKey(
       userID: userID, key: key, requestHash: Self.hash(request), ttl: settings.idempotencyKeyTTL,

@@ -6,6 +6,7 @@ import MartRuntime
 import Metrics
 import PostgresNIO
 import ServiceLifecycle
+import Synchronization
 
 /// The order saga's worker: performs the steps the order database says are due.
 ///
@@ -27,16 +28,18 @@ public struct OrderSaga: Service {
   let store: OrderStore
   let inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol
   let settings: OrderSettings
+  let backlog: OrderSagaBacklog
   let logger: Logger
   private let wakeup = Wakeup()
 
   init(
     store: OrderStore, inventory: any Mart_Inventory_V1_InventoryService.ClientProtocol, settings: OrderSettings,
-    logger: Logger
+    backlog: OrderSagaBacklog, logger: Logger
   ) {
     self.store = store
     self.inventory = inventory
     self.settings = settings
+    self.backlog = backlog
     var logger = logger
     logger[metadataKey: "component"] = "order-saga"
     self.logger = logger
@@ -60,7 +63,8 @@ public struct OrderSaga: Service {
     while !Task.isCancelled {
       var leased = 0
       do {
-        let steps = try await store.leaseDueSteps(limit: Self.batchSize, lease: settings.stepLease)
+        let (steps, oldestWait) = try await store.leaseDueSteps(limit: Self.batchSize, lease: settings.stepLease)
+        backlog.record(oldestWait)
         leased = steps.count
         // Steps of one batch belong to different orders or are of different kinds; each records
         // its outcome under its order's lock, so they may run side by side.
@@ -349,5 +353,26 @@ extension OrderChange {
         $0.lines = order.lines.map { $0.proto(currency: order.currency) }
         $0.cancelTime = .init(date: now)
       })
+  }
+}
+
+/// How far behind the saga worker is: how long the oldest step of its last batch had been due
+/// when the worker took it. Shared with the CreateOrder handler, which refuses new orders while it
+/// exceeds `OrderSettings.maximumSagaDelay`.
+///
+/// Why: the saga has no admission control of its own. Past the flat-out rate, every request was
+/// still answered in about a second, but orders piled up behind the worker (measured: 40 orders/s
+/// arriving against 26 flat-out left reservation and commit steps 12 s overdue, and placed to PAID
+/// took 15 s). Shedding at the intake instead keeps the orders taken within the bound.
+public final class OrderSagaBacklog: Sendable {
+  private let delay = Mutex(Duration.zero)
+
+  public init() {}
+
+  /// The delay the worker's last lease found (zero when nothing was due).
+  public var current: Duration { delay.withLock { $0 } }
+
+  func record(_ oldestWait: Duration) {
+    delay.withLock { $0 = oldestWait }
   }
 }

@@ -18,6 +18,8 @@ public enum OrderServiceModule {
   public static func makeDefinition(settings: OrderSettings? = nil) -> ServiceDefinition {
     // Shared by the WatchOrder handler and the listener that feeds it.
     let signals = OrderTimelineSignals()
+    // Written by the saga worker, read by CreateOrder.
+    let backlog = OrderSagaBacklog()
     return ServiceDefinition(
       service: .order,
       migrations: [
@@ -32,7 +34,7 @@ public enum OrderServiceModule {
       makeRPCServices: { context in
         [
           OrderRPCService(
-            store: store(context), product: context.clients.product, signals: signals,
+            store: store(context), product: context.clients.product, signals: signals, backlog: backlog,
             settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger)
         ]
       },
@@ -41,7 +43,8 @@ public enum OrderServiceModule {
         [
           OrderSaga(
             store: store(context), inventory: context.clients.inventory,
-            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), logger: context.logger),
+            settings: try settings ?? OrderSettings(environment: EnvironmentReader()), backlog: backlog,
+            logger: context.logger),
           OrderTimelineListener(signals: signals, database: context.database, logger: context.logger),
         ]
       }

@@ -360,22 +360,28 @@ struct OrderStore: Sendable {
 
   /// Takes up to `limit` due steps for `lease`: until then no other worker takes them; after it,
   /// any worker does (this one died, or is slow).
-  func leaseDueSteps(limit: Int, lease: Duration) async throws -> [SagaStepRecord] {
+  func leaseDueSteps(limit: Int, lease: Duration) async throws -> (steps: [SagaStepRecord], oldestWait: Duration) {
+    // The lease moves due_at; the CTE keeps each step's due time from before it, to say how
+    // long the oldest step taken had waited (the saga's queueing delay).
     let rows = try await database.query(
       """
-      UPDATE order_saga_steps SET due_at = now() + \(lease.microseconds) * interval '1 microsecond'
-      WHERE id IN (
-        SELECT id FROM order_saga_steps WHERE done_at IS NULL AND due_at <= now()
+      WITH due AS (
+        SELECT id, due_at FROM order_saga_steps WHERE done_at IS NULL AND due_at <= now()
         ORDER BY due_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-      RETURNING id, order_id, kind, attempts, generation
+      UPDATE order_saga_steps AS step SET due_at = now() + \(lease.microseconds) * interval '1 microsecond'
+      FROM due WHERE step.id = due.id
+      RETURNING step.id, step.order_id, step.kind, step.attempts, step.generation,
+                (extract(epoch FROM now() - due.due_at) * 1000000)::int8
       """, logger: logger)
     var steps: [SagaStepRecord] = []
-    for try await (id, orderID, kind, attempts, generation) in rows.decode(
-      (Int64, UUID, SagaStepKind, Int32, Int64).self)
+    var oldestWait = Duration.zero
+    for try await (id, orderID, kind, attempts, generation, waitedMicroseconds) in rows.decode(
+      (Int64, UUID, SagaStepKind, Int32, Int64, Int64).self)
     {
       steps.append(SagaStepRecord(id: id, orderID: orderID, kind: kind, attempts: attempts, generation: generation))
+      oldestWait = max(oldestWait, .microseconds(waitedMicroseconds))
     }
-    return steps
+    return (steps, oldestWait)
   }
 
   /// Records a failed attempt: the step is due again after `backoff`. The first failure, and

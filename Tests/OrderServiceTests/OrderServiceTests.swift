@@ -97,6 +97,26 @@ import Testing
     }
   }
 
+  /// Past the flat-out rate, new orders are refused at the door (UNAVAILABLE, OVERLOADED, with
+  /// RetryInfo) while the saga worker is behind, rather than taken and left waiting behind it;
+  /// once it has caught up they are taken again. Here any delay counts as behind: the worker
+  /// takes the first order's step some milliseconds after it came due.
+  @Test func newOrdersAreRefusedWhileTheSagaIsBehind() async throws {
+    var settings = OrderSettings()
+    settings.maximumSagaDelay = .microseconds(1)
+    try await OrderHarness.run("order_shed", settings: settings) { mart in
+      let product = try await mart.product(sku: "SHED-1", price: 1000, onHand: 50)
+      let first = try await mart.place([(product, 1)])
+      #expect(try await mart.waitFor(first.id, .awaitingPayment) == .awaitingPayment)
+      // The worker's lease of that step found it due for more than a microsecond.
+      let refused = await rpcError { _ = try await mart.place([(product, 1)]) }
+      #expect(refused?.code == .unavailable)
+      #expect(reason(refused) == "OVERLOADED")
+      // Its next look finds nothing due (every 500 ms at most): taken again.
+      #expect(await eventually { (try? await mart.place([(product, 1)])) != nil })
+    }
+  }
+
   @Test func anOrderBeyondTheStockIsCancelledOutOfStockAndReservesNothing() async throws {
     try await OrderHarness.run("order_short") { mart in
       let scarce = try await mart.product(sku: "SCARCE", price: 1000, onHand: 1)
