@@ -102,6 +102,13 @@ struct TranscodingMiddleware: RouterMiddleware {
           ])
       }
       return mapped
+    case is CancellationError:
+      // The client went away (a watcher that stopped watching, a closed connection): its
+      // request was cancelled, which is nothing to alert on; nobody reads the answer.
+      // Counted as 499 (grpc-gateway's CANCELLED), not as a 5xx that the error-ratio alert sees.
+      logger.debug("request cancelled: the client went away", metadata: ["operation": .string(route.operationID)])
+      return GatewayError(
+        GatewayError.httpStatus(for: .cancelled), code: .cancelled, message: "the request was cancelled")
     default:
       logger.error(
         "gateway call failed", metadata: ["operation": .string(route.operationID), "error": .string("\(error)")])
