@@ -78,7 +78,7 @@ JSON
 # gateway's) and `user_port`, `product_port`, `inventory_port`.
 bench_start_mart() {
   bench_gateway_config
-  port=$((20000 + RANDOM % 20000))
+  port=$((20000 + RANDOM % 10000))
   user_port=$((port + 1))
   product_port=$((port + 2))
   inventory_port=$((port + 3))
@@ -101,13 +101,17 @@ bench_start_mart() {
   }
 }
 
+# Ports (the gateway's, the services' above it and their metrics ports 1000 above those) stay
+# below 32768, where Linux picks the ephemeral ports of outgoing connections: after a run with
+# thousands of connections, a random port above it was found taken ("Address already in use").
+
 # bench_start_processes: the mart as production runs it: `mart serve` for each service and the
 # gateway, separate processes (each with its own database pool) on the test bed's broker, with
 # the rate limits lifted, until the gateway's /readyz answers. Sets `port` (the gateway's) and
 # `process_pids`. The test bed must have been started with its broker.
 bench_start_processes() {
   bench_gateway_config
-  port=$((20000 + RANDOM % 20000))
+  port=$((20000 + RANDOM % 10000))
   local -A ports=([user]=$((port + 1)) [product]=$((port + 2)) [inventory]=$((port + 3)) [order]=$((port + 4))
     [payment]=$((port + 5)) [notification]=$((port + 6)))
   local keys name upper
@@ -135,6 +139,18 @@ bench_start_processes() {
     tail -n 20 "$bench_dir"/*.log
     exit 1
   }
+}
+
+# bench_pg_ceiling [CLIENTS]: this PostgreSQL's single-row insert commits per second with
+# CLIENTS (default 8) pgbench clients for 10 s: the ceiling a figure is read against, measured in
+# the same run. Needs the test bed's environment.
+bench_pg_ceiling() {
+  local clients=${1:-8}
+  psql -q -h 127.0.0.1 -p "$MART_PG_PORT" -U postgres \
+    -c 'DROP TABLE IF EXISTS bench_insert; CREATE TABLE bench_insert (id bigserial PRIMARY KEY, v int)' postgres
+  echo 'INSERT INTO bench_insert (v) VALUES (1);' >"$bench_dir/insert.sql"
+  "$MART_PG_BIN/pgbench" -n -h 127.0.0.1 -p "$MART_PG_PORT" -U postgres -c "$clients" -j "$clients" -T 10 \
+    -f "$bench_dir/insert.sql" postgres 2>/dev/null | awk -v c="$clients" '/^tps/ {printf "== PostgreSQL ceiling: %.0f single-row insert commits/s (pgbench, %d clients)\n", $3, c}'
 }
 
 # bench_rss LABEL: the resident memory of each running mart process, one line.

@@ -9,6 +9,8 @@
 #   BENCH_LOOP=open            BENCH_RATE orders arriving per second (default 20), whatever the
 #                              mart's speed
 #   BENCH_SECONDS (default 15), BENCH_ACCOUNTS (default: one per customer, at most 100)
+#   BENCH_PROFILE=1            sample every process with perf during the run; print where the CPU went
+#   BENCH_PG_CEILING=0         skip the PostgreSQL ceiling (pgbench, 10 s) printed beside the figures
 # Release build, a private PostgreSQL with fsync on (orders are writes), rate limits lifted. The
 # catalogue is 100 products seeded with SQL, each with ten million units so that nothing runs
 # short. Each process's resident memory is printed before and after the run.
@@ -66,10 +68,27 @@ psql -At -v ON_ERROR_STOP=1 "$MART_PRODUCT_DATABASE_URL" \
   -c "SELECT id FROM products WHERE sku LIKE 'ORDER-BENCH-%' ORDER BY sku" >"$bench_dir/products.txt"
 
 bench_machine
+[[ ${BENCH_PG_CEILING:-1} == 0 ]] || bench_pg_ceiling 8
 if [[ $mart_mode == dev ]]; then what="mart dev (in-process events)"; else what="mart serve × 7 on the Tansu broker"; fi
 if [[ $loop == closed ]]; then load="$concurrency customers (closed loop)"; else load="$rate orders/s arriving (open loop)"; fi
 echo "== order flow: $what, sandbox payments, $load, ${seconds} s"
 bench_rss "before"
+if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
+  # Every process on the machine, sampled with call stacks for the middle of the run (the driver's
+  # sign-ups and the last orders left out).
+  (sleep 5 && perf record -a -g -F 199 -o "$bench_dir/perf.data" -- sleep $((seconds - 8)) >"$bench_dir/perf.log" 2>&1) &
+  profiler=$!
+fi
 "$bin/OrderFlowBenchmark" --url "http://127.0.0.1:$port" --products "$bench_dir/products.txt" \
   --mode "$loop" --concurrency "$concurrency" --rate "$rate" --accounts "$accounts" --seconds "$seconds"
 bench_rss "after"
+if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
+  wait "$profiler"
+  echo "== profile: CPU by process"
+  perf report -i "$bench_dir/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+  echo "== profile: CPU by library"
+  perf report -i "$bench_dir/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
+  echo "== profile: the hottest functions (self time)"
+  perf report -i "$bench_dir/perf.data" --no-children --sort comm,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' |
+    head -40 | swift demangle --simplified | cut -c1-200
+fi

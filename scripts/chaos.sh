@@ -8,7 +8,9 @@
 # started per second, default 12), CHAOS_THREADS (client threads, default 24), CHAOS_KILLS
 # (SIGKILLs per process, default 3), CHAOS_TERMS (SIGTERMs per process, default 1),
 # CHAOS_PAYMENT_WINDOW (the order's payment deadline, default 25s), CHAOS_DRAIN_TIMEOUT (seconds,
-# default 240), CHAOS_SEED (random seed), CHAOS_KEEP=1 (leave the test bed running afterwards).
+# default 240), CHAOS_BROKER_FREEZE and CHAOS_PG_STOP (seconds, default 20 and 10), CHAOS_SEED
+# (random seed), CHAOS_KEEP=1 (leave the test bed running afterwards), CHAOS_MART_BINARY (a `mart`
+# already built, instead of the release build in .build-chaos).
 # The report is printed and written to .testbed/chaos/report.txt; the exit status is 1 when an
 # invariant failed.
 set -euo pipefail
@@ -23,10 +25,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "chaos: release build ($scratch)"
-swift build -c release --scratch-path "$scratch" --product mart >"$dir/build.log" 2>&1 ||
-  { tail -n 40 "$dir/build.log" >&2; exit 1; }
-bin=$(swift build -c release --scratch-path "$scratch" --show-bin-path)/mart
+if [[ -n ${CHAOS_MART_BINARY:-} ]]; then
+  # `make test` runs the short version on the debug build it has just made.
+  bin=$CHAOS_MART_BINARY
+else
+  echo "chaos: release build ($scratch)"
+  swift build -c release --scratch-path "$scratch" --product mart >"$dir/build.log" 2>&1 ||
+    { tail -n 40 "$dir/build.log" >&2; exit 1; }
+  bin=$(swift build -c release --scratch-path "$scratch" --show-bin-path)/mart
+fi
 
 echo "chaos: test bed (PostgreSQL + Tansu) in $dir"
 # A fresh cluster and broker each run: the invariants are about this run's data only.
