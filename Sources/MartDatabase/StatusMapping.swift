@@ -3,6 +3,7 @@ import GRPCCore
 import GRPCProtobuf
 import Logging
 import MartCore
+import NIOCore
 import PostgresNIO
 
 extension APIStatus {
@@ -16,6 +17,10 @@ extension APIStatus {
     case let rpcError as RPCError: return rpcError.withoutTransportMetadata
     case let convertible as any RPCErrorConvertible: return RPCError(convertible)
     case is CancellationError: return RPCError(code: .cancelled, message: "the call was cancelled")
+    // A streaming call whose client went away (a watcher that stopped watching): the write that
+    // found its stream closed is the end of the call, not a fault of ours.
+    case let channelError as ChannelError where channelError == .ioOnClosedChannel:
+      return RPCError(code: .cancelled, message: "the caller went away")
     default: break
     }
     let unwrapped = error.unwrappingTransactionError
