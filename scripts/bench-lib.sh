@@ -58,14 +58,23 @@ bench_build() {
 
 # bench_gateway_config: the gateway's configuration for a benchmark: rate limits lifted, and with
 # BENCH_ADMISSION=off admission control lifted too (the gateway's and, through the environment
-# this exports, each service's), to measure overload as it was before admission control existed.
+# this exports, each service's), to measure overload as it was before admission control existed;
+# BENCH_ADMISSION=fifo keeps the limits but not the short wait under load nor the priorities.
 bench_gateway_config() {
   local admission=""
-  if [[ ${BENCH_ADMISSION:-on} == off ]]; then
-    admission=',
+  case ${BENCH_ADMISSION:-on} in
+    off)
+      admission=',
   "admission": { "maxInFlight": 100000000, "maxQueued": 0, "maxQueueWait": "1ms" }'
-    export MART_RPC_MAX_IN_FLIGHT=100000000 MART_RPC_MAX_QUEUED=0
-  fi
+      export MART_RPC_MAX_IN_FLIGHT=100000000 MART_RPC_MAX_QUEUED=0
+      ;;
+    fifo)
+      # Admission control without the short wait for a standing queue (CoDel) or priorities.
+      admission=',
+  "admission": { "maxQueueWaitUnderLoad": "250ms", "priorityOperations": [] }'
+      export MART_RPC_MAX_QUEUE_WAIT_UNDER_LOAD=500ms
+      ;;
+  esac
   cat >"$bench_dir/gateway.json" <<JSON
 {
   "rateLimits": { "default": { "limit": 100000000, "window": "1s" } }$admission
@@ -151,6 +160,42 @@ bench_pg_ceiling() {
   echo 'INSERT INTO bench_insert (v) VALUES (1);' >"$bench_dir/insert.sql"
   "$MART_PG_BIN/pgbench" -n -h 127.0.0.1 -p "$MART_PG_PORT" -U postgres -c "$clients" -j "$clients" -T 10 \
     -f "$bench_dir/insert.sql" postgres 2>/dev/null | awk -v c="$clients" '/^tps/ {printf "== PostgreSQL ceiling: %.0f single-row insert commits/s (pgbench, %d clients)\n", $3, c}'
+}
+
+# bench_cpu_mark / bench_cpu_report: the CPU time (user + system) each mart process, the broker
+# and PostgreSQL (all its backends) used between the two calls: where the work of a run went.
+declare -A cpu_marks=()
+bench_cpu_ticks() { # PID: utime + stime of the process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+bench_cpu_postgres() { # all of PostgreSQL's processes, children included
+  local total=0 pid
+  for pid in $(pgrep -f "postgres.*$bench_dir" 2>/dev/null; pgrep -u postgres 2>/dev/null); do
+    total=$((total + $(bench_cpu_ticks "$pid")))
+  done
+  echo "$total"
+}
+bench_cpu_mark() {
+  local name
+  for name in "${!process_pids[@]}"; do cpu_marks[$name]=$(bench_cpu_ticks "${process_pids[$name]}"); done
+  [[ -z $mart_pid ]] || cpu_marks[mart]=$(bench_cpu_ticks "$mart_pid")
+  cpu_marks[postgres]=$(bench_cpu_postgres)
+  cpu_marks[tansu]=$(bench_cpu_ticks "$(cat "$bench_dir/tansu.pid" 2>/dev/null || echo 0)")
+}
+bench_cpu_report() {
+  local name ticks line="" hz
+  hz=$(getconf CLK_TCK)
+  for name in user product inventory order payment notification gateway mart postgres tansu; do
+    [[ -n ${cpu_marks[$name]:-} ]] || continue
+    case $name in
+      postgres) ticks=$(bench_cpu_postgres) ;;
+      tansu) ticks=$(bench_cpu_ticks "$(cat "$bench_dir/tansu.pid" 2>/dev/null || echo 0)") ;;
+      mart) ticks=$(bench_cpu_ticks "$mart_pid") ;;
+      *) ticks=$(bench_cpu_ticks "${process_pids[$name]}") ;;
+    esac
+    line+=" $name $(awk -v t=$((ticks - cpu_marks[$name])) -v hz="$hz" 'BEGIN {printf "%.1f s", t / hz}')"
+  done
+  echo "== CPU used during the run:$line"
 }
 
 # bench_rss LABEL: the resident memory of each running mart process, one line.
