@@ -141,8 +141,8 @@ struct ConsumerState {
   var assignment: Set<KafkaTopicPartition> = []
   /// Since when this member, while polling, has held no partition (nil while it holds some).
   var unassignedSince: ContinuousClock.Instant?
-  /// Whether that stretch was already reported.
-  var reportedUnassigned = false
+  /// How many times this stretch the member has left and rejoined its group.
+  var rejoins = 0
 }
 
 /// The consumer's callback target: its state, and the rebalance and error callbacks (which run
@@ -248,11 +248,14 @@ final class ConsumerCore: Sendable {
 
   /// Whether `commit` waits for the broker's answer (rd_kafka_commit's `async` flag, inverted).
   private let waitForCommits: Bool
+  /// What it subscribed to, to subscribe again when it rejoins its group.
+  private let topics: [String]
 
   init(
     configuration: KafkaConfiguration, groupID: String, topics: [String], waitForCommits: Bool, logger: Logger
   ) throws {
     self.waitForCommits = waitForCommits
+    self.topics = topics
     guard !topics.isEmpty else { throw KafkaError(code: .invalidArgument, message: "no topics to subscribe to") }
     let conf = try configuration.makeConf(
       defaults: [("auto.offset.reset", "earliest"), ("log_level", String(syslogLevel(for: logger.logLevel)))],
@@ -420,40 +423,51 @@ final class ConsumerCore: Sendable {
     }
   }
 
-  /// How long a polling member may hold no partition before it says so.
-  static let unassignedWarningAfter = Duration.seconds(60)
+  /// How long a polling member may hold no partition before it rejoins its group (doubled at
+  /// each further rejoin of the same stretch, up to ten minutes).
+  static let unassignedRejoinAfter = Duration.seconds(60)
 
-  /// Warns, once per stretch, when this member has polled for `unassignedWarningAfter` without
-  /// holding a partition. A group with no more members than partitions then is stuck (seen with
-  /// Tansu 0.6.0 when the group's leader died): records wait and nothing else would say why above
-  /// debug level.
-  private func warnIfLongUnassigned() {
+  /// Leaves and rejoins the group when this member has polled for `unassignedRejoinAfter`
+  /// without holding a partition, and says so. A group with no more members than partitions is
+  /// then stuck (seen with Tansu 0.6.0 when the group's leader died, in the chaos runs): records
+  /// wait, and before this only a restart of the process, a new member, unstuck it. Rejoining is
+  /// the same without the restart. The wait doubles at each rejoin of a stretch, so that a member
+  /// of a group with more members than partitions, rightly idle, rebalances its group rarely.
+  private func rejoinIfLongUnassigned() {
     let now = ContinuousClock.now
     let unassignedFor = shared.state.withLock { state -> Duration? in
       guard state.assignment.isEmpty else {
         state.unassignedSince = nil
-        state.reportedUnassigned = false
+        state.rejoins = 0
         return nil
       }
       guard let since = state.unassignedSince else {
         state.unassignedSince = now
         return nil
       }
-      guard !state.reportedUnassigned, now - since >= Self.unassignedWarningAfter else { return nil }
-      state.reportedUnassigned = true
-      return now - since
+      let wait = min(Self.unassignedRejoinAfter * (1 << min(state.rejoins, 4)), .seconds(600))
+      guard now - since >= wait else { return nil }
+      state.rejoins += 1
+      state.unassignedSince = now
+      return wait
     }
-    if let unassignedFor {
-      logger.warning(
-        "this consumer has held no partition for \(unassignedFor.components.seconds) s: unless its group has more members than partitions, the group is stuck and its records wait; restarting the process rejoins it"
-      )
-    }
+    guard let unassignedFor else { return }
+    logger.warning(
+      "this consumer has held no partition for \(unassignedFor.components.seconds) s: unless its group has more members than partitions, the group is stuck; leaving and rejoining it"
+    )
+    let left = rd_kafka_unsubscribe(handle.pointer)
+    if left != RD_KAFKA_RESP_ERR_NO_ERROR { logger.warning("leaving the group failed: \(KafkaError(left))") }
+    guard let list = rd_kafka_topic_partition_list_new(Int32(clamping: topics.count)) else { return }
+    defer { rd_kafka_topic_partition_list_destroy(list) }
+    for topic in topics { rd_kafka_topic_partition_list_add(list, topic, RD_KAFKA_PARTITION_UA) }
+    let joined = rd_kafka_subscribe(handle.pointer, list)
+    if joined != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("rejoining the group failed: \(KafkaError(joined))") }
   }
 
   /// One `rd_kafka_consumer_poll`. Every polled message is destroyed here, after its bytes were
   /// copied into a `KafkaRecord`.
   private func poll() {
-    warnIfLongUnassigned()
+    rejoinIfLongUnassigned()
     guard let message = rd_kafka_consumer_poll(handle.pointer, 100) else { return }
     defer { rd_kafka_message_destroy(message) }
     let error = message.pointee.err
