@@ -71,8 +71,6 @@ public struct KafkaError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let fatal = Code(RD_KAFKA_RESP_ERR__FATAL)
     /// `PRODUCER_FENCED`: the broker has given the producer's id to a newer producer.
     public static let producerFenced = Code(RD_KAFKA_RESP_ERR_PRODUCER_FENCED)
-    /// `INVALID_PRODUCER_EPOCH`: the producer's epoch is older than the broker's.
-    public static let invalidProducerEpoch = Code(RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
     /// `_UNKNOWN_TOPIC`: the topic is not known to the cluster.
     public static let unknownTopic = Code(RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)
     /// `UNKNOWN_TOPIC_OR_PART`: the broker does not host this topic or partition.
