@@ -163,14 +163,17 @@ bench_pg_ceiling() {
 }
 
 # bench_cpu_mark / bench_cpu_report: the CPU time (user + system) each mart process, the broker
-# and PostgreSQL (all its backends) used between the two calls: where the work of a run went.
+# and PostgreSQL (its postmaster and backends) used between the two calls: where the work of a
+# run went. A backend that ends between the two calls is not counted (the mart's pools keep
+# theirs open).
 declare -A cpu_marks=()
 bench_cpu_ticks() { # PID: utime + stime of the process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-bench_cpu_postgres() { # all of PostgreSQL's processes, children included
-  local total=0 pid
-  for pid in $(pgrep -f "postgres.*$bench_dir" 2>/dev/null; pgrep -u postgres 2>/dev/null); do
+bench_cpu_postgres() { # this test bed's PostgreSQL: its postmaster and its backends, no other cluster's
+  local postmaster total=0 pid
+  postmaster=$(head -n 1 "$MART_PG_DATA/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  for pid in "$postmaster" $(pgrep -P "$postmaster"); do
     total=$((total + $(bench_cpu_ticks "$pid")))
   done
   echo "$total"
