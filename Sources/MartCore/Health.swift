@@ -54,6 +54,11 @@ public final class HealthStatusBoard: Sendable {
     return stream
   }
 
+  /// How many `watch` streams are open (tests check that abandoned ones end).
+  package var watcherCount: Int {
+    state.withLock { $0.watchers.values.reduce(0) { $0 + $1.count } }
+  }
+
   /// Ends every watch (used when the server shuts down).
   public func finishWatchers() {
     let continuations = state.withLock { state in

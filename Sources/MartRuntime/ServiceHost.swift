@@ -122,7 +122,8 @@ public struct ServiceHost<Transport: ServerTransport>: Sendable {
       transport: serverTransport,
       services: [HealthService(board: health)] + (try definition.makeRPCServices(context)),
       interceptors: [
-        RequestContextInterceptor(), RPCMetricsInterceptor(), StatusMappingInterceptor(logger: logger),
+        RPCCancellationInterceptor(), RequestContextInterceptor(), RPCMetricsInterceptor(),
+        StatusMappingInterceptor(logger: logger),
         ReadinessInterceptor(
           gate: ready, wait: configuration.databaseWait, confirmReachable: { await supervisor.confirmReachable() }),
         AdmissionInterceptor(limiter: AdmissionLimiter(configuration.admission)),

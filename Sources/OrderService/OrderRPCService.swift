@@ -5,6 +5,7 @@ import GRPCProtobuf
 import Logging
 import MartProto
 import MartRuntime
+import ServiceLifecycle
 import SwiftProtobuf
 
 /// The gRPC handlers of mart.order.v1.OrderService. Who may call what is enforced by the
@@ -201,7 +202,9 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
     _ = try await visibleOrder(id)
     defer { signals.forget(id) }
     var sent = after ?? 0
-    while !Task.isCancelled {
+    // Ends with OK only after a final status: any other end is an error, so that a client never
+    // takes a stream that stopped early for a finished one.
+    while true {
       let mark = signals.mark(id)
       let entries = try await store.timeline(of: id)
       var previous: OrderStatus?
@@ -218,7 +221,17 @@ struct OrderRPCService: Mart_Order_V1_OrderService.SimpleServiceProtocol {
           })
       }
       if let last = entries.last?.status, last.isTerminal || last == .delivered { return }
-      await signals.wait(for: id, since: mark, upTo: .seconds(30))
+      // A process that is draining ends its streams rather than hold the drain until each
+      // order's next change; the client resumes elsewhere with the last event_id it saw.
+      await cancelWhenGracefulShutdown { [signals] in
+        await signals.wait(for: id, since: mark, upTo: .seconds(30))
+      }
+      if Task.isShuttingDownGracefully {
+        throw RPCError(
+          code: .unavailable,
+          message: "the order service is restarting; watch again with last_event_id \(sent) to resume")
+      }
+      try Task.checkCancellation()
     }
   }
 

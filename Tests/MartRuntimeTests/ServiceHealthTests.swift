@@ -50,6 +50,61 @@ import Testing
     }
   }
 
+  /// grpc-swift reports a cancelled RPC (caller gone, deadline passed) through the call's
+  /// context, not by cancelling the task that serves it. A server stream must end all the same:
+  /// before `RPCCancellationInterceptor`, both watches here stayed registered on the server.
+  @Test func aStreamWhoseCallerLeftOrTimedOutEndsOnTheServer() async throws {
+    try await ScratchDatabase.with("health_watch") { database in
+      let configuration = ServiceConfiguration(service: .inventory, port: 0, database: database.configuration)
+      let host = try ServiceHost(
+        definition: Self.definition, configuration: configuration,
+        directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
+        logger: TestBed.logger)
+      let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
+      try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        let address = try #require(try await host.server.listeningAddress?.ipv4)
+        #expect(await eventually { await healthStatus(port: address.port, service: "") == .serving })
+        try await withGRPCClient(
+          transport: .http2NIOPosix(
+            target: .ipv4(address: "127.0.0.1", port: address.port), transportSecurity: .plaintext)
+        ) { client in
+          let health = Grpc_Health_V1_Health.Client(wrapping: client)
+
+          // The caller goes away after the first status.
+          let (firstStatus, received) = AsyncStream.makeStream(of: Void.self)
+          let watching = Task {
+            try await health.watch(.with { $0.service = "" }) { response in
+              for try await _ in response.messages { received.yield() }
+            }
+          }
+          var statuses = firstStatus.makeAsyncIterator()
+          _ = await statuses.next()
+          #expect(host.health.watcherCount == 1)
+          watching.cancel()
+          #expect(await eventually { host.health.watcherCount == 0 })
+
+          // The caller's deadline passes while the stream is open.
+          var options = CallOptions.defaults
+          options.timeout = .milliseconds(500)
+          var code: RPCError.Code?
+          do {
+            try await health.watch(.with { $0.service = "" }, options: options) { response in
+              for try await _ in response.messages {}
+            }
+          } catch let error as RPCError {
+            code = error.code
+          }
+          #expect(code == .deadlineExceeded)
+          #expect(await eventually { host.health.watcherCount == 0 })
+        }
+        await group.triggerGracefulShutdown()
+        try await tasks.waitForAll()
+      }
+    }
+  }
+
   @Test func unreachableDatabaseIsRetriedNotFatal() async throws {
     let admin = try TestBed.adminDatabase()
     // A database name that does not exist yet: every attempt fails until it is created.

@@ -4,6 +4,7 @@ import GRPCInProcessTransport
 import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import MartRuntime
+import ServiceLifecycle
 
 /// User and service tokens for tests of a service without the user service: the service under
 /// test verifies user tokens against this static key (`withTestKeys` replaces its definition's
@@ -115,14 +116,27 @@ private func withServing<Server: ServerTransport, Client: ClientTransport>(
   _ host: ServiceHost<Server>, connect: () async throws -> Client,
   _ body: (ServiceHost<Server>, GRPCClient<Client>) async throws -> Void
 ) async throws {
-  try await withServices(host.lifecycleServices) {
-    // The board the health service reads: SERVING once the database is migrated.
-    guard await host.health.waitUntilServing() else {
-      throw HostNotServing(description: "the \(host.definition.service.rawValue) service never became SERVING")
+  let group = ServiceGroup(
+    configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
+  try await withThrowingTaskGroup(of: Void.self) { tasks in
+    tasks.addTask { try await group.run() }
+    do {
+      // The board the health service reads: SERVING once the database is migrated.
+      guard await host.health.waitUntilServing() else {
+        throw HostNotServing(description: "the \(host.definition.service.rawValue) service never became SERVING")
+      }
+      try await withGRPCClient(transport: try await connect()) { client in
+        try await body(host, client)
+        // The host drains while the client is still open, as in production: a stream the body
+        // left open ends with the host's answer. (A client shut down first would wait for it.)
+        await group.triggerGracefulShutdown()
+      }
+    } catch {
+      await group.triggerGracefulShutdown()
+      throw error
     }
-    try await withGRPCClient(transport: try await connect()) { client in
-      try await body(host, client)
-    }
+    await group.triggerGracefulShutdown()
+    try await tasks.waitForAll()
   }
 }
 

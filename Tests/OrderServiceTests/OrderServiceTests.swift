@@ -5,6 +5,7 @@ import MartRuntime
 import MartTestKit
 import MartTestSupport
 import PostgresNIO
+import Synchronization
 import Testing
 
 @testable import OrderService
@@ -232,6 +233,38 @@ import Testing
       }
       #expect(strangerWatches?.code == .notFound)
     }
+  }
+
+  /// An order service that drains ends its open watches with UNAVAILABLE and the event to resume
+  /// after, rather than hold its drain until each watched order changes again.
+  @Test func aDrainingOrderServiceEndsItsWatchesSoThatClientsResumeElsewhere() async throws {
+    let (firstEvents, seen) = AsyncStream.makeStream(of: String.self)
+    let watching = Mutex<Task<RPCError?, Never>?>(nil)
+    try await OrderHarness.run("order_watch_drain") { mart in
+      let item = try await mart.product(sku: "DRAINED", price: 1000, onHand: 5)
+      let placed = try await mart.place([(item, 1)])
+      _ = try await mart.waitFor(placed.id, .awaitingPayment)
+      let (orders, customer, orderID) = (mart.orders, mart.customer, placed.id)
+      let watch = Task { () -> RPCError? in
+        defer { seen.finish() }
+        do {
+          try await orders.watchOrder(.with { $0.orderID = orderID }, metadata: customer) { response in
+            for try await event in response.messages { seen.yield(event.eventID) }
+          }
+          return nil
+        } catch {
+          return error as? RPCError
+        }
+      }
+      watching.withLock { $0 = watch }
+      // Both changes so far (PLACED, then AWAITING_PAYMENT) have arrived; the harness then drains.
+      var events = firstEvents.makeAsyncIterator()
+      _ = await events.next()
+      _ = await events.next()
+    }
+    let error = try #require(await watching.withLock { $0 }?.value)
+    #expect(error.code == .unavailable)
+    #expect(error.message.contains("last_event_id"))
   }
 
   @Test func theCustomerCancelsAnUnpaidOrderAndOthersCannotSeeIt() async throws {
