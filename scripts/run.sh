@@ -55,6 +55,12 @@ PY
   export MART_GATEWAY_CONFIG=$PWD/.mart/gateway.json
 fi
 echo "mart: starting; gateway on http://127.0.0.1:$port (Ctrl-C stops everything)"
+if [[ -z ${OTEL_EXPORTER_OTLP_ENDPOINT:-} && -z ${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-} ]]; then
+  echo "mart: tracing off; to send spans to an OpenTelemetry collector (OTLP/HTTP):" \
+    "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run"
+else
+  echo "mart: tracing on: spans go to ${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-$OTEL_EXPORTER_OTLP_ENDPOINT}"
+fi
 # Not exec: the trap above must stop the cluster after the mart has drained.
 "$bin" dev &
 mart_pid=$!

@@ -19,7 +19,8 @@ public struct GatewayRequestContext: Hummingbird.RequestContext, RemoteAddressRe
   let exchange = ExchangeRecord()
   /// Set by `RequestIDMiddleware`: the client's id if acceptable, else a new UUID.
   var requestID = ""
-  /// Set by `RequestIDMiddleware`: a valid W3C `traceparent`, passed on to the service.
+  /// Set by `RequestIDMiddleware`: the `traceparent` of the request's span (the client's valid
+  /// one when tracing is off).
   var traceparent: String?
   /// Set by `ClientAddressMiddleware`; nil when the peer is not a socket (router tests).
   var clientAddress: IPAddress?

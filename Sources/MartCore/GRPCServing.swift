@@ -45,8 +45,10 @@ extension HTTP2ServerTransport.Posix {
   }
 }
 
-/// Binds the caller's request id and trace id to the call, so that every log line carries them,
-/// and so that calls this service makes onwards pass them on.
+/// Binds the caller's request id to the call, and serves it in a server span (`MartTracing`) that
+/// continues the caller's `traceparent`, so that every log line carries them, and so that calls
+/// this service makes onwards (`RequestContextClientInterceptor`) and events it appends pass them
+/// on. The span covers the handler; a server stream's span ends when the stream is accepted.
 public struct RequestContextInterceptor: ServerInterceptor {
   public init() {}
 
@@ -59,10 +61,59 @@ public struct RequestContextInterceptor: ServerInterceptor {
       request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
       .flatMap { $0.count <= 128 ? $0 : nil } ?? UUID().uuidString.lowercased()
     let traceparent = request.metadata[stringValues: "traceparent"].first(where: { _ in true })
-      .flatMap { RequestContext.traceID(fromTraceparent: $0) == nil ? nil : $0 }
+    let method = context.descriptor
     return try await RequestContext.$requestID.withValue(requestID) {
-      try await RequestContext.$traceparent.withValue(traceparent) {
-        try await next(request, context)
+      try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .server, continuing: traceparent) { span in
+        span.attributes["rpc.system"] = "grpc"
+        span.attributes["rpc.service"] = method.service.fullyQualifiedService
+        span.attributes["rpc.method"] = method.method
+        do {
+          let response = try await next(request, context)
+          if case .failure(let error) = response.accepted {
+            MartTracing.record(error.code, message: error.message, on: span, asServer: true)
+          }
+          return response
+        } catch let error as RPCError {
+          MartTracing.record(error.code, message: error.message, on: span, asServer: true)
+          throw error
+        }
+      }
+    }
+  }
+}
+
+/// Passes the request id and the trace on to the service called, in a client span: what
+/// `RequestContextInterceptor` reads on the other side.
+public struct RequestContextClientInterceptor: ClientInterceptor {
+  public init() {}
+
+  public func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingClientRequest<Input>,
+    context: ClientContext,
+    next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+  ) async throws -> StreamingClientResponse<Output> {
+    let method = context.descriptor
+    return try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .client) { span in
+      span.attributes["rpc.system"] = "grpc"
+      span.attributes["rpc.service"] = method.service.fullyQualifiedService
+      span.attributes["rpc.method"] = method.method
+      var request = request
+      if let requestID = RequestContext.requestID,
+        request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) == nil
+      {
+        request.metadata.addString(requestID, forKey: "x-request-id")
+      }
+      request.metadata.removeAllValues(forKey: "traceparent")
+      if let traceparent = RequestContext.traceparent { request.metadata.addString(traceparent, forKey: "traceparent") }
+      do {
+        let response = try await next(request, context)
+        if case .failure(let error) = response.accepted {
+          MartTracing.record(error.code, message: error.message, on: span, asServer: false)
+        }
+        return response
+      } catch let error as RPCError {
+        MartTracing.record(error.code, message: error.message, on: span, asServer: false)
+        throw error
       }
     }
   }

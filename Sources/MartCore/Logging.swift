@@ -8,15 +8,26 @@ public enum RequestContext {
   /// The caller's W3C `traceparent`, when there is a valid one.
   @TaskLocal public static var traceparent: String?
 
+  /// The id (16 hex digits) of the span this process is in, when tracing is on (`MartTracing`).
+  @TaskLocal public static var spanID: String?
+
   /// The trace id (32 hex digits) of the current `traceparent`.
   public static var traceID: String? { traceparent.flatMap(traceID(fromTraceparent:)) }
 
-  /// Adds `request_id` and `trace_id` to every log line written inside a call.
+  /// Adds `request_id`, `trace_id` and `span_id` to every log line written inside a call.
   public static let metadataProvider = Logger.MetadataProvider {
     var metadata: Logger.Metadata = [:]
     if let requestID { metadata["request_id"] = .string(requestID) }
     if let traceID { metadata["trace_id"] = .string(traceID) }
+    if let spanID { metadata["span_id"] = .string(spanID) }
     return metadata
+  }
+
+  /// The parent id (16 hex digits) of a W3C `traceparent` header: the span it names.
+  static func spanID(fromTraceparent header: String) -> String? {
+    let parts = header.split(separator: "-")
+    guard parts.count == 4, parts[2].count == 16, parts[2].allSatisfy(\.isHexDigit) else { return nil }
+    return String(parts[2])
   }
 
   /// The trace id (32 hex digits) of a W3C `traceparent` header, or nil when it is malformed.

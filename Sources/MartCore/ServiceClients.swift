@@ -12,14 +12,17 @@ import ServiceLifecycle
 public struct ServiceClients<Transport: ClientTransport>: Service {
   public let clients: [MartService: GRPCClient<Transport>]
 
-  /// A client for each of `services`, over the transport `connect` makes for it.
+  /// A client for each of `services`, over the transport `connect` makes for it. Every call
+  /// passes on the request id and the trace (`RequestContextClientInterceptor`), then goes
+  /// through `interceptors`.
   public init(
     services: [MartService] = MartService.allCases, interceptors: [any ClientInterceptor] = [],
     connect: (MartService) throws -> Transport
   ) rethrows {
     var clients: [MartService: GRPCClient<Transport>] = [:]
     for service in services {
-      clients[service] = GRPCClient(transport: try connect(service), interceptors: interceptors)
+      clients[service] = GRPCClient(
+        transport: try connect(service), interceptors: [RequestContextClientInterceptor()] + interceptors)
     }
     self.clients = clients
   }

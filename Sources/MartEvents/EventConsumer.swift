@@ -6,6 +6,7 @@ import Metrics
 import PostgresNIO
 import ServiceLifecycle
 import SwiftProtobuf
+import Tracing
 
 /// A received event, decoded, as a handler sees it.
 public struct ReceivedEvent<Event: DomainEvent>: Sendable {
@@ -188,7 +189,7 @@ public struct EventConsumer: Service {
       attempt += 1
       do {
         try Task.checkCancellation()
-        let applied = try await RequestContext.$traceparent.withValue(envelope.traceparent) {
+        let applied = try await consumeSpan(envelope) { _ in
           try await database.withTransaction(logger: logger) { connection -> Bool in
             let rows = try await connection.query(
               "INSERT INTO inbox (consumer, event_id) VALUES (\(group), \(envelope.id)) ON CONFLICT DO NOTHING RETURNING 1",
@@ -262,6 +263,22 @@ public struct EventConsumer: Service {
     return .apply(envelope, event, handler)
   }
 
+  /// Runs the handling of one event in a consumer span that continues the publisher's trace
+  /// (the record's `traceparent`): one trace from the request that caused the event through
+  /// every consumer of it.
+  func consumeSpan<Result>(
+    _ envelope: EventEnvelope, _ operation: (any Span) async throws -> Result
+  ) async throws -> Result {
+    try await MartTracing.withSpan("consume \(envelope.type)", ofKind: .consumer, continuing: envelope.traceparent) {
+      span in
+      span.attributes["messaging.system"] = "kafka"
+      span.attributes["messaging.destination.name"] = envelope.topic
+      span.attributes["messaging.consumer.group.name"] = group
+      span.attributes["messaging.message.id"] = envelope.id.uuidString.lowercased()
+      return try await operation(span)
+    }
+  }
+
   func consumedCounter(_ topic: String) -> Counter {
     Counter(label: "mart_events_consumed_total", dimensions: [("consumer", group), ("topic", topic)])
   }
@@ -292,7 +309,7 @@ public struct EventConsumer: Service {
             duplicates += 1
             continue
           }
-          try await RequestContext.$traceparent.withValue(item.envelope.traceparent) {
+          try await consumeSpan(item.envelope) { _ in
             try await item.handler(item.event, item.envelope, connection)
           }
         }

@@ -5,6 +5,7 @@ import MartDatabase
 import Metrics
 import PostgresNIO
 import ServiceLifecycle
+import Tracing
 
 /// Publishes a service's outbox in order and marks what the transport acknowledged.
 ///
@@ -128,6 +129,18 @@ public struct OutboxRelay: Service {
       }
       guard !envelopes.isEmpty else { return (.published(0), nil) }
 
+      // A publish span per event, continuing the trace its append stored; the record carries
+      // the publish span's, so that each consumer's span is its child.
+      var spans: [any Span] = []
+      for index in envelopes.indices {
+        let (span, traceparent) = MartTracing.startSpan(
+          "publish \(envelopes[index].type)", ofKind: .producer, continuing: envelopes[index].traceparent)
+        span.attributes["messaging.system"] = "kafka"
+        span.attributes["messaging.destination.name"] = envelopes[index].topic
+        span.attributes["messaging.message.id"] = envelopes[index].id.uuidString.lowercased()
+        envelopes[index].traceparent = traceparent
+        spans.append(span)
+      }
       let results = await transport.publish(envelopes.map(OutgoingRecord.init))
       var published: [Int64] = []
       var firstError: String?
@@ -138,7 +151,10 @@ public struct OutboxRelay: Service {
           Counter(label: "mart_events_published_total", dimensions: [("topic", envelopes[index].topic)]).increment()
         case .failure(let error):
           firstError = firstError ?? "\(error)"
+          spans[index].recordError(error)
+          spans[index].setStatus(SpanStatus(code: .error, message: "not published"))
         }
+        spans[index].end()
       }
       if !published.isEmpty {
         try await connection.query(

@@ -328,6 +328,8 @@ struct SagaStepRecord: Sendable, Equatable {
   var attempts: Int32
   /// Which arming of the step this lease is for (see `OrderStore.complete`).
   var generation: Int64
+  /// The trace of the change that scheduled the step, which its span continues.
+  var traceparent: String? = nil
 }
 
 /// A validated CreateOrder, before pricing.

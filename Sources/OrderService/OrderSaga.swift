@@ -103,8 +103,16 @@ public struct OrderSaga: Service {
     }
   }
 
-  /// Performs one leased step and records its outcome, or its failure.
+  /// Performs one leased step and records its outcome, or its failure, in a span that continues
+  /// the trace of the change that scheduled it.
   func perform(_ step: SagaStepRecord) async {
+    await MartTracing.withSpan("saga \(step.kind.rawValue)", continuing: step.traceparent) { span in
+      span.attributes["mart.order.id"] = step.orderID.lowercasedString
+      await performInSpan(step)
+    }
+  }
+
+  private func performInSpan(_ step: SagaStepRecord) async {
     do {
       switch step.kind {
       case .reserveStock: try await reserveStock(step)

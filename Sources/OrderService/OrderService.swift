@@ -30,6 +30,7 @@ public enum OrderServiceModule {
           version: 4, name: "saga_step_generation", embedded: PackageResources._004_saga_step_generation_sql),
         Migration(
           version: 5, name: "cancel_after_payment", embedded: PackageResources._005_cancel_after_payment_sql),
+        Migration(version: 6, name: "saga_step_trace", embedded: PackageResources._006_saga_step_trace_sql),
       ],
       makeRPCServices: { context in
         [

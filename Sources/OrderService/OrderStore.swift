@@ -324,16 +324,17 @@ struct OrderStore: Sendable {
 
   /// Schedules the step (due at `dueAt`, default now). A step of that kind that already ran is
   /// armed again: a compensation called for twice (cancelled while the reservation was being
-  /// made) runs twice, and each run is idempotent.
+  /// made) runs twice, and each run is idempotent. The step continues the current trace.
   func schedule(_ kind: SagaStepKind, for orderID: UUID, at dueAt: Date? = nil, on connection: PostgresConnection)
     async throws
   {
     try await connection.query(
       """
-      INSERT INTO order_saga_steps (order_id, kind, due_at) VALUES (\(orderID), \(kind.rawValue), COALESCE(\(dueAt), now()))
+      INSERT INTO order_saga_steps (order_id, kind, due_at, traceparent)
+      VALUES (\(orderID), \(kind.rawValue), COALESCE(\(dueAt), now()), \(RequestContext.traceparent))
       ON CONFLICT (order_id, kind) DO UPDATE
         SET due_at = EXCLUDED.due_at, done_at = NULL, attempts = 0, last_error = NULL,
-            generation = order_saga_steps.generation + 1
+            generation = order_saga_steps.generation + 1, traceparent = EXCLUDED.traceparent
       """, logger: logger)
     // Delivered at commit: the saga worker wakes for it then, not a poll interval later.
     if dueAt == nil { try await connection.query("SELECT pg_notify(\(OrderSaga.channel), '')", logger: logger) }
@@ -371,14 +372,16 @@ struct OrderStore: Sendable {
       UPDATE order_saga_steps AS step SET due_at = now() + \(lease.microseconds) * interval '1 microsecond'
       FROM due WHERE step.id = due.id
       RETURNING step.id, step.order_id, step.kind, step.attempts, step.generation,
-                (extract(epoch FROM now() - due.due_at) * 1000000)::int8
+                (extract(epoch FROM now() - due.due_at) * 1000000)::int8, step.traceparent
       """, logger: logger)
     var steps: [SagaStepRecord] = []
     var oldestWait = Duration.zero
-    for try await (id, orderID, kind, attempts, generation, waitedMicroseconds) in rows.decode(
-      (Int64, UUID, SagaStepKind, Int32, Int64, Int64).self)
+    for try await (id, orderID, kind, attempts, generation, waitedMicroseconds, traceparent) in rows.decode(
+      (Int64, UUID, SagaStepKind, Int32, Int64, Int64, String?).self)
     {
-      steps.append(SagaStepRecord(id: id, orderID: orderID, kind: kind, attempts: attempts, generation: generation))
+      steps.append(
+        SagaStepRecord(
+          id: id, orderID: orderID, kind: kind, attempts: attempts, generation: generation, traceparent: traceparent))
       oldestWait = max(oldestWait, .microseconds(waitedMicroseconds))
     }
     return (steps, oldestWait)

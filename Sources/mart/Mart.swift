@@ -73,6 +73,22 @@ func bootstrapProcess(name: String, environment: EnvironmentReader) throws -> (P
   return (process, Logger(label: "mart"))
 }
 
+/// Sets up tracing for a process that serves (`ProcessTracing`): the exporter's service, first
+/// in the group so that it stops last and sends the spans of the drain too. A setting swift-otel
+/// refuses is a configuration error (exit 2).
+func bootstrapTracing(name: String, logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
+  do {
+    guard
+      let exporter = try ProcessTracing.bootstrap(
+        process: name, environment: ProcessInfo.processInfo.environment, logger: logger)
+    else { return [] }
+    return [.init(service: exporter)]
+  } catch {
+    FileHandle.standardError.write(Data("mart: tracing (OTEL_* settings): \(error)\n".utf8))
+    throw ExitCode(2)
+  }
+}
+
 struct Serve: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Run one service (or the gateway) until SIGTERM or SIGINT.")
@@ -83,6 +99,7 @@ struct Serve: AsyncParsableCommand {
   func run() async throws {
     let environment = EnvironmentReader()
     let (process, logger) = try bootstrapProcess(name: component.rawValue, environment: environment)
+    let tracing = try bootstrapTracing(name: component.rawValue, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration]
     if let service = component.service {
       let events = try EventTransports.make(process, clientID: "mart-\(service.rawValue)", logger: logger)
@@ -121,7 +138,7 @@ struct Serve: AsyncParsableCommand {
       }
       logger.info("starting gateway", metadata: ["port": "\(configuration.port)"])
     }
-    try await runUntilSignalled(services, logger: logger)
+    try await runUntilSignalled(tracing + services, logger: logger)
   }
 }
 
@@ -163,6 +180,7 @@ struct Dev: AsyncParsableCommand {
   func run() async throws {
     let environment = EnvironmentReader()
     let (process, logger) = try bootstrapProcess(name: "dev", environment: environment)
+    let tracing = try bootstrapTracing(name: "dev", logger: logger)
     // One process that is every service and the gateway: each still has a key of its own, made
     // up at start unless the environment sets it (a benchmark that signs as the order service).
     let (configurations, directory, gateway, auth) = try loadConfiguration {
@@ -178,7 +196,8 @@ struct Dev: AsyncParsableCommand {
     }
     // One transport for the whole process: in-process delivery connects the services directly.
     let events = try EventTransports.make(process, clientID: "mart-dev", logger: logger)
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = events.services.map { .init(service: $0) }
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] =
+      tracing + events.services.map { .init(service: $0) }
     for configuration in configurations {
       var serviceLogger = logger
       serviceLogger[metadataKey: "service"] = .string(configuration.service.rawValue)

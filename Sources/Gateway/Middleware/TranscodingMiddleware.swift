@@ -7,7 +7,7 @@ import MartProto
 
 /// The last step: the body (at most `maxBodyBytes`, JSON), transcoded with the path and query
 /// into the route's request message, the gRPC call with the route's deadline and the call's
-/// metadata (token, request id, traceparent, client address), and the answer as proto3 JSON.
+/// metadata (token, request id, client address; the trace is the client interceptor's), and the answer as proto3 JSON.
 /// It answers every request that reaches it and never calls `next`.
 struct TranscodingMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
@@ -37,7 +37,7 @@ struct TranscodingMiddleware: RouterMiddleware {
       metadata.addString(authorization, forKey: "authorization")
     }
     metadata.addString(context.requestID, forKey: "x-request-id")
-    if let traceparent = context.traceparent { metadata.addString(traceparent, forKey: "traceparent") }
+    // The trace goes on through the clients' RequestContextClientInterceptor, in a client span.
     if let address = context.clientAddress, let gatewayTokens {
       do {
         metadata.addString(try await gatewayTokens.token(for: route.upstream), forKey: ForwardedClient.tokenKey)

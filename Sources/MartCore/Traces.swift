@@ -1,0 +1,83 @@
+import GRPCCore
+import Tracing
+
+/// Spans through swift-distributed-tracing, and the W3C `traceparent` that carries them from
+/// process to process: in gRPC metadata, in the outbox row and in the Kafka record's headers.
+///
+/// Whatever tracer the process bootstrapped does the work: swift-otel's when an OTLP endpoint is
+/// configured (see `mart`'s `Observability`), else swift-distributed-tracing's no-op one. Inside a
+/// span, `RequestContext.traceparent` is that span's, so calls made, events appended and log lines
+/// written there carry it (log lines: `trace_id` and `span_id`). With tracing off it stays the
+/// caller's, so that a caller's trace id still reaches every log line of the request.
+public enum MartTracing {
+  /// Runs `operation` in a span named `name`: a child of the span `parent` names (a `traceparent`
+  /// from a request or an event) when there is one, else of the current span.
+  public static func withSpan<Result>(
+    _ name: String, ofKind kind: SpanKind = .internal, continuing parent: String? = nil,
+    _ operation: (any Span) async throws -> Result
+  ) async rethrows -> Result {
+    try await Tracing.withSpan(name, context: context(continuing: parent), ofKind: kind) { span in
+      guard let own = traceparent(of: span.context) else {
+        return try await RequestContext.$traceparent.withValue(parent ?? RequestContext.traceparent) {
+          try await operation(span)
+        }
+      }
+      return try await RequestContext.$traceparent.withValue(own) {
+        try await RequestContext.$spanID.withValue(RequestContext.spanID(fromTraceparent: own)) {
+          try await operation(span)
+        }
+      }
+    }
+  }
+
+  /// Starts a span that the caller ends (for work that does not fit in one closure, such as a
+  /// batch of publishes), and the `traceparent` that continues it (the parent's with tracing off).
+  public static func startSpan(
+    _ name: String, ofKind kind: SpanKind, continuing parent: String?
+  ) -> (span: any Span, traceparent: String?) {
+    let span = Tracing.startSpan(name, context: context(continuing: parent), ofKind: kind)
+    return (span, traceparent(of: span.context) ?? parent)
+  }
+
+  /// The current context, or (given a valid `traceparent`) a new one that continues it.
+  static func context(continuing parent: String?) -> ServiceContext {
+    guard let parent, RequestContext.traceID(fromTraceparent: parent) != nil else {
+      return .current ?? .topLevel
+    }
+    var context = ServiceContext.current ?? .topLevel
+    InstrumentationSystem.instrument.extract(
+      ["traceparent": parent], into: &context, using: DictionaryCarrier())
+    return context
+  }
+
+  /// The `traceparent` of the span in `context`; nil with tracing off.
+  static func traceparent(of context: ServiceContext) -> String? {
+    var carrier: [String: String] = [:]
+    InstrumentationSystem.instrument.inject(context, into: &carrier, using: DictionaryCarrier())
+    return carrier["traceparent"]
+  }
+
+  /// Marks `span` failed with a gRPC status, as OpenTelemetry's RPC conventions say: the code as
+  /// `rpc.grpc.status_code`, and an error status for a server only on codes that are the
+  /// server's fault (a client's NOT_FOUND is not a failed server span).
+  public static func record(_ code: RPCError.Code, message: String, on span: any Span, asServer: Bool) {
+    span.attributes["rpc.grpc.status_code"] = Int64(code.rawValue)
+    let serverFaults: Set<RPCError.Code> = [
+      .unknown, .deadlineExceeded, .unimplemented, .internalError, .unavailable, .dataLoss,
+    ]
+    if !asServer || serverFaults.contains(code) {
+      span.setStatus(SpanStatus(code: .error, message: message))
+    }
+  }
+}
+
+/// A `[String: String]` as a propagation carrier (for `traceparent` alone).
+struct DictionaryCarrier: Injector, Extractor {
+  func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
+    carrier[key] = value
+  }
+
+  func extract(key: String, from carrier: [String: String]) -> String? {
+    carrier[key]
+  }
+}
