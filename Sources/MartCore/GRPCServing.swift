@@ -64,18 +64,8 @@ public struct RequestContextInterceptor: ServerInterceptor {
     let method = context.descriptor
     return try await RequestContext.$requestID.withValue(requestID) {
       try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .server, continuing: traceparent) { span in
-        span.attributes["rpc.system"] = "grpc"
-        span.attributes["rpc.service"] = method.service.fullyQualifiedService
-        span.attributes["rpc.method"] = method.method
-        do {
-          let response = try await next(request, context)
-          if case .failure(let error) = response.accepted {
-            MartTracing.record(error.code, message: error.message, on: span, asServer: true)
-          }
-          return response
-        } catch let error as RPCError {
-          MartTracing.record(error.code, message: error.message, on: span, asServer: true)
-          throw error
+        try await MartTracing.traceRPC(method, in: span, asServer: true, rejection: { $0.accepted.failure }) {
+          try await next(request, context)
         }
       }
     }
@@ -94,9 +84,6 @@ public struct RequestContextClientInterceptor: ClientInterceptor {
   ) async throws -> StreamingClientResponse<Output> {
     let method = context.descriptor
     return try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .client) { span in
-      span.attributes["rpc.system"] = "grpc"
-      span.attributes["rpc.service"] = method.service.fullyQualifiedService
-      span.attributes["rpc.method"] = method.method
       var request = request
       if let requestID = RequestContext.requestID,
         request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) == nil
@@ -105,15 +92,9 @@ public struct RequestContextClientInterceptor: ClientInterceptor {
       }
       request.metadata.removeAllValues(forKey: "traceparent")
       if let traceparent = RequestContext.traceparent { request.metadata.addString(traceparent, forKey: "traceparent") }
-      do {
-        let response = try await next(request, context)
-        if case .failure(let error) = response.accepted {
-          MartTracing.record(error.code, message: error.message, on: span, asServer: false)
-        }
-        return response
-      } catch let error as RPCError {
-        MartTracing.record(error.code, message: error.message, on: span, asServer: false)
-        throw error
+      let outgoing = request
+      return try await MartTracing.traceRPC(method, in: span, asServer: false, rejection: { $0.accepted.failure }) {
+        try await next(outgoing, context)
       }
     }
   }

@@ -57,10 +57,29 @@ public enum MartTracing {
     return carrier["traceparent"]
   }
 
+  /// Runs one side of a gRPC call in `span`: names the method by OpenTelemetry's RPC attributes,
+  /// and records the status the call ends with, thrown or (`rejection`) in its response.
+  static func traceRPC<Response>(
+    _ method: MethodDescriptor, in span: any Span, asServer: Bool, rejection: (Response) -> RPCError?,
+    _ call: () async throws -> Response
+  ) async throws -> Response {
+    span.attributes["rpc.system"] = "grpc"
+    span.attributes["rpc.service"] = method.service.fullyQualifiedService
+    span.attributes["rpc.method"] = method.method
+    do {
+      let response = try await call()
+      if let error = rejection(response) { record(error.code, message: error.message, on: span, asServer: asServer) }
+      return response
+    } catch let error as RPCError {
+      record(error.code, message: error.message, on: span, asServer: asServer)
+      throw error
+    }
+  }
+
   /// Marks `span` failed with a gRPC status, as OpenTelemetry's RPC conventions say: the code as
   /// `rpc.grpc.status_code`, and an error status for a server only on codes that are the
   /// server's fault (a client's NOT_FOUND is not a failed server span).
-  public static func record(_ code: RPCError.Code, message: String, on span: any Span, asServer: Bool) {
+  static func record(_ code: RPCError.Code, message: String, on span: any Span, asServer: Bool) {
     span.attributes["rpc.grpc.status_code"] = Int64(code.rawValue)
     let serverFaults: Set<RPCError.Code> = [
       .unknown, .deadlineExceeded, .unimplemented, .internalError, .unavailable, .dataLoss,
@@ -79,5 +98,13 @@ struct DictionaryCarrier: Injector, Extractor {
 
   func extract(key: String, from carrier: [String: String]) -> String? {
     carrier[key]
+  }
+}
+
+extension Result {
+  /// The error of a failure; nil for a success.
+  var failure: Failure? {
+    if case .failure(let error) = self { return error }
+    return nil
   }
 }

@@ -1,4 +1,5 @@
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import Logging
 import MartProto
 import MartRuntime
@@ -16,19 +17,7 @@ import Testing
 
   @Test func servingAfterMigrationNotServingWhileTheDatabaseIsGone() async throws {
     try await ScratchDatabase.with("health") { database in
-      let configuration = ServiceConfiguration(
-        service: .inventory, port: 0, database: database.configuration,
-        databaseCheckInterval: .milliseconds(200))
-      let host = try ServiceHost(
-        definition: Self.definition, configuration: configuration,
-        directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
-        logger: TestBed.logger)
-      let group = ServiceGroup(
-        configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
-
-      try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        let address = try #require(try await host.server.listeningAddress?.ipv4)
+      try await Self.serving(database, checkInterval: .milliseconds(200)) { _, address in
         let name = MartService.inventory.grpcServiceName
         func status() async -> HealthStatus? { await healthStatus(port: address.port, service: name) }
 
@@ -43,10 +32,33 @@ import Testing
         // It comes back, empty: the service migrates it again and serves.
         try await database.recreate()
         #expect(await eventually { await status() == .serving })
-
-        await group.triggerGracefulShutdown()
-        try await tasks.waitForAll()
       }
+    }
+  }
+
+  /// Runs the runtime-only host on `database` over HTTP/2 while `body` runs, then drains it.
+  static func serving(
+    _ database: ScratchDatabase, checkInterval: Duration = .seconds(5),
+    _ body: (ServiceHost<HTTP2ServerTransport.Posix>, SocketAddress.IPv4) async throws -> Void
+  ) async throws {
+    let configuration = ServiceConfiguration(
+      service: .inventory, port: 0, database: database.configuration, databaseCheckInterval: checkInterval)
+    let host = try ServiceHost(
+      definition: definition, configuration: configuration,
+      directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
+      logger: TestBed.logger)
+    let group = ServiceGroup(
+      configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      do {
+        try await body(host, try #require(try await host.server.listeningAddress?.ipv4))
+      } catch {
+        await group.triggerGracefulShutdown()
+        throw error
+      }
+      await group.triggerGracefulShutdown()
+      try await tasks.waitForAll()
     }
   }
 
@@ -55,16 +67,7 @@ import Testing
   /// before `RPCCancellationInterceptor`, both watches here stayed registered on the server.
   @Test func aStreamWhoseCallerLeftOrTimedOutEndsOnTheServer() async throws {
     try await ScratchDatabase.with("health_watch") { database in
-      let configuration = ServiceConfiguration(service: .inventory, port: 0, database: database.configuration)
-      let host = try ServiceHost(
-        definition: Self.definition, configuration: configuration,
-        directory: ServiceDirectory(endpoints: [:]), auth: .ephemeral(), transport: InProcessEventTransport(),
-        logger: TestBed.logger)
-      let group = ServiceGroup(
-        configuration: ServiceGroupConfiguration(services: host.lifecycleServices, logger: TestBed.logger))
-      try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        let address = try #require(try await host.server.listeningAddress?.ipv4)
+      try await Self.serving(database) { host, address in
         #expect(await eventually { await healthStatus(port: address.port, service: "") == .serving })
         try await withGRPCClient(
           transport: .http2NIOPosix(
@@ -99,8 +102,6 @@ import Testing
           #expect(code == .deadlineExceeded)
           #expect(await eventually { host.health.watcherCount == 0 })
         }
-        await group.triggerGracefulShutdown()
-        try await tasks.waitForAll()
       }
     }
   }
