@@ -48,7 +48,7 @@ struct InventoryStore: Sendable {
       return earlier
     }
     do {
-      return try await database.withTransaction(logger: logger) { connection in
+      return try await database.transaction(logger: logger) { connection in
         let locked = try await Self.stock(
           connection.query(
             "SELECT \(unescaped: Self.stockColumns) FROM stock WHERE product_id = \(adjustment.productID) FOR UPDATE",
@@ -170,7 +170,7 @@ struct InventoryStore: Sendable {
   /// nothing, records no reservation, and publishes StockReservationFailed.
   func reserve(orderID: UUID, lines: [LineRecord], ttl: Duration) async throws -> ReserveOutcome {
     let lines = lines.sorted { $0.productID.uuidString < $1.productID.uuidString }
-    return try await database.withTransaction(logger: logger) { connection -> ReserveOutcome in
+    return try await database.transaction(logger: logger) { connection -> ReserveOutcome in
       // The key makes the call idempotent: a concurrent call for the same order waits here for
       // this transaction and then finds the reservation (or, if this one was short, makes its own
       // attempt).
@@ -236,7 +236,7 @@ struct InventoryStore: Sendable {
   /// Turns an active reservation into a sale. NOT_FOUND without one; a committed one is returned
   /// unchanged; FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) for a released one.
   func commit(orderID: UUID) async throws -> ReservationRecord {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       guard let reservation = try await reservation(orderID, lock: true, on: connection) else {
         throw APIStatus.notFound("no reservation for order \(orderID.lowercasedString)")
       }
@@ -264,7 +264,7 @@ struct InventoryStore: Sendable {
   /// Gives an active reservation's units back. NOT_FOUND without one; a released one is returned
   /// unchanged; FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE) for a committed one.
   func release(orderID: UUID, reason: String) async throws -> ReservationRecord {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       guard let reservation = try await reservation(orderID, lock: true, on: connection) else {
         throw APIStatus.notFound("no reservation for order \(orderID.lowercasedString)")
       }
@@ -280,7 +280,7 @@ struct InventoryStore: Sendable {
   /// shipped). NOT_FOUND without one; a returned one is returned unchanged; FAILED_PRECONDITION
   /// (RESERVATION_NOT_ACTIVE) for one that was never committed.
   func returnToStock(orderID: UUID, reason: String) async throws -> ReservationRecord {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       guard let reservation = try await reservation(orderID, lock: true, on: connection) else {
         throw APIStatus.notFound("no reservation for order \(orderID.lowercasedString)")
       }
@@ -313,7 +313,7 @@ struct InventoryStore: Sendable {
   /// Releases the reservation if it is still active and expired (another sweeper, or a commit,
   /// may have got there first: then nothing). Returns whether it released it.
   func releaseIfExpired(orderID: UUID) async throws -> Bool {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         SELECT \(unescaped: Self.reservationColumns) FROM reservations

@@ -86,3 +86,20 @@ public struct PostgresStoreError: Error, CustomStringConvertible {
   public var description: String
   public init(_ description: String) { self.description = description }
 }
+
+extension PostgresClient {
+  /// `withTransaction` in a span named for the store method that runs it
+  /// (`transaction OrderStore.place(_:…)`), a child of the call's or the event's span:
+  /// a trace shows each transaction a handler ran, how long it took, and whether it failed.
+  /// Events appended inside it (`Outbox.append`) are its children.
+  public func transaction<Result: Sendable>(
+    logger: Logger, function: String = #function, fileID: String = #fileID,
+    _ body: (PostgresConnection) async throws -> Result
+  ) async throws -> Result {
+    let file = fileID.split(separator: "/").last.map { $0.replacingOccurrences(of: ".swift", with: "") } ?? ""
+    return try await MartTracing.withSpan("transaction \(file).\(function)") { span in
+      span.attributes["db.system.name"] = "postgresql"
+      return try await withTransaction(logger: logger) { connection in try await body(connection) }
+    }
+  }
+}

@@ -190,7 +190,7 @@ public struct EventConsumer: Service {
       do {
         try Task.checkCancellation()
         let applied = try await consumeSpan(envelope) { _ in
-          try await database.withTransaction(logger: logger) { connection -> Bool in
+          try await database.transaction(logger: logger) { connection -> Bool in
             let rows = try await connection.query(
               "INSERT INTO inbox (consumer, event_id) VALUES (\(group), \(envelope.id)) ON CONFLICT DO NOTHING RETURNING 1",
               logger: logger)
@@ -287,6 +287,8 @@ public struct EventConsumer: Service {
   /// the batch instead of one per event. If anything in it fails, or a record needs more than a
   /// handler (dead letter, skip), the batch is rolled back and its records go one at a time
   /// through `handle`, with its retries and dead letters.
+  /// The batch's transaction has no span of its own (it belongs to no one trace); each event's
+  /// handling in it has its consumer span.
   func handleBatch(_ batch: [ReceivedRecord]) async throws {
     var work: [(topic: String, envelope: EventEnvelope, event: any DomainEvent, handler: EventHandlers.Handler)] = []
     for record in batch {

@@ -22,7 +22,10 @@ public struct EventHeader: Sendable, Hashable {
 /// The record key is the aggregate's id (events of one aggregate stay in order on one partition),
 /// the value is the protobuf payload, and the attributes travel as `ce_*` headers:
 /// `ce_specversion`, `ce_id`, `ce_source`, `ce_type` (the full protobuf message name), `ce_time`,
-/// `ce_subject`, plus `content-type: application/protobuf` and `traceparent` when there is one.
+/// `ce_subject`, plus `content-type: application/protobuf`. The trace, when there is one, is the
+/// CloudEvents Distributed Tracing extension's `traceparent` attribute (`ce_traceparent`), and
+/// also a plain `traceparent` header, which OpenTelemetry's Kafka instrumentations read; a
+/// consumer reads the first, else the second.
 public struct EventEnvelope: Sendable, Equatable {
   public static let contentType = "application/protobuf"
 
@@ -64,7 +67,10 @@ public struct EventEnvelope: Sendable, Equatable {
       EventHeader("ce_subject", subject),
       EventHeader("content-type", Self.contentType),
     ]
-    if let traceparent { headers.append(EventHeader("traceparent", traceparent)) }
+    if let traceparent {
+      headers.append(EventHeader("ce_traceparent", traceparent))
+      headers.append(EventHeader("traceparent", traceparent))
+    }
     return headers
   }
 
@@ -90,7 +96,7 @@ public struct EventEnvelope: Sendable, Equatable {
     self.init(
       id: id, type: try required("ce_type"), source: try required("ce_source"),
       subject: header("ce_subject") ?? key.map { String(decoding: $0, as: UTF8.self) } ?? "",
-      time: time, topic: topic, payload: value, traceparent: header("traceparent"))
+      time: time, topic: topic, payload: value, traceparent: header("ce_traceparent") ?? header("traceparent"))
   }
 
   static func formatTime(_ date: Date) -> String {

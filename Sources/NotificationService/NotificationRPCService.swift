@@ -195,7 +195,7 @@ struct NotificationRPCService: Mart_Notification_V1_NotificationService.SimpleSe
     try validation.check()
     guard let channel else { throw APIStatus.invalid("channel", "must be EMAIL or SMS") }
 
-    let outcome = try await store.database.withTransaction(logger: logger) { connection in
+    let outcome = try await store.database.transaction(logger: logger) { connection in
       if destination.isEmpty {
         guard let contact = try await store.user(userID, on: connection) else {
           throw APIStatus.notFound("user \(userID.lowercasedString) is not known to the notification service")

@@ -247,7 +247,7 @@ struct NotificationStore: Sendable {
   /// different switches of one category both take effect.
   func setPreferences(of userID: UUID, _ changes: [PreferenceChange]) async throws {
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       for change in changes {
         let defaults = change.category.defaults
         let email = change.channel == .email ? change.enabled : defaults.email
@@ -482,7 +482,7 @@ struct NotificationStore: Sendable {
   func recordSent(_ delivery: DeliveryRecord, recipient: String, providerMessageID: String) async throws -> Bool {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE deliveries SET status = 'sent', recipient = \(recipient), provider_message_id = \(providerMessageID),

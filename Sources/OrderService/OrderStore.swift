@@ -39,7 +39,7 @@ struct OrderStore: Sendable {
     async throws -> KeyClaim
   {
     let hash = ByteBuffer(bytes: requestHash)
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       try await connection.query(
         """
         DELETE FROM idempotency_keys
@@ -125,7 +125,7 @@ struct OrderStore: Sendable {
     let addressLines = address.lines
     let line2: String? = addressLines.count > 1 ? addressLines[1] : nil
     let line3: String? = addressLines.count > 2 ? addressLines[2] : nil
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         INSERT INTO orders (
@@ -262,7 +262,7 @@ struct OrderStore: Sendable {
     _ orderID: UUID, ownerID: UUID? = nil,
     _ body: @Sendable (inout OrderChange) async throws -> Result
   ) async throws -> Result {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       guard let order = try await order(orderID, ownerID: ownerID, lock: true, on: connection) else {
         throw APIStatus.notFound("order \(orderID.lowercasedString) not found")
       }
@@ -391,7 +391,7 @@ struct OrderStore: Sendable {
   /// every tenth after it, goes into the order's timeline, so a compensation that keeps failing
   /// is visible where the order is.
   func recordFailure(of step: SagaStepRecord, error: String, backoff: Duration) async throws {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       // The order's row first, as every change of the order takes it: the other order would
       // deadlock with a change that re-arms this step.
       try await connection.query("SELECT 1 FROM orders WHERE id = \(step.orderID) FOR UPDATE", logger: logger)

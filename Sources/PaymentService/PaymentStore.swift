@@ -139,7 +139,7 @@ struct PaymentStore: Sendable {
   /// Stores a new PENDING payment for an order, cancelling its open PENDING one, unless the
   /// order is paid, a payment is PROCESSING, or the key was used before.
   func create(_ new: NewPayment) async throws -> Creation {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       try await lockOrder(new.orderID, on: connection)
       if let requestID = new.requestID {
         let rows = try await connection.query(
@@ -215,7 +215,7 @@ struct PaymentStore: Sendable {
   /// Records what the provider said when the payment started: its id, and what the customer
   /// needs to pay (a client secret, a redirect URL). The provider call is done.
   func recordStart(_ paymentID: UUID, _ start: ProviderStart) async throws -> PaymentRecord {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE payments SET provider_payment_id = coalesce(\(start.providerPaymentID), provider_payment_id),
@@ -238,7 +238,7 @@ struct PaymentStore: Sendable {
 
   /// A provider call that may pass: tried again after `backoff`.
   func recordCallFailure(payment paymentID: UUID, error: String, backoff: Duration) async throws {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       try await connection.query(
         """
         UPDATE payments SET provider_call_attempts = provider_call_attempts + 1, provider_call_error = \(error),
@@ -274,7 +274,7 @@ struct PaymentStore: Sendable {
 
   /// Records a delivery that changes nothing (an event of no interest, already applied).
   func record(_ delivery: WebhookDelivery) async throws {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       _ = try await record(delivery, on: connection)
     }
   }
@@ -300,7 +300,7 @@ struct PaymentStore: Sendable {
     _ outcome: ProviderOutcome, to paymentID: UUID, providerPaymentID: String? = nil,
     delivery: WebhookDelivery? = nil
   ) async throws -> PaymentRecord? {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let orders = try await connection.query("SELECT order_id FROM payments WHERE id = \(paymentID)", logger: logger)
       var orderID: UUID?
       for try await id in orders.decode(UUID.self) { orderID = id }
@@ -486,7 +486,7 @@ struct PaymentStore: Sendable {
     of paymentID: UUID, amountMinor: Int64?, reason: String?, actorUserID: UUID?, requestID: String?,
     callDueAfter: Duration? = nil
   ) async throws -> RefundRequest {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       try await requestRefund(
         of: paymentID, amountMinor: amountMinor, reason: reason, actorUserID: actorUserID, requestID: requestID,
         callDueAfter: callDueAfter, on: connection)
@@ -538,7 +538,7 @@ struct PaymentStore: Sendable {
   func recordRefund(_ refundID: UUID, _ outcome: RefundOutcome, delivery: WebhookDelivery? = nil) async throws
     -> PaymentRecord?
   {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let found = try await connection.query("SELECT payment_id FROM refunds WHERE id = \(refundID)", logger: logger)
       var paymentID: UUID?
       for try await id in found.decode(UUID.self) { paymentID = id }

@@ -73,7 +73,7 @@ struct ProductStore: Sendable {
 
   func create(_ fields: ProductFields) async throws -> ProductRecord {
     do {
-      return try await database.withTransaction(logger: logger) { connection in
+      return try await database.transaction(logger: logger) { connection in
         if let category = fields.categoryID {
           try await requireCategory(category, field: "category_id", on: connection)
         }
@@ -123,7 +123,7 @@ struct ProductStore: Sendable {
     id: UUID, expectedVersion: Int64, change: @Sendable (ProductFields) throws -> ProductFields
   ) async throws -> ProductRecord {
     do {
-      return try await database.withTransaction(logger: logger) { connection in
+      return try await database.transaction(logger: logger) { connection in
         let current = try await Self.products(
           connection.query(
             "SELECT \(unescaped: Self.productColumns) FROM products p WHERE p.id = \(id) FOR UPDATE", logger: logger)
@@ -170,7 +170,7 @@ struct ProductStore: Sendable {
 
   /// Archives a product; archiving an archived product returns it unchanged (no event).
   func archive(id: UUID) async throws -> ProductRecord {
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE products AS p SET status = 'archived', version = p.version + 1, updated_at = now()
@@ -285,7 +285,7 @@ struct ProductStore: Sendable {
     -> CategoryRecord
   {
     do {
-      return try await database.withTransaction(logger: logger) { connection in
+      return try await database.transaction(logger: logger) { connection in
         if let parentID { try await requireCategory(parentID, field: "parent_id", on: connection) }
         let rows = try await connection.query(
           """

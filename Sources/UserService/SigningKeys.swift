@@ -62,7 +62,7 @@ actor SigningKeyRing {
   private func resealUnderCurrentKEK() async throws {
     let encryption = self.encryption
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
       let rows = try await connection.query(
         "SELECT kid, private_key, kek_id FROM signing_keys WHERE kek_id IS DISTINCT FROM \(encryption.currentID)",
@@ -124,7 +124,7 @@ actor SigningKeyRing {
     }
     let policy = self.policy
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       // One creator at a time across instances; the loser of the race finds the winner's key.
       try await connection.query("SELECT pg_advisory_xact_lock(hashtext('mart.user.signing_keys'))", logger: logger)
       if let found = try await Self.newestActive(

@@ -189,7 +189,7 @@ struct UserStore: Sendable {
   ) async throws -> (user: UserRecord, refreshExpiresAt: Date?)? {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         INSERT INTO users (email, password_hash, full_name, phone, locale, roles, email_verified_at)
@@ -217,7 +217,7 @@ struct UserStore: Sendable {
   ) async throws {
     let outbox = self.outbox
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         INSERT INTO users (email, password_hash, full_name, phone, locale, roles)
@@ -253,7 +253,7 @@ struct UserStore: Sendable {
   func resendVerification(email: String, verification: NewVerification) async throws {
     let outbox = self.outbox
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         SELECT id, email FROM users
@@ -272,7 +272,7 @@ struct UserStore: Sendable {
   /// unknown, spent, expired, or for an address the account no longer has.
   func verifyEmail(tokenHash: Data) async throws -> UserRecord? {
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let spent = try await connection.query(
         """
         UPDATE email_verifications v SET used_at = now()
@@ -370,7 +370,7 @@ struct UserStore: Sendable {
     -> (user: UserRecord, refreshExpiresAt: Date)?
   {
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE users SET last_login_at = now(), password_hash = coalesce(\(newPasswordHash), password_hash)
@@ -391,7 +391,7 @@ struct UserStore: Sendable {
     let newPhone: String? = phone ?? nil
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let before = try await connection.query(
         "SELECT version FROM users WHERE id = \(userID) FOR UPDATE", logger: logger)
       var previousVersion: Int64?
@@ -460,7 +460,7 @@ struct UserStore: Sendable {
   func setRoles(userID: UUID, granting requested: Set<String>) async throws -> SetRolesOutcome {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         SELECT id, roles, disabled_at IS NULL FROM users
@@ -504,7 +504,7 @@ struct UserStore: Sendable {
   func promoteToAdmin(email: String, resettingPasswordTo passwordHash: String) async throws -> PromotionOutcome {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         "SELECT \(unescaped: UserRecord.columns) FROM users WHERE lower(email) = lower(\(email)) FOR UPDATE",
         logger: logger)
@@ -533,7 +533,7 @@ struct UserStore: Sendable {
     let outbox = self.outbox
     let logger = self.logger
     let lifetime = Double(reset.lifetime.components.seconds)
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         INSERT INTO password_resets (token_hash, user_id, email, expires_at)
@@ -573,7 +573,7 @@ struct UserStore: Sendable {
   func resetPassword(tokenHash: Data, passwordHash: String) async throws -> UserRecord? {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let spent = try await connection.query(
         """
         UPDATE password_resets r SET used_at = now()
@@ -609,7 +609,7 @@ struct UserStore: Sendable {
   {
     let outbox = self.outbox
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let rows = try await connection.query(
         """
         UPDATE users SET password_hash = \(passwordHash)
@@ -667,7 +667,7 @@ struct UserStore: Sendable {
     -> RotationOutcome
   {
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       guard try await Self.lockSessions(ofTokenHash: presentedHash, on: connection, logger: logger) != nil else {
         return .invalid
       }
@@ -722,7 +722,7 @@ struct UserStore: Sendable {
   /// tokens are ignored: logout is idempotent.
   func revoke(presentedHash: Data, allSessions: Bool) async throws {
     let logger = self.logger
-    try await database.withTransaction(logger: logger) { connection in
+    try await database.transaction(logger: logger) { connection in
       guard let userID = try await Self.lockSessions(ofTokenHash: presentedHash, on: connection, logger: logger)
       else { return }
       let rows = try await connection.query(
@@ -809,7 +809,7 @@ struct UserStore: Sendable {
   /// the user does not exist.
   func addAddress(userID: UUID, _ input: Validation.AddressInput, setDefault: Bool) async throws -> AddressRecord? {
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       let locked = try await connection.query("SELECT id FROM users WHERE id = \(userID) FOR UPDATE", logger: logger)
       var exists = false
       for try await _ in locked.decode(UUID.self) { exists = true }
@@ -846,7 +846,7 @@ struct UserStore: Sendable {
   /// becomes the default. False if the user has no such address.
   func deleteAddress(userID: UUID, addressID: UUID) async throws -> Bool {
     let logger = self.logger
-    return try await database.withTransaction(logger: logger) { connection in
+    return try await database.transaction(logger: logger) { connection in
       try await connection.query("SELECT id FROM users WHERE id = \(userID) FOR UPDATE", logger: logger)
       let deleted = try await connection.query(
         "DELETE FROM addresses WHERE id = \(addressID) AND user_id = \(userID) RETURNING is_default",

@@ -74,8 +74,12 @@ import Testing
           })
         let publish = try #require(trace.parent(of: placed))
         #expect(publish.name == "publish mart.order.v1.OrderPlaced" && publish.kind == .producer)
-        #expect(trace.parent(of: publish)?.name == "outbox append mart.order.v1.OrderPlaced")
-        #expect(trace.descends(placed, from: createServer))
+        let append = try #require(trace.parent(of: publish))
+        #expect(append.name == "outbox append mart.order.v1.OrderPlaced")
+        // …in the transaction of CreateOrder that wrote the order.
+        let transaction = try #require(trace.parent(of: append))
+        #expect(transaction.name.hasPrefix("transaction OrderStore."), "\(transaction.name)")
+        #expect(transaction.parentSpanID == createServer.spanID)
 
         // The payment, through PaymentSucceeded and the commit of the stock, to OrderPaid.
         let paying = try #require(trace.first("POST /v1/orders/{order_id}/payments", kind: .server))

@@ -113,6 +113,7 @@ public enum EventFixtures {
     check("ce_type", record.header("ce_type"), "mart.order.v1.OrderPlaced")
     check("ce_subject", record.header("ce_subject"), aggregateID)
     check("content-type", record.header("content-type"), "application/protobuf")
+    check("ce_traceparent", record.header("ce_traceparent"), traceparent)
     check("traceparent", record.header("traceparent"), traceparent)
     let time = record.header("ce_time").flatMap {
       try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse($0)
