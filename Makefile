@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications fuzz deploy-check chaos clean
+.PHONY: help run admin seed test k8s-check build proto proto-check proto-baseline lint format bench bench-gateway bench-catalog bench-orders bench-notifications bench-tracing fuzz deploy-check chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-orders: ## Only the order-flow benchmark: orders placed -> PAID per second
 
 bench-notifications: ## Only the notification benchmark: emails/s to a local SMTP server, event -> SMTP p50/p99
 	@scripts/bench-notifications.sh
+
+bench-tracing: ## What tracing costs: the gateway and order-flow benchmarks with tracing off, then on at 100 %
+	@scripts/bench-tracing.sh
 
 deploy-check: ## Bring deploy/docker-compose.yml up with Docker here (images built locally, host networking), drive an order to PAID, tear down
 	@scripts/deploy-check.sh
