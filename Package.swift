@@ -28,6 +28,8 @@ let extraServiceDependencies: [String: [Target.Dependency]] = [
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOHTTP1", package: "swift-nio"),
     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+    // A provider's webhook continues the trace of the payment it settles.
+    .product(name: "Tracing", package: "swift-distributed-tracing"),
   ],
   // Email over SMTP (SMTP), SMS through Twilio's HTTP API (AsyncHTTPClient; HMAC-SHA1 of its
   // callbacks with Crypto), the message templates (Mustache), metrics of the sender.

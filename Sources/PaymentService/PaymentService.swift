@@ -23,6 +23,7 @@ public enum PaymentServiceModule {
         Migration(version: 1, name: "init", embedded: PackageResources._001_init_sql),
         .eventTables(version: 2),
         Migration(version: 3, name: "provider_calls", embedded: PackageResources._003_provider_calls_sql),
+        Migration(version: 4, name: "payment_trace", embedded: PackageResources._004_payment_trace_sql),
       ],
       makeRPCServices: { context in
         let settings = try settings ?? PaymentSettings(environment: EnvironmentReader())

@@ -5,6 +5,7 @@ import MartProto
 import MartRuntime
 import Metrics
 import PostgresNIO
+import Tracing
 
 /// The payment database: payments, refunds, received webhooks, and the payment events through
 /// the outbox.
@@ -204,10 +205,10 @@ struct PaymentStore: Sendable {
     try await connection.query(
       """
       INSERT INTO payments (order_id, user_id, provider, amount_minor, currency, request_id, order_number,
-                            order_deadline, provider_call_due_at)
+                            order_deadline, provider_call_due_at, traceparent)
       VALUES (\(new.orderID), \(new.userID), \(new.provider.rawValue), \(new.amountMinor), \(new.currency),
               \(new.requestID), \(new.orderNumber), \(new.orderDeadline),
-              now() + \(dueMicros)::int8 * interval '1 microsecond')
+              now() + \(dueMicros)::int8 * interval '1 microsecond', \(RequestContext.traceparent))
       RETURNING \(unescaped: PaymentRecord.columns)
       """, logger: logger)
   }
@@ -295,10 +296,35 @@ struct PaymentStore: Sendable {
   ///   surplus: recorded as succeeded, and refunded in full automatically.
   /// - Money arriving for a FAILED or CANCELLED payment (a late success) still counts: the order
   ///   service refunds it if the order no longer takes it.
+  ///
+  /// A provider's webhook or ITN (`delivery`) arrives in a trace of its own, the provider's
+  /// request. What it causes (PaymentSucceeded, then the order's OrderPaid) continues the trace of
+  /// the CreatePayment that started the payment instead, linked to the webhook's, so that one
+  /// checkout is one trace.
   @discardableResult
   func apply(
     _ outcome: ProviderOutcome, to paymentID: UUID, providerPaymentID: String? = nil,
     delivery: WebhookDelivery? = nil
+  ) async throws -> PaymentRecord? {
+    guard delivery != nil, let started = try await startingTrace(of: paymentID) else {
+      return try await applyNow(outcome, to: paymentID, providerPaymentID: providerPaymentID, delivery: delivery)
+    }
+    let webhook = ServiceContext.current ?? .topLevel
+    return try await MartTracing.withSpan("payment outcome from the provider", continuing: started) { span in
+      span.addLink(SpanLink(context: webhook, attributes: [:]))
+      return try await applyNow(outcome, to: paymentID, providerPaymentID: providerPaymentID, delivery: delivery)
+    }
+  }
+
+  /// The trace of the request that created the payment, when it had one.
+  func startingTrace(of paymentID: UUID) async throws -> String? {
+    let rows = try await database.query("SELECT traceparent FROM payments WHERE id = \(paymentID)", logger: logger)
+    for try await traceparent in rows.decode(String?.self) { return traceparent }
+    return nil
+  }
+
+  private func applyNow(
+    _ outcome: ProviderOutcome, to paymentID: UUID, providerPaymentID: String?, delivery: WebhookDelivery?
   ) async throws -> PaymentRecord? {
     try await database.transaction(logger: logger) { connection in
       let orders = try await connection.query("SELECT order_id FROM payments WHERE id = \(paymentID)", logger: logger)

@@ -8,16 +8,24 @@ import Synchronization
 import Testing
 
 /// One trace per order: a `mart dev` exporting over OTLP/HTTP (JSON) to a receiver in this test
-/// places and pays an order for a client whose own trace (`traceparent`) both requests carry.
-/// The spans must then hang together, parent to child, from the client's span through the
-/// gateway, the order service, the saga's ReserveStock, the OrderPlaced publish and its
-/// consumption by the notification service, to the payment and OrderPaid.
+/// places an order and pays it with Stripe (localstripe, whose webhook comes back through the
+/// gateway) for a client whose own trace (`traceparent`) both requests carry. The spans must then
+/// hang together, parent to child, from the client's span through the gateway, the order service,
+/// the saga's ReserveStock, the OrderPlaced publish and its consumption by the notification
+/// service, to the payment, its webhook's effects and OrderPaid.
 @Suite struct TracingTests {
   @Test func placingAndPayingAnOrderIsOneTraceFromTheGatewayToEveryConsumer() async throws {
     let receiver = OTLPReceiver()
+    let stripe = try await LocalStripe.start()
+    defer { stripe.process.signal(SIGKILL) }
+    let webhookSecret = "whsec_test_\(UUID().uuidString)"
     try await receiver.serving { otlpPort in
       try await withScratchDatabases("traced") { databases in
         var (environment, base, _) = try RunningMart.environment(databases, label: "traced")
+        environment["MART_PAYMENT_STRIPE_SECRET_KEY"] = "sk_test_mart"
+        environment["MART_PAYMENT_STRIPE_PUBLISHABLE_KEY"] = "pk_test_mart"
+        environment["MART_PAYMENT_STRIPE_WEBHOOK_SECRETS"] = webhookSecret
+        environment["MART_PAYMENT_STRIPE_API_BASE"] = stripe.url
         environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:\(otlpPort)"
         environment["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/json"
         // Export every 100 ms rather than every 5 s.
@@ -33,9 +41,21 @@ import Testing
         let clientSpanID = String(format: "%016llx", UInt64.random(in: 1...UInt64.max))
         let headers = ["traceparent": "00-\(traceID)-\(clientSpanID)-01"]
         let orderID = try await RunningMart.placeOrder(base, productID: productID, token: customer, headers: headers)
-        _ = try await RunningMart.json(
-          base, "POST", "/v1/orders/\(orderID)/payments", ["sandboxOutcome": "SUCCEED"], token: customer,
-          headers: headers)
+        _ = try await stripe.call(
+          "/_config/webhooks/mart", form: [("url", base + "/v1/webhooks/stripe"), ("secret", webhookSecret)])
+        let created = try await RunningMart.json(
+          base, "POST", "/v1/orders/\(orderID)/payments", ["provider": "STRIPE"], token: customer, headers: headers)
+        let intent = try #require((created["payment"] as? [String: Any])?["providerPaymentId"] as? String)
+        // What Stripe.js does in the customer's browser; localstripe then sends its webhook.
+        let method = try await stripe.call(
+          "/v1/payment_methods",
+          form: [
+            ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
+            ("card[exp_year]", "2031"), ("card[cvc]", "123"),
+          ])
+        let methodID = try #require(method["id"] as? String)
+        _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
+        _ = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
 
         // Everything up to OrderPaid's consumption by the notification service has been exported.
         let complete = await eventually {
@@ -81,13 +101,24 @@ import Testing
         #expect(transaction.name.hasPrefix("transaction OrderStore."), "\(transaction.name)")
         #expect(transaction.parentSpanID == createServer.spanID)
 
-        // The payment, through PaymentSucceeded and the commit of the stock, to OrderPaid.
+        // The payment: Stripe's webhook is a trace of its own (Stripe sends no traceparent), and what
+        // it causes continues the payment's trace, linked to the webhook's.
         let paying = try #require(trace.first("POST /v1/orders/{order_id}/payments", kind: .server))
         #expect(paying.parentSpanID == clientSpanID)
+        let settled = try #require(trace.first("payment outcome from the provider", kind: .internal))
+        #expect(trace.descends(settled, from: paying))
+        let webhookTrace = try #require(settled.linkedTraceIDs.first)
+        #expect(
+          receiver.trace(webhookTrace).contains { $0.name == "POST /v1/webhooks/stripe" && $0.kind == .server },
+          "\(receiver.trace(webhookTrace).map(\.name))")
+        let succeeded = try #require(trace.first("outbox append mart.payment.v1.PaymentSucceeded", kind: .internal))
+        #expect(trace.descends(succeeded, from: settled))
+
+        // Through PaymentSucceeded's consumption and the commit of the stock, to OrderPaid.
         let paid = try #require(trace.first("outbox append mart.order.v1.OrderPaid", kind: .internal))
         let path = trace.ancestors(of: paid).map(\.name)
         #expect(path.contains("consume mart.payment.v1.PaymentSucceeded"), "\(path)")
-        #expect(trace.descends(paid, from: paying), "\(path)")
+        #expect(trace.descends(paid, from: settled), "\(path)")
 
         // Every span is this process's, and none is orphaned outside the client's span.
         #expect(Set(trace.spans.map(\.service)) == ["mart-dev"])
@@ -110,6 +141,8 @@ struct ExportedSpan: Sendable, Equatable {
   var kind: Kind
   var service: String
   var attributes: [String: String]
+  /// The traces of the spans this one links to.
+  var linkedTraceIDs: [String] = []
 }
 
 /// The spans of one trace, by parent.
@@ -201,7 +234,8 @@ final class OTLPReceiver: Sendable {
               traceID: Self.hexID(span["traceId"]), spanID: Self.hexID(span["spanId"]),
               parentSpanID: Self.hexID(span["parentSpanId"]), name: span["name"] as? String ?? "",
               kind: ExportedSpan.Kind(rawValue: (span["kind"] as? Int) ?? 0) ?? .unspecified,
-              service: resource["service.name"] ?? "", attributes: Self.attributes(span["attributes"])))
+              service: resource["service.name"] ?? "", attributes: Self.attributes(span["attributes"]),
+              linkedTraceIDs: (span["links"] as? [[String: Any]] ?? []).map { Self.hexID($0["traceId"]) }))
         }
       }
     }
