@@ -61,9 +61,14 @@ public struct RequestContextInterceptor: ServerInterceptor {
       request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
       .flatMap { $0.count <= 128 ? $0 : nil } ?? UUID().uuidString.lowercased()
     let traceparent = request.metadata[stringValues: "traceparent"].first(where: { _ in true })
+      .flatMap(RequestContext.validTraceparent)
     let method = context.descriptor
     return try await RequestContext.$requestID.withValue(requestID) {
-      try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .server, continuing: traceparent) { span in
+      guard MartTracing.traces(method) else {
+        return try await RequestContext.$traceparent.withValue(traceparent) { try await next(request, context) }
+      }
+      return try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .server, continuing: traceparent) {
+        span in
         try await MartTracing.traceRPC(method, in: span, asServer: true, rejection: { $0.accepted.failure }) {
           try await next(request, context)
         }
@@ -83,20 +88,26 @@ public struct RequestContextClientInterceptor: ClientInterceptor {
     next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
   ) async throws -> StreamingClientResponse<Output> {
     let method = context.descriptor
+    guard MartTracing.traces(method) else { return try await next(Self.passingOn(request), context) }
     return try await MartTracing.withSpan(method.fullyQualifiedMethod, ofKind: .client) { span in
-      var request = request
-      if let requestID = RequestContext.requestID,
-        request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) == nil
-      {
-        request.metadata.addString(requestID, forKey: "x-request-id")
-      }
-      request.metadata.removeAllValues(forKey: "traceparent")
-      if let traceparent = RequestContext.traceparent { request.metadata.addString(traceparent, forKey: "traceparent") }
-      let outgoing = request
+      let outgoing = Self.passingOn(request)
       return try await MartTracing.traceRPC(method, in: span, asServer: false, rejection: { $0.accepted.failure }) {
         try await next(outgoing, context)
       }
     }
+  }
+
+  /// `request` with the current request id (unless it has one) and trace in its metadata.
+  static func passingOn<Input>(_ request: StreamingClientRequest<Input>) -> StreamingClientRequest<Input> {
+    var request = request
+    if let requestID = RequestContext.requestID,
+      request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) == nil
+    {
+      request.metadata.addString(requestID, forKey: "x-request-id")
+    }
+    request.metadata.removeAllValues(forKey: "traceparent")
+    if let traceparent = RequestContext.traceparent { request.metadata.addString(traceparent, forKey: "traceparent") }
+    return request
   }
 }
 

@@ -5,7 +5,8 @@ import Logging
 public enum RequestContext {
   /// The caller's `x-request-id` (or one generated at the edge), passed from service to service.
   @TaskLocal public static var requestID: String?
-  /// The caller's W3C `traceparent`, when there is a valid one.
+  /// The W3C `traceparent` to pass on: the current span's with tracing on, else the caller's
+  /// valid one (`validTraceparent`).
   @TaskLocal public static var traceparent: String?
 
   /// The id (16 hex digits) of the span this process is in, when tracing is on (`MartTracing`).
@@ -28,6 +29,22 @@ public enum RequestContext {
     let parts = header.split(separator: "-")
     guard parts.count == 4, parts[2].count == 16, parts[2].allSatisfy(\.isHexDigit) else { return nil }
     return String(parts[2])
+  }
+
+  /// `header` when it is a valid W3C `traceparent` (Trace Context, section 3.2): version, trace
+  /// id, parent id and flags in lower-case hex, neither id all zeros, version `00` with exactly
+  /// those four fields (a later version may add more) and never `ff`. Anything else is dropped
+  /// rather than passed on into calls, events and log lines.
+  public static func validTraceparent(_ header: String) -> String? {
+    let parts = header.split(separator: "-", omittingEmptySubsequences: false)
+    func hex(_ part: Substring, _ count: Int) -> Bool {
+      part.count == count && part.allSatisfy { ("0"..."9").contains($0) || ("a"..."f").contains($0) }
+    }
+    guard parts.count >= 4, hex(parts[0], 2), parts[0] != "ff", hex(parts[1], 32), hex(parts[2], 16),
+      hex(parts[3], 2), parts[1] != Substring(String(repeating: "0", count: 32)),
+      parts[2] != Substring(String(repeating: "0", count: 16)), parts[0] != "00" || parts.count == 4
+    else { return nil }
+    return header
   }
 
   /// The trace id (32 hex digits) of a W3C `traceparent` header, or nil when it is malformed.

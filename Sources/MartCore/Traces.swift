@@ -11,22 +11,35 @@ import Tracing
 /// caller's, so that a caller's trace id still reaches every log line of the request.
 public enum MartTracing {
   /// Runs `operation` in a span named `name`: a child of the span `parent` names (a `traceparent`
-  /// from a request or an event) when there is one, else of the current span.
+  /// from a request or an event) when there is a valid one, else of the current span.
+  ///
+  /// A failure is recorded by its type only (`error.type`): its description can hold a failed
+  /// statement's values (a PSQLError's detail), which must not reach a trace store. A thrown
+  /// RPCError is a status, which `traceRPC` records by its code.
   public static func withSpan<Result>(
     _ name: String, ofKind kind: SpanKind = .internal, continuing parent: String? = nil,
     _ operation: (any Span) async throws -> Result
   ) async rethrows -> Result {
-    try await Tracing.withSpan(name, context: context(continuing: parent), ofKind: kind) { span in
-      guard let own = traceparent(of: span.context) else {
-        return try await RequestContext.$traceparent.withValue(parent ?? RequestContext.traceparent) {
-          try await operation(span)
+    let parent = parent.flatMap(RequestContext.validTraceparent)
+    let span = Tracing.startSpan(name, context: context(continuing: parent), ofKind: kind)
+    defer { span.end() }
+    do {
+      return try await ServiceContext.withValue(span.context) {
+        guard let own = traceparent(of: span.context) else {
+          return try await RequestContext.$traceparent.withValue(parent ?? RequestContext.traceparent) {
+            try await operation(span)
+          }
+        }
+        return try await RequestContext.$traceparent.withValue(own) {
+          try await RequestContext.$spanID.withValue(RequestContext.spanID(fromTraceparent: own)) {
+            try await operation(span)
+          }
         }
       }
-      return try await RequestContext.$traceparent.withValue(own) {
-        try await RequestContext.$spanID.withValue(RequestContext.spanID(fromTraceparent: own)) {
-          try await operation(span)
-        }
-      }
+    } catch {
+      span.attributes["error.type"] = String(describing: type(of: error))
+      if !(error is RPCError) { span.setStatus(SpanStatus(code: .error)) }
+      throw error
     }
   }
 
@@ -35,15 +48,14 @@ public enum MartTracing {
   public static func startSpan(
     _ name: String, ofKind kind: SpanKind, continuing parent: String?
   ) -> (span: any Span, traceparent: String?) {
+    let parent = parent.flatMap(RequestContext.validTraceparent)
     let span = Tracing.startSpan(name, context: context(continuing: parent), ofKind: kind)
     return (span, traceparent(of: span.context) ?? parent)
   }
 
-  /// The current context, or (given a valid `traceparent`) a new one that continues it.
+  /// The current context, or (given a `traceparent`) a new one that continues it.
   static func context(continuing parent: String?) -> ServiceContext {
-    guard let parent, RequestContext.traceID(fromTraceparent: parent) != nil else {
-      return .current ?? .topLevel
-    }
+    guard let parent else { return .current ?? .topLevel }
     var context = ServiceContext.current ?? .topLevel
     InstrumentationSystem.instrument.extract(
       ["traceparent": parent], into: &context, using: DictionaryCarrier())
@@ -55,6 +67,13 @@ public enum MartTracing {
     var carrier: [String: String] = [:]
     InstrumentationSystem.instrument.inject(context, into: &carrier, using: DictionaryCarrier())
     return carrier["traceparent"]
+  }
+
+  /// Whether calls of `method` get spans: not health checks, which load balancers, orchestrators
+  /// and the gateway's /readyz make every few seconds, and which would only fill a trace store
+  /// with root spans.
+  static func traces(_ method: MethodDescriptor) -> Bool {
+    method.service.fullyQualifiedService != "grpc.health.v1.Health"
   }
 
   /// Runs one side of a gRPC call in `span`: names the method by OpenTelemetry's RPC attributes,

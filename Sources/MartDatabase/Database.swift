@@ -93,13 +93,16 @@ extension PostgresClient {
   /// a trace shows each transaction a handler ran, how long it took, and whether it failed.
   /// Events appended inside it (`Outbox.append`) are its children.
   public func transaction<Result: Sendable>(
-    logger: Logger, function: String = #function, fileID: String = #fileID,
-    _ body: (PostgresConnection) async throws -> Result
+    logger: Logger, function: String = #function, fileID: String = #fileID, file: String = #file,
+    line: Int = #line, _ body: (PostgresConnection) async throws -> Result
   ) async throws -> Result {
-    let file = fileID.split(separator: "/").last.map { $0.replacingOccurrences(of: ".swift", with: "") } ?? ""
-    return try await MartTracing.withSpan("transaction \(file).\(function)") { span in
+    let store = fileID.split(separator: "/").last.map { $0.replacingOccurrences(of: ".swift", with: "") } ?? ""
+    return try await MartTracing.withSpan("transaction \(store).\(function)") { span in
       span.attributes["db.system.name"] = "postgresql"
-      return try await withTransaction(logger: logger) { connection in try await body(connection) }
+      // The caller's file and line, for the errors postgres-nio reports.
+      return try await withTransaction(logger: logger, file: file, line: line) { connection in
+        try await body(connection)
+      }
     }
   }
 }

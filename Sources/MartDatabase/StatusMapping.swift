@@ -13,6 +13,13 @@ extension APIStatus {
   /// with RetryInfo (the client may retry; the gateway says `Retry-After`), anything else INTERNAL without detail for the client. The last two
   /// are logged here, with `redactedDescription`, so that no handler has to.
   public static func mapped(_ error: any Error, method: String, logger: Logger) -> RPCError {
+    // The call was cancelled (its caller went away, or its deadline passed:
+    // `RPCCancellationInterceptor`), so whatever the handler was waiting on failed with it: a
+    // CancellationError inside a transaction, or postgres-nio's pool refusing a cancelled lease.
+    // Neither is a fault of ours, and the caller no longer listens.
+    if Task.isCancelled || error.unwrappingTransactionError is CancellationError {
+      return RPCError(code: .cancelled, message: "the call was cancelled")
+    }
     switch error {
     case let rpcError as RPCError: return rpcError.withoutTransportMetadata
     case let convertible as any RPCErrorConvertible: return RPCError(convertible)

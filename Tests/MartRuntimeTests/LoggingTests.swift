@@ -38,4 +38,25 @@ import Testing
     #expect(RequestContext.traceID(fromTraceparent: "00-00000000000000000000000000000000-00f067aa0ba902b7-01") == nil)
     #expect(RequestContext.traceID(fromTraceparent: "garbage") == nil)
   }
+
+  /// Only a W3C-valid traceparent is passed on into calls, events and log lines.
+  @Test func onlyValidTraceparentsArePassedOn() {
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    #expect(RequestContext.validTraceparent(valid) == valid)
+    // A later version may add fields after the flags.
+    #expect(RequestContext.validTraceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x") != nil)
+    for invalid in [
+      "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // upper case
+      "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // trace id all zeros
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // parent id all zeros
+      "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  // version ff
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  // version 00 with more
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",  // short parent id
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",  // short flags
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",  // no flags
+      "garbage",
+    ] {
+      #expect(RequestContext.validTraceparent(invalid) == nil, "\(invalid)")
+    }
+  }
 }

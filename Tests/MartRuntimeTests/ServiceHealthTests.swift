@@ -94,7 +94,7 @@ import Testing
           var code: RPCError.Code?
           do {
             try await health.watch(.with { $0.service = "" }, options: options) { response in
-              for try await _ in response.messages {}
+              for try await _ in response.messages { #expect(host.health.watcherCount == 1) }
             }
           } catch let error as RPCError {
             code = error.code

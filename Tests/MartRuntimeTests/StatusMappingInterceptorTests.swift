@@ -102,6 +102,14 @@ import Testing
     #expect((await thrown { throw CancellationError() } as? RPCError)?.code == .cancelled)
   }
 
+  /// A call whose caller left fails with whatever it was waiting on (postgres-nio's pool refusing
+  /// a cancelled lease, say): that is CANCELLED, not an internal error logged as one.
+  @Test func whatACancelledCallThrowsIsCancelled() async throws {
+    let call = Task { await self.thrown { throw Boom() } as? RPCError }
+    call.cancel()
+    #expect(await call.value?.code == .cancelled)
+  }
+
   @Test func aStreamingHandlerThatFailsInItsProducerIsMappedToo() async throws {
     let response = try await call {
       StreamingServerResponse(of: String.self) { writer in

@@ -19,12 +19,17 @@ struct RequestIDMiddleware: RouterMiddleware {
     var context = context
     let requestID = Self.acceptedRequestID(request.headers[.requestID]) ?? UUID().uuidString.lowercased()
     context.requestID = requestID
-    let callerTrace = request.headers[.traceparent].flatMap {
-      MartCore.RequestContext.traceID(fromTraceparent: $0) == nil ? nil : $0
-    }
+    let callerTrace = request.headers[.traceparent].flatMap(MartCore.RequestContext.validTraceparent)
+    context.traceparent = callerTrace
     let method = request.method.rawValue
     var response = try await MartCore.RequestContext.$requestID.withValue(requestID) {
-      try await MartTracing.withSpan(method, ofKind: .server, continuing: callerTrace) { span in
+      // Probes and scrapes come every few seconds and would only fill a trace store with roots.
+      guard !Self.untracedPaths.contains(request.uri.path) else {
+        return try await MartCore.RequestContext.$traceparent.withValue(callerTrace) {
+          try await next(request, context)
+        }
+      }
+      return try await MartTracing.withSpan(method, ofKind: .server, continuing: callerTrace) { span in
         span.attributes["http.request.method"] = method
         var context = context
         context.traceparent = MartCore.RequestContext.traceparent
@@ -40,6 +45,9 @@ struct RequestIDMiddleware: RouterMiddleware {
     response.headers[.requestID] = requestID
     return response
   }
+
+  /// The built-in endpoints that load balancers, orchestrators and Prometheus call.
+  static let untracedPaths: Set<String> = ["/healthz", "/readyz", "/metrics"]
 
   /// A client's request id if it is one we can pass on: 1–128 visible ASCII characters (printable,
   /// not a space: it goes into log lines and gRPC metadata as it came).
