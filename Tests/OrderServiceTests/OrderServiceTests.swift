@@ -349,6 +349,17 @@ import Testing
       let inFlight = await rpcError { _ = try await mart.place([(item, 1)], key: busy) }
       #expect(inFlight?.code == .aborted)
       #expect(inFlight?.reason == "IDEMPOTENCY_KEY_IN_FLIGHT")
+
+      // A call cancelled after it claimed its key (its client gave up) still lets the key go,
+      // so that the client's retry is processed rather than refused as in flight.
+      let store = OrderStore(database: mart.orderDatabase, outbox: Outbox(service: .order), logger: TestBed.logger)
+      let customerID = mart.customerID
+      await Task {
+        withUnsafeCurrentTask { $0?.cancel() }
+        await store.abandonKey(userID: customerID, key: busy)
+      }.value
+      let retried = try await mart.place([(item, 1)], key: busy)
+      #expect(!retried.id.isEmpty)
     }
   }
 
@@ -452,7 +463,9 @@ import Testing
         }.count
       }
       _ = await eventually { try await refundRequests() == cancelled }
-      #expect(try await refundRequests() == cancelled)
+      let requested = try await refundRequests()
+      // (Seen once, under a full parallel run, not since: the counts say which way it went.)
+      #expect(requested == cancelled, "outcomes \(outcomes), refund requests \(requested)")
     }
   }
 }
