@@ -131,15 +131,7 @@ import Testing
       #expect(confirm["publishableKey"] as? String == "pk_test_mart")
 
       // What Stripe.js does in the customer's browser.
-      let method = try await stripe.call(
-        "/v1/payment_methods",
-        form: [
-          ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
-          ("card[exp_year]", "2031"), ("card[cvc]", "123"),
-        ])
-      let methodID = try #require(method["id"] as? String)
-      _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
-      _ = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
+      _ = try await stripe.confirmWithTestCard(intent)
 
       let isPaid = await eventually { try await Self.status(edge, orderID, customer) == "PAID" }
       #expect(isPaid)

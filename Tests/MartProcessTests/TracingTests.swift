@@ -47,15 +47,7 @@ import Testing
           base, "POST", "/v1/orders/\(orderID)/payments", ["provider": "STRIPE"], token: customer, headers: headers)
         let intent = try #require((created["payment"] as? [String: Any])?["providerPaymentId"] as? String)
         // What Stripe.js does in the customer's browser; localstripe then sends its webhook.
-        let method = try await stripe.call(
-          "/v1/payment_methods",
-          form: [
-            ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
-            ("card[exp_year]", "2031"), ("card[cvc]", "123"),
-          ])
-        let methodID = try #require(method["id"] as? String)
-        _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
-        _ = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
+        _ = try await stripe.confirmWithTestCard(intent)
 
         // Everything up to OrderPaid's consumption by the notification service has been exported.
         let complete = await eventually {

@@ -133,6 +133,21 @@ public struct LocalStripe: Sendable {
     throw Unavailable(description: "localstripe does not listen on \(url)")
   }
 
+  /// What Stripe.js does in the customer's browser: a test card as a payment method, attached to
+  /// the PaymentIntent `intent`, which is then confirmed. localstripe answers the confirmation
+  /// (returned) and sends its webhook.
+  public func confirmWithTestCard(_ intent: String) async throws -> [String: Any] {
+    let method = try await call(
+      "/v1/payment_methods",
+      form: [
+        ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
+        ("card[exp_year]", "2031"), ("card[cvc]", "123"),
+      ])
+    guard let methodID = method["id"] as? String else { throw Unavailable(description: "no payment method: \(method)") }
+    _ = try await call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
+    return try await call("/v1/payment_intents/\(intent)/confirm", form: [])
+  }
+
   /// Calls localstripe's API as a Stripe client would (form-encoded, the test secret key): a
   /// POST with `form`, else a GET. The JSON object it answers (empty if it is not one).
   public func call(_ path: String, form: [(String, String)]? = nil) async throws -> [String: Any] {

@@ -78,15 +78,7 @@ import Testing
       #expect(try await status() == .pending)
 
       // The customer confirms with Stripe (as Stripe.js would), and Stripe's event arrives twice.
-      let method = try await stripe.call(
-        "/v1/payment_methods",
-        form: [
-          ("type", "card"), ("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
-          ("card[exp_year]", "2031"), ("card[cvc]", "123"),
-        ])
-      let methodID = try #require(method["id"] as? String)
-      _ = try await stripe.call("/v1/payment_intents/\(intent)", form: [("payment_method", methodID)])
-      let confirmed = try await stripe.call("/v1/payment_intents/\(intent)/confirm", form: [])
+      let confirmed = try await stripe.confirmWithTestCard(intent)
       #expect(confirmed["status"] as? String == "succeeded")
       let succeeded = Self.stripeEvent("evt_paid", "payment_intent.succeeded", intent: intent, secret: secret)
       try await deliver(succeeded)
