@@ -94,11 +94,17 @@ struct TranscodingMiddleware: RouterMiddleware {
       return GatewayError.badRequest("the request does not match \(route.requestMessage): \(error.description)")
     case let error as RPCError:
       let mapped = GatewayError.upstream(error, service: route.upstream.rawValue, requestID: requestID)
-      if mapped.code == .internal {
+      // An UNAVAILABLE without google.rpc details is not a service's answer (a shed call, a
+      // database outage: those say why) but the connection's: worth a line, with its cause.
+      let fromTheConnection =
+        error.code == .unavailable
+        && error.metadata[binaryValues: "grpc-status-details-bin"].first(where: { _ in true }) == nil
+      if mapped.code == .internal || fromTheConnection {
         logger.warning(
           "upstream call failed",
           metadata: [
             "operation": .string(route.operationID), "code": .string("\(error.code)"), "error": .string(error.message),
+            "cause": .string(error.cause.map { "\($0)" } ?? "none"),
           ])
       }
       return mapped
