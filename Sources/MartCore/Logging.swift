@@ -25,11 +25,7 @@ public enum RequestContext {
   }
 
   /// The parent id (16 hex digits) of a W3C `traceparent` header: the span it names.
-  static func spanID(fromTraceparent header: String) -> String? {
-    let parts = header.split(separator: "-")
-    guard parts.count == 4, parts[2].count == 16, parts[2].allSatisfy(\.isHexDigit) else { return nil }
-    return String(parts[2])
-  }
+  static func spanID(fromTraceparent header: String) -> String? { field(2, of: header) }
 
   /// `header` when it is a valid W3C `traceparent` (Trace Context, section 3.2): version, trace
   /// id, parent id and flags in lower-case hex, neither id all zeros, version `00` with exactly
@@ -48,12 +44,11 @@ public enum RequestContext {
   }
 
   /// The trace id (32 hex digits) of a W3C `traceparent` header, or nil when it is malformed.
-  public static func traceID(fromTraceparent header: String) -> String? {
-    let parts = header.split(separator: "-")
-    guard parts.count == 4, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit),
-      parts[1] != String(repeating: "0", count: 32)
-    else { return nil }
-    return String(parts[1])
+  public static func traceID(fromTraceparent header: String) -> String? { field(1, of: header) }
+
+  /// Field `index` of a valid `traceparent` (1: the trace id, 2: the parent's span id).
+  private static func field(_ index: Int, of header: String) -> String? {
+    validTraceparent(header).map { String($0.split(separator: "-")[index]) }
   }
 }
 

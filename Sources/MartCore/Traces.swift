@@ -5,7 +5,7 @@ import Tracing
 /// process to process: in gRPC metadata, in the outbox row and in the Kafka record's headers.
 ///
 /// Whatever tracer the process bootstrapped does the work: swift-otel's when an OTLP endpoint is
-/// configured (see `mart`'s `Observability`), else swift-distributed-tracing's no-op one. Inside a
+/// configured (see `mart`'s `ProcessTracing`), else swift-distributed-tracing's no-op one. Inside a
 /// span, `RequestContext.traceparent` is that span's, so calls made, events appended and log lines
 /// written there carry it (log lines: `trace_id` and `span_id`). With tracing off it stays the
 /// caller's, so that a caller's trace id still reaches every log line of the request.
@@ -21,6 +21,13 @@ public enum MartTracing {
     _ operation: (any Span) async throws -> Result
   ) async rethrows -> Result {
     let parent = parent.flatMap(RequestContext.validTraceparent)
+    // Tracing off (the default): no span to start, no context to inject; every RPC, transaction
+    // and event passes here, so the no-op tracer's work is skipped, not just discarded.
+    guard isTracing else {
+      return try await RequestContext.$traceparent.withValue(parent ?? RequestContext.traceparent) {
+        try await operation(NoOpTracer.NoOpSpan(context: .topLevel))
+      }
+    }
     let span = Tracing.startSpan(name, context: context(continuing: parent), ofKind: kind)
     defer { span.end() }
     do {
@@ -49,9 +56,14 @@ public enum MartTracing {
     _ name: String, ofKind kind: SpanKind, continuing parent: String?
   ) -> (span: any Span, traceparent: String?) {
     let parent = parent.flatMap(RequestContext.validTraceparent)
+    guard isTracing else { return (NoOpTracer.NoOpSpan(context: .topLevel), parent) }
     let span = Tracing.startSpan(name, context: context(continuing: parent), ofKind: kind)
     return (span, traceparent(of: span.context) ?? parent)
   }
+
+  /// Whether the process bootstrapped a tracer (`ProcessTracing`), rather than running with
+  /// swift-distributed-tracing's no-op one.
+  static var isTracing: Bool { !(InstrumentationSystem.tracer is NoOpTracer) }
 
   /// The current context, or (given a `traceparent`) a new one that continues it.
   static func context(continuing parent: String?) -> ServiceContext {
@@ -95,14 +107,16 @@ public enum MartTracing {
     }
   }
 
+  /// The codes that make a server span failed (OpenTelemetry's RPC conventions).
+  static let serverFaults: Set<RPCError.Code> = [
+    .unknown, .deadlineExceeded, .unimplemented, .internalError, .unavailable, .dataLoss,
+  ]
+
   /// Marks `span` failed with a gRPC status, as OpenTelemetry's RPC conventions say: the code as
   /// `rpc.grpc.status_code`, and an error status for a server only on codes that are the
   /// server's fault (a client's NOT_FOUND is not a failed server span).
   static func record(_ code: RPCError.Code, message: String, on span: any Span, asServer: Bool) {
     span.attributes["rpc.grpc.status_code"] = Int64(code.rawValue)
-    let serverFaults: Set<RPCError.Code> = [
-      .unknown, .deadlineExceeded, .unimplemented, .internalError, .unavailable, .dataLoss,
-    ]
     if !asServer || serverFaults.contains(code) {
       span.setStatus(SpanStatus(code: .error, message: message))
     }

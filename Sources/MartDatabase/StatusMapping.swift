@@ -23,7 +23,6 @@ extension APIStatus {
     switch error {
     case let rpcError as RPCError: return rpcError.withoutTransportMetadata
     case let convertible as any RPCErrorConvertible: return RPCError(convertible)
-    case is CancellationError: return RPCError(code: .cancelled, message: "the call was cancelled")
     // A streaming call whose client went away (a watcher that stopped watching): the write that
     // found its stream closed is the end of the call, not a fault of ours.
     case let channelError as ChannelError where channelError == .ioOnClosedChannel:

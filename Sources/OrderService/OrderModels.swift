@@ -329,7 +329,7 @@ struct SagaStepRecord: Sendable, Equatable {
   /// Which arming of the step this lease is for (see `OrderStore.complete`).
   var generation: Int64
   /// The trace of the change that scheduled the step, which its span continues.
-  var traceparent: String? = nil
+  var traceparent: String?
 }
 
 /// A validated CreateOrder, before pricing.

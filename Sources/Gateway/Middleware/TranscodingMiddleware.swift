@@ -7,8 +7,9 @@ import MartProto
 
 /// The last step: the body (at most `maxBodyBytes`, JSON), transcoded with the path and query
 /// into the route's request message, the gRPC call with the route's deadline and the call's
-/// metadata (token, request id, client address; the trace is the client interceptor's), and the answer as proto3 JSON.
-/// It answers every request that reaches it and never calls `next`.
+/// metadata (token, request id, client address; the trace is added by the clients'
+/// `RequestContextClientInterceptor`), and the answer as proto3 JSON. It answers every request
+/// that reaches it and never calls `next`.
 struct TranscodingMiddleware: RouterMiddleware {
   typealias Context = GatewayRequestContext
 
@@ -37,7 +38,6 @@ struct TranscodingMiddleware: RouterMiddleware {
       metadata.addString(authorization, forKey: "authorization")
     }
     metadata.addString(context.requestID, forKey: "x-request-id")
-    // The trace goes on through the clients' RequestContextClientInterceptor, in a client span.
     if let address = context.clientAddress, let gatewayTokens {
       do {
         metadata.addString(try await gatewayTokens.token(for: route.upstream), forKey: ForwardedClient.tokenKey)
