@@ -499,8 +499,10 @@ public nonisolated struct Mart_Notification_V1_ChannelSettings: Sendable {
 ///   SMS off.
 /// - account: WELCOME. Default: email on, SMS off.
 /// - marketing: offers and newsletters. Default: both off (opt-in).
-/// Not configurable, always sent by email: ROLES_CHANGED (a security notice),
-/// LOW_STOCK (an operational alert to admins) and TEST (asked for by an admin).
+/// Not configurable, always sent by email: the security notices ROLES_CHANGED,
+/// REGISTRATION_ATTEMPTED and PASSWORD_CHANGED; VERIFY_EMAIL and PASSWORD_RESET,
+/// which the user asked for; LOW_STOCK (an operational alert to admins); and
+/// TEST (asked for by an admin).
 public nonisolated struct Mart_Notification_V1_NotificationPreferences: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
