@@ -465,3 +465,84 @@ import Testing
     }
   }
 }
+
+/// The SMS channel end to end: an OrderPaid reaches the sender, which texts through the Twilio
+/// stand-in and records what Twilio answered in the delivery log.
+@Suite struct TwilioDeliveryTests {
+  struct SMSRow: Sendable {
+    var status: String
+    var attempts: Int
+    var providerMessageID: String?
+    var lastError: String?
+  }
+
+  static func smsRow(_ mart: NotificationHarness, of userID: UUID) async throws -> SMSRow? {
+    let rows = try await mart.database.query(
+      """
+      SELECT status, attempt_count, provider_message_id, last_error FROM deliveries
+      WHERE user_id = \(userID) AND channel = 'sms'
+      """, logger: TestBed.logger)
+    for try await (status, attempts, providerID, error) in rows.decode((String, Int32, String?, String?).self) {
+      return SMSRow(status: status, attempts: Int(attempts), providerMessageID: providerID, lastError: error)
+    }
+    return nil
+  }
+
+  /// A customer with texts on for orders, and their paid order published.
+  static func customerWithAPaidOrder(_ mart: NotificationHarness, email: String, phone: String) async throws -> UUID {
+    let (userID, auth) = try await mart.register(email, phone: phone)
+    try await mart.waitUntilKnown(userID)
+    _ = try await mart.notifications.updateMyPreferences(
+      .with {
+        $0.preferences.orders.sms = true
+        $0.updateMask.paths = ["orders.sms"]
+      }, metadata: auth)
+    let paid = NotificationHarness.orderPaid(userID)
+    try await mart.publish(paid, subject: paid.orderID)
+    return userID
+  }
+
+  /// Accepted → SENT with Twilio's message SID kept; a refused number (21211) → FAILED after one
+  /// try; Twilio's rate limit (20429) → retried until the attempts run out, then FAILED with
+  /// Twilio's word kept.
+  @Test func textsAreSentThroughTwilioAndItsAnswersDecideTheDelivery() async throws {
+    try await TwilioTests.withFakeTwilio { fake, baseURL in
+      var settings = try NotificationHarness.settings()
+      settings.twilio = TwilioTests.settings(baseURL)
+      try await NotificationHarness.run("notify_twilio", settings: settings) { mart in
+        let accepted = try await Self.customerWithAPaidOrder(mart, email: "lerato@example.com", phone: "+27821230042")
+        let refused = try await Self.customerWithAPaidOrder(mart, email: "pieter@example.com", phone: "+27821230001")
+        let limited = try await Self.customerWithAPaidOrder(mart, email: "naledi@example.com", phone: "+27821230429")
+
+        for user in [accepted, refused, limited] {
+          _ = try await mart.settledDeliveries(of: user, count: 3)
+        }
+        let sent = try #require(try await Self.smsRow(mart, of: accepted))
+        #expect(sent.status == "sent")
+        #expect(sent.attempts == 1)
+        let issued = await fake.issued
+        #expect(issued.count == 1)
+        #expect(sent.providerMessageID == issued.first)
+
+        let invalid = try #require(try await Self.smsRow(mart, of: refused))
+        #expect(invalid.status == "failed")
+        #expect(invalid.attempts == 1)
+        #expect(invalid.lastError?.contains("21211") == true)
+        #expect(invalid.providerMessageID == nil)
+
+        let exhausted = try #require(try await Self.smsRow(mart, of: limited))
+        #expect(exhausted.status == "failed")
+        #expect(exhausted.attempts == settings.maximumAttempts)
+        #expect(exhausted.lastError?.contains("20429") == true)
+
+        // Exactly the calls the log says were made: one each, and every retry of the limited one.
+        let calls = await fake.received.compactMap { $0.field("To") }
+        #expect(calls.filter { $0 == "+27821230042" }.count == 1)
+        #expect(calls.filter { $0 == "+27821230001" }.count == 1)
+        #expect(calls.filter { $0 == "+27821230429" }.count == settings.maximumAttempts)
+        let body = await fake.received.first { $0.field("To") == "+27821230042" }?.field("Body")
+        #expect(body?.contains("M-2026-000042") == true)
+      }
+    }
+  }
+}
