@@ -123,6 +123,50 @@ import Testing
     }
   }
 
+  /// The shipped quota on registration: so many a minute per client address, shared with the
+  /// other routes that send mail to an address nobody has proved (resend a verification link,
+  /// ask for a password reset); another address has its own. The per-email quota is the user
+  /// service's (`aTakenEmailIsAnsweredAsANewOneAndItsOwnerIsTold`).
+  @Test func theShippedRegistrationQuotaHoldsPerAddress() async throws {
+    let path = GatewayConfigurationTests.repositoryRoot.appendingPathComponent("gateway/gateway.json").path
+    let shipped = try GatewayConfiguration(
+      environment: EnvironmentReader(["MART_GATEWAY_CONFIG": path]), auth: .ephemeral()
+    ).settings
+    let register = shipped.rateLimit(for: "UserService_Register")
+    #expect(register.name == "register")
+    #expect((1...20).contains(register.limit), "a registration quota per address: \(register)")
+    var limits: [String: RateLimitPolicy] = [:]
+    for operation in [
+      "UserService_Register", "UserService_ResendVerificationEmail", "UserService_RequestPasswordReset",
+    ] {
+      limits[operation] = shipped.rateLimit(for: operation)
+      #expect(limits[operation]?.name == "register", "\(operation) shares the registration quota")
+    }
+    try await withGateway(.live, trustedProxies: ["127.0.0.0/8"], routeLimits: limits) { _, client in
+      func post(_ path: String, _ body: String, from address: String) async throws -> HTTPResponse.Status {
+        try await client.execute(
+          uri: path, method: .post, headers: [.contentType: "application/json", .forwardedFor: address],
+          body: ByteBuffer(string: body)
+        ).status
+      }
+      func registration(_ number: Int) -> String {
+        #"{"email": "new\#(number)@example.com", "password": "a long enough password", "fullName": "N"}"#
+      }
+      var statuses: [HTTPResponse.Status] = []
+      for number in 0..<register.limit {
+        statuses.append(try await post("/v1/auth/register", registration(number), from: "203.0.113.7"))
+      }
+      #expect(!statuses.contains(.tooManyRequests), "within the quota: \(statuses)")
+      let over = try await post("/v1/auth/register", registration(99), from: "203.0.113.7")
+      #expect(over == .tooManyRequests)
+      let resend = try await post(
+        "/v1/auth/verify-email:resend", #"{"email": "new1@example.com"}"#, from: "203.0.113.7")
+      #expect(resend == .tooManyRequests, "the same bucket")
+      let elsewhere = try await post("/v1/auth/register", registration(100), from: "203.0.113.8")
+      #expect(elsewhere != .tooManyRequests, "another address has its own quota")
+    }
+  }
+
   @Test func aBadRequestIDIsReplaced() async throws {
     try await withGateway { gateway, client in
       let response = try await client.execute(

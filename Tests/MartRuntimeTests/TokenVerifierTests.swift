@@ -122,12 +122,14 @@ import Testing
     for header in [
       #"{"alg":"ES256","kid":"user-key-1","typ":"logout+jwt"}"#,
       #"{"alg":"ES256","kid":"user-key-1","typ":"JWT","crit":["exp"]}"#,
+      // No type at all: Mart's tokens always declare one.
+      #"{"alg":"ES256","kid":"user-key-1"}"#,
     ] {
       await #expect(throws: TokenError.self, "\(header)") { try await verifier.verify(try signed(header: header)) }
     }
     for header in [
       #"{"alg":"ES256","kid":"user-key-1","typ":"at+jwt"}"#, #"{"alg":"ES256","kid":"user-key-1","typ":"JWT"}"#,
-      #"{"alg":"ES256","kid":"user-key-1"}"#,
+      #"{"alg":"ES256","kid":"user-key-1","typ":"application/at+jwt"}"#,
     ] {
       #expect(try await verifier.verify(try signed(header: header)).subject == userID, "\(header)")
     }

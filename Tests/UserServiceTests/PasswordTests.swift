@@ -244,6 +244,37 @@ import UserService
     }
   }
 
+  /// A hash made at a lower cost than today's (an account from before the cost went up) is
+  /// replaced at the next successful sign-in, while the password is at hand; a wrong password
+  /// replaces nothing.
+  @Test func aSignInReplacesAHashMadeAtAnOlderCost() async throws {
+    try await withUserService("users_rehash") { service in
+      let registered = try await service.register(email: "olga@example.com")
+      let userID = try #require(UUID(uuidString: registered.user.id))
+      @Sendable func storedHash() async throws -> String? {
+        let rows = try await service.database.query(
+          "SELECT password_hash FROM users WHERE id = \(userID)", logger: TestBed.logger)
+        for try await hash in rows.decode(String.self) { return hash }
+        return nil
+      }
+      let older = PasswordHasher(cost: .init(logN: 8, blockSize: 8, parallelism: 1))
+      let oldHash = try await older.hash(defaultPassword)
+      try await service.database.query(
+        "UPDATE users SET password_hash = \(oldHash) WHERE id = \(userID)", logger: TestBed.logger)
+
+      let wrong = await rpcError { _ = try await service.login("olga@example.com", "not the password") }
+      #expect(wrong?.code == .unauthenticated)
+      #expect(try await storedHash() == oldHash)
+
+      _ = try await service.login("olga@example.com", defaultPassword)
+      let newHash = try #require(try await storedHash())
+      #expect(newHash != oldHash)
+      #expect(newHash.hasPrefix("$scrypt$\(PasswordHasher.Cost.testing)$"), "\(newHash)")
+      // The new hash is of the same password.
+      _ = try await service.login("olga@example.com", defaultPassword)
+    }
+  }
+
   /// A registration refused because the hashing queue is full (503, retry later) does not count
   /// against the email's quota: a client that retries after Retry-After is not locked out by the
   /// shop's own load.

@@ -100,9 +100,11 @@ struct JOSEHeader: Codable {
   }
 
   /// The token types an access token may declare: JWT (RFC 7519) or at+jwt (RFC 9068), with or
-  /// without the `application/` prefix, in any case. Absent is allowed (it is optional).
+  /// without the `application/` prefix, in any case. RFC 7519 makes `typ` optional, but every
+  /// token Mart signs carries it, so one without it was not made by Mart for access (RFC 8725
+  /// 3.11: explicit typing keeps one kind of JWT from being used as another).
   var hasAccessTokenType: Bool {
-    guard let typ else { return true }
+    guard let typ else { return false }
     let type = typ.lowercased()
     return ["jwt", "at+jwt", "application/jwt", "application/at+jwt"].contains(type)
   }

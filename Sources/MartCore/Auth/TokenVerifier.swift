@@ -180,7 +180,9 @@ public struct TokenVerifier: Sendable {
     // The allow-list comes before any key lookup, so `none` and HS256 never reach a key.
     guard jws.header.alg == martTokenAlgorithm else { throw .unsupportedAlgorithm(jws.header.alg) }
     // Another kind of JWT (an ID token, a logout token) is not an access token, whoever signed it.
-    guard jws.header.hasAccessTokenType else { throw .malformed("the token type (typ) is not JWT or at+jwt") }
+    guard jws.header.hasAccessTokenType else {
+      throw .malformed("the token type (typ) is missing or not JWT or at+jwt")
+    }
     guard jws.header.crit == nil else { throw .malformed("the token names critical extensions (crit)") }
     guard let kid = jws.header.kid, !kid.isEmpty, kid.utf8.count <= 128 else {
       throw .malformed("no key id (kid) in the header")
