@@ -53,6 +53,91 @@ import Yams
     #expect(unused.isEmpty, "env.example sets \(unused), which docker-compose.yml never uses")
   }
 
+  /// What the issue asks of the stack, read from the file so that an edit cannot undo it
+  /// unnoticed: third-party images pinned, Kafka in KRaft mode with no ZooKeeper, Kafka UI on
+  /// loopback behind a login and read-only, a healthcheck on every process and a start order
+  /// that waits for them, nothing else published, and the mart's image running as non-root.
+  @Test func theShippedStackIsPinnedHealthCheckedAndLockedDown() throws {
+    let services = try #require(try Self.compose()["services"] as? [String: Any])
+    #expect(!services.keys.contains { $0.contains("zookeeper") })
+    for (name, value) in services {
+      let service = try #require(value as? [String: Any])
+      let image = try #require(service["image"] as? String, "\(name) has no image")
+      if service["build"] == nil {
+        let tag = image.split(separator: "@").first.flatMap { $0.split(separator: ":").dropFirst().first }
+        #expect(image.contains("@sha256:") || (tag != nil && tag != "latest"), "\(name): \(image) is not pinned")
+      }
+      let ports = (service["ports"] as? [Any])?.map { "\($0)" } ?? []
+      switch name {
+      case "gateway": #expect(ports == ["8000:8000"])
+      case "kafka-ui": #expect(ports == ["127.0.0.1:8080:8080"], "Kafka UI is for this machine only")
+      default: #expect(ports.isEmpty, "\(name) publishes \(ports)")
+      }
+    }
+
+    let kafka = try #require(services["kafka"] as? [String: Any])
+    let kafkaEnvironment = try #require(kafka["environment"] as? [String: Any])
+    let roles = Set("\(kafkaEnvironment["KAFKA_PROCESS_ROLES"] ?? "")".split(separator: ",").map(String.init))
+    #expect(roles == ["broker", "controller"], "KRaft: the broker is its own controller")
+    #expect(kafkaEnvironment["KAFKA_CONTROLLER_QUORUM_VOTERS"] != nil)
+    #expect(!kafkaEnvironment.keys.contains { $0.contains("ZOOKEEPER") })
+
+    let kafkaUI = try #require(services["kafka-ui"] as? [String: Any])
+    let uiEnvironment = try #require(kafkaUI["environment"] as? [String: Any])
+    #expect("\(uiEnvironment["AUTH_TYPE"] ?? "")" == "LOGIN_FORM")
+    #expect("\(uiEnvironment["KAFKA_CLUSTERS_0_READONLY"] ?? "")" == "true")
+    for credential in ["SPRING_SECURITY_USER_NAME", "SPRING_SECURITY_USER_PASSWORD"] {
+      let value = "\(uiEnvironment[credential] ?? "")"
+      #expect(value.hasPrefix("${") && value.contains(":?"), "\(credential) must come from .env, required: \(value)")
+    }
+
+    let components = ["user", "product", "inventory", "order", "payment", "notification", "gateway"]
+    for name in ["postgres", "kafka"] + components {
+      let service = try #require(services[name] as? [String: Any])
+      let healthcheck = try #require(service["healthcheck"] as? [String: Any], "\(name) has no healthcheck")
+      #expect(healthcheck["test"] != nil)
+    }
+    for name in components {
+      let service = try #require(services[name] as? [String: Any])
+      let dependencies = try #require(service["depends_on"] as? [String: Any], "\(name) starts in no order")
+      // The gateway waits for the six services, which wait for PostgreSQL and Kafka.
+      let expected = name == "gateway" ? components.filter { $0 != "gateway" } : ["postgres", "kafka"]
+      #expect(Set(dependencies.keys) == Set(expected), "\(name)")
+      for (dependency, condition) in dependencies {
+        let settings = condition as? [String: Any]
+        #expect("\(settings?["condition"] ?? "")" == "service_healthy", "\(name) → \(dependency)")
+      }
+    }
+
+    let dockerfile = try String(
+      contentsOf: Self.repositoryRoot.appendingPathComponent("deploy/Dockerfile"), encoding: .utf8)
+    let user = dockerfile.split(separator: "\n").last { $0.hasPrefix("USER ") }
+    #expect(user != nil && user != "USER root" && user != "USER 0", "the runtime stage runs as \(user ?? "root")")
+  }
+
+  /// deploy/docker-compose.test.yml swaps images and networking and nothing else, so that what
+  /// `make deploy-check` proves is the user's stack: the same environment, healthchecks and
+  /// start order. Its two documented exceptions: the broker stand-in's command and healthcheck,
+  /// and Kafka UI left out (no image of it here).
+  @Test func theTestOverrideChangesOnlyImagesAndNetworking() throws {
+    let text = try String(
+      contentsOf: Self.repositoryRoot.appendingPathComponent("deploy/docker-compose.test.yml"), encoding: .utf8)
+    let override = try #require(try Yams.load(yaml: text) as? [String: Any])
+    let services = try #require(override["services"] as? [String: Any])
+    let shipped = try #require(try Self.compose()["services"] as? [String: Any])
+    #expect(Set(services.keys) == Set(shipped.keys), "the override names the stack's services")
+    let allowed: Set<String> = ["network_mode", "pull_policy", "extra_hosts", "image", "ports"]
+    for (name, value) in services {
+      let service = try #require(value as? [String: Any])
+      #expect(service["network_mode"] as? String == "host" || name == "kafka-ui", "\(name) without host networking")
+      var permitted = allowed
+      if name == "kafka" { permitted.formUnion(["command", "healthcheck"]) }
+      if name == "kafka-ui" { permitted = ["profiles"] }
+      let changed = Set(service.keys).subtracting(permitted)
+      #expect(changed.isEmpty, "the override changes \(changed.sorted()) of \(name)")
+    }
+  }
+
   // MARK: - Helpers
 
   static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
