@@ -279,19 +279,27 @@ struct RouteMatcher<Value: Sendable>: Sendable {
   }
 
   /// `HEAD` is answered by the `GET` route.
+  ///
+  /// A path whose last segment ends in a custom verb that some template names (`…/{id}:cancel`)
+  /// is that verb's resource only: a template without a verb (`…/{id}`) would also take it, with
+  /// ":cancel" as part of the id, and a GET there would be offered as allowed.
   func match(method: String, path: String) -> Match {
     guard let requestPath = RequestPath(path) else { return .notFound }
     let wanted = method == "HEAD" ? "GET" : method
-    var best: (entry: Entry, bindings: [PathBinding], specificity: [Int])?
-    var allowed: Set<String> = []
+    var matches: [(entry: Entry, bindings: [PathBinding])] = []
     for entry in entries {
-      let bindings: [PathBinding]?
       do {
-        bindings = try entry.template.match(requestPath)
+        if let bindings = try entry.template.match(requestPath) { matches.append((entry, bindings)) }
       } catch {
         return .malformedPath
       }
-      guard let bindings else { continue }
+    }
+    if matches.contains(where: { $0.entry.template.verb != nil }) {
+      matches.removeAll { $0.entry.template.verb == nil }
+    }
+    var best: (entry: Entry, bindings: [PathBinding], specificity: [Int])?
+    var allowed: Set<String> = []
+    for (entry, bindings) in matches {
       allowed.insert(entry.method)
       guard entry.method == wanted else { continue }
       let specificity = entry.template.specificity
