@@ -26,7 +26,8 @@ public enum Gateway {
     configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) async -> Void)? = nil,
     rateLimitClock: (@Sendable () -> Duration)? = nil
   ) throws -> [any Service] {
-    let upstreams = try ServiceClients(directory: configuration.directory)
+    let upstreams = try ServiceClients(
+      directory: configuration.directory, connectionsPerService: configuration.settings.upstreamConnections)
     let app = try makeApplication(
       configuration: configuration, upstreams: upstreams, registry: ProcessMetrics.processRegistry,
       clock: rateLimitClock ?? RateLimiter.monotonicClock(), onListening: onListening, logger: logger)

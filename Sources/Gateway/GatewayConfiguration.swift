@@ -78,6 +78,12 @@ public struct GatewaySettings: Sendable {
   /// How often a Server-Sent Events stream that has nothing to say sends a comment line, so that
   /// proxies and clients do not take it for dead.
   public var streamHeartbeat: Duration = .seconds(15)
+  /// HTTP/2 connections to each service (`"upstreamConnections"`). A server closes a connection
+  /// on which its client gave up on more than 200 calls in 30 s (the HTTP/2 rapid-reset
+  /// defence), and the gateway gives up on a call for every client that leaves a watch or a
+  /// request early: calls go to the least loaded of these connections so that none nears the
+  /// limit (`UpstreamConnections`).
+  public var upstreamConnections = 8
   /// The gRPC deadline of a call, unless its route has its own (by operationID).
   public var defaultDeadline: Duration = .seconds(10)
   public var routeDeadlines: [String: Duration] = [:]
@@ -210,6 +216,8 @@ extension GatewaySettings {
         maxBodyBytes = try reader.positiveInteger(value, key)
       case "streamHeartbeat":
         streamHeartbeat = try reader.duration(value, key)
+      case "upstreamConnections":
+        upstreamConnections = try reader.positiveInteger(value, key)
       case "deadlines":
         for (subkey, subvalue) in try reader.object(value, key) {
           switch subkey {

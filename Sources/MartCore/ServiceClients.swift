@@ -4,34 +4,64 @@ import Logging
 import MartProto
 import ServiceLifecycle
 
-/// One long-lived gRPC client per service of the mart, for the gateway and for calls between
-/// services. Connections are made lazily and kept; run it as a ServiceLifecycle service.
+/// Long-lived gRPC clients of the services of the mart, for the gateway and for calls between
+/// services: one connection per service, or several (`connectionsPerService`) for a caller that
+/// gives up on many calls, like the gateway (see `UpstreamConnections` for why). Connections are
+/// made lazily and kept; run it as a ServiceLifecycle service.
 ///
 /// Generic over the transport: HTTP/2 between processes (`init(directory:)`), an in-process
 /// transport in tests whose subject is not the network.
 public struct ServiceClients<Transport: ClientTransport>: Service {
-  public let clients: [MartService: GRPCClient<Transport>]
+  let connections: [MartService: UpstreamConnections<Transport>]
 
-  /// A client for each of `services`, over the transport `connect` makes for it. Every call
-  /// passes on the request id and the trace (`RequestContextClientInterceptor`), then goes
-  /// through `interceptors`.
+  /// The services these clients reach.
+  public var services: Dictionary<MartService, UpstreamConnections<Transport>>.Keys { connections.keys }
+
+  /// Clients for each of `services`, `connectionsPerService` of them each, over the transports
+  /// `connect` makes. Every call passes on the request id and the trace
+  /// (`RequestContextClientInterceptor`), then goes through `interceptors`.
   public init(
-    services: [MartService] = MartService.allCases, interceptors: [any ClientInterceptor] = [],
-    connect: (MartService) throws -> Transport
+    services: [MartService] = MartService.allCases, connectionsPerService: Int = 1,
+    interceptors: [any ClientInterceptor] = [], connect: (MartService) throws -> Transport
   ) rethrows {
-    var clients: [MartService: GRPCClient<Transport>] = [:]
+    var connections: [MartService: UpstreamConnections<Transport>] = [:]
     for service in services {
-      clients[service] = GRPCClient(
-        transport: try connect(service), interceptors: [RequestContextClientInterceptor()] + interceptors)
+      var clients: [GRPCClient<Transport>] = []
+      for _ in 0..<max(1, connectionsPerService) {
+        clients.append(
+          GRPCClient(
+            transport: try connect(service), interceptors: [RequestContextClientInterceptor()] + interceptors))
+      }
+      connections[service] = UpstreamConnections(clients)
     }
-    self.clients = clients
+    self.connections = connections
   }
 
+  /// A client of `service`: its least loaded connection.
   public subscript(service: MartService) -> GRPCClient<Transport> {
-    guard let client = clients[service] else {
+    guard let connections = connections[service] else {
       preconditionFailure("no client configured for \(service); list it in ServiceClients(services:)")
     }
-    return client
+    return connections.leastLoaded().client
+  }
+
+  /// Runs `call` on the least loaded connection to `service`, counting it open while it runs and,
+  /// if it ends given up (cancelled, its deadline passed, its handler stopped reading), as a reset
+  /// on that connection: what spreads the calls of a caller that gives up on many. Nil if
+  /// `service` is not one of these clients'.
+  public func withConnection<Result: Sendable>(
+    to service: MartService, _ call: (GRPCClient<Transport>) async throws -> Result
+  ) async throws -> Result? {
+    guard let member = connections[service]?.leastLoaded() else { return nil }
+    member.load.opened()
+    do {
+      let result = try await call(member.client)
+      member.load.closed(gaveUp: ConnectionLoad.gaveUp(after: nil))
+      return result
+    } catch {
+      member.load.closed(gaveUp: ConnectionLoad.gaveUp(after: error))
+      throw error
+    }
   }
 
   /// A group can be told to shut down before it gets round to running this service (a test
@@ -42,7 +72,7 @@ public struct ServiceClients<Transport: ClientTransport>: Service {
     guard !Task.isShuttingDownGracefully else { return }
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
-        for client in clients.values {
+        for client in connections.values.flatMap(\.clients) {
           group.addTask {
             do {
               try await client.runConnections()
@@ -53,7 +83,7 @@ public struct ServiceClients<Transport: ClientTransport>: Service {
         }
       }
     } onGracefulShutdown: {
-      for client in clients.values { client.beginGracefulShutdown() }
+      for client in connections.values.flatMap(\.clients) { client.beginGracefulShutdown() }
     }
   }
 
@@ -75,10 +105,12 @@ public struct ServiceClients<Transport: ClientTransport>: Service {
 extension ServiceClients where Transport == HTTP2ClientTransport.Posix {
   /// Plaintext HTTP/2 clients of the services at their addresses in `directory`.
   public init(
-    directory: ServiceDirectory, services: [MartService] = MartService.allCases,
+    directory: ServiceDirectory, services: [MartService] = MartService.allCases, connectionsPerService: Int = 1,
     interceptors: [any ClientInterceptor] = []
   ) throws {
-    try self.init(services: services, interceptors: interceptors) { try .mart(directory[$0]) }
+    try self.init(services: services, connectionsPerService: connectionsPerService, interceptors: interceptors) {
+      try .mart(directory[$0])
+    }
   }
 }
 

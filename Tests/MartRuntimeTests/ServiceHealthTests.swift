@@ -106,6 +106,55 @@ import Testing
     }
   }
 
+  /// A server closes a connection on which its client gave up on more than 200 calls in 30 s
+  /// (swift-nio-http2's defence against HTTP/2 rapid reset), and with it every other stream on
+  /// it: with one connection, 250 watches given up on (customers leaving once their order is
+  /// paid) end the watch of someone still waiting. Spread over several connections by their load
+  /// (`UpstreamConnections`, the gateway's default), the same give-ups leave it alone.
+  @Test(arguments: [1, 4]) func callsGivenUpEndOtherStreamsOnlyOnAConnectionOfTheirOwn(connections: Int) async throws {
+    try await ScratchDatabase.with("health_resets_\(connections)") { database in
+      try await Self.serving(database) { host, address in
+        #expect(await eventually { await healthStatus(port: address.port, service: "") == .serving })
+        let clients = try ServiceClients(
+          directory: ServiceDirectory(endpoints: [.inventory: Endpoint(host: "127.0.0.1", port: address.port)]),
+          services: [.inventory], connectionsPerService: connections)
+        try await withServices([clients]) {
+          @Sendable func watch(_ each: @escaping @Sendable () -> Void) async throws {
+            _ = try await clients.withConnection(to: .inventory) { client in
+              try await Grpc_Health_V1_Health.Client(wrapping: client).watch(.with { $0.service = "" }) { response in
+                for try await _ in response.messages { each() }
+              }
+            }
+          }
+          let staying = Mutex(0)
+          let stayingWatch = Task { try await watch { staying.withLock { $0 += 1 } } }
+          #expect(await eventually { staying.withLock { $0 } == 1 })
+
+          for _ in 0..<250 {
+            let (statuses, received) = AsyncStream.makeStream(of: Void.self)
+            // Finished however the watch ends: on a closed connection it fails before a status.
+            let leaving = Task {
+              defer { received.finish() }
+              try await watch { received.yield() }
+            }
+            var first = statuses.makeAsyncIterator()
+            _ = await first.next()
+            leaving.cancel()
+            _ = await leaving.result
+          }
+          #expect(await eventually { host.health.watcherCount <= 1 })
+
+          // A change of status reaches the staying watch only if its connection still stands.
+          host.health.setStatus(.notServing, for: "")
+          let reached = await eventually(attempts: 50) { staying.withLock { $0 } >= 2 }
+          #expect(reached == (connections > 1), "with \(connections) connection(s)")
+          stayingWatch.cancel()
+          _ = await stayingWatch.result
+        }
+      }
+    }
+  }
+
   @Test func unreachableDatabaseIsRetriedNotFatal() async throws {
     let admin = try TestBed.adminDatabase()
     // A database name that does not exist yet: every attempt fails until it is created.

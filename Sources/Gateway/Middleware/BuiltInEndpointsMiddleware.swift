@@ -60,7 +60,7 @@ struct BuiltInEndpointsMiddleware: RouterMiddleware {
   private func readiness(detailed: Bool) async -> Response {
     let upstreams = self.upstreams
     let statuses = await withTaskGroup(of: (MartService, HealthStatus).self) { group in
-      for service in upstreams.clients.keys {
+      for service in upstreams.services {
         group.addTask { (service, await upstreams.health(of: service)) }
       }
       return await group.reduce(into: [MartService: HealthStatus]()) { $0[$1.0] = $1.1 }

@@ -52,16 +52,19 @@ struct TranscodingMiddleware: RouterMiddleware {
     // Fail fast when the service cannot be reached (503), rather than waiting out the deadline.
     options.waitForReady = false
 
-    guard let client = upstreams.clients[route.upstream] else {
+    guard upstreams.services.contains(route.upstream) else {
       throw GatewayError(
         .serviceUnavailable, code: .unavailable, message: "the \(route.upstream.rawValue) service is not configured")
     }
+    let upstreams = self.upstreams
     let callMetadata = metadata
     let callOptions = options
     let call: StreamingResponse.Call = { each in
-      try await route.rpc.call(
-        bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client,
-        metadata: callMetadata, options: callOptions, each: each)
+      _ = try await upstreams.withConnection(to: route.upstream) { client in
+        try await route.rpc.call(
+          bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client,
+          metadata: callMetadata, options: callOptions, each: each)
+      }
     }
     let mapError = { @Sendable (error: any Error) in mapped(error, route: route, requestID: context.requestID) }
     if route.rpc.isServerStreaming {
@@ -71,9 +74,12 @@ struct TranscodingMiddleware: RouterMiddleware {
     }
     let json: [UInt8]
     do {
-      json = try await route.rpc.call(
-        bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client, metadata: metadata,
-        options: options)
+      json =
+        try await upstreams.withConnection(to: route.upstream) { client in
+          try await route.rpc.call(
+            bodyJSON: transcoded.bodyJSON, parametersJSON: transcoded.parametersJSON, client: client,
+            metadata: callMetadata, options: callOptions)
+        } ?? []
     } catch {
       throw mapError(error)
     }
