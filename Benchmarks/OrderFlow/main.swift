@@ -263,10 +263,13 @@ struct Customer: Sendable {
 }
 
 /// Calls `request` again while it answers 503 (the mart shedding load), after a jittered pause.
+/// A sign-up or sign-in sent again while the mart answers 503 (its hashing queue is full) or 429
+/// (the user service counts sign-ins in flight per client address before it hashes, and every
+/// customer here comes from one address), as a client that honours Retry-After does.
 func retryingWhenBusy(_ request: () async throws -> (UInt, [String: Any])) async throws -> (UInt, [String: Any]) {
   for _ in 0..<60 {
     let answer = try await request()
-    guard answer.0 == 503 else { return answer }
+    guard answer.0 == 503 || answer.0 == 429 else { return answer }
     try await Task.sleep(for: .milliseconds(Int64.random(in: 500...1500)))
   }
   return try await request()
