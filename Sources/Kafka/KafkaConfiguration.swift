@@ -23,6 +23,27 @@ public struct KafkaConfiguration: Sendable, Hashable {
     self.properties = properties
   }
 
+  /// This configuration for a producer: without the properties librdkafka reads only in a
+  /// consumer (CONFIGURATION.md marks them `C`). One set of properties serves a process's
+  /// producer and consumers (`MART_KAFKA_PROPERTIES`), and librdkafka warns (CONFWARN) about
+  /// every consumer property a producer is given.
+  public var forProducer: KafkaConfiguration {
+    var configuration = self
+    configuration.properties = properties.filter { !Self.consumerOnlyProperties.contains($0.key) }
+    return configuration
+  }
+
+  /// Properties only a consumer reads (librdkafka 2.x CONFIGURATION.md, column C/P = C).
+  static let consumerOnlyProperties: Set<String> = [
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+    "coordinator.query.interval.ms", "max.poll.interval.ms", "enable.auto.commit", "auto.commit.interval.ms",
+    "enable.auto.offset.store", "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms", "fetch.message.max.bytes", "max.partition.fetch.bytes", "fetch.max.bytes",
+    "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method", "isolation.level",
+    "enable.partition.eof", "check.crcs", "auto.offset.reset", "consume.callback.max.messages",
+  ]
+
   /// Checks every property against librdkafka without connecting anywhere.
   /// - Throws: `KafkaConfigurationError` naming the first property librdkafka rejects.
   public func validate() throws {

@@ -30,7 +30,7 @@ public final class KafkaEventTransport: EventTransport, Service {
   ) throws {
     self.topicPrefix = topicPrefix
     configuration = KafkaConfiguration(bootstrapServers: brokers, clientID: clientID, properties: properties)
-    var producerConfiguration = configuration
+    var producerConfiguration = configuration.forProducer
     // Batch a little: the relay sends a batch at once and awaits it, so this costs no latency.
     producerConfiguration.properties["linger.ms"] = properties["linger.ms"] ?? "2"
     // Fail a send after 10 s so that the relay reports and retries instead of waiting minutes.

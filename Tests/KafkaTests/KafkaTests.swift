@@ -190,6 +190,20 @@ import Testing
     #expect(topics.first(where: { $0.name == name })?.partitions == 3)
   }
 
+  /// One set of properties serves a process's producer and consumers: the producer is not
+  /// given the consumer's (librdkafka would warn about each at every start).
+  @Test func aProducerIsNotGivenConsumerProperties() throws {
+    let shared = KafkaConfiguration(
+      bootstrapServers: "127.0.0.1:1",
+      properties: [
+        "session.timeout.ms": "6000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "20",
+        "linger.ms": "5", "topic.metadata.refresh.interval.ms": "2000",
+      ])
+    #expect(shared.forProducer.properties == ["linger.ms": "5", "topic.metadata.refresh.interval.ms": "2000"])
+    #expect(shared.forProducer.bootstrapServers == shared.bootstrapServers)
+    _ = try KafkaProducer(configuration: shared.forProducer)
+  }
+
   @Test func rejectedPropertiesAreNamed() throws {
     let configuration = KafkaConfiguration(bootstrapServers: "127.0.0.1:1", properties: ["no.such.property": "1"])
     let unknown = #expect(throws: KafkaConfigurationError.self) { try configuration.validate() }
